@@ -1,0 +1,32 @@
+"""The exceptions mobilenet-np raises for bad weight files and sources.
+
+Every message names the file it is about and says what is wrong with it, in one line,
+so that a command-line user can act on it without a traceback.  Bad *image arrays*
+passed to a model raise plain ``ValueError`` instead (the NumPy convention).
+"""
+
+
+class WeightsError(Exception):
+    """Base class: a weight source or weights file cannot be used."""
+
+
+class CorruptFileError(WeightsError):
+    """The file is damaged: truncated, bad checksum, inconsistent offsets."""
+
+
+class UnsupportedFormatError(WeightsError):
+    """The file is not a format we read, or a newer version of one."""
+
+
+class ArchitectureError(WeightsError):
+    """The tensors do not match any MobileNet the rules of SPEC.md allow:
+    missing or unknown tensors, or tensors of the wrong shape."""
+
+
+class MissingFileError(WeightsError, FileNotFoundError):
+    """A file that the source needs (a shard, a weights file) is absent."""
+
+
+class ImageError(ValueError):
+    """An image file cannot be decoded: empty, truncated, not an image, or a decompression bomb.
+    The message names the file."""

@@ -1,0 +1,96 @@
+"""Tier 1: every Numba kernel against its NumPy reference, over odd sizes, both strides, and
+channel counts that are and are not multiples of 8."""
+
+import numpy as np
+import pytest
+
+from mobilenet_np import spec
+from mobilenet_np.kernels import reference as ref
+
+fast = pytest.importorskip("mobilenet_np.kernels.fast", reason="Numba is not installed")
+
+SIZES = [(1, 7, 5), (2, 16, 16), (3, 33, 31), (1, 2, 3)]
+CHANNELS = [3, 8, 13, 16, 40]
+
+
+def _geometry(h, w, k, s):
+    oh, top, bottom = spec.same_padding(h, k, s)
+    ow, left, right = spec.same_padding(w, k, s)
+    return (oh, ow), (top, bottom, left, right)
+
+
+@pytest.mark.parametrize("n, h, w", SIZES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("c", CHANNELS)
+def test_depthwise(rng, n, h, w, stride, c):
+    x = rng.standard_normal((n, h, w, c), dtype=np.float32)
+    wt = rng.standard_normal((3, 3, c, 1), dtype=np.float32)
+    bias = rng.standard_normal(c, dtype=np.float32)
+    out_hw, pad = _geometry(h, w, 3, stride)
+    for relu6 in (False, True):
+        expected = ref.depthwise_conv2d(x, wt, stride, pad, out_hw) + bias
+        expected = ref.relu6(expected) if relu6 else expected
+        got = np.empty((n, *out_hw, c), np.float32)
+        fast.depthwise_conv2d(x, np.ascontiguousarray(wt[:, :, :, 0]), bias, stride, pad[0], pad[2], relu6, got)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n, h, w", SIZES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("c_in, c_out", [(3, 16), (3, 13), (8, 8), (13, 24)])
+def test_full_conv(rng, n, h, w, stride, c_in, c_out):
+    x = rng.standard_normal((n, h, w, c_in), dtype=np.float32)
+    wt = rng.standard_normal((3, 3, c_in, c_out), dtype=np.float32)
+    bias = rng.standard_normal(c_out, dtype=np.float32)
+    out_hw, pad = _geometry(h, w, 3, stride)
+    expected = ref.relu6(ref.conv2d(x, wt, stride, pad, out_hw) + bias)
+    got = np.empty((n, *out_hw, c_out), np.float32)
+    fast.conv2d(x, wt, bias, stride, pad[0], pad[2], True, got)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("pixels", [1, 3, 4, 5, 37, 256])
+@pytest.mark.parametrize("c_in, c_out", [(8, 48), (13, 7), (48, 16), (96, 40), (160, 1280)])
+@pytest.mark.parametrize("relu6, residual", [(True, False), (False, True), (False, False)])
+def test_pointwise(rng, pixels, c_in, c_out, relu6, residual):
+    x = rng.standard_normal((pixels, c_in), dtype=np.float32)
+    wt = rng.standard_normal((1, 1, c_in, c_out), dtype=np.float32)
+    bias = rng.standard_normal(c_out, dtype=np.float32)
+    res = rng.standard_normal((pixels, c_out), dtype=np.float32)
+    expected = ref.pointwise_conv2d(x, wt) + bias + (res if residual else 0)
+    expected = ref.relu6(expected) if relu6 else expected
+    got = np.empty((pixels, c_out), np.float32)
+    fast.pointwise_conv2d(x, np.ascontiguousarray(wt[0, 0]), bias, relu6, res, residual, got)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4 * np.sqrt(c_in / 8))
+
+
+@pytest.mark.parametrize("n, h, w", SIZES)
+@pytest.mark.parametrize("c", CHANNELS)
+def test_global_mean(rng, n, h, w, c):
+    x = rng.uniform(0, 6, (n, h, w, c)).astype(np.float32)
+    got = np.empty((n, c), np.float32)
+    fast.global_mean(x, got)
+    np.testing.assert_allclose(got, ref.global_mean(x), rtol=1e-6, atol=1e-6)
+
+
+def test_fold_batch_norm_matches_unfolded(rng):
+    """Folding BN into the kernel equals conv -> BN up to float32 reordering (SPEC pitfall 12)."""
+    x = rng.standard_normal((2, 9, 9, 8), dtype=np.float32)
+    w = rng.standard_normal((3, 3, 8, 1), dtype=np.float32)
+    gamma, var = (rng.uniform(0.5, 1.5, 8).astype(np.float32) for _ in range(2))
+    beta, mean = (rng.standard_normal(8, dtype=np.float32) for _ in range(2))
+    out_hw, pad = _geometry(9, 9, 3, 1)
+    unfolded = ref.batch_norm(ref.depthwise_conv2d(x, w, 1, pad, out_hw), gamma, beta, mean, var, 1e-3)
+    wf, bf = ref.fold_batch_norm(w, gamma, beta, mean, var, 1e-3, depthwise=True)
+    folded = ref.depthwise_conv2d(x, wf, 1, pad, out_hw) + bf
+    np.testing.assert_allclose(folded, unfolded, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_is_cross_correlation():
+    """TF convolution does not flip the kernel (SPEC pitfall 22): a one-hot kernel at tap
+    (0, 0) reads the pixel up-left of the output position."""
+    x = np.arange(25, dtype=np.float32).reshape(1, 5, 5, 1)
+    w = np.zeros((3, 3, 1, 1), np.float32)
+    w[0, 0, 0, 0] = 1
+    out = ref.conv2d(x, w, 1, (1, 1, 1, 1), (5, 5))
+    assert out[0, 2, 2, 0] == x[0, 1, 1, 0]

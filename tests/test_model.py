@@ -1,0 +1,158 @@
+"""The model API: both backends agree, batching does not change results, bad input is refused,
+endpoints and summary are right, and weights files round-trip."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import mobilenet_np as mnp
+from mobilenet_np import spec
+from mobilenet_np.errors import ArchitectureError, UnsupportedFormatError
+from mobilenet_np.model import MobileNet
+
+CASES = [("mobilenet_v1", 0.5, 160), ("mobilenet_v2", 0.5, 96), ("mobilenet_v1", 0.25, (131, 97)),
+         ("mobilenet_v2", 0.35, (33, 45))]
+
+
+def _pair(name, multiplier, size):
+    fast = mnp.build(name, multiplier, size, seed=3)
+    slow = MobileNet(fast.arch, fast.tensors, num_classes=1001, folded=False, input_size=fast.input_size,
+                     backend="numpy")
+    return fast, slow
+
+
+@pytest.mark.parametrize("name, multiplier, size", CASES)
+def test_backends_agree(rng, name, multiplier, size):
+    fast, slow = _pair(name, multiplier, size)
+    x = rng.random((2, *fast.input_size, 3), dtype=np.float32)
+    a, b = fast(x), slow(x)
+    assert a.shape == (2, fast.num_features) and a.dtype == np.float32
+    scale = max(1.0, float(np.abs(b).max()))
+    np.testing.assert_allclose(a, b, atol=2e-5 * scale, rtol=1e-4)
+    names = ["layer_7/depthwise_output", "layer_19"] if name == "mobilenet_v2" else ["Conv2d_5_pointwise"]
+    ea, eb = fast.endpoints(x, names), slow.endpoints(x, names)
+    for n in names:
+        np.testing.assert_allclose(ea[n], eb[n], atol=2e-5 * max(1.0, float(np.abs(eb[n]).max())), rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, multiplier, size", CASES[:2])
+def test_batch_invariance_and_repeatability(rng, name, multiplier, size):
+    model = mnp.build(name, multiplier, size, seed=1)
+    batch = rng.random((33, *model.input_size, 3), dtype=np.float32)
+    alone = model(batch[5:6])
+    together = model(batch)
+    assert np.abs(together[5] - alone[0]).max() <= 1e-6
+    np.testing.assert_array_equal(model(batch), together)
+
+
+def test_uint8_is_scaled_like_tensorflow(rng):
+    model = mnp.build("mobilenet_v2", 0.35, 32, seed=0)
+    img = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    as_float = img.astype(np.float32) * np.float32(1 / 255)     # multiply, not divide (pitfall 16)
+    np.testing.assert_array_equal(model(img), model(as_float))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((32, 32, 3), np.float32), "batch"),
+    (np.zeros((1, 32, 32, 4), np.float32), "3 \\(RGB\\) channels"),
+    (np.zeros((1, 31, 40, 3), np.float32), "minimum"),
+    (np.zeros((1, 32, 32, 3), np.int32), "dtype"),
+    (np.full((1, 32, 32, 3), np.nan, np.float32), "NaN"),
+    (np.full((1, 32, 32, 3), np.inf, np.float32), "infinite"),
+    (np.zeros((0, 32, 32, 3), np.float32), "empty"),
+])
+def test_bad_input_is_refused(bad, message):
+    model = mnp.build("mobilenet_v2", 0.35, 32)
+    with pytest.raises(ValueError, match=message):
+        model(bad)
+
+
+def test_endpoints_shapes_and_names(rng):
+    model = mnp.build("mobilenet_v2", 0.5, 96)
+    x = rng.random((1, 96, 96, 3), dtype=np.float32)
+    ends = model.endpoints(x)
+    assert list(ends) == model.arch.endpoint_names()
+    assert ends["layer_18/output"].shape == (1, 3, 3, 160)
+    assert ends["global_pool"].shape == (1, 1, 1, 1280)
+    np.testing.assert_array_equal(ends["layer_18"], ends["layer_18/output"])
+    np.testing.assert_allclose(ends["global_pool"][:, 0, 0], model(x), atol=1e-6)
+    np.testing.assert_allclose(ends["Logits"], model.logits(x), atol=1e-6)
+    np.testing.assert_allclose(ends["Predictions"].sum(axis=1), 1.0, atol=1e-5)
+    assert ends["layer_19"].min() >= 0 and ends["layer_19"].max() <= 6
+    with pytest.raises(KeyError, match="layer_20"):
+        model.endpoints(x, ["layer_20"])
+
+
+def test_v1_endpoint_is_post_relu6(rng):
+    model = mnp.build("mobilenet_v1", 0.5, 160)
+    ends = model.endpoints(rng.random((1, 160, 160, 3), dtype=np.float32), ["Conv2d_13_pointwise"])
+    assert ends["Conv2d_13_pointwise"].shape == (1, 5, 5, 512)
+    assert 0 <= ends["Conv2d_13_pointwise"].min() and ends["Conv2d_13_pointwise"].max() <= 6
+
+
+def test_summary_table():
+    model = mnp.build("mobilenet_v1", 0.5, 160)
+    rows = model.summary_rows()
+    assert sum(r["macs"] for r in rows) == 76_012_800
+    text = model.summary()
+    assert "Conv2d_13_pointwise" in text and "76,012,800 MACs" in text and "512,512 MACs" in text
+
+
+def test_save_and_load_round_trip(tmp_path, rng):
+    model = mnp.build("mobilenet_v2", 0.5, 96, num_classes=1001, seed=7)
+    path = tmp_path / "m.h5"
+    model.save(path)
+    again = mnp.load(path)
+    x = rng.random((2, 96, 96, 3), dtype=np.float32)
+    np.testing.assert_array_equal(again(x), model(x))
+    assert again.num_classes == 1001 and again.labels_offset == 1 and again.input_size == (96, 96)
+    assert len(again.weights_sha256) == 64
+
+
+def test_load_refuses_newer_format_and_wrong_shapes(tmp_path):
+    import h5py
+    model = mnp.build("mobilenet_v1", 0.25, 128, num_classes=0)
+    path = tmp_path / "m.h5"
+    model.save(path)
+    with h5py.File(path, "a") as f:
+        f.attrs["format_version"] = 2
+    with pytest.raises(UnsupportedFormatError, match=r"m\.h5.*version 2"):
+        mnp.load(path)
+    model.save(path)
+    with h5py.File(path, "a") as f:
+        del f["MobilenetV1/Conv2d_3_pointwise/weights"]
+        f["MobilenetV1/Conv2d_3_pointwise/weights"] = np.zeros((1, 1, 16, 17), np.float32)
+    with pytest.raises(ArchitectureError, match=r"Conv2d_3_pointwise/weights has shape \[1, 1, 16, 17\]"):
+        mnp.load(path)
+
+
+def test_logits_without_classifier_is_an_error(rng):
+    model = mnp.build("mobilenet_v2", 0.35, 32, num_classes=0)
+    with pytest.raises(ValueError, match="no classifier"):
+        model.logits(rng.random((1, 32, 32, 3), dtype=np.float32))
+
+
+def test_threads_argument_restores_settings(rng):
+    import numba
+    model = mnp.build("mobilenet_v2", 0.35, 32)
+    before = numba.get_num_threads()
+    x = rng.random((2, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_array_equal(model(x, threads=1), model(x))
+    assert numba.get_num_threads() == before
+
+
+def test_reference_backend_imports_without_numba():
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "import numpy as np, mobilenet_np as mnp\n"
+            "m = mnp.build('mobilenet_v2', 0.35, 32, backend='numpy')\n"
+            "print(m(np.full((1, 32, 32, 3), 0.5, np.float32)).shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "(1, 1280)"
+
+
+def test_random_weights_cover_every_variable():
+    arch = spec.mobilenet_v1(0.5)
+    model = mnp.build("mobilenet_v1", 0.5, 160, num_classes=1001)
+    assert set(model.tensors) == set(arch.variables(1001))

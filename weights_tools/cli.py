@@ -1,0 +1,106 @@
+"""``weights-tools``: inspect a weight source, convert it to a mobilenet-np weights file, verify one.
+
+Exit status 0 on success, 1 with a one-line reason on stderr when the input is unusable,
+2 for a usage error (argparse's own convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from mobilenet_np.errors import WeightsError
+
+from .convert import WEIGHT_CHOICES, convert, detect, open_source
+
+
+def _inspect(args) -> None:
+    if args.source.endswith((".h5", ".hdf5")) and _is_our_file(args.source):
+        return _verify(args)
+    src = open_source(args.source, args.weights)
+    print(f"source: {args.source} ({src.source_format})")
+    for f in src.source_files:
+        print(f"  file: {f}")
+    print(f"tensors ({len(src.tensors)}, TF-Slim names):")
+    for name in sorted(src.tensors):
+        t = src.tensors[name]
+        print(f"  {name:<64} {str(list(t.shape)):<20} {t.dtype}")
+    try:
+        print(f"detected: {detect(src.tensors, args.source).describe()}")
+    except WeightsError as exc:
+        print(f"detected: nothing that fits ({exc})")
+    if src.ignored:
+        print(f"ignored ({len(src.ignored)}):")
+        for name in sorted(src.ignored):
+            print(f"  {name:<64} {src.ignored[name]}")
+    for note in src.notes:
+        print(f"note: {note}")
+
+
+def _is_our_file(path: str) -> bool:
+    import h5py
+    try:
+        with h5py.File(path, "r") as f:
+            return "format_version" in f.attrs
+    except OSError:
+        return False
+
+
+def _convert(args) -> None:
+    found = convert(args.source, args.output, weights=args.weights, input_size=args.input_size)
+    print(f"wrote {args.output}: {found.describe()}")
+
+
+def _verify(args) -> None:
+    from mobilenet_np import weights_file
+    from mobilenet_np.model import format_table
+    path = getattr(args, "file", None) or args.source
+    wf = weights_file.read(path)
+    total = sum(int(np.prod(t.shape)) for t in wf.tensors.values())
+    print(f"{path}: OK, format version {wf.attrs['format_version']}, {len(wf.tensors)} tensors, {total:,} values")
+    for key in sorted(wf.attrs):
+        value = wf.attrs[key]
+        print(f"  {key}: {json.dumps(value) if isinstance(value, (list, dict)) else value}")
+    if getattr(args, "table", False):
+        print(format_table(wf.architecture, tuple(wf.attrs["default_input_size"]), int(wf.attrs["num_classes"])))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="weights-tools", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="list a source's tensors, what was recognised and what is ignored")
+    p.add_argument("source", help="checkpoint prefix or directory, TF-Hub module dir, .tflite, model.json, Keras .h5")
+    p.add_argument("--weights", choices=WEIGHT_CHOICES, default="ema",
+                   help="for checkpoints: raw variables or their ExponentialMovingAverage shadows (default ema)")
+    p.set_defaults(func=_inspect)
+    p = sub.add_parser("convert", help="write a mobilenet-np weights file (HDF5)")
+    p.add_argument("source")
+    p.add_argument("output")
+    p.add_argument("--weights", choices=WEIGHT_CHOICES, default="ema",
+                   help="for checkpoints: raw variables or their ExponentialMovingAverage shadows (default ema)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="default input size recorded in the file (default: from the source or its name, else 224)")
+    p.set_defaults(func=_convert)
+    p = sub.add_parser("verify", help="check a weights file: format version, every shape; print its attributes")
+    p.add_argument("file")
+    p.add_argument("--table", action="store_true", help="also print the layer table")
+    p.set_defaults(func=_verify)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (WeightsError, OSError, ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"weights-tools: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""From any supported source to a mobilenet-np weights file: open, recognise, check, write.
+
+``open_source`` picks the reader by what the path is (checkpoint prefix or directory, TF-Hub
+module, .tflite, TF.js model.json, Keras .h5); every reader returns ``SourceTensors`` under
+TF-Slim names.  ``detect`` recognises architecture, depth multiplier and class count from
+names and shapes alone, then checks *every* tensor against the rules of SPEC.md (via
+``mobilenet_np.spec``); ``convert`` writes the HDF5 file with its provenance, atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mobilenet_np import spec, weights_file
+from mobilenet_np.errors import ArchitectureError, MissingFileError, UnsupportedFormatError
+from mobilenet_np.model import file_sha256
+
+from .source import SourceTensors
+
+WEIGHT_CHOICES = ("raw", "ema")
+EMA_SUFFIX = "/ExponentialMovingAverage"
+# Checkpoint tensors that are training state, not model: optimizer slots and the step counter.
+_TRAINING_STATE = re.compile(r"(/RMSProp(_1)?|/Momentum|/Adam(_1)?)$|^global_step$")
+
+
+@dataclass
+class Detected:
+    architecture: str
+    depth_multiplier: float
+    num_classes: int
+    folded: bool
+
+    def describe(self) -> str:
+        head = f"{self.num_classes} classes" if self.num_classes else "no classifier"
+        fold = "BatchNorm folded" if self.folded else "BatchNorm unfolded"
+        return f"{self.architecture} depth multiplier {self.depth_multiplier:g}, {head}, {fold}"
+
+
+def detect(tensors: dict[str, np.ndarray], where: str) -> Detected:
+    """Recognise the network from its tensor names and shapes, or say why none fits."""
+    scopes = {name.split("/", 1)[0] for name in tensors}
+    matches = [a for a, s in spec.SCOPES.items() if s in scopes]
+    if len(matches) != 1:
+        raise ArchitectureError(f"{where}: no MobilenetV1/ or MobilenetV2/ tensors found "
+                                f"(top-level scopes: {', '.join(sorted(scopes)[:5]) or 'none'})")
+    name = matches[0]
+    scope = spec.SCOPES[name]
+    folded = not any("/BatchNorm/" in k for k in tensors)
+    logits = tensors.get(f"{scope}/{spec.LOGITS_SCOPE}/weights")
+    num_classes = int(logits.shape[-1]) if logits is not None and logits.ndim == 4 else 0
+    closest = None
+    for multiplier in spec.PUBLISHED_MULTIPLIERS[name] + _other_multipliers(name):
+        arch = spec.build(name, multiplier)
+        problems = weights_file.mismatches(arch, tensors, num_classes, folded)
+        if not problems:
+            return Detected(name, multiplier, num_classes, folded)
+        if closest is None or len(problems) < len(closest[1]):
+            closest = (arch, problems)
+    # Report against the nearest width: its few differences are the ones worth reading.
+    raise ArchitectureError(weights_file.describe_mismatch(closest[0], num_classes, closest[1], where))
+
+
+def _other_multipliers(name: str) -> tuple[float, ...]:
+    """Unpublished widths, in steps of 0.01 up to 3: the depth rules are not invertible from one
+    shape, so each candidate is built and checked whole.  Two multipliers that give the same
+    shapes give the same network, so the first that fits is as good as any."""
+    published = spec.PUBLISHED_MULTIPLIERS[name]
+    return tuple(m for m in (k / 100 for k in range(5, 301)) if m not in published)
+
+
+def select_checkpoint_weights(names: list[str], read, choice: str, where: str) -> SourceTensors:
+    """From the names of a TF-Slim checkpoint, the model variables: raw values or their
+    ExponentialMovingAverage shadows; optimizer slots and ``global_step`` are set aside."""
+    if choice not in WEIGHT_CHOICES:
+        raise ValueError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}, got {choice!r}")
+    present = set(names)
+    tensors, ignored = {}, {}
+    no_shadow = []
+    for name in names:
+        if name.endswith(EMA_SUFFIX):
+            ignored[name] = "EMA shadow (used with --weights ema)" if choice == "raw" else "EMA shadow (read)"
+            continue
+        if _TRAINING_STATE.search(name):
+            ignored[name] = "optimizer state / step counter"
+            continue
+        if not name.startswith(tuple(f"{s}/" for s in spec.SCOPES.values())):
+            ignored[name] = "not a MobileNet variable"
+            continue
+        shadow = name + EMA_SUFFIX
+        if choice == "ema" and shadow in present:
+            tensors[name] = read(shadow)
+        else:
+            if choice == "ema":
+                no_shadow.append(name)
+            tensors[name] = read(name)
+    notes = []
+    if no_shadow:
+        notes.append(f"--weights ema: {len(no_shadow)} variable(s) have no EMA shadow, raw values used: "
+                     + ", ".join(no_shadow[:8]) + (" ..." if len(no_shadow) > 8 else ""))
+    for name in list(ignored):
+        if ignored[name] == "not a MobileNet variable" and name.startswith("module/"):
+            ignored[name] += " (strip a 'module/' prefix? hub modules store names without it)"
+    return SourceTensors(tensors, "tf-checkpoint", [], batchnorm_folded=False, weights_choice=choice,
+                         ignored=ignored, notes=notes)
+
+
+def open_source(path: str | os.PathLike, weights: str = "ema") -> SourceTensors:
+    """Read any supported source into TF-Slim names (the reader is chosen by what ``path`` is)."""
+    path = str(path)
+    p = Path(path)
+    lower = path.lower()
+    if lower.endswith(".tflite"):
+        from .tflite import read_tflite
+        _require_file(path)
+        return read_tflite(path)
+    if lower.endswith(".json") or (p.is_dir() and (p / "model.json").exists()):
+        from .tfjs import read_tfjs_graph
+        return read_tfjs_graph(path)
+    if lower.endswith((".h5", ".hdf5", ".keras")):
+        from .keras_h5 import read_keras_h5
+        _require_file(path)
+        return read_keras_h5(path)
+    from .tensor_bundle import CheckpointReader
+    reader = CheckpointReader(path)
+    src = select_checkpoint_weights(list(reader.keys()), reader.get_tensor, weights, reader.prefix)
+    src.source_files = [reader.index_path, *reader.data_paths]
+    return src
+
+
+def _require_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise MissingFileError(f"{path}: no such file")
+
+
+def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, weights: str = "ema",
+            input_size: int | tuple[int, int] | None = None, model_name: str | None = None) -> Detected:
+    """Convert one source to a weights file; returns what was recognised.  Nothing is written
+    unless every check passes, and a failure part-way leaves no file behind."""
+    src = open_source(src_path, weights)
+    found = detect(src.tensors, str(src_path))
+    size = _input_size(input_size or src.input_size or _size_from_name(str(src_path)))
+    from mobilenet_np import __version__
+    attrs = {
+        "architecture": found.architecture,
+        "depth_multiplier": float(found.depth_multiplier),
+        "default_input_size": list(size),
+        "input_range": "[-1, 1]",
+        "num_classes": found.num_classes,
+        "labels_offset": 1 if found.num_classes == 1001 else 0,
+        "batchnorm_folded": found.folded,
+        "batchnorm_epsilon": spec.TF_BATCHNORM_EPSILON,
+        "weights_choice": src.weights_choice,
+        "source_format": src.source_format,
+        "source_files": [{"name": os.path.basename(f), "sha256": file_sha256(f), "size": os.path.getsize(f)}
+                         for f in src.source_files],
+        "converter_version": __version__,
+        "notes": src.notes,
+    }
+    if model_name:
+        attrs["model_name"] = model_name
+    weights_file.write(out_path, src.tensors, attrs)
+    return found
+
+
+def _size_from_name(path: str) -> int:
+    """TF-Slim names checkpoints by width and resolution (mobilenet_v1_0.5_160.ckpt); 224 else."""
+    m = re.search(r"_(\d{2,3})(?:_quant)?(?:\.ckpt|\.tflite|\.h5|$|/)", os.path.basename(path.rstrip("/")) + "/")
+    return int(m.group(1)) if m and int(m.group(1)) >= spec.MIN_INPUT_SIZE else 224
+
+
+def _input_size(input_size) -> tuple[int, int]:
+    if np.isscalar(input_size):
+        return (int(input_size), int(input_size))
+    if len(input_size) != 2:
+        raise UnsupportedFormatError(f"input size must be one or two integers, got {input_size}")
+    return tuple(int(s) for s in input_size)
