@@ -186,7 +186,7 @@ def layer_table(arch: spec.Architecture, input_hw: tuple[int, int]) -> list[dict
 
 def format_table(arch: spec.Architecture, input_hw: tuple[int, int], num_classes: int = 0) -> str:
     rows = layer_table(arch, input_hw)
-    header = f"{'#':>3}  {'scope':<28} {'op':<9} {'k':>1} {'s':>1}  {'in':>13}  {'out':>13}  {'pad t,b,l,r':<11} {'act':<8} {'params':>9} {'MACs':>12}"
+    header = f"{'#':>3}  {'scope':<28} {'op':<9} {'k':>1} {'s':>1}  {'in':>13}  {'out':>13}  {'pad t,b,l,r':<11} {'act':<10} {'params':>9} {'MACs':>12}"
     lines = [f"{arch.scope} depth multiplier {arch.depth_multiplier:g}, input {input_hw[0]}x{input_hw[1]}", header,
              "-" * len(header)]
     for i, r in enumerate(rows):
@@ -195,7 +195,7 @@ def format_table(arch: spec.Architecture, input_hw: tuple[int, int], num_classes
         shape_out = "x".join(map(str, r["out_shape"]))
         pad = ",".join(map(str, r["pad"]))
         lines.append(f"{i:>3}  {r['scope']:<28} {r['op']:<9} {r['kernel']:>1} {r['stride']:>1}  {shape_in:>13}  "
-                     f"{shape_out:>13}  {pad:<11} {act:<8} {r['params']:>9,} {r['macs']:>12,}")
+                     f"{shape_out:>13}  {pad:<11} {act:<10} {r['params']:>9,} {r['macs']:>12,}")
     macs = sum(r["macs"] for r in rows)
     params = sum(r["params"] for r in rows)
     lines.append("-" * len(header))

@@ -105,3 +105,12 @@ def test_v1_final_map(size, final):
 def test_geometry_refuses_small_inputs():
     with pytest.raises(ValueError, match="minimum"):
         spec.geometry(spec.mobilenet_v1(0.5), (31, 64))
+
+
+@pytest.mark.parametrize("name, multiplier, size", [("mobilenet_v1", 0.5, 160), ("mobilenet_v2", 0.5, 96)])
+def test_docs_tables_are_what_the_code_computes(name, multiplier, size):
+    from pathlib import Path
+
+    from mobilenet_np.model import format_table
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    assert format_table(spec.build(name, multiplier), (size, size), 1001) in doc
