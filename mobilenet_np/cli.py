@@ -60,6 +60,17 @@ def _summary(args) -> int:
     return 0
 
 
+def _profile(args) -> int:
+    from .model import format_profile
+    model = model_from_arg(args.model, backend=args.backend)
+    size = (args.input_size, args.input_size) if args.input_size else model.input_size
+    images = np.random.default_rng(0).random((args.batch_size, *size, 3), dtype=np.float32)
+    rows = model.profile(images, repeats=args.repeats, threads=args.threads)
+    print(f"{model!r}, batch {args.batch_size}, threads {args.threads or 'default'}")
+    print(format_profile(rows))
+    return 0
+
+
 def _parity(args) -> int:
     from .parity import compare
     model = model_from_arg(args.source, backend=args.backend, weights=args.weights)
@@ -94,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="registry name, weights file, or any weight source")
     p.add_argument("--input-size", type=int, help="table for another input size")
     p.set_defaults(func=_summary)
+    p = sub.add_parser("profile", help="time per layer next to its MACs and GMAC/s")
+    p.add_argument("--model", required=True, help="registry name, weights file, or any weight source")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--backend", choices=("numba", "numpy"), default="numba")
+    p.set_defaults(func=_profile)
     p = sub.add_parser("parity", help="compare with TensorFlow at every endpoint (needs the parity extra)")
     p.add_argument("source", help="checkpoint, weights file, registry name or any source weights-tools reads")
     p.add_argument("--images", nargs="*", help="image files (default: two seeded random images)")

@@ -157,6 +157,31 @@ class MobileNet:
         hw = tuple(input_size or self.input_size)
         return format_table(self.arch, hw, self.num_classes)
 
+    def profile(self, images, repeats: int = 20, threads: int | None = None) -> list[dict]:
+        """Time every layer: median over ``repeats`` runs (after one warm-up) of the time from
+        the previous layer's end to this layer's end, next to its MACs and achieved GMAC/s."""
+        import time
+        x = self._network_input(images)
+        geo = spec.geometry(self.arch, x.shape[1:3])
+        samples = np.zeros((repeats, len(geo) + 1))
+        with _threads.limit(threads):
+            for r in range(-1, repeats):
+                stamps = [time.perf_counter()]
+                last = self.backend.run(geo, x, lambda i, y: stamps.append(time.perf_counter()))
+                self.backend.global_mean(last)
+                stamps.append(time.perf_counter())
+                if r >= 0:
+                    samples[r] = np.diff(stamps)
+        median = np.median(samples, axis=0)
+        rows = []
+        for g, seconds in zip(geo, median):
+            macs = g.macs * x.shape[0]
+            rows.append({"scope": g.layer.scope, "op": g.layer.kind, "out_shape": (x.shape[0], *g.out_hw, g.layer.out_depth),
+                         "macs": macs, "ms": seconds * 1e3, "gmacs": macs / seconds / 1e9})
+        rows.append({"scope": "global_pool", "op": "mean", "out_shape": (x.shape[0], self.num_features),
+                     "macs": 0, "ms": median[-1] * 1e3, "gmacs": 0.0})
+        return rows
+
     def save(self, path: str | os.PathLike) -> None:
         """Write this model's weights as a mobilenet-np weights file (atomically)."""
         attrs = {
@@ -206,6 +231,25 @@ def format_table(arch: spec.Architecture, input_hw: tuple[int, int], num_classes
     return "\n".join(lines)
 
 
+def format_profile(rows: list[dict]) -> str:
+    """The per-layer profile as text, with each op kind's share of the time."""
+    total = sum(r["ms"] for r in rows)
+    lines = [f"{'scope':<28} {'op':<9} {'out shape':>18} {'MACs':>12} {'ms':>8} {'GMAC/s':>7} {'share':>6}"]
+    for r in rows:
+        shape = "x".join(map(str, r["out_shape"]))
+        lines.append(f"{r['scope']:<28} {r['op']:<9} {shape:>18} {r['macs']:>12,} {r['ms']:>8.3f} "
+                     f"{r['gmacs']:>7.1f} {r['ms'] / total:>6.1%}")
+    by_op: dict[str, list[float]] = {}
+    for r in rows:
+        by_op.setdefault(r["op"], [0.0, 0.0])
+        by_op[r["op"]][0] += r["ms"]
+        by_op[r["op"]][1] += r["macs"]
+    macs = sum(r["macs"] for r in rows)
+    lines.append(f"total {total:.3f} ms, {macs / total / 1e6:.1f} GMAC/s; by op: " + ", ".join(
+        f"{op} {ms:.3f} ms ({ms / total:.0%}, {m / ms / 1e6 if ms else 0:.1f} GMAC/s)" for op, (ms, m) in by_op.items()))
+    return "\n".join(lines)
+
+
 def _version() -> str:
     from . import __version__
     return __version__
@@ -220,21 +264,13 @@ def _tensors_digest(tensors: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def from_file(path: str | os.PathLike, backend: str = "numba", input_size=None) -> MobileNet:
     """Load a mobilenet-np weights file (see docs/weights-format.md)."""
     wf = weights_file.read(path)
     size = input_size or tuple(wf.attrs["default_input_size"])
     return MobileNet(wf.architecture, wf.tensors, num_classes=int(wf.attrs["num_classes"]),
                      folded=bool(wf.attrs["batchnorm_folded"]), input_size=size, backend=backend,
-                     name=str(wf.attrs.get("model_name") or Path(path).stem), weights_sha256=file_sha256(path),
+                     name=str(wf.attrs.get("model_name") or Path(path).stem), weights_sha256=weights_file.file_sha256(path),
                      attrs=wf.attrs, default_preset=str(wf.attrs.get("default_preset", "hub")))
 
 

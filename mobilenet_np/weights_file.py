@@ -9,6 +9,7 @@ reads them back with every shape checked; it does not know how foreign formats a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -30,6 +31,18 @@ REQUIRED_ATTRS = (
     "input_range", "num_classes", "labels_offset", "batchnorm_folded", "batchnorm_epsilon",
     "weights_choice", "source_format", "source_files", "converter_version",
 )
+
+
+def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (for provenance records)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(chunk_size):
+                digest.update(chunk)
+    except FileNotFoundError:
+        raise MissingFileError(f"{os.fspath(path)}: file not found") from None
+    return digest.hexdigest()
 
 
 @dataclass

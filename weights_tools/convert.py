@@ -18,7 +18,6 @@ import numpy as np
 
 from mobilenet_np import spec, weights_file
 from mobilenet_np.errors import ArchitectureError, MissingFileError, UnsupportedFormatError
-from mobilenet_np.model import file_sha256
 
 from .source import SourceTensors
 
@@ -156,7 +155,7 @@ def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, weights: s
         "batchnorm_epsilon": spec.TF_BATCHNORM_EPSILON,
         "weights_choice": src.weights_choice,
         "source_format": src.source_format,
-        "source_files": [{"name": os.path.basename(f), "sha256": file_sha256(f), "size": os.path.getsize(f)}
+        "source_files": [{"name": os.path.basename(f), "sha256": weights_file.file_sha256(f), "size": os.path.getsize(f)}
                          for f in src.source_files],
         "converter_version": __version__,
         "notes": src.notes,
