@@ -29,4 +29,9 @@ class MissingFileError(WeightsError, FileNotFoundError):
 
 class ImageError(ValueError):
     """An image file cannot be decoded: empty, truncated, not an image, or a decompression bomb.
-    The message names the file."""
+    The message is ``"<path>: <reason>"``; both parts are also attributes."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

@@ -17,8 +17,7 @@ import numpy as np
 
 from . import spec, threads as _threads, weights_file
 from .backends import BACKENDS
-
-UINT8_TO_FLOAT = np.float32(1.0 / 255.0)   # TF's convert_image_dtype multiplies by this (SPEC 5.1)
+from .preprocess import uint8_to_float
 
 
 class MobileNet:
@@ -73,7 +72,7 @@ class MobileNet:
             raise ValueError(f"images are {x.shape[1]}x{x.shape[2]}; the minimum size is "
                              f"{spec.MIN_INPUT_SIZE}x{spec.MIN_INPUT_SIZE}")
         if x.dtype == np.uint8:
-            x = x.astype(np.float32) * UINT8_TO_FLOAT
+            x = uint8_to_float(x)
         elif x.dtype in (np.float32, np.float64, np.float16):
             x = x.astype(np.float32, copy=False)
             if not np.isfinite(x).all():
@@ -142,10 +141,12 @@ class MobileNet:
 
     # --- around the model -------------------------------------------------------------------
 
-    def preprocess(self, src, preset: str | None = None) -> np.ndarray:
-        """Decode and resize one image for this model: float32 [H, W, 3] in [0, 1]."""
+    def preprocess(self, src, preset: str | None = None, draft: bool = True) -> np.ndarray:
+        """Decode and resize one image for this model: float32 [H, W, 3] in [0, 1].
+        ``draft``: let the hub preset decode large JPEGs at reduced size (faster; changes
+        pixels slightly, see ``preprocess.preprocess``)."""
         from .preprocess import preprocess
-        return preprocess(src, self.input_size, preset or self.default_preset)
+        return preprocess(src, self.input_size, preset or self.default_preset, draft=draft)
 
     def summary_rows(self, input_size: tuple[int, int] | None = None) -> list[dict]:
         """One record per layer: scope, op, kernel, stride, shapes, padding, params, MACs."""

@@ -99,6 +99,7 @@ def write(path: str | os.PathLike, tensors: dict[str, np.ndarray], attrs: dict) 
         raise ValueError(f"{path}: attributes missing: {', '.join(missing)}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes 0600; a finished file gets the usual mode
     try:
         with h5py.File(tmp, "w") as f:
             for key, value in full.items():
@@ -110,6 +111,12 @@ def write(path: str | os.PathLike, tensors: dict[str, np.ndarray], attrs: dict) 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _attr(value):

@@ -1,6 +1,8 @@
 """Shared fixtures: the seeded RNG and the location of the real data in ../shared."""
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,3 +28,13 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def shared():
     return shared_path
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A few dozen bytes of PNG whose header claims width x height pixels (a cheap bomb)."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
