@@ -15,7 +15,7 @@ from .errors import WeightsError  # noqa: E402
 from .model import MobileNet, build  # noqa: E402
 from .registry import list_models  # noqa: E402
 
-__all__ = ["MobileNet", "WeightsError", "build", "list_models", "load", "__version__"]
+__all__ = ["MobileNet", "WeightsError", "build", "embed", "iter_embed", "list_models", "load", "__version__"]
 
 
 def load(name_or_path: str | os.PathLike, backend: str = "numba", weights: str = "ema") -> MobileNet:
@@ -32,3 +32,21 @@ def load(name_or_path: str | os.PathLike, backend: str = "numba", weights: str =
         return model.from_file(key, backend=backend)
     raise KeyError(f"{key!r} is neither a weights file nor a registry name; "
                    f"known names include {', '.join(registry.list_models()[:3])} ... (mobilenet-np list)")
+
+
+def _model(model) -> MobileNet:
+    return model if isinstance(model, MobileNet) else load(model)
+
+
+def embed(inputs, model, **options):
+    """Embed image files, folders or path-list files in process: ``EmbedResult(paths, features,
+    failures)``, the same rows the ``embed`` command writes.  ``model`` is a MobileNet, a
+    weights file or a registry name; options as ``mobilenet_np.embedding.embed``."""
+    from .embedding import embed as _embed
+    return _embed(inputs, _model(model), **options)
+
+
+def iter_embed(inputs, model, **options):
+    """As :func:`embed`, one ``EmbedResult`` per batch, with bounded memory."""
+    from .embedding import iter_embed as _iter_embed
+    return _iter_embed(inputs, _model(model), **options)

@@ -1,5 +1,5 @@
 """``mobilenet-np``: the command line.  ``list`` the registry, print a model's layer ``summary``,
-``parity`` against TensorFlow, and (from ``embed.py``) ``embed`` and ``classify`` images.
+``parity`` against TensorFlow, and (from ``embedding.py``) ``embed`` and ``classify`` images.
 
 Exit status: 0 success, 1 partial success (embed: some inputs failed), 2 failure or usage error.
 """
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_parity)
     try:
-        from .embed import register_cli
+        from .embedding import register_cli
     except ImportError:
         pass
     else:

@@ -18,7 +18,7 @@ import pytest
 from PIL import ExifTags, Image
 
 import mobilenet_np as mnp
-from mobilenet_np import embed as em
+from mobilenet_np import embedding as em
 from mobilenet_np.errors import ImageError
 
 from conftest import png_claiming as _png_claiming
@@ -358,3 +358,19 @@ def test_class_names_and_top_k(tmp_path):
     order, probabilities = em.top_k(np.array([[1000.0, 0.0, 1000.0, -5.0]], np.float32), 3)
     np.testing.assert_array_equal(order, [[0, 2, 1]])
     np.testing.assert_allclose(probabilities, [[0.5, 0.5, 0.0]], atol=1e-300)
+
+
+def test_top_level_embed_accepts_a_weights_file_and_stays_callable(tmp_path, rng):
+    model = mnp.build("mobilenet_v2", 0.35, 32, num_classes=0, seed=5)
+    weights = tmp_path / "m.h5"
+    model.save(weights)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    first = mnp.embed([str(folder)], model=str(weights), batch_size=2)
+    again = mnp.embed([str(folder)], model=model, batch_size=2)      # still the function
+    assert first.paths == ["0.png", "1.png", "2.png"] and not first.failures
+    np.testing.assert_array_equal(first.features, again.features)
+    np.testing.assert_array_equal(first.features[1], model(model.preprocess(folder / "1.png")[None])[0])
+    assert sum(len(b.paths) for b in mnp.iter_embed([str(folder)], model=model, batch_size=2)) == 3
