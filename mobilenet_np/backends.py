@@ -74,7 +74,7 @@ class NumbaBackend:
 
     def __init__(self, arch: spec.Architecture, tensors: dict[str, np.ndarray], folded: bool,
                  epsilon: float):
-        from .kernels import fast  # noqa: F401  (import here: the NumPy path must not need Numba)
+        from .kernels import fast  # imported here: the NumPy path must not need Numba
 
         self._fast = fast
         self.params = []
@@ -88,26 +88,31 @@ class NumbaBackend:
                 bn = [tensors[f"{prefix}/BatchNorm/{s}"]
                       for s in ("gamma", "beta", "moving_mean", "moving_variance")]
                 w, bias = ref.fold_batch_norm(w, *bn, epsilon, depthwise=depthwise)
-            # Kernel layouts: depthwise [k,k,C] (multiplier 1 squeezed), pointwise [Ci,Co].
+            # Kernel layouts: depthwise [k,k,C] (multiplier 1 squeezed); full and 1x1 convs as
+            # GEMM panels over their [k*k*C_in, C_out] matrix (HWIO flattens to im2col order).
             if depthwise:
-                w = w[:, :, :, 0]
-            elif layer.kind == "pointwise":
-                w = w[0, 0]
-            self.params.append((np.ascontiguousarray(w, np.float32), np.ascontiguousarray(bias, np.float32)))
+                self.params.append((np.ascontiguousarray(w[:, :, :, 0], np.float32),
+                                    np.ascontiguousarray(bias, np.float32)))
+            else:
+                self.params.append((fast.pack_pointwise(w.reshape(-1, layer.out_depth).astype(np.float32)),
+                                    fast.pad_bias(bias.astype(np.float32))))
         self._workspaces: dict[tuple, list[np.ndarray]] = {}
 
-    def _buffers(self, geo: list[spec.LayerGeometry], batch: int) -> list[np.ndarray]:
-        """Three flat buffers big enough for any activation of this input shape: a layer never
-        writes into its own input or into the block input that a residual add still needs."""
+    def _buffers(self, geo: list[spec.LayerGeometry], batch: int) -> tuple[list[np.ndarray], dict]:
+        """Three flat buffers big enough for any activation of this input shape (a layer never
+        writes into its own input or into the block input that a residual add still needs),
+        and the stem's patch offsets for this width.  Kept until a call with another shape."""
         key = (batch, geo[0].in_hw)
         if key not in self._workspaces:
             size = max(batch * g.out_hw[0] * g.out_hw[1] * g.layer.out_depth for g in geo)
-            self._workspaces = {key: [np.empty(size, np.float32) for _ in range(3)]}
+            taps = {i: self._fast.stem_taps(g.layer.kernel, g.in_hw[1], g.layer.in_depth)
+                    for i, g in enumerate(geo) if g.layer.kind == "conv"}
+            self._workspaces = {key: ([np.empty(size, np.float32) for _ in range(3)], taps)}
         return self._workspaces[key]
 
     def run(self, geo, x, on_layer):
         """Run every layer; ``on_layer(i, y)`` sees each output (a view into the workspace)."""
-        buffers = self._buffers(geo, x.shape[0])
+        buffers, taps = self._buffers(geo, x.shape[0])
         block_input = None
         for i, (g, (w, bias)) in enumerate(zip(geo, self.params)):
             layer = g.layer
@@ -120,7 +125,7 @@ class NumbaBackend:
             y = target[: n * g.out_hw[0] * g.out_hw[1] * layer.out_depth].reshape(shape)
             top, _, left, _ = g.pad
             if layer.kind == "conv":
-                self._fast.conv2d(x, w, bias, layer.stride, top, left, layer.relu6, y)
+                self._fast.conv2d(x, w, bias, taps[i], layer.kernel, layer.stride, top, left, layer.relu6, y)
             elif layer.kind == "depthwise":
                 self._fast.depthwise_conv2d(x, w, bias, layer.stride, top, left, layer.relu6, y)
             else:

@@ -9,6 +9,7 @@ setting for longer than the ``with`` block.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 
 @contextlib.contextmanager
@@ -21,16 +22,22 @@ def limit(threads: int | None):
         raise ValueError(f"threads must be >= 1, got {threads}")
     threads = int(threads)
     with contextlib.ExitStack() as stack:
-        # threadpoolctl finds whichever BLAS NumPy loaded (OpenBLAS, MKL, BLIS) and sets it in
-        # place; doing that by hand means ctypes calls specific to each library.
-        from threadpoolctl import threadpool_limits
-        stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
+        stack.enter_context(_blas_controller().limit(limits=threads, user_api="blas"))
         numba = _numba()
         if numba is not None:
             previous = numba.get_num_threads()
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
             stack.callback(numba.set_num_threads, previous)
         yield
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    """threadpoolctl finds whichever BLAS NumPy loaded (OpenBLAS, MKL, BLIS) and sets it in place;
+    doing that by hand means ctypes calls specific to each library.  Finding the libraries takes
+    milliseconds, so it is done once per process; each ``limit`` then costs microseconds."""
+    from threadpoolctl import ThreadpoolController
+    return ThreadpoolController()
 
 
 def _numba():

@@ -3,11 +3,21 @@
 Each convolution writes ``act(conv(x, w) + bias [+ residual])`` straight into a caller-owned
 output buffer, so the forward pass makes one pass over memory per layer and allocates nothing.
 ``bias`` is the folded BatchNorm offset (``beta - mean * scale``; see
-``reference.fold_batch_norm``).  Inputs must be C-contiguous float32.
+``reference.fold_batch_norm``).  All arrays are C-contiguous float32.
 
-The loops are written so that the innermost loop runs over output channels with unit stride:
-LLVM turns it into AVX2/FMA vector code without any reassociation of sums.  Every kernel has a
-slow twin in ``reference.py`` and is tested against it (tests/test_kernels.py).
+* ``pointwise_conv2d``: the 1x1 convolutions (about 90 % of the work) are a matrix product
+  [pixels, C_in] x [C_in, C_out].  It runs as a register-blocked GEMM: a tile of 6 pixels x 16
+  output channels is accumulated in 12 vector registers over the whole C_in loop (``simd.py``),
+  reading weights packed by ``pack_pointwise`` so that each step loads one contiguous row.
+* ``depthwise_conv2d``: 8 channels at a time, the 9 taps summed in registers.
+* ``conv2d`` (the stem): the same GEMM micro-kernel, reading each 3x3xC_in patch in place
+  through a table of offsets.
+* ``global_mean``: the feature vector.
+
+Sums run over the input channels (or taps) in order, starting from the bias; only the place
+of the bias in the sum differs from TensorFlow's ``conv + bias``, a last-bit effect bounded by
+the tests.  Every kernel has a slow twin in ``reference.py`` and is tested against it
+(tests/test_kernels.py).
 """
 
 from __future__ import annotations
@@ -15,125 +25,320 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from . import simd
 from .jit import kernel
 
-_POINTWISE_ROWS = 4      # pixels per micro-tile: each weight row loaded serves 4 FMAs
+TILE_ROWS = 6        # pixels per GEMM micro-tile
+PANEL = 16           # output channels per micro-tile: two 8-lane vectors
+LANES = simd.LANES
+_DENSE = np.zeros(0, np.int64)     # "no tap table": the 1x1 case of _tile6
 
 
-@kernel(parallel=True)
-def conv2d(x, w, bias, stride, pad_top, pad_left, relu6, out):
-    """Full k x k convolution (the stem): x [N,H,W,Ci], w [k,k,Ci,Co] -> out [N,Ho,Wo,Co]."""
-    n_img, height, width, c_in = x.shape
-    _, out_h, out_w, c_out = out.shape
-    k = w.shape[0]
-    for row in prange(n_img * out_h):
-        n = row // out_h
-        oy = row % out_h
-        for ox in range(out_w):
-            acc = out[n, oy, ox]
-            for c in range(c_out):
-                acc[c] = bias[c]
-            for dy in range(k):
-                iy = oy * stride + dy - pad_top
-                if iy < 0 or iy >= height:
-                    continue          # zero padding contributes nothing
-                for dx in range(k):
-                    ix = ox * stride + dx - pad_left
-                    if ix < 0 or ix >= width:
-                        continue
-                    for ci in range(c_in):
-                        v = x[n, iy, ix, ci]
-                        for c in range(c_out):
-                            acc[c] += v * w[dy, dx, ci, c]
+# --- weight layouts (NumPy, once at load time) ----------------------------------------------
+
+def pack_pointwise(w: np.ndarray) -> np.ndarray:
+    """[C_in, C_out] -> panels [ceil(C_out/16), C_in, 16] (flattened), zero-padded, so that the
+    GEMM reads each step's 16 weights from one contiguous row."""
+    c_in, c_out = w.shape
+    panels = -(-c_out // PANEL)
+    padded = np.zeros((c_in, panels * PANEL), np.float32)
+    padded[:, :c_out] = w
+    return np.ascontiguousarray(padded.reshape(c_in, panels, PANEL).transpose(1, 0, 2)).reshape(-1)
+
+
+def pad_bias(bias: np.ndarray) -> np.ndarray:
+    """Bias zero-padded to whole panels (the GEMM loads it 16 at a time)."""
+    out = np.zeros(-(-bias.shape[0] // PANEL) * PANEL, np.float32)
+    out[:bias.shape[0]] = bias
+    return out
+
+
+# --- the GEMM micro-kernel -----------------------------------------------------------------
+
+@kernel()
+def _emit(out, offset, lo, hi, columns, relu6, residual, add_residual):
+    """Finish one pixel's 16 accumulators: + residual, ReLU6, store the valid columns."""
+    if columns == PANEL:
+        if add_residual:
+            lo = simd.add(lo, simd.load(residual, offset))
+            hi = simd.add(hi, simd.load(residual, offset + LANES))
+        if relu6:
+            lo = simd.relu6(lo)
+            hi = simd.relu6(hi)
+        simd.store(out, offset, lo)
+        simd.store(out, offset + LANES, hi)
+    else:
+        for c in range(columns):
+            v = simd.lane(lo, c) if c < LANES else simd.lane(hi, c - LANES)
+            if add_residual:
+                v += residual[offset + c]
             if relu6:
-                for c in range(c_out):
-                    acc[c] = min(max(acc[c], 0.0), 6.0)
+                v = min(max(v, np.float32(0.0)), np.float32(6.0))
+            out[offset + c] = v
+
+
+@kernel()
+def _tile6(x, x_at, row_step, taps, c_in, w, w_at, b0, b1, out, o_at, c_out, columns, relu6, residual,
+           add_residual):
+    """Six pixels x one 16-column panel (weights at w_at), summed over c_in steps.
+
+    Pixel r's k-th input is x[x_at + r*row_step + k] for a 1x1 conv (``taps`` empty: the
+    pixels' channel vectors are consecutive rows), or x[x_at + r*row_step + taps[k]] for the
+    stem, where ``taps`` lists the offsets of the 3x3xC_in patch in the unpadded input."""
+    dense = taps.shape[0] == 0
+    a00 = b0
+    a01 = b1
+    a10 = b0
+    a11 = b1
+    a20 = b0
+    a21 = b1
+    a30 = b0
+    a31 = b1
+    a40 = b0
+    a41 = b1
+    a50 = b0
+    a51 = b1
+    for k in range(c_in):
+        w0 = simd.load(w, w_at + k * PANEL)
+        w1 = simd.load(w, w_at + k * PANEL + LANES)
+        at = x_at + (k if dense else taps[k])
+        v = simd.splat_at(x, at)
+        a00 = simd.fma(v, w0, a00)
+        a01 = simd.fma(v, w1, a01)
+        v = simd.splat_at(x, at + row_step)
+        a10 = simd.fma(v, w0, a10)
+        a11 = simd.fma(v, w1, a11)
+        v = simd.splat_at(x, at + 2 * row_step)
+        a20 = simd.fma(v, w0, a20)
+        a21 = simd.fma(v, w1, a21)
+        v = simd.splat_at(x, at + 3 * row_step)
+        a30 = simd.fma(v, w0, a30)
+        a31 = simd.fma(v, w1, a31)
+        v = simd.splat_at(x, at + 4 * row_step)
+        a40 = simd.fma(v, w0, a40)
+        a41 = simd.fma(v, w1, a41)
+        v = simd.splat_at(x, at + 5 * row_step)
+        a50 = simd.fma(v, w0, a50)
+        a51 = simd.fma(v, w1, a51)
+    _emit(out, o_at, a00, a01, columns, relu6, residual, add_residual)
+    _emit(out, o_at + c_out, a10, a11, columns, relu6, residual, add_residual)
+    _emit(out, o_at + 2 * c_out, a20, a21, columns, relu6, residual, add_residual)
+    _emit(out, o_at + 3 * c_out, a30, a31, columns, relu6, residual, add_residual)
+    _emit(out, o_at + 4 * c_out, a40, a41, columns, relu6, residual, add_residual)
+    _emit(out, o_at + 5 * c_out, a50, a51, columns, relu6, residual, add_residual)
+
+
+@kernel()
+def _tile1(x, x_at, c_in, w, w_at, b0, b1, out, o_at, columns, relu6, residual, add_residual):
+    """One pixel x one panel: the rows left over when the pixel count is not a multiple of 6."""
+    a0 = b0
+    a1 = b1
+    for k in range(c_in):
+        v = simd.splat_at(x, x_at + k)
+        a0 = simd.fma(v, simd.load(w, w_at + k * PANEL), a0)
+        a1 = simd.fma(v, simd.load(w, w_at + k * PANEL + LANES), a1)
+    _emit(out, o_at, a0, a1, columns, relu6, residual, add_residual)
 
 
 @kernel(parallel=True)
-def depthwise_conv2d(x, w, bias, stride, pad_top, pad_left, relu6, out):
-    """Depthwise k x k convolution: x [N,H,W,C], w [k,k,C] (multiplier squeezed) -> out [N,Ho,Wo,C]."""
-    n_img, height, width, chans = x.shape
-    _, out_h, out_w, _ = out.shape
-    k = w.shape[0]
-    for row in prange(n_img * out_h):
-        n = row // out_h
-        oy = row % out_h
-        for ox in range(out_w):
-            acc = out[n, oy, ox]
-            for c in range(chans):
-                acc[c] = bias[c]
-            for dy in range(k):
-                iy = oy * stride + dy - pad_top
-                if iy < 0 or iy >= height:
-                    continue
-                for dx in range(k):
-                    ix = ox * stride + dx - pad_left
-                    if ix < 0 or ix >= width:
-                        continue
-                    src = x[n, iy, ix]
-                    tap = w[dy, dx]
-                    for c in range(chans):
-                        acc[c] += src[c] * tap[c]
-            if relu6:
-                for c in range(chans):
-                    acc[c] = min(max(acc[c], 0.0), 6.0)
+def gemm_bias_act(x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out):
+    """out[p, :] = act(x[p, :] @ W + bias (+ residual[p, :])) for p < pixels, on flat arrays.
 
-
-@kernel(parallel=True)
-def pointwise_conv2d(x, w, bias, relu6, residual, add_residual, out):
-    """1x1 convolution on flattened pixels: x [P,Ci] @ w [Ci,Co] + bias (+ residual) -> out [P,Co].
-
-    Pixels are taken ``_POINTWISE_ROWS`` at a time so that each weight row, once loaded, feeds
-    several accumulator rows; the accumulators are the output rows themselves (in L1).
-    """
-    pixels, c_in = x.shape
-    c_out = w.shape[1]
-    tiles = (pixels + _POINTWISE_ROWS - 1) // _POINTWISE_ROWS
-    for t in prange(tiles):
-        p0 = t * _POINTWISE_ROWS
-        if p0 + _POINTWISE_ROWS <= pixels:
-            o0 = out[p0]
-            o1 = out[p0 + 1]
-            o2 = out[p0 + 2]
-            o3 = out[p0 + 3]
-            for c in range(c_out):
-                o0[c] = bias[c]
-                o1[c] = bias[c]
-                o2[c] = bias[c]
-                o3[c] = bias[c]
-            for k in range(c_in):
-                a0 = x[p0, k]
-                a1 = x[p0 + 1, k]
-                a2 = x[p0 + 2, k]
-                a3 = x[p0 + 3, k]
-                wk = w[k]
-                for c in range(c_out):
-                    wv = wk[c]
-                    o0[c] += a0 * wv
-                    o1[c] += a1 * wv
-                    o2[c] += a2 * wv
-                    o3[c] += a3 * wv
+    ``w``/``bias`` come from ``pack_pointwise``/``pad_bias``; ``x`` is [pixels, c_in] and
+    ``out``/``residual`` [pixels, c_out], row-major.  Work is split into (6 pixels x 16
+    channels) tiles, handed to Numba's threads."""
+    panels = -(-c_out // PANEL)
+    groups = -(-pixels // TILE_ROWS)
+    for t in prange(groups * panels):
+        g = t // panels
+        j = t % panels
+        p0 = g * TILE_ROWS
+        c0 = j * PANEL
+        columns = min(PANEL, c_out - c0)
+        w_at = j * c_in * PANEL
+        b0 = simd.load(bias, c0)
+        b1 = simd.load(bias, c0 + LANES)
+        if p0 + TILE_ROWS <= pixels:
+            _tile6(x, p0 * c_in, c_in, _DENSE, c_in, w, w_at, b0, b1, out, p0 * c_out + c0, c_out, columns,
+                   relu6, residual, add_residual)
         else:
             for p in range(p0, pixels):
-                o = out[p]
-                for c in range(c_out):
-                    o[c] = bias[c]
-                for k in range(c_in):
-                    a = x[p, k]
-                    wk = w[k]
-                    for c in range(c_out):
-                        o[c] += a * wk[c]
-        for p in range(p0, min(p0 + _POINTWISE_ROWS, pixels)):
-            o = out[p]
-            if add_residual:
-                r = residual[p]
-                for c in range(c_out):
-                    o[c] += r[c]
-            if relu6:
-                for c in range(c_out):
-                    o[c] = min(max(o[c], 0.0), 6.0)
+                _tile1(x, p * c_in, c_in, w, w_at, b0, b1, out, p * c_out + c0, columns,
+                       relu6, residual, add_residual)
 
+
+def pointwise_conv2d(x, w_packed, bias_padded, relu6, residual, add_residual, out):
+    """1x1 convolution: x [P, C_in] -> out [P, C_out] (2-D views of NHWC buffers)."""
+    pixels, c_in = x.shape
+    gemm_bias_act(x.reshape(-1), pixels, c_in, w_packed, bias_padded, out.shape[1], relu6,
+                  residual.reshape(-1), add_residual, out.reshape(-1))
+
+
+# --- the stem: the GEMM over 3x3 patches, read in place -------------------------------------
+
+def stem_taps(k: int, width: int, c_in: int) -> np.ndarray:
+    """Offsets of a k x k x C_in patch's elements from its top-left corner in an NHWC image of
+    the given width, in HWIO order (dy, dx, c): the rows of W.reshape(-1, C_out) they meet."""
+    dy, dx, c = np.meshgrid(np.arange(k), np.arange(k), np.arange(c_in), indexing="ij")
+    return ((dy * width + dx) * c_in + c).reshape(-1).astype(np.int64)
+
+
+@kernel()
+def _patch1(x, n, iy0, ix0, height, width, c_in, k, w, w_at, b0, b1, out, o_at, columns, relu6):
+    """One output pixel of the stem whose patch reaches into the zero padding: taps outside the
+    image are skipped (adding zero), the rest summed in the same (dy, dx, c) order."""
+    a0 = b0
+    a1 = b1
+    for dy in range(k):
+        iy = iy0 + dy
+        for dx in range(k):
+            ix = ix0 + dx
+            if 0 <= iy < height and 0 <= ix < width:
+                at = ((n * height + iy) * width + ix) * c_in
+                for c in range(c_in):
+                    step = (dy * k + dx) * c_in + c
+                    v = simd.splat_at(x, at + c)
+                    a0 = simd.fma(v, simd.load(w, w_at + step * PANEL), a0)
+                    a1 = simd.fma(v, simd.load(w, w_at + step * PANEL + LANES), a1)
+    _emit(out, o_at, a0, a1, columns, relu6, out, False)
+
+
+@kernel(parallel=True)
+def conv2d_stem(x, shape, k, stride, pad_top, pad_left, taps, w, bias, c_out, relu6, out, out_h, out_w):
+    """Full k x k convolution (the stem), x flat NHWC of ``shape`` (N, H, W, C_in) -> out flat
+    [N, out_h, out_w, c_out].  Each output row is cut into 6-pixel tiles that run the GEMM
+    micro-kernel on the patches in place (no im2col copy); pixels whose patch touches the
+    padding take ``_patch1``."""
+    n_img, height, width, c_in = shape
+    panels = -(-c_out // PANEL)
+    steps = k * k * c_in
+    tiles = -(-out_w // TILE_ROWS)
+    for t in prange(n_img * out_h * panels):
+        row = t // panels
+        j = t % panels
+        n = row // out_h
+        oy = row % out_h
+        c0 = j * PANEL
+        columns = min(PANEL, c_out - c0)
+        w_at = j * steps * PANEL
+        b0 = simd.load(bias, c0)
+        b1 = simd.load(bias, c0 + LANES)
+        iy0 = oy * stride - pad_top
+        rows_inside = iy0 >= 0 and iy0 + k <= height
+        for tile in range(tiles):
+            ox0 = tile * TILE_ROWS
+            ix_first = ox0 * stride - pad_left
+            ix_last = (ox0 + TILE_ROWS - 1) * stride - pad_left
+            o_at = (row * out_w + ox0) * c_out + c0
+            if rows_inside and ox0 + TILE_ROWS <= out_w and ix_first >= 0 and ix_last + k <= width:
+                x_at = ((n * height + iy0) * width + ix_first) * c_in
+                _tile6(x, x_at, stride * c_in, taps, steps, w, w_at, b0, b1, out, o_at, c_out, columns,
+                       relu6, out, False)
+            else:
+                for ox in range(ox0, min(ox0 + TILE_ROWS, out_w)):
+                    _patch1(x, n, iy0, ox * stride - pad_left, height, width, c_in, k, w, w_at, b0, b1,
+                            out, (row * out_w + ox) * c_out + c0, columns, relu6)
+
+
+def conv2d(x, w_packed, bias_padded, taps, k, stride, pad_top, pad_left, relu6, out):
+    """Full k x k convolution (the stem); ``taps`` from ``stem_taps(k, W, C_in)``."""
+    n, out_h, out_w, c_out = out.shape
+    conv2d_stem(x.reshape(-1), x.shape, k, stride, pad_top, pad_left, taps, w_packed, bias_padded, c_out,
+                relu6, out.reshape(-1), out_h, out_w)
+
+
+# --- depthwise ------------------------------------------------------------------------------
+
+@kernel()
+def _tap(acc, inside, xf, at, weight):
+    """acc + x[at:at+8] * weight, or acc unchanged for a tap in the zero padding."""
+    return simd.fma(simd.load(xf, at), weight, acc) if inside else acc
+
+
+@kernel(parallel=True)
+def depthwise3x3(x, w, bias, stride, pad_top, pad_left, relu6, out):
+    """Depthwise 3x3: x [N,H,W,C], w flat [(dy*3 + dx)*C + c], bias [C] -> out [N,Ho,Wo,C].
+
+    One output row per task.  For each group of 8 channels the 9 tap weights stay in registers
+    while the row is walked; each pixel sums bias then its taps in (dy, dx) order, skipping
+    taps in the zero padding.  The last C mod 8 channels take the scalar path."""
+    n_img, height, width, chans = x.shape
+    _, out_h, out_w, _ = out.shape
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    vector_chans = chans - chans % LANES
+    line = width * chans
+    for row in prange(n_img * out_h):
+        n = row // out_h
+        oy = row % out_h
+        iy0 = oy * stride - pad_top
+        top, mid, bottom = 0 <= iy0 < height, 0 <= iy0 + 1 < height, 0 <= iy0 + 2 < height
+        for c in range(0, vector_chans, LANES):
+            b = simd.load(bias, c)
+            w0 = simd.load(w, c)
+            w1 = simd.load(w, chans + c)
+            w2 = simd.load(w, 2 * chans + c)
+            w3 = simd.load(w, 3 * chans + c)
+            w4 = simd.load(w, 4 * chans + c)
+            w5 = simd.load(w, 5 * chans + c)
+            w6 = simd.load(w, 6 * chans + c)
+            w7 = simd.load(w, 7 * chans + c)
+            w8 = simd.load(w, 8 * chans + c)
+            for ox in range(out_w):
+                ix0 = ox * stride - pad_left
+                # Offsets of the taps may point outside the array for taps that are skipped.
+                at = ((n * height + iy0) * width + ix0) * chans + c
+                if top and bottom and 0 <= ix0 and ix0 + 2 < width:      # all 9 taps inside
+                    acc = simd.fma(simd.load(xf, at), w0, b)
+                    acc = simd.fma(simd.load(xf, at + chans), w1, acc)
+                    acc = simd.fma(simd.load(xf, at + 2 * chans), w2, acc)
+                    acc = simd.fma(simd.load(xf, at + line), w3, acc)
+                    acc = simd.fma(simd.load(xf, at + line + chans), w4, acc)
+                    acc = simd.fma(simd.load(xf, at + line + 2 * chans), w5, acc)
+                    acc = simd.fma(simd.load(xf, at + 2 * line), w6, acc)
+                    acc = simd.fma(simd.load(xf, at + 2 * line + chans), w7, acc)
+                    acc = simd.fma(simd.load(xf, at + 2 * line + 2 * chans), w8, acc)
+                    if relu6:
+                        acc = simd.relu6(acc)
+                    simd.store(of, (row * out_w + ox) * chans + c, acc)
+                    continue
+                left, centre, right = 0 <= ix0 < width, 0 <= ix0 + 1 < width, 0 <= ix0 + 2 < width
+                acc = _tap(b, top and left, xf, at, w0)
+                acc = _tap(acc, top and centre, xf, at + chans, w1)
+                acc = _tap(acc, top and right, xf, at + 2 * chans, w2)
+                acc = _tap(acc, mid and left, xf, at + line, w3)
+                acc = _tap(acc, mid and centre, xf, at + line + chans, w4)
+                acc = _tap(acc, mid and right, xf, at + line + 2 * chans, w5)
+                acc = _tap(acc, bottom and left, xf, at + 2 * line, w6)
+                acc = _tap(acc, bottom and centre, xf, at + 2 * line + chans, w7)
+                acc = _tap(acc, bottom and right, xf, at + 2 * line + 2 * chans, w8)
+                if relu6:
+                    acc = simd.relu6(acc)
+                simd.store(of, (row * out_w + ox) * chans + c, acc)
+        for ox in range(out_w):
+            ix0 = ox * stride - pad_left
+            for c in range(vector_chans, chans):
+                s = bias[c]
+                for dy in range(3):
+                    iy = iy0 + dy
+                    if 0 <= iy < height:
+                        for dx in range(3):
+                            ix = ix0 + dx
+                            if 0 <= ix < width:
+                                s += xf[((n * height + iy) * width + ix) * chans + c] * w[(dy * 3 + dx) * chans + c]
+                if relu6:
+                    s = min(max(s, np.float32(0.0)), np.float32(6.0))
+                of[(row * out_w + ox) * chans + c] = s
+
+
+def depthwise_conv2d(x, w, bias, stride, pad_top, pad_left, relu6, out):
+    """Depthwise 3x3 convolution with weights [3, 3, C] (the multiplier-1 axis squeezed)."""
+    if w.shape[0] != 3 or w.shape[1] != 3:
+        raise ValueError(f"depthwise kernels must be 3x3, got {w.shape[:2]}")
+    depthwise3x3(x, np.ascontiguousarray(w).reshape(-1), bias, stride, pad_top, pad_left, relu6, out)
+
+
+# --- the pool -------------------------------------------------------------------------------
 
 @kernel(parallel=True)
 def global_mean(x, out):

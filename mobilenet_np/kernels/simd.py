@@ -1,0 +1,139 @@
+"""Eight-lane float32 vectors for Numba kernels: a handful of LLVM intrinsics, nothing more.
+
+Why this exists: Numba cannot tell LLVM that two arrays do not overlap, so a loop that keeps
+sums in an output array reloads and re-stores them on every step, and LLVM will not keep a
+matrix tile's accumulators in registers on its own.  With an explicit vector type, a kernel
+names its accumulators as local variables, and LLVM keeps them in registers: that is what lets
+the 1x1 convolution run as fast as a BLAS GEMM.
+
+``F32x8`` is LLVM's ``<8 x float>``: one AVX register on x86-64 with AVX2, two SSE or NEON
+registers elsewhere (slower, equally correct).  All loads and stores are unaligned and take a
+flat (1-D, C-contiguous) float32 array and an element index; nothing is bounds-checked, so
+callers keep ``index + 8 <= len(array)``.  ``fma`` rounds once (like the ``contract`` fastmath
+flag in ``jit.py``); there is no reassociation: every lane sums in the order the kernel writes.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+LANES = 8
+_VEC = ir.VectorType(ir.FloatType(), LANES)
+_I32 = ir.IntType(32)
+
+
+class F32x8Type(types.Type):
+    def __init__(self):
+        super().__init__(name="f32x8")
+
+
+f32x8 = F32x8Type()
+
+
+@register_model(F32x8Type)
+class _F32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VEC)
+
+
+def _vector_pointer(context, builder, array_type, array, index):
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.bitcast(builder.gep(data, [index]), _VEC.as_pointer())
+
+
+def _splat(builder, scalar):
+    v = builder.insert_element(ir.Constant(_VEC, ir.Undefined), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+
+
+def _llvm_call(builder, name, args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * len(args)), name)
+    return builder.call(fn, args)
+
+
+def _is_flat_f32(array) -> bool:
+    return isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 1
+
+
+@intrinsic
+def load(typingctx, array, index):
+    """array[index : index + 8] as a vector."""
+    if not _is_flat_f32(array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_vector_pointer(context, builder, sig.args[0], args[0], args[1]), align=4)
+    return f32x8(array, types.intp), codegen
+
+
+@intrinsic
+def store(typingctx, array, index, vector):
+    """array[index : index + 8] = vector."""
+    if not _is_flat_f32(array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _vector_pointer(context, builder, sig.args[0], args[0], args[1]), align=4)
+        return context.get_dummy_value()
+    return types.void(array, types.intp, f32x8), codegen
+
+
+@intrinsic
+def splat(typingctx, scalar):
+    """A vector with every lane equal to ``scalar`` (a float32)."""
+    if scalar != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _splat(builder, args[0])
+    return f32x8(types.float32), codegen
+
+
+@intrinsic
+def splat_at(typingctx, array, index):
+    """A vector with every lane equal to array[index] (one broadcast load; unlike ``array[i]``
+    in Numba, no negative-index wraparound arithmetic on the hot path)."""
+    if not _is_flat_f32(array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        return _splat(builder, builder.load(builder.gep(data, [args[1]]), align=4))
+    return f32x8(array, types.intp), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a * b + c in every lane, rounded once."""
+    def codegen(context, builder, sig, args):
+        return _llvm_call(builder, "llvm.fma.v8f32", list(args))
+    return f32x8(f32x8, f32x8, f32x8), codegen
+
+
+@intrinsic
+def add(typingctx, a, b):
+    """a + b in every lane."""
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+    return f32x8(f32x8, f32x8), codegen
+
+
+@intrinsic
+def relu6(typingctx, a):
+    """min(max(a, 0), 6) in every lane (NaN lanes become 0 or 6, as maxnum/minnum define)."""
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(_VEC, [0.0] * LANES)
+        six = ir.Constant(_VEC, [6.0] * LANES)
+        return _llvm_call(builder, "llvm.minnum.v8f32", [_llvm_call(builder, "llvm.maxnum.v8f32", [args[0], zero]), six])
+    return f32x8(f32x8), codegen
+
+
+@intrinsic
+def lane(typingctx, a, i):
+    """Lane ``i`` of a vector, as a float32 scalar (for partial stores at the edges)."""
+    def codegen(context, builder, sig, args):
+        return builder.extract_element(args[0], builder.trunc(args[1], _I32))
+    return types.float32(f32x8, types.intp), codegen
