@@ -127,3 +127,34 @@ def test_tfjs_v2_real_weights_convert_exactly(tmp_path, shared):
     assert set(wf.tensors) == set(src.tensors)
     for name, value in src.tensors.items():
         np.testing.assert_array_equal(wf.tensors[name], value)
+
+
+def _flip_one_byte(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_or_missing_shard_writes_nothing(tmp_path):
+    from mobilenet_np.errors import CorruptFileError, MissingFileError
+    prefix = _checkpoint(tmp_path, random_tensors(spec.mobilenet_v2(0.35), 0), "mobilenet_v2_0.35_96.ckpt")
+    shard = tmp_path / "mobilenet_v2_0.35_96.ckpt.data-00000-of-00001"
+    out = tmp_path / "o.h5"
+    _flip_one_byte(shard, shard.stat().st_size // 2)
+    with pytest.raises(CorruptFileError, match="crc32c mismatch"):
+        convert(prefix, out)
+    assert not out.exists() and not list(tmp_path.glob(".o.h5*"))
+    shard.unlink()
+    with pytest.raises(MissingFileError, match="data-00000-of-00001"):
+        convert(prefix, out)
+    assert not out.exists()
+
+
+def test_parity_command_reports_every_endpoint(tmp_path, capsys):
+    from mobilenet_np.cli import main
+    path = tmp_path / "m.h5"
+    mnp.build("mobilenet_v2", 0.35, 64, num_classes=1001, seed=4).save(path)
+    assert main(["parity", str(path), "--tolerance", "1e-4"]) == 0
+    out = capsys.readouterr().out
+    assert "layer_7/depthwise_output" in out and "global_pool" in out and "Logits" in out
+    assert "72 of 72 endpoints within 0.0001" in out      # 69 layer endpoints + pool, Logits, Predictions

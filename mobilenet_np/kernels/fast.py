@@ -158,6 +158,10 @@ def gemm_bias_act(x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual
         w_at = j * c_in * PANEL
         b0 = simd.load(bias, c0)
         b1 = simd.load(bias, c0 + LANES)
+        if p0 + TILE_ROWS > pixels and pixels >= TILE_ROWS:
+            # The last, partial group: redo the last 6 rows whole (the overlap is recomputed to
+            # the same values) rather than run a latency-bound row at a time.
+            p0 = pixels - TILE_ROWS
         if p0 + TILE_ROWS <= pixels:
             _tile6(x, p0 * c_in, c_in, _DENSE, c_in, w, w_at, b0, b1, out, p0 * c_out + c0, c_out, columns,
                    relu6, residual, add_residual)
