@@ -34,14 +34,15 @@ class NumpyBackend:
                            for s in ("gamma", "beta", "moving_mean", "moving_variance"))
                 self.params.append((w, bn, None))
 
-    def run(self, geo, x, on_layer):
-        """Run every layer; ``on_layer(i, y)`` sees each output."""
+    def run(self, geo, x, on_layer=None):
+        """Run every layer; ``on_layer(i, y)``, if given, sees each output."""
         block_input = None
         for i, g in enumerate(geo):
             if g.layer.block_start:
                 block_input = x
             x = self.layer(i, g, x, block_input if g.layer.adds_residual else None)
-            on_layer(i, x)
+            if on_layer is not None:
+                on_layer(i, x)
         return x
 
     def layer(self, i: int, g: spec.LayerGeometry, x: np.ndarray, residual) -> np.ndarray:
@@ -68,7 +69,7 @@ class NumpyBackend:
 
 
 class NumbaBackend:
-    """The fast path: folded weights, fused kernels, reused buffers."""
+    """The fast path: folded weights, fused kernels, one compiled call per forward pass."""
 
     name = "numba"
 
@@ -77,7 +78,7 @@ class NumbaBackend:
         from .kernels import fast  # imported here: the NumPy path must not need Numba
 
         self._fast = fast
-        self.params = []
+        weights, biases = [], []
         for layer in arch.layers:
             prefix = f"{arch.scope}/{layer.scope}"
             w = tensors[f"{prefix}/{layer.weight_name}"]
@@ -88,54 +89,78 @@ class NumbaBackend:
                 bn = [tensors[f"{prefix}/BatchNorm/{s}"]
                       for s in ("gamma", "beta", "moving_mean", "moving_variance")]
                 w, bias = ref.fold_batch_norm(w, *bn, epsilon, depthwise=depthwise)
-            # Kernel layouts: depthwise [k,k,C] (multiplier 1 squeezed); full and 1x1 convs as
-            # GEMM panels over their [k*k*C_in, C_out] matrix (HWIO flattens to im2col order).
+            # Kernel layouts: depthwise [k,k,C] flattened (multiplier 1 squeezed); full and 1x1
+            # convs as GEMM panels over their [k*k*C_in, C_out] matrix (HWIO flattens to patch order).
             if depthwise:
-                self.params.append((np.ascontiguousarray(w[:, :, :, 0], np.float32),
-                                    np.ascontiguousarray(bias, np.float32)))
+                weights.append(np.ascontiguousarray(w[:, :, :, 0], np.float32).reshape(-1))
+                biases.append(np.ascontiguousarray(bias, np.float32))
             else:
-                self.params.append((fast.pack_pointwise(w.reshape(-1, layer.out_depth).astype(np.float32)),
-                                    fast.pad_bias(bias.astype(np.float32))))
-        self._workspaces: dict[tuple, list[np.ndarray]] = {}
+                weights.append(fast.pack_pointwise(w.reshape(-1, layer.out_depth).astype(np.float32)))
+                biases.append(fast.pad_bias(bias.astype(np.float32)))
+        self._w_spans = _spans(weights)
+        self._b_spans = _spans(biases)
+        self._weights = np.concatenate(weights)
+        self._biases = np.concatenate(biases)
+        self._plans: dict[tuple, tuple] = {}
 
-    def _buffers(self, geo: list[spec.LayerGeometry], batch: int) -> tuple[list[np.ndarray], dict]:
-        """Three flat buffers big enough for any activation of this input shape (a layer never
-        writes into its own input or into the block input that a residual add still needs),
-        and the stem's patch offsets for this width.  Kept until a call with another shape."""
+    def _plan(self, geo: list[spec.LayerGeometry], batch: int):
+        """For one input shape: the plan rows, the stem's patch offsets, and three activation
+        buffers (a layer never writes into its own input or into the block input that a
+        residual add still needs).  Kept until a call with another shape."""
         key = (batch, geo[0].in_hw)
-        if key not in self._workspaces:
-            size = max(batch * g.out_hw[0] * g.out_hw[1] * g.layer.out_depth for g in geo)
-            taps = {i: self._fast.stem_taps(g.layer.kernel, g.in_hw[1], g.layer.in_depth)
-                    for i, g in enumerate(geo) if g.layer.kind == "conv"}
-            self._workspaces = {key: ([np.empty(size, np.float32) for _ in range(3)], taps)}
-        return self._workspaces[key]
-
-    def run(self, geo, x, on_layer):
-        """Run every layer; ``on_layer(i, y)`` sees each output (a view into the workspace)."""
-        buffers, taps = self._buffers(geo, x.shape[0])
-        block_input = None
-        for i, (g, (w, bias)) in enumerate(zip(geo, self.params)):
+        if key in self._plans:
+            return self._plans[key]
+        fast = self._fast
+        size = max(batch * g.out_hw[0] * g.out_hw[1] * g.layer.out_depth for g in geo)
+        plan = np.zeros((len(geo), fast.PLAN_COLUMNS), np.int64)
+        taps, taps_at = [], 0
+        current, block_input = fast.INPUT, fast.INPUT
+        for i, g in enumerate(geo):
             layer = g.layer
             if layer.block_start:
-                block_input = x
-            busy = {id(_base(x)), id(_base(block_input))}
-            target = next(b for b in buffers if id(b) not in busy)
-            n = x.shape[0]
-            shape = (n, *g.out_hw, layer.out_depth)
-            y = target[: n * g.out_hw[0] * g.out_hw[1] * layer.out_depth].reshape(shape)
-            top, _, left, _ = g.pad
+                block_input = current
+            dst = next(b for b in range(3) if b not in (current, block_input))
+            row = plan[i]
+            row[fast.OP_KIND] = {"conv": fast.KIND_CONV, "depthwise": fast.KIND_DEPTHWISE,
+                                 "pointwise": fast.KIND_POINTWISE}[layer.kind]
+            row[[fast.OP_K, fast.OP_STRIDE, fast.OP_IN_H, fast.OP_IN_W, fast.OP_IN_C, fast.OP_OUT_H,
+                 fast.OP_OUT_W, fast.OP_OUT_C, fast.OP_PAD_TOP, fast.OP_PAD_LEFT]] = [
+                layer.kernel, layer.stride, *g.in_hw, layer.in_depth, *g.out_hw, layer.out_depth,
+                g.pad[0], g.pad[2]]
+            row[fast.OP_RELU6] = layer.relu6
+            row[fast.OP_RESIDUAL] = layer.adds_residual
+            row[fast.OP_SRC], row[fast.OP_DST] = current, dst
+            row[fast.OP_RES] = block_input if layer.adds_residual else dst
+            row[[fast.OP_W, fast.OP_W_LEN]] = self._w_spans[i]
+            row[[fast.OP_B, fast.OP_B_LEN]] = self._b_spans[i]
             if layer.kind == "conv":
-                self._fast.conv2d(x, w, bias, taps[i], layer.kernel, layer.stride, top, left, layer.relu6, y)
-            elif layer.kind == "depthwise":
-                self._fast.depthwise_conv2d(x, w, bias, layer.stride, top, left, layer.relu6, y)
-            else:
-                flat = y.reshape(-1, layer.out_depth)
-                res = block_input.reshape(-1, layer.out_depth) if layer.adds_residual else flat
-                self._fast.pointwise_conv2d(x.reshape(-1, layer.in_depth), w, bias, layer.relu6,
-                                            res, layer.adds_residual, flat)
-            on_layer(i, y)
-            x = y
-        return x
+                t = fast.stem_taps(layer.kernel, g.in_hw[1], layer.in_depth)
+                row[[fast.OP_TAPS, fast.OP_TAPS_LEN]] = taps_at, t.size
+                taps.append(t)
+                taps_at += t.size
+            current = dst
+        buffers = np.empty((3, size), np.float32)
+        taps_flat = np.concatenate(taps) if taps else np.zeros(0, np.int64)
+        self._plans = {key: (plan, taps_flat, buffers)}
+        return self._plans[key]
+
+    def run(self, geo, x, on_layer=None):
+        """Run every layer; ``on_layer(i, y)``, if given, sees each output (a view into the
+        buffers) -- then the layers run one compiled call each instead of one call in all."""
+        n = x.shape[0]
+        plan, taps, buffers = self._plan(geo, n)
+        xf = x.reshape(-1)
+        if on_layer is None:
+            self._fast.run_plan(xf, buffers, plan, self._weights, self._biases, taps, n)
+        else:
+            for i, g in enumerate(geo):
+                self._fast.run_plan(xf, buffers, plan[i:i + 1], self._weights, self._biases, taps, n)
+                on_layer(i, self._output(plan[i], g, n, buffers))
+        return self._output(plan[-1], geo[-1], n, buffers)
+
+    def _output(self, row, g: spec.LayerGeometry, n: int, buffers: np.ndarray) -> np.ndarray:
+        size = n * g.out_hw[0] * g.out_hw[1] * g.layer.out_depth
+        return buffers[row[self._fast.OP_DST], :size].reshape(n, *g.out_hw, g.layer.out_depth)
 
     def global_mean(self, x: np.ndarray) -> np.ndarray:
         out = np.empty((x.shape[0], x.shape[3]), np.float32)
@@ -143,15 +168,14 @@ class NumbaBackend:
         return out
 
     def release(self) -> None:
-        """Drop the cached buffers (they are rebuilt on the next call)."""
-        self._workspaces = {}
+        """Drop the cached plan and buffers (they are rebuilt on the next call)."""
+        self._plans = {}
 
 
-def _base(a):
-    """The array that owns ``a``'s memory (None stays None)."""
-    while a is not None and a.base is not None:
-        a = a.base
-    return a
+def _spans(arrays: list[np.ndarray]) -> list[tuple[int, int]]:
+    """(offset, length) of each array in their concatenation."""
+    ends = np.cumsum([a.size for a in arrays])
+    return [(int(end - a.size), int(a.size)) for a, end in zip(arrays, ends)]
 
 
 BACKENDS = {"numba": NumbaBackend, "numpy": NumpyBackend}

@@ -42,6 +42,7 @@ class MobileNet:
         self.weights_sha256 = weights_sha256 or _tensors_digest(tensors)
         epsilon = float(self.attrs.get("batchnorm_epsilon", spec.TF_BATCHNORM_EPSILON))
         self.backend = BACKENDS[backend](arch, tensors, folded, epsilon)
+        self._geometries: dict[tuple[int, int], list[spec.LayerGeometry]] = {}
         if num_classes:
             logits = f"{arch.scope}/{spec.LOGITS_SCOPE}"
             self._logits_w = np.ascontiguousarray(tensors[f"{logits}/weights"][0, 0])
@@ -84,9 +85,16 @@ class MobileNet:
 
     # --- the forward pass -------------------------------------------------------------------
 
+    def _geometry(self, hw) -> list[spec.LayerGeometry]:
+        """Layer geometry for an input size, computed once per size."""
+        hw = tuple(int(v) for v in hw)
+        if hw not in self._geometries:
+            self._geometries[hw] = spec.geometry(self.arch, hw)
+        return self._geometries[hw]
+
     def _run(self, images, wanted: set[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         x = self._network_input(images)
-        geo = spec.geometry(self.arch, x.shape[1:3])
+        geo = self._geometry(x.shape[1:3])
         found: dict[str, np.ndarray] = {}
 
         def on_layer(i, y):
@@ -94,7 +102,7 @@ class MobileNet:
                 if name in wanted:
                     found[name] = y.copy()
 
-        last = self.backend.run(geo, x, on_layer)
+        last = self.backend.run(geo, x, on_layer if wanted else None)
         return self.backend.global_mean(last), found
 
     def __call__(self, images, threads: int | None = None) -> np.ndarray:
@@ -163,7 +171,7 @@ class MobileNet:
         the previous layer's end to this layer's end, next to its MACs and achieved GMAC/s."""
         import time
         x = self._network_input(images)
-        geo = spec.geometry(self.arch, x.shape[1:3])
+        geo = self._geometry(x.shape[1:3])
         samples = np.zeros((repeats, len(geo) + 1))
         with _threads.limit(threads):
             for r in range(-1, repeats):

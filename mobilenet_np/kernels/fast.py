@@ -55,7 +55,7 @@ def pad_bias(bias: np.ndarray) -> np.ndarray:
 
 # --- the GEMM micro-kernel -----------------------------------------------------------------
 
-@kernel()
+@kernel(inline=True)
 def _emit(out, offset, lo, hi, columns, relu6, residual, add_residual):
     """Finish one pixel's 16 accumulators: + residual, ReLU6, store the valid columns."""
     if columns == PANEL:
@@ -77,7 +77,7 @@ def _emit(out, offset, lo, hi, columns, relu6, residual, add_residual):
             out[offset + c] = v
 
 
-@kernel()
+@kernel(inline=True)
 def _tile6(x, x_at, row_step, taps, c_in, w, w_at, b0, b1, out, o_at, c_out, columns, relu6, residual,
            add_residual):
     """Six pixels x one 16-column panel (weights at w_at), summed over c_in steps.
@@ -128,7 +128,7 @@ def _tile6(x, x_at, row_step, taps, c_in, w, w_at, b0, b1, out, o_at, c_out, col
     _emit(out, o_at + 5 * c_out, a50, a51, columns, relu6, residual, add_residual)
 
 
-@kernel()
+@kernel(inline=True)
 def _tile1(x, x_at, c_in, w, w_at, b0, b1, out, o_at, columns, relu6, residual, add_residual):
     """One pixel x one panel: the rows left over when the pixel count is not a multiple of 6."""
     a0 = b0
@@ -187,7 +187,7 @@ def stem_taps(k: int, width: int, c_in: int) -> np.ndarray:
     return ((dy * width + dx) * c_in + c).reshape(-1).astype(np.int64)
 
 
-@kernel()
+@kernel(inline=True)
 def _patch1(x, n, iy0, ix0, height, width, c_in, k, w, w_at, b0, b1, out, o_at, columns, relu6):
     """One output pixel of the stem whose patch reaches into the zero padding: taps outside the
     image are skipped (adding zero), the rest summed in the same (dy, dx, c) order."""
@@ -208,12 +208,11 @@ def _patch1(x, n, iy0, ix0, height, width, c_in, k, w, w_at, b0, b1, out, o_at, 
 
 
 @kernel(parallel=True)
-def conv2d_stem(x, shape, k, stride, pad_top, pad_left, taps, w, bias, c_out, relu6, out, out_h, out_w):
-    """Full k x k convolution (the stem), x flat NHWC of ``shape`` (N, H, W, C_in) -> out flat
-    [N, out_h, out_w, c_out].  Each output row is cut into 6-pixel tiles that run the GEMM
-    micro-kernel on the patches in place (no im2col copy); pixels whose patch touches the
-    padding take ``_patch1``."""
-    n_img, height, width, c_in = shape
+def conv2d_stem(x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
+                out, out_h, out_w, c_out):
+    """Full k x k convolution (the stem), x flat [N, H, W, C_in] -> out flat [N, out_h, out_w,
+    c_out].  Each output row is cut into 6-pixel tiles that run the GEMM micro-kernel on the
+    patches in place (no im2col copy); pixels whose patch touches the padding take ``_patch1``."""
     panels = -(-c_out // PANEL)
     steps = k * k * c_in
     tiles = -(-out_w // TILE_ROWS)
@@ -246,30 +245,25 @@ def conv2d_stem(x, shape, k, stride, pad_top, pad_left, taps, w, bias, c_out, re
 
 def conv2d(x, w_packed, bias_padded, taps, k, stride, pad_top, pad_left, relu6, out):
     """Full k x k convolution (the stem); ``taps`` from ``stem_taps(k, W, C_in)``."""
-    n, out_h, out_w, c_out = out.shape
-    conv2d_stem(x.reshape(-1), x.shape, k, stride, pad_top, pad_left, taps, w_packed, bias_padded, c_out,
-                relu6, out.reshape(-1), out_h, out_w)
+    conv2d_stem(x.reshape(-1), *x.shape, k, stride, pad_top, pad_left, taps, w_packed, bias_padded, relu6,
+                out.reshape(-1), *out.shape[1:])
 
 
 # --- depthwise ------------------------------------------------------------------------------
 
-@kernel()
+@kernel(inline=True)
 def _tap(acc, inside, xf, at, weight):
     """acc + x[at:at+8] * weight, or acc unchanged for a tap in the zero padding."""
     return simd.fma(simd.load(xf, at), weight, acc) if inside else acc
 
 
 @kernel(parallel=True)
-def depthwise3x3(x, w, bias, stride, pad_top, pad_left, relu6, out):
-    """Depthwise 3x3: x [N,H,W,C], w flat [(dy*3 + dx)*C + c], bias [C] -> out [N,Ho,Wo,C].
+def depthwise3x3(xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h, out_w):
+    """Depthwise 3x3: x flat [N,H,W,C], w flat [(dy*3 + dx)*C + c], bias [C] -> out flat [N,Ho,Wo,C].
 
     One output row per task.  For each group of 8 channels the 9 tap weights stay in registers
     while the row is walked; each pixel sums bias then its taps in (dy, dx) order, skipping
     taps in the zero padding.  The last C mod 8 channels take the scalar path."""
-    n_img, height, width, chans = x.shape
-    _, out_h, out_w, _ = out.shape
-    xf = x.reshape(x.size)
-    of = out.reshape(out.size)
     vector_chans = chans - chans % LANES
     line = width * chans
     for row in prange(n_img * out_h):
@@ -339,7 +333,45 @@ def depthwise_conv2d(x, w, bias, stride, pad_top, pad_left, relu6, out):
     """Depthwise 3x3 convolution with weights [3, 3, C] (the multiplier-1 axis squeezed)."""
     if w.shape[0] != 3 or w.shape[1] != 3:
         raise ValueError(f"depthwise kernels must be 3x3, got {w.shape[:2]}")
-    depthwise3x3(x, np.ascontiguousarray(w).reshape(-1), bias, stride, pad_top, pad_left, relu6, out)
+    depthwise3x3(x.reshape(-1), *x.shape, np.ascontiguousarray(w).reshape(-1), bias, stride, pad_top, pad_left,
+                 relu6, out.reshape(-1), *out.shape[1:3])
+
+
+# --- the whole network in one call ----------------------------------------------------------
+
+# Columns of a plan row: one layer's geometry, where its operands live, what follows the conv.
+(OP_KIND, OP_K, OP_STRIDE, OP_IN_H, OP_IN_W, OP_IN_C, OP_OUT_H, OP_OUT_W, OP_OUT_C, OP_PAD_TOP,
+ OP_PAD_LEFT, OP_RELU6, OP_RESIDUAL, OP_SRC, OP_DST, OP_RES, OP_W, OP_W_LEN, OP_B, OP_B_LEN, OP_TAPS,
+ OP_TAPS_LEN) = range(22)
+PLAN_COLUMNS = 22
+KIND_CONV, KIND_DEPTHWISE, KIND_POINTWISE = 0, 1, 2
+INPUT = -1          # OP_SRC / OP_RES value naming the network input rather than a buffer
+
+
+@kernel()
+def run_plan(x, buffers, plan, weights, biases, taps, n_img):
+    """Run the layers of ``plan`` (rows as above) for a batch of ``n_img``: layer outputs go to
+    rows of ``buffers``, weights/biases/taps are slices of one flat array each.  One compiled
+    call for the whole network: no interpreter work between layers."""
+    for i in range(plan.shape[0]):
+        op = plan[i]
+        src = x if op[OP_SRC] == INPUT else buffers[op[OP_SRC]]
+        dst = buffers[op[OP_DST]]
+        res = x if op[OP_RES] == INPUT else buffers[op[OP_RES]]
+        w = weights[op[OP_W]:op[OP_W] + op[OP_W_LEN]]
+        b = biases[op[OP_B]:op[OP_B] + op[OP_B_LEN]]
+        relu6 = op[OP_RELU6] != 0
+        kind = op[OP_KIND]
+        if kind == KIND_POINTWISE:
+            gemm_bias_act(src, n_img * op[OP_IN_H] * op[OP_IN_W], op[OP_IN_C], w, b, op[OP_OUT_C], relu6,
+                          res, op[OP_RESIDUAL] != 0, dst)
+        elif kind == KIND_DEPTHWISE:
+            depthwise3x3(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], w, b, op[OP_STRIDE],
+                         op[OP_PAD_TOP], op[OP_PAD_LEFT], relu6, dst, op[OP_OUT_H], op[OP_OUT_W])
+        else:
+            conv2d_stem(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], op[OP_K], op[OP_STRIDE],
+                        op[OP_PAD_TOP], op[OP_PAD_LEFT], taps[op[OP_TAPS]:op[OP_TAPS] + op[OP_TAPS_LEN]],
+                        w, b, relu6, dst, op[OP_OUT_H], op[OP_OUT_W], op[OP_OUT_C])
 
 
 # --- the pool -------------------------------------------------------------------------------

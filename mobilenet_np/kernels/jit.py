@@ -20,7 +20,9 @@ CACHE = os.environ.get("MOBILENET_NP_JIT_CACHE", "1") != "0"
 FASTMATH = {"contract"}
 
 
-def kernel(parallel: bool = False):
-    """Decorator for every compiled kernel of the package."""
+def kernel(parallel: bool = False, inline: bool = False):
+    """Decorator for every compiled kernel of the package.  ``inline``: a helper that is
+    spliced into its callers at Numba-IR level (a real call would pass every array argument
+    as a multi-word struct, which costs more than a small tile of work)."""
     return numba.njit(nogil=True, cache=CACHE, fastmath=FASTMATH, error_model="numpy",
-                      parallel=parallel, boundscheck=False)
+                      parallel=parallel, boundscheck=False, inline="always" if inline else "never")
