@@ -8,15 +8,47 @@
 * ``error_model="numpy"``: no Python exception checks on float division.
 * ``cache``: compiled machine code is kept on disk beside the module (``__pycache__``) so a new
   process does not recompile; set ``MOBILENET_NP_JIT_CACHE=0`` to measure a cold start without it.
+  Numba checks a cached function against its own source file only, not against the code it
+  inlines or calls from other files (``simd.py``, this file), and a stale entry can crash the
+  process.  So the cache is emptied whenever any kernel source or the Numba version changes
+  (``_drop_stale_cache``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 import numba
 
 CACHE = os.environ.get("MOBILENET_NP_JIT_CACHE", "1") != "0"
+_HERE = Path(__file__).resolve().parent
+_CACHE_STAMP = "mobilenet_np_kernels.stamp"
+
+
+def _drop_stale_cache(folder: Path = _HERE / "__pycache__") -> None:
+    """Delete Numba cache files written for other kernel sources (best effort: a folder we
+    cannot write is left to Numba, which then keeps its cache elsewhere)."""
+    digest = hashlib.sha256(numba.__version__.encode())
+    for source in sorted(_HERE.glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    stamp = folder / _CACHE_STAMP
+    try:
+        if stamp.exists() and stamp.read_text() == digest.hexdigest():
+            return
+        folder.mkdir(exist_ok=True)
+        for stale in [*folder.glob("*.nbi"), *folder.glob("*.nbc")]:
+            stale.unlink(missing_ok=True)
+        tmp = folder / f".{_CACHE_STAMP}.{os.getpid()}"
+        tmp.write_text(digest.hexdigest())
+        os.replace(tmp, stamp)
+    except OSError:
+        pass
+
+
+if CACHE:
+    _drop_stale_cache()
 FASTMATH = {"contract"}
 
 
