@@ -252,6 +252,35 @@ def conv2d(x, w_packed, bias_padded, taps, k, stride, pad_top, pad_left, relu6, 
 # --- depthwise ------------------------------------------------------------------------------
 
 @kernel(inline=True)
+def _row_pair(xf, at, stride, chans, p, q, wa, wb, wc):
+    """Add one tap row (3 columns) to two horizontally adjacent pixels.  At stride 1 they share
+    two of their input columns, so 4 loads serve 6 FMAs; at stride 2 one is shared."""
+    x0 = simd.load(xf, at)
+    x1 = simd.load(xf, at + chans)
+    x2 = simd.load(xf, at + 2 * chans)
+    p = simd.fma(x0, wa, p)
+    p = simd.fma(x1, wb, p)
+    p = simd.fma(x2, wc, p)
+    if stride == 1:
+        q = simd.fma(x1, wa, q)
+        q = simd.fma(x2, wb, q)
+        q = simd.fma(simd.load(xf, at + 3 * chans), wc, q)
+    else:
+        q = simd.fma(x2, wa, q)
+        q = simd.fma(simd.load(xf, at + 3 * chans), wb, q)
+        q = simd.fma(simd.load(xf, at + 4 * chans), wc, q)
+    return p, q
+
+
+@kernel(inline=True)
+def _pixel_pair(xf, at, stride, chans, line, b, w0, w1, w2, w3, w4, w5, w6, w7, w8):
+    """The 3x3 sums of two adjacent interior output pixels (stride 1 or 2), taps in order."""
+    p, q = _row_pair(xf, at, stride, chans, b, b, w0, w1, w2)
+    p, q = _row_pair(xf, at + line, stride, chans, p, q, w3, w4, w5)
+    return _row_pair(xf, at + 2 * line, stride, chans, p, q, w6, w7, w8)
+
+
+@kernel(inline=True)
 def _tap(acc, inside, xf, at, weight):
     """acc + x[at:at+8] * weight, or acc unchanged for a tap in the zero padding."""
     return simd.fma(simd.load(xf, at), weight, acc) if inside else acc
@@ -262,8 +291,9 @@ def depthwise3x3(xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_
     """Depthwise 3x3: x flat [N,H,W,C], w flat [(dy*3 + dx)*C + c], bias [C] -> out flat [N,Ho,Wo,C].
 
     One output row per task.  For each group of 8 channels the 9 tap weights stay in registers
-    while the row is walked; each pixel sums bias then its taps in (dy, dx) order, skipping
-    taps in the zero padding.  The last C mod 8 channels take the scalar path."""
+    while the row is walked, two interior pixels at a time; each pixel sums bias then its taps
+    in (dy, dx) order, skipping taps in the zero padding.  The last C mod 8 channels take the
+    scalar path."""
     vector_chans = chans - chans % LANES
     line = width * chans
     for row in prange(n_img * out_h):
@@ -282,23 +312,21 @@ def depthwise3x3(xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_
             w6 = simd.load(w, 6 * chans + c)
             w7 = simd.load(w, 7 * chans + c)
             w8 = simd.load(w, 8 * chans + c)
-            for ox in range(out_w):
+            ox = 0
+            while ox < out_w:
                 ix0 = ox * stride - pad_left
                 # Offsets of the taps may point outside the array for taps that are skipped.
                 at = ((n * height + iy0) * width + ix0) * chans + c
-                if top and bottom and 0 <= ix0 and ix0 + 2 < width:      # all 9 taps inside
-                    acc = simd.fma(simd.load(xf, at), w0, b)
-                    acc = simd.fma(simd.load(xf, at + chans), w1, acc)
-                    acc = simd.fma(simd.load(xf, at + 2 * chans), w2, acc)
-                    acc = simd.fma(simd.load(xf, at + line), w3, acc)
-                    acc = simd.fma(simd.load(xf, at + line + chans), w4, acc)
-                    acc = simd.fma(simd.load(xf, at + line + 2 * chans), w5, acc)
-                    acc = simd.fma(simd.load(xf, at + 2 * line), w6, acc)
-                    acc = simd.fma(simd.load(xf, at + 2 * line + chans), w7, acc)
-                    acc = simd.fma(simd.load(xf, at + 2 * line + 2 * chans), w8, acc)
+                o_at = (row * out_w + ox) * chans + c
+                if top and bottom and 0 <= ix0 and ix0 + stride + 2 < width and ox + 1 < out_w:
+                    # Two interior pixels side by side: two independent sums in flight.
+                    p, q = _pixel_pair(xf, at, stride, chans, line, b, w0, w1, w2, w3, w4, w5, w6, w7, w8)
                     if relu6:
-                        acc = simd.relu6(acc)
-                    simd.store(of, (row * out_w + ox) * chans + c, acc)
+                        p = simd.relu6(p)
+                        q = simd.relu6(q)
+                    simd.store(of, o_at, p)
+                    simd.store(of, o_at + chans, q)
+                    ox += 2
                     continue
                 left, centre, right = 0 <= ix0 < width, 0 <= ix0 + 1 < width, 0 <= ix0 + 2 < width
                 acc = _tap(b, top and left, xf, at, w0)
@@ -312,7 +340,8 @@ def depthwise3x3(xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_
                 acc = _tap(acc, bottom and right, xf, at + 2 * line + 2 * chans, w8)
                 if relu6:
                     acc = simd.relu6(acc)
-                simd.store(of, (row * out_w + ox) * chans + c, acc)
+                simd.store(of, o_at, acc)
+                ox += 1
         for ox in range(out_w):
             ix0 = ox * stride - pad_left
             for c in range(vector_chans, chans):
