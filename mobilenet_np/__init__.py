@@ -15,7 +15,8 @@ from .errors import WeightsError  # noqa: E402
 from .model import MobileNet, build  # noqa: E402
 from .registry import list_models  # noqa: E402
 
-__all__ = ["MobileNet", "WeightsError", "build", "embed", "iter_embed", "list_models", "load", "__version__"]
+__all__ = ["MobileNet", "WeightsError", "build", "embed", "embed_on_dask", "iter_embed", "list_models", "load",
+           "__version__"]
 
 
 def load(name_or_path: str | os.PathLike, backend: str = "numba", weights: str = "ema") -> MobileNet:
@@ -50,3 +51,10 @@ def iter_embed(inputs, model, **options):
     """As :func:`embed`, one ``EmbedResult`` per batch, with bounded memory."""
     from .embedding import iter_embed as _iter_embed
     return _iter_embed(inputs, _model(model), **options)
+
+
+def embed_on_dask(inputs, model, **options):
+    """Embed on a Dask cluster (needs the ``dask`` extra): a partitioned Parquet dataset, an
+    .h5/.npy file, or in memory.  Options as ``mobilenet_np.distributed.embed_on_dask``."""
+    from .distributed import embed_on_dask as _embed_on_dask
+    return _embed_on_dask(inputs, model, **options)

@@ -462,6 +462,11 @@ def register_cli(subparsers) -> None:
                         "(with OUT.paths.txt and OUT.failed.txt beside it)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run of the same command from its journal (OUT.journal)")
+    p.add_argument("--dask", metavar="SCHEDULER",
+                   help="run on Dask: a scheduler address, or local[:N] for N local worker processes; OUT "
+                        "may then also be a folder, written as a partitioned Parquet dataset (needs the dask extra)")
+    p.add_argument("--partition-size", type=_positive_int,
+                   help="with --dask: inputs per task, the unit of retry and --resume (default 1000)")
     p.set_defaults(func=run_embed)
 
     p = subparsers.add_parser(
@@ -498,6 +503,12 @@ def run_embed(args) -> int:
     from . import __version__, threads
     from .cli import model_from_arg
 
+    if args.dask:  # the same command with its partitions run on Dask
+        try:
+            from .distributed import run_embed_cli
+        except ImportError as exc:
+            return _fail(str(exc))
+        return run_embed_cli(args)
     started = time.perf_counter()
     check_output_path(args.output)
     model = model_from_arg(args.model)
