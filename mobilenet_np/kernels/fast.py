@@ -149,9 +149,17 @@ def gemm_bias_act(x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual
     channels) tiles, handed to Numba's threads."""
     panels = -(-c_out // PANEL)
     groups = -(-pixels // TILE_ROWS)
+    # Visit order: consecutive tiles (one thread's share) keep the smaller operand in cache.
+    # With more output channels than pixels the weights are the bigger stream, so walk all
+    # pixels for one weight panel (16 columns x c_in, in L1) before the next panel.
+    panel_major = c_out > pixels
     for t in prange(groups * panels):
-        g = t // panels
-        j = t % panels
+        if panel_major:
+            j = t // groups
+            g = t % groups
+        else:
+            g = t // panels
+            j = t % panels
         p0 = g * TILE_ROWS
         c0 = j * PANEL
         columns = min(PANEL, c_out - c0)
