@@ -9,6 +9,8 @@ Both walk the same layer list (``spec.geometry``); the model decides what to run
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from . import spec
@@ -101,15 +103,17 @@ class NumbaBackend:
         self._b_spans = _spans(biases)
         self._weights = np.concatenate(weights)
         self._biases = np.concatenate(biases)
-        self._plans: dict[tuple, tuple] = {}
+        self._local = threading.local()      # plans and buffers per calling thread
 
     def _plan(self, geo: list[spec.LayerGeometry], batch: int):
         """For one input shape: the plan rows, the stem's patch offsets, and three activation
         buffers (a layer never writes into its own input or into the block input that a
-        residual add still needs).  Kept until a call with another shape."""
+        residual add still needs).  Kept until a call with another shape; each thread has its
+        own, so that threads calling one model at the same time never share buffers."""
         key = (batch, geo[0].in_hw)
-        if key in self._plans:
-            return self._plans[key]
+        cached = getattr(self._local, "plans", {})
+        if key in cached:
+            return cached[key]
         fast = self._fast
         size = max(batch * g.out_hw[0] * g.out_hw[1] * g.layer.out_depth for g in geo)
         plan = np.zeros((len(geo), fast.PLAN_COLUMNS), np.int64)
@@ -141,8 +145,8 @@ class NumbaBackend:
             current = dst
         buffers = np.empty((3, size), np.float32)
         taps_flat = np.concatenate(taps) if taps else np.zeros(0, np.int64)
-        self._plans = {key: (plan, taps_flat, buffers)}
-        return self._plans[key]
+        self._local.plans = {key: (plan, taps_flat, buffers)}
+        return self._local.plans[key]
 
     def run(self, geo, x, on_layer=None):
         """Run every layer; ``on_layer(i, y)``, if given, sees each output (a view into the
@@ -168,8 +172,8 @@ class NumbaBackend:
         return out
 
     def release(self) -> None:
-        """Drop the cached plan and buffers (they are rebuilt on the next call)."""
-        self._plans = {}
+        """Drop this thread's cached plan and buffers (they are rebuilt on the next call)."""
+        self._local.plans = {}
 
 
 def _spans(arrays: list[np.ndarray]) -> list[tuple[int, int]]:

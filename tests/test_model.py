@@ -156,3 +156,15 @@ def test_random_weights_cover_every_variable():
     arch = spec.mobilenet_v1(0.5)
     model = mnp.build("mobilenet_v1", 0.5, 160, num_classes=1001)
     assert set(model.tensors) == set(arch.variables(1001))
+
+
+def test_threads_calling_one_model_at_once_get_their_own_results(rng):
+    """A service may call one model from several threads: buffers are per thread."""
+    from concurrent.futures import ThreadPoolExecutor
+    model = mnp.build("mobilenet_v2", 0.35, 64, num_classes=0, seed=2)
+    batches = [rng.random((3, 64, 64, 3), dtype=np.float32) for _ in range(8)]
+    expected = [model(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(model, batches * 3))
+    for i, features in enumerate(got):
+        np.testing.assert_array_equal(features, expected[i % len(batches)])
