@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from . import registry
+from . import registry, weights_file
 from .errors import WeightsError
 
 
@@ -22,7 +22,7 @@ def model_from_arg(source: str, backend: str = "numba", weights: str = "ema"):
 
     from . import load
     from .model import MobileNet
-    if source in registry.REGISTRY or source.endswith((".h5", ".hdf5")) and _is_weights_file(source):
+    if source in registry.REGISTRY or source.endswith((".h5", ".hdf5")) and weights_file.is_weights_file(source):
         return load(source, backend=backend, weights=weights)
     if not os.path.exists(source):
         raise KeyError(f"{source!r} is neither a registry name nor an existing file")
@@ -34,15 +34,6 @@ def model_from_arg(source: str, backend: str = "numba", weights: str = "ema"):
     return MobileNet(spec.build(found.architecture, found.depth_multiplier), src.tensors,
                      num_classes=found.num_classes, folded=found.folded, input_size=size, backend=backend,
                      name=os.path.basename(source.rstrip("/")))
-
-
-def _is_weights_file(path: str) -> bool:
-    import h5py
-    try:
-        with h5py.File(path, "r") as f:
-            return "format_version" in f.attrs
-    except OSError:
-        return False
 
 
 def _list(args) -> int:

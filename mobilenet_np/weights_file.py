@@ -134,18 +134,33 @@ def _attr(value):
     return value
 
 
+def open_hdf5(path: str | os.PathLike, what: str = "file"):
+    """An HDF5 file opened for reading, or a project error naming the path."""
+    import h5py
+
+    if not os.path.isfile(path):
+        raise MissingFileError(f"{os.fspath(path)}: no such {what}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise UnsupportedFormatError(f"{os.fspath(path)}: not an HDF5 file ({exc})") from None
+
+
+def is_weights_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an HDF5 file carrying this format's version attribute."""
+    try:
+        with open_hdf5(path) as f:
+            return "format_version" in f.attrs
+    except (MissingFileError, UnsupportedFormatError):
+        return False
+
+
 def read(path: str | os.PathLike) -> WeightsFile:
     """Read and check a weights file: format name, version, architecture, every shape."""
     import h5py
 
     path = str(path)
-    if not os.path.exists(path):
-        raise MissingFileError(f"{path}: no such weights file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise UnsupportedFormatError(f"{path}: not an HDF5 file ({exc})") from None
-    with f:
+    with open_hdf5(path, "weights file") as f:
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
         if attrs.get("format") != FORMAT_NAME:
             raise UnsupportedFormatError(

@@ -4,12 +4,10 @@ commands run as subprocesses (exit status, outputs, resuming after SIGKILL)."""
 import io
 import os
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import h5py

@@ -12,13 +12,14 @@ import sys
 
 import numpy as np
 
+from mobilenet_np import weights_file
 from mobilenet_np.errors import WeightsError
 
 from .convert import WEIGHT_CHOICES, convert, detect, open_source
 
 
 def _inspect(args) -> None:
-    if args.source.endswith((".h5", ".hdf5")) and _is_our_file(args.source):
+    if args.source.endswith((".h5", ".hdf5")) and weights_file.is_weights_file(args.source):
         return _verify(args)
     src = open_source(args.source, args.weights)
     print(f"source: {args.source} ({src.source_format})")
@@ -40,22 +41,12 @@ def _inspect(args) -> None:
         print(f"note: {note}")
 
 
-def _is_our_file(path: str) -> bool:
-    import h5py
-    try:
-        with h5py.File(path, "r") as f:
-            return "format_version" in f.attrs
-    except OSError:
-        return False
-
-
 def _convert(args) -> None:
     found = convert(args.source, args.output, weights=args.weights, input_size=args.input_size)
     print(f"wrote {args.output}: {found.describe()}")
 
 
 def _verify(args) -> None:
-    from mobilenet_np import weights_file
     from mobilenet_np.model import format_table
     path = getattr(args, "file", None) or args.source
     wf = weights_file.read(path)

@@ -21,8 +21,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mobilenet_np.errors import (ArchitectureError, CorruptFileError, MissingFileError,
-                                 UnsupportedFormatError)
+from mobilenet_np.errors import ArchitectureError, CorruptFileError, UnsupportedFormatError
+from mobilenet_np.weights_file import open_hdf5
 from weights_tools.source import SourceTensors
 
 TF_BATCHNORM_EPSILON = 1e-3
@@ -114,13 +114,7 @@ def _activation_name(layer: dict) -> str | None:
 def read_keras_h5(path: str | Path) -> SourceTensors:
     """Import keras.applications MobileNet / MobileNetV2 weights from a legacy .h5 file."""
     file = str(path)
-    if not Path(path).is_file():
-        raise MissingFileError(f"{file}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise UnsupportedFormatError(f"{file}: not an HDF5 file ({err})") from None
-    with f:
+    with open_hdf5(file) as f:
         try:
             return _read(f, file)
         except OSError as err:                      # HDF5 raises OSError on damaged datasets
