@@ -7,7 +7,8 @@ real TF-Hub weights when ../shared is present) and V1 0.5/160 (seeded random wei
 
 * pure inference: ``model(batch)`` on already decoded batches of 32 (images/s);
 * decoding alone: ``model.preprocess`` over every file in the same thread pool ``embed`` uses;
-* end to end: ``mnp.embed`` (decode + resize + inference, overlapped);
+* end to end: ``mnp.embed`` (decode + resize + inference, overlapped), with the model's
+  threads set, and with the default (the cores the decoding threads leave);
 * each with JPEG draft decoding on (the default) and off.
 
 Medians over ``--rounds`` runs; writes benchmarks/results/embed.md.  Timings only: nothing
@@ -27,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 import mobilenet_np as mnp
-from mobilenet_np import threads as mnp_threads
 from mobilenet_np.embedding import _default_workers
 
 from .dask_bench import IMAGE_SIZE, make_images, model_file
@@ -55,8 +55,9 @@ def measure(model, files: list[str], threads: int, rounds: int) -> dict:
             with ThreadPoolExecutor(_default_workers()) as pool:
                 list(pool.map(lambda f: model.preprocess(f, draft=draft), files))
         row[f"decode_draft_{draft}"] = count / _median_seconds(decode, rounds)
-    with mnp_threads.limit(threads):
-        row["embed"] = count / _median_seconds(lambda: mnp.embed(files, model=model, batch_size=BATCH), rounds)
+    row["embed"] = count / _median_seconds(
+        lambda: mnp.embed(files, model=model, batch_size=BATCH, threads=threads), rounds)
+    row["embed_default"] = count / _median_seconds(lambda: mnp.embed(files, model=model, batch_size=BATCH), rounds)
     return row
 
 
@@ -78,15 +79,16 @@ def main(argv=None) -> int:
             f"{args.images} JPEGs of {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} (1.0 MP, quality 90), preset hub, batch {BATCH}, "
             f"{_default_workers()} decoding threads; median of {args.rounds} runs. "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, mobilenet-np {mnp.__version__}.", "",
-            "| model | threads | inference only (img/s) | decode + resize only, draft on / off (img/s) "
-            "| end to end `mnp.embed` (img/s) | end to end / inference |",
-            "|---|---|---|---|---|---|",
+            "| model | model threads | inference only (img/s) | decode + resize only, draft on / off (img/s) "
+            "| end to end `mnp.embed(threads=T)` (img/s) | end to end / inference | `mnp.embed` default threads (img/s) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, model in models.items():
             for threads in (1, 2):
                 r = measure(model, files, threads, args.rounds)
                 lines.append(f"| {name} | {threads} | {r['inference']:.0f} | {r['decode_draft_True']:.0f} / "
-                             f"{r['decode_draft_False']:.0f} | {r['embed']:.0f} | {r['embed'] / r['inference']:.2f} |")
+                             f"{r['decode_draft_False']:.0f} | {r['embed']:.0f} | {r['embed'] / r['inference']:.2f} | "
+                             f"{r['embed_default']:.0f} |")
                 print(lines[-1], flush=True)
     lines += ["", "Decoding a 1-megapixel JPEG costs far more than running the network on the 96x96 or "
               "160x160 result, so an embedding job is bound by decoding; draft mode (decoding at 1/2, 1/4 "

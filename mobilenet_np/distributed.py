@@ -347,7 +347,7 @@ def _embed_partition(k: int, items: list[Item], identity: dict, job: _Job):
         try:
             with _threads.limit(threads):
                 batches = list(run_batches(items, model, model, job.width, job.batch_size, job.preset,
-                                           job.on_error, threads))
+                                           job.on_error, threads, threads))
         except ImageError as exc:
             return _BadInput(exc.path, exc.reason)
         result = _concatenate(batches, job.width)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import hashlib
 import json
 import os
@@ -119,31 +120,38 @@ def _is_image_name(name: str) -> bool:
 
 
 def iter_embed(inputs, model, batch_size=32, preset=None, on_error="skip", recursive=False,
-               progress=None, workers=None) -> Iterator[EmbedResult]:
+               progress=None, workers=None, threads=None) -> Iterator[EmbedResult]:
     """Yield one ``EmbedResult`` per ``batch_size`` inputs, in input order.
 
     ``on_error``: "skip" records undecodable files in ``failures``; "fail" raises their
     ``ImageError``.  ``progress``: a tqdm bar on stderr (None: only if stderr is a terminal).
-    ``workers``: decoding threads (default: the CPU count, at most 4).
+    ``workers``: decoding threads (default: the CPU count, at most 4).  ``threads``: the
+    model's threads (default: the cores the decoders leave, at least one).
     """
     items = collect_inputs(inputs, recursive)
     with progress_bar(len(items), enabled=progress) as bar:
-        for batch in run_batches(items, model, model, model.num_features, batch_size, preset, on_error, workers):
+        for batch in run_batches(items, model, model, model.num_features, batch_size, preset, on_error, workers,
+                                 threads):
             bar.update(len(batch.paths) + len(batch.failures))
             yield batch
 
 
 def embed(inputs, model, batch_size=32, preset=None, on_error="skip", recursive=False,
-          progress=None, workers=None) -> EmbedResult:
+          progress=None, workers=None, threads=None) -> EmbedResult:
     """All of ``iter_embed`` at once: features [N, model.num_features] float32."""
-    batches = list(iter_embed(inputs, model, batch_size, preset, on_error, recursive, progress, workers))
+    batches = list(iter_embed(inputs, model, batch_size, preset, on_error, recursive, progress, workers, threads))
     return _concatenate(batches, model.num_features)
 
 
 def run_batches(items, model, forward, width, batch_size=32, preset=None, on_error="skip",
-                workers=None) -> Iterator[EmbedResult]:
+                workers=None, model_threads=None) -> Iterator[EmbedResult]:
     """The pipeline under ``iter_embed``: ``model.preprocess`` in a thread pool, ``forward``
-    (the model itself, or ``model.logits``) on each batch, giving [n, width] rows."""
+    (the model itself, or ``model.logits``) on each batch, giving [n, width] rows.
+
+    Decoding a photo costs several times more than the network, and decoding threads and a
+    model running wide fight for the same cores (on 2 cores, 2 decoders + a 2-thread model
+    embed 1 MP JPEGs ~35 % slower than 2 decoders + a 1-thread model: benchmarks/results/
+    embed.md), so by default the model gets the cores the decoders leave, at least one."""
     if on_error not in ("skip", "fail"):
         raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
     if int(batch_size) < 1:
@@ -155,10 +163,13 @@ def run_batches(items, model, forward, width, batch_size=32, preset=None, on_err
         except ImageError as exc:
             return None, exc
 
-    pool = ThreadPoolExecutor(max_workers=workers or _default_workers(), thread_name_prefix="mobilenet-np-decode")
+    workers = workers or _default_workers()
+    model_threads = model_threads or max(1, (os.cpu_count() or 1) - workers)
+    limited = functools.partial(forward, threads=model_threads)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mobilenet-np-decode")
     try:
         for chunk, decoded in _prefetched(pool, decode, items, int(batch_size)):
-            yield _run_chunk(chunk, decoded, forward, width, on_error)
+            yield _run_chunk(chunk, decoded, limited, width, on_error)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -527,7 +538,7 @@ def run_embed(args) -> int:
     try:
         with threads.limit(args.threads), progress_bar(len(items), show_progress, initial=done_before) as bar:
             for batch in run_batches(items[done_before:], model, model, model.num_features, args.batch_size,
-                                     preset, args.on_error, args.threads):
+                                     preset, args.on_error, args.threads, args.threads):
                 journal.append(batch)
                 bar.update(len(batch.paths) + len(batch.failures))
                 for path, reason in batch.failures:
@@ -565,7 +576,7 @@ def run_classify(args) -> int:
     try:
         with threads.limit(args.threads):
             for batch in run_batches(items, model, model.logits, model.num_classes, args.batch_size,
-                                     args.preset, args.on_error, args.threads):
+                                     args.preset, args.on_error, args.threads, args.threads):
                 for path, reason in batch.failures:
                     _note(args, f"skipped {path}: {reason}")
                 for path, order, probabilities in zip(batch.paths, *top_k(batch.features, args.top)):

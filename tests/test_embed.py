@@ -307,7 +307,7 @@ class CountingModel:
             self.decoded += 1
         return np.full((4, 4, 3), float(src.split("_")[1]), np.float32)
 
-    def __call__(self, batch):
+    def __call__(self, batch, threads=None):
         self.consumed += len(batch)
         self.most_ahead = max(self.most_ahead, self.decoded - self.consumed)
         return np.repeat(batch[:, 0, 0, :1], 2, axis=1)
