@@ -66,6 +66,10 @@ class NumpyBackend:
     def global_mean(self, x: np.ndarray) -> np.ndarray:
         return ref.global_mean(x)
 
+    def features(self, geo, x) -> np.ndarray:
+        """The pooled features [N, C] of a batch."""
+        return self.global_mean(self.run(geo, x))
+
     def release(self) -> None:
         """Nothing cached."""
 
@@ -111,7 +115,9 @@ class NumbaBackend:
         residual add still needs).  Kept until a call with another shape; each thread has its
         own, so that threads calling one model at the same time never share buffers."""
         key = (batch, geo[0].in_hw)
-        cached = getattr(self._local, "plans", {})
+        cached = getattr(self._local, "plans", None)
+        if cached is None or len(cached) >= 4:          # a few shapes (a batch and its tail)
+            cached = self._local.plans = {}
         if key in cached:
             return cached[key]
         fast = self._fast
@@ -145,8 +151,8 @@ class NumbaBackend:
             current = dst
         buffers = np.empty((3, size), np.float32)
         taps_flat = np.concatenate(taps) if taps else np.zeros(0, np.int64)
-        self._local.plans = {key: (plan, taps_flat, buffers)}
-        return self._local.plans[key]
+        cached[key] = (plan, taps_flat, buffers)
+        return cached[key]
 
     def run(self, geo, x, on_layer=None):
         """Run every layer; ``on_layer(i, y)``, if given, sees each output (a view into the
@@ -166,14 +172,28 @@ class NumbaBackend:
         size = n * g.out_hw[0] * g.out_hw[1] * g.layer.out_depth
         return buffers[row[self._fast.OP_DST], :size].reshape(n, *g.out_hw, g.layer.out_depth)
 
-    def global_mean(self, x: np.ndarray) -> np.ndarray:
-        out = np.empty((x.shape[0], x.shape[3]), np.float32)
+    def global_mean(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        out = np.empty((x.shape[0], x.shape[3]), np.float32) if out is None else out
         self._fast.global_mean(x, out)
+        return out
+
+    def features(self, geo, x) -> np.ndarray:
+        """The pooled features [N, C] of a batch, run CHUNK_IMAGES images at a time: a whole
+        batch's activations do not fit in the caches, and layer by layer over 32 images every
+        layer would stream them through main memory (V1 0.5/160 at batch 32: ~300 img/s whole,
+        ~400 in chunks of 8).  Each image's result does not depend on its chunk."""
+        out = np.empty((x.shape[0], geo[-1].layer.out_depth), np.float32)
+        for start in range(0, x.shape[0], CHUNK_IMAGES):
+            part = x[start:start + CHUNK_IMAGES]
+            self.global_mean(self.run(geo, part), out[start:start + part.shape[0]])
         return out
 
     def release(self) -> None:
         """Drop this thread's cached plan and buffers (they are rebuilt on the next call)."""
         self._local.plans = {}
+
+
+CHUNK_IMAGES = 8     # images per pass of the fast path (measured best of 1, 2, 4, 8, 32 on both models)
 
 
 def _spans(arrays: list[np.ndarray]) -> list[tuple[int, int]]:

@@ -95,6 +95,8 @@ class MobileNet:
     def _run(self, images, wanted: set[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         x = self._network_input(images)
         geo = self._geometry(x.shape[1:3])
+        if not wanted:
+            return self.backend.features(geo, x), {}
         found: dict[str, np.ndarray] = {}
 
         def on_layer(i, y):
@@ -102,7 +104,7 @@ class MobileNet:
                 if name in wanted:
                     found[name] = y.copy()
 
-        last = self.backend.run(geo, x, on_layer if wanted else None)
+        last = self.backend.run(geo, x, on_layer)
         return self.backend.global_mean(last), found
 
     def __call__(self, images, threads: int | None = None) -> np.ndarray:
