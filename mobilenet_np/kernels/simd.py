@@ -82,17 +82,6 @@ def store(typingctx, array, index, vector):
 
 
 @intrinsic
-def splat(typingctx, scalar):
-    """A vector with every lane equal to ``scalar`` (a float32)."""
-    if scalar != types.float32:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _splat(builder, args[0])
-    return f32x8(types.float32), codegen
-
-
-@intrinsic
 def splat_at(typingctx, array, index):
     """A vector with every lane equal to array[index] (one broadcast load; unlike ``array[i]``
     in Numba, no negative-index wraparound arithmetic on the hot path)."""
