@@ -140,6 +140,44 @@ def _tile1(x, x_at, c_in, w, w_at, b0, b1, out, o_at, columns, relu6, residual, 
     _emit(out, o_at, a0, a1, columns, relu6, residual, add_residual)
 
 
+@kernel(inline=True)
+def _gemm_task(t, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out):
+    """Task t of ``gemm_bias_act``: one (6 pixels x 16 channels) tile."""
+    panels = -(-c_out // PANEL)
+    groups = -(-pixels // TILE_ROWS)
+    # Visit order: consecutive tiles (one thread's share) keep the smaller operand in cache.
+    # With more output channels than pixels the weights are the bigger stream, so walk all
+    # pixels for one weight panel (16 columns x c_in, in L1) before the next panel.
+    if c_out > pixels:
+        j = t // groups
+        g = t % groups
+    else:
+        g = t // panels
+        j = t % panels
+    p0 = g * TILE_ROWS
+    c0 = j * PANEL
+    columns = min(PANEL, c_out - c0)
+    w_at = j * c_in * PANEL
+    b0 = simd.load(bias, c0)
+    b1 = simd.load(bias, c0 + LANES)
+    if p0 + TILE_ROWS > pixels and pixels >= TILE_ROWS:
+        # The last, partial group: redo the last 6 rows whole (the overlap is recomputed to
+        # the same values) rather than run a latency-bound row at a time.
+        p0 = pixels - TILE_ROWS
+    if p0 + TILE_ROWS <= pixels:
+        _tile6(x, p0 * c_in, c_in, _DENSE, c_in, w, w_at, b0, b1, out, p0 * c_out + c0, c_out, columns,
+               relu6, residual, add_residual)
+    else:
+        for p in range(p0, pixels):
+            _tile1(x, p * c_in, c_in, w, w_at, b0, b1, out, p * c_out + c0, columns,
+                   relu6, residual, add_residual)
+
+
+@kernel(inline=True)
+def _gemm_tasks(pixels, c_out):
+    return -(-pixels // TILE_ROWS) * -(-c_out // PANEL)
+
+
 @kernel(parallel=True)
 def gemm_bias_act(x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out):
     """out[p, :] = act(x[p, :] @ W + bias (+ residual[p, :])) for p < pixels, on flat arrays.
@@ -147,36 +185,15 @@ def gemm_bias_act(x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual
     ``w``/``bias`` come from ``pack_pointwise``/``pad_bias``; ``x`` is [pixels, c_in] and
     ``out``/``residual`` [pixels, c_out], row-major.  Work is split into (6 pixels x 16
     channels) tiles, handed to Numba's threads."""
-    panels = -(-c_out // PANEL)
-    groups = -(-pixels // TILE_ROWS)
-    # Visit order: consecutive tiles (one thread's share) keep the smaller operand in cache.
-    # With more output channels than pixels the weights are the bigger stream, so walk all
-    # pixels for one weight panel (16 columns x c_in, in L1) before the next panel.
-    panel_major = c_out > pixels
-    for t in prange(groups * panels):
-        if panel_major:
-            j = t // groups
-            g = t % groups
-        else:
-            g = t // panels
-            j = t % panels
-        p0 = g * TILE_ROWS
-        c0 = j * PANEL
-        columns = min(PANEL, c_out - c0)
-        w_at = j * c_in * PANEL
-        b0 = simd.load(bias, c0)
-        b1 = simd.load(bias, c0 + LANES)
-        if p0 + TILE_ROWS > pixels and pixels >= TILE_ROWS:
-            # The last, partial group: redo the last 6 rows whole (the overlap is recomputed to
-            # the same values) rather than run a latency-bound row at a time.
-            p0 = pixels - TILE_ROWS
-        if p0 + TILE_ROWS <= pixels:
-            _tile6(x, p0 * c_in, c_in, _DENSE, c_in, w, w_at, b0, b1, out, p0 * c_out + c0, c_out, columns,
-                   relu6, residual, add_residual)
-        else:
-            for p in range(p0, pixels):
-                _tile1(x, p * c_in, c_in, w, w_at, b0, b1, out, p * c_out + c0, columns,
-                       relu6, residual, add_residual)
+    for t in prange(_gemm_tasks(pixels, c_out)):
+        _gemm_task(t, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out)
+
+
+@kernel()
+def gemm_bias_act_serial(x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out):
+    """``gemm_bias_act`` on the calling thread alone (no parallel runtime)."""
+    for t in range(_gemm_tasks(pixels, c_out)):
+        _gemm_task(t, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out)
 
 
 def pointwise_conv2d(x, w_packed, bias_padded, relu6, residual, add_residual, out):
@@ -215,40 +232,57 @@ def _patch1(x, n, iy0, ix0, height, width, c_in, k, w, w_at, b0, b1, out, o_at, 
     _emit(out, o_at, a0, a1, columns, relu6, out, False)
 
 
+@kernel(inline=True)
+def _stem_task(t, x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
+               out, out_h, out_w, c_out):
+    """Task t of ``conv2d_stem``: one output row x one 16-channel panel."""
+    panels = -(-c_out // PANEL)
+    steps = k * k * c_in
+    tiles = -(-out_w // TILE_ROWS)
+    row = t // panels
+    j = t % panels
+    n = row // out_h
+    oy = row % out_h
+    c0 = j * PANEL
+    columns = min(PANEL, c_out - c0)
+    w_at = j * steps * PANEL
+    b0 = simd.load(bias, c0)
+    b1 = simd.load(bias, c0 + LANES)
+    iy0 = oy * stride - pad_top
+    rows_inside = iy0 >= 0 and iy0 + k <= height
+    for tile in range(tiles):
+        ox0 = tile * TILE_ROWS
+        ix_first = ox0 * stride - pad_left
+        ix_last = (ox0 + TILE_ROWS - 1) * stride - pad_left
+        o_at = (row * out_w + ox0) * c_out + c0
+        if rows_inside and ox0 + TILE_ROWS <= out_w and ix_first >= 0 and ix_last + k <= width:
+            x_at = ((n * height + iy0) * width + ix_first) * c_in
+            _tile6(x, x_at, stride * c_in, taps, steps, w, w_at, b0, b1, out, o_at, c_out, columns,
+                   relu6, out, False)
+        else:
+            for ox in range(ox0, min(ox0 + TILE_ROWS, out_w)):
+                _patch1(x, n, iy0, ox * stride - pad_left, height, width, c_in, k, w, w_at, b0, b1,
+                        out, (row * out_w + ox) * c_out + c0, columns, relu6)
+
+
 @kernel(parallel=True)
 def conv2d_stem(x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
                 out, out_h, out_w, c_out):
     """Full k x k convolution (the stem), x flat [N, H, W, C_in] -> out flat [N, out_h, out_w,
     c_out].  Each output row is cut into 6-pixel tiles that run the GEMM micro-kernel on the
     patches in place (no im2col copy); pixels whose patch touches the padding take ``_patch1``."""
-    panels = -(-c_out // PANEL)
-    steps = k * k * c_in
-    tiles = -(-out_w // TILE_ROWS)
-    for t in prange(n_img * out_h * panels):
-        row = t // panels
-        j = t % panels
-        n = row // out_h
-        oy = row % out_h
-        c0 = j * PANEL
-        columns = min(PANEL, c_out - c0)
-        w_at = j * steps * PANEL
-        b0 = simd.load(bias, c0)
-        b1 = simd.load(bias, c0 + LANES)
-        iy0 = oy * stride - pad_top
-        rows_inside = iy0 >= 0 and iy0 + k <= height
-        for tile in range(tiles):
-            ox0 = tile * TILE_ROWS
-            ix_first = ox0 * stride - pad_left
-            ix_last = (ox0 + TILE_ROWS - 1) * stride - pad_left
-            o_at = (row * out_w + ox0) * c_out + c0
-            if rows_inside and ox0 + TILE_ROWS <= out_w and ix_first >= 0 and ix_last + k <= width:
-                x_at = ((n * height + iy0) * width + ix_first) * c_in
-                _tile6(x, x_at, stride * c_in, taps, steps, w, w_at, b0, b1, out, o_at, c_out, columns,
-                       relu6, out, False)
-            else:
-                for ox in range(ox0, min(ox0 + TILE_ROWS, out_w)):
-                    _patch1(x, n, iy0, ox * stride - pad_left, height, width, c_in, k, w, w_at, b0, b1,
-                            out, (row * out_w + ox) * c_out + c0, columns, relu6)
+    for t in prange(n_img * out_h * -(-c_out // PANEL)):
+        _stem_task(t, x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
+                   out, out_h, out_w, c_out)
+
+
+@kernel()
+def conv2d_stem_serial(x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
+                       out, out_h, out_w, c_out):
+    """``conv2d_stem`` on the calling thread alone."""
+    for t in range(n_img * out_h * -(-c_out // PANEL)):
+        _stem_task(t, x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
+                   out, out_h, out_w, c_out)
 
 
 def conv2d(x, w_packed, bias_padded, taps, k, stride, pad_top, pad_left, relu6, out):
@@ -294,6 +328,72 @@ def _tap(acc, inside, xf, at, weight):
     return simd.fma(simd.load(xf, at), weight, acc) if inside else acc
 
 
+@kernel(inline=True)
+def _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h, out_w):
+    """Task ``row`` of ``depthwise3x3``: one output row, all channels."""
+    vector_chans = chans - chans % LANES
+    line = width * chans
+    n = row // out_h
+    oy = row % out_h
+    iy0 = oy * stride - pad_top
+    top, mid, bottom = 0 <= iy0 < height, 0 <= iy0 + 1 < height, 0 <= iy0 + 2 < height
+    for c in range(0, vector_chans, LANES):
+        b = simd.load(bias, c)
+        w0 = simd.load(w, c)
+        w1 = simd.load(w, chans + c)
+        w2 = simd.load(w, 2 * chans + c)
+        w3 = simd.load(w, 3 * chans + c)
+        w4 = simd.load(w, 4 * chans + c)
+        w5 = simd.load(w, 5 * chans + c)
+        w6 = simd.load(w, 6 * chans + c)
+        w7 = simd.load(w, 7 * chans + c)
+        w8 = simd.load(w, 8 * chans + c)
+        ox = 0
+        while ox < out_w:
+            ix0 = ox * stride - pad_left
+            # Offsets of the taps may point outside the array for taps that are skipped.
+            at = ((n * height + iy0) * width + ix0) * chans + c
+            o_at = (row * out_w + ox) * chans + c
+            if top and bottom and 0 <= ix0 and ix0 + stride + 2 < width and ox + 1 < out_w:
+                # Two interior pixels side by side: two independent sums in flight.
+                p, q = _pixel_pair(xf, at, stride, chans, line, b, w0, w1, w2, w3, w4, w5, w6, w7, w8)
+                if relu6:
+                    p = simd.relu6(p)
+                    q = simd.relu6(q)
+                simd.store(of, o_at, p)
+                simd.store(of, o_at + chans, q)
+                ox += 2
+                continue
+            left, centre, right = 0 <= ix0 < width, 0 <= ix0 + 1 < width, 0 <= ix0 + 2 < width
+            acc = _tap(b, top and left, xf, at, w0)
+            acc = _tap(acc, top and centre, xf, at + chans, w1)
+            acc = _tap(acc, top and right, xf, at + 2 * chans, w2)
+            acc = _tap(acc, mid and left, xf, at + line, w3)
+            acc = _tap(acc, mid and centre, xf, at + line + chans, w4)
+            acc = _tap(acc, mid and right, xf, at + line + 2 * chans, w5)
+            acc = _tap(acc, bottom and left, xf, at + 2 * line, w6)
+            acc = _tap(acc, bottom and centre, xf, at + 2 * line + chans, w7)
+            acc = _tap(acc, bottom and right, xf, at + 2 * line + 2 * chans, w8)
+            if relu6:
+                acc = simd.relu6(acc)
+            simd.store(of, o_at, acc)
+            ox += 1
+    for ox in range(out_w):
+        ix0 = ox * stride - pad_left
+        for c in range(vector_chans, chans):
+            s = bias[c]
+            for dy in range(3):
+                iy = iy0 + dy
+                if 0 <= iy < height:
+                    for dx in range(3):
+                        ix = ix0 + dx
+                        if 0 <= ix < width:
+                            s += xf[((n * height + iy) * width + ix) * chans + c] * w[(dy * 3 + dx) * chans + c]
+            if relu6:
+                s = min(max(s, np.float32(0.0)), np.float32(6.0))
+            of[(row * out_w + ox) * chans + c] = s
+
+
 @kernel(parallel=True)
 def depthwise3x3(xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h, out_w):
     """Depthwise 3x3: x flat [N,H,W,C], w flat [(dy*3 + dx)*C + c], bias [C] -> out flat [N,Ho,Wo,C].
@@ -302,68 +402,16 @@ def depthwise3x3(xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_
     while the row is walked, two interior pixels at a time; each pixel sums bias then its taps
     in (dy, dx) order, skipping taps in the zero padding.  The last C mod 8 channels take the
     scalar path."""
-    vector_chans = chans - chans % LANES
-    line = width * chans
     for row in prange(n_img * out_h):
-        n = row // out_h
-        oy = row % out_h
-        iy0 = oy * stride - pad_top
-        top, mid, bottom = 0 <= iy0 < height, 0 <= iy0 + 1 < height, 0 <= iy0 + 2 < height
-        for c in range(0, vector_chans, LANES):
-            b = simd.load(bias, c)
-            w0 = simd.load(w, c)
-            w1 = simd.load(w, chans + c)
-            w2 = simd.load(w, 2 * chans + c)
-            w3 = simd.load(w, 3 * chans + c)
-            w4 = simd.load(w, 4 * chans + c)
-            w5 = simd.load(w, 5 * chans + c)
-            w6 = simd.load(w, 6 * chans + c)
-            w7 = simd.load(w, 7 * chans + c)
-            w8 = simd.load(w, 8 * chans + c)
-            ox = 0
-            while ox < out_w:
-                ix0 = ox * stride - pad_left
-                # Offsets of the taps may point outside the array for taps that are skipped.
-                at = ((n * height + iy0) * width + ix0) * chans + c
-                o_at = (row * out_w + ox) * chans + c
-                if top and bottom and 0 <= ix0 and ix0 + stride + 2 < width and ox + 1 < out_w:
-                    # Two interior pixels side by side: two independent sums in flight.
-                    p, q = _pixel_pair(xf, at, stride, chans, line, b, w0, w1, w2, w3, w4, w5, w6, w7, w8)
-                    if relu6:
-                        p = simd.relu6(p)
-                        q = simd.relu6(q)
-                    simd.store(of, o_at, p)
-                    simd.store(of, o_at + chans, q)
-                    ox += 2
-                    continue
-                left, centre, right = 0 <= ix0 < width, 0 <= ix0 + 1 < width, 0 <= ix0 + 2 < width
-                acc = _tap(b, top and left, xf, at, w0)
-                acc = _tap(acc, top and centre, xf, at + chans, w1)
-                acc = _tap(acc, top and right, xf, at + 2 * chans, w2)
-                acc = _tap(acc, mid and left, xf, at + line, w3)
-                acc = _tap(acc, mid and centre, xf, at + line + chans, w4)
-                acc = _tap(acc, mid and right, xf, at + line + 2 * chans, w5)
-                acc = _tap(acc, bottom and left, xf, at + 2 * line, w6)
-                acc = _tap(acc, bottom and centre, xf, at + 2 * line + chans, w7)
-                acc = _tap(acc, bottom and right, xf, at + 2 * line + 2 * chans, w8)
-                if relu6:
-                    acc = simd.relu6(acc)
-                simd.store(of, o_at, acc)
-                ox += 1
-        for ox in range(out_w):
-            ix0 = ox * stride - pad_left
-            for c in range(vector_chans, chans):
-                s = bias[c]
-                for dy in range(3):
-                    iy = iy0 + dy
-                    if 0 <= iy < height:
-                        for dx in range(3):
-                            ix = ix0 + dx
-                            if 0 <= ix < width:
-                                s += xf[((n * height + iy) * width + ix) * chans + c] * w[(dy * 3 + dx) * chans + c]
-                if relu6:
-                    s = min(max(s, np.float32(0.0)), np.float32(6.0))
-                of[(row * out_w + ox) * chans + c] = s
+        _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h, out_w)
+
+
+@kernel()
+def depthwise3x3_serial(xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h,
+                        out_w):
+    """``depthwise3x3`` on the calling thread alone."""
+    for row in range(n_img * out_h):
+        _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h, out_w)
 
 
 def depthwise_conv2d(x, w, bias, stride, pad_top, pad_left, relu6, out):
@@ -386,10 +434,12 @@ INPUT = -1          # OP_SRC / OP_RES value naming the network input rather than
 
 
 @kernel()
-def run_plan(x, buffers, plan, weights, biases, taps, n_img):
+def run_plan(x, buffers, plan, weights, biases, taps, n_img, parallel):
     """Run the layers of ``plan`` (rows as above) for a batch of ``n_img``: layer outputs go to
     rows of ``buffers``, weights/biases/taps are slices of one flat array each.  One compiled
-    call for the whole network: no interpreter work between layers."""
+    call for the whole network: no interpreter work between layers.  ``parallel``: split each
+    layer over Numba's threads; otherwise run on the calling thread alone (for a thread that
+    has a whole part of a batch to itself)."""
     for i in range(plan.shape[0]):
         op = plan[i]
         src = x if op[OP_SRC] == INPUT else buffers[op[OP_SRC]]
@@ -400,25 +450,40 @@ def run_plan(x, buffers, plan, weights, biases, taps, n_img):
         relu6 = op[OP_RELU6] != 0
         kind = op[OP_KIND]
         if kind == KIND_POINTWISE:
-            gemm_bias_act(src, n_img * op[OP_IN_H] * op[OP_IN_W], op[OP_IN_C], w, b, op[OP_OUT_C], relu6,
-                          res, op[OP_RESIDUAL] != 0, dst)
+            pixels = n_img * op[OP_IN_H] * op[OP_IN_W]
+            if parallel:
+                gemm_bias_act(src, pixels, op[OP_IN_C], w, b, op[OP_OUT_C], relu6, res, op[OP_RESIDUAL] != 0, dst)
+            else:
+                gemm_bias_act_serial(src, pixels, op[OP_IN_C], w, b, op[OP_OUT_C], relu6, res,
+                                     op[OP_RESIDUAL] != 0, dst)
         elif kind == KIND_DEPTHWISE:
-            depthwise3x3(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], w, b, op[OP_STRIDE],
-                         op[OP_PAD_TOP], op[OP_PAD_LEFT], relu6, dst, op[OP_OUT_H], op[OP_OUT_W])
+            if parallel:
+                depthwise3x3(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], w, b, op[OP_STRIDE],
+                             op[OP_PAD_TOP], op[OP_PAD_LEFT], relu6, dst, op[OP_OUT_H], op[OP_OUT_W])
+            else:
+                depthwise3x3_serial(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], w, b, op[OP_STRIDE],
+                                    op[OP_PAD_TOP], op[OP_PAD_LEFT], relu6, dst, op[OP_OUT_H], op[OP_OUT_W])
         else:
-            conv2d_stem(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], op[OP_K], op[OP_STRIDE],
-                        op[OP_PAD_TOP], op[OP_PAD_LEFT], taps[op[OP_TAPS]:op[OP_TAPS] + op[OP_TAPS_LEN]],
-                        w, b, relu6, dst, op[OP_OUT_H], op[OP_OUT_W], op[OP_OUT_C])
+            stem_taps_ = taps[op[OP_TAPS]:op[OP_TAPS] + op[OP_TAPS_LEN]]
+            if parallel:
+                conv2d_stem(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], op[OP_K], op[OP_STRIDE],
+                            op[OP_PAD_TOP], op[OP_PAD_LEFT], stem_taps_, w, b, relu6, dst, op[OP_OUT_H],
+                            op[OP_OUT_W], op[OP_OUT_C])
+            else:
+                conv2d_stem_serial(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], op[OP_K], op[OP_STRIDE],
+                                   op[OP_PAD_TOP], op[OP_PAD_LEFT], stem_taps_, w, b, relu6, dst, op[OP_OUT_H],
+                                   op[OP_OUT_W], op[OP_OUT_C])
 
 
 # --- the pool -------------------------------------------------------------------------------
 
-@kernel(parallel=True)
+@kernel()
 def global_mean(x, out):
-    """Mean over H and W: x [N,H,W,C] -> out [N,C]; float32 sums in row-major pixel order."""
+    """Mean over H and W: x [N,H,W,C] -> out [N,C]; float32 sums in row-major pixel order.
+    (Serial: a few hundred thousand additions, less than starting a parallel region costs.)"""
     n_img, height, width, chans = x.shape
     count = np.float32(height * width)
-    for n in prange(n_img):
+    for n in range(n_img):
         acc = out[n]
         for c in range(chans):
             acc[c] = 0.0

@@ -6,6 +6,11 @@
   measured drift against the reference is in tests/test_kernels.py).  No ``reassoc``, ``nnan``
   or ``ninf``: sums keep their written order, and NaN/inf propagate as in NumPy.
 * ``error_model="numpy"``: no Python exception checks on float division.
+* ``_nrt=False``: no reference counting.  Kernels never allocate; they only take views of the
+  caller's arrays, which outlive the call.  With counting on, every array handed to an inlined
+  helper got an incref/decref pair that LLVM could not remove: two calls per GEMM tile, around
+  which all twelve accumulators were spilled (the 1x1 layers with 16 input channels ran at
+  half speed; measured in the change that turned it off).
 * ``cache``: compiled machine code is kept on disk beside the module (``__pycache__``) so a new
   process does not recompile; set ``MOBILENET_NP_JIT_CACHE=0`` to measure a cold start without it.
   Numba checks a cached function against its own source file only, not against the code it
@@ -56,5 +61,5 @@ def kernel(parallel: bool = False, inline: bool = False):
     """Decorator for every compiled kernel of the package.  ``inline``: a helper that is
     spliced into its callers at Numba-IR level (a real call would pass every array argument
     as a multi-word struct, which costs more than a small tile of work)."""
-    return numba.njit(nogil=True, cache=CACHE, fastmath=FASTMATH, error_model="numpy",
+    return numba.njit(nogil=True, cache=CACHE, fastmath=FASTMATH, error_model="numpy", _nrt=False,
                       parallel=parallel, boundscheck=False, inline="always" if inline else "never")
