@@ -103,10 +103,8 @@ class NumbaBackend:
             else:
                 weights.append(fast.pack_pointwise(w.reshape(-1, layer.out_depth).astype(np.float32)))
                 biases.append(fast.pad_bias(bias.astype(np.float32)))
-        self._w_spans = _spans(weights)
-        self._b_spans = _spans(biases)
-        self._weights = np.concatenate(weights)
-        self._biases = np.concatenate(biases)
+        self._w_spans, self._weights = _pack(weights)
+        self._b_spans, self._biases = _pack(biases)
         self._local = threading.local()      # plans and buffers per calling thread
         self._pool = None                     # (size, executor) for batch shares, made on first use
         self._pool_lock = threading.Lock()
@@ -151,7 +149,7 @@ class NumbaBackend:
                 taps.append(t)
                 taps_at += t.size
             current = dst
-        buffers = np.empty((3, size), np.float32)
+        buffers = aligned_empty(3 * _round_up(size, ALIGN_FLOATS)).reshape(3, -1)
         taps_flat = np.concatenate(taps) if taps else np.zeros(0, np.int64)
         cached[key] = (plan, taps_flat, buffers)
         return cached[key]
@@ -238,10 +236,33 @@ def _numba_threads() -> int:
     return numba.get_num_threads()
 
 
-def _spans(arrays: list[np.ndarray]) -> list[tuple[int, int]]:
-    """(offset, length) of each array in their concatenation."""
-    ends = np.cumsum([a.size for a in arrays])
-    return [(int(end - a.size), int(a.size)) for a, end in zip(arrays, ends)]
+ALIGN_FLOATS = 16    # 64 bytes: a cache line.  An 8-float load from a 16-byte aligned address
+                     # (NumPy's default) splits a line every other time; measured ~1.4x slower.
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def aligned_empty(n: int) -> np.ndarray:
+    """An uninitialised float32 array of n elements starting on a 64-byte boundary."""
+    raw = np.empty(n + ALIGN_FLOATS, np.float32)
+    skip = (-raw.ctypes.data % (4 * ALIGN_FLOATS)) // 4
+    return raw[skip:skip + n]
+
+
+def _pack(arrays: list[np.ndarray]) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Concatenate flat arrays, each starting on a 64-byte boundary: their (offset, length)
+    spans and the packed array."""
+    spans, at = [], 0
+    for a in arrays:
+        spans.append((at, int(a.size)))
+        at += _round_up(a.size, ALIGN_FLOATS)
+    packed = aligned_empty(max(at, 1))
+    packed[:] = 0
+    for (offset, length), a in zip(spans, arrays):
+        packed[offset:offset + length] = a.reshape(-1)
+    return spans, packed
 
 
 BACKENDS = {"numba": NumbaBackend, "numpy": NumpyBackend}

@@ -294,101 +294,135 @@ def conv2d(x, w_packed, bias_padded, taps, k, stride, pad_top, pad_left, relu6, 
 # --- depthwise ------------------------------------------------------------------------------
 
 @kernel(inline=True)
-def _row_pair(xf, at, stride, chans, p, q, wa, wb, wc):
-    """Add one tap row (3 columns) to two horizontally adjacent pixels.  At stride 1 they share
-    two of their input columns, so 4 loads serve 6 FMAs; at stride 2 one is shared."""
-    x0 = simd.load(xf, at)
-    x1 = simd.load(xf, at + chans)
-    x2 = simd.load(xf, at + 2 * chans)
-    p = simd.fma(x0, wa, p)
-    p = simd.fma(x1, wb, p)
-    p = simd.fma(x2, wc, p)
-    if stride == 1:
-        q = simd.fma(x1, wa, q)
-        q = simd.fma(x2, wb, q)
-        q = simd.fma(simd.load(xf, at + 3 * chans), wc, q)
-    else:
-        q = simd.fma(x2, wa, q)
-        q = simd.fma(simd.load(xf, at + 3 * chans), wb, q)
-        q = simd.fma(simd.load(xf, at + 4 * chans), wc, q)
-    return p, q
+def _col(xf, at, ix, width, checked):
+    """The 8 channels of one input column, or zeros for a column in the padding (only tiles that
+    touch the left or right edge are ``checked``)."""
+    if checked and not (0 <= ix < width):
+        return simd.zeros()
+    return simd.load(xf, at)
 
 
 @kernel(inline=True)
-def _pixel_pair(xf, at, stride, chans, line, b, w0, w1, w2, w3, w4, w5, w6, w7, w8):
-    """The 3x3 sums of two adjacent interior output pixels (stride 1 or 2), taps in order."""
-    p, q = _row_pair(xf, at, stride, chans, b, b, w0, w1, w2)
-    p, q = _row_pair(xf, at + line, stride, chans, p, q, w3, w4, w5)
-    return _row_pair(xf, at + 2 * line, stride, chans, p, q, w6, w7, w8)
+def _tile4(xf, at, ix0, width, chans, line, stride, w, c, dy0, dy1, b, checked):
+    """Four adjacent output pixels of one row, channels c..c+7: each sums its bias, then its taps
+    in (dy, dx) order over the tap rows dy0..dy1-1 that lie inside the image.  Each input column
+    is loaded once and used by every pixel it reaches (3 at stride 1), and the four sums are
+    independent, so the FMAs do not wait on each other."""
+    a0 = b
+    a1 = b
+    a2 = b
+    a3 = b
+    for dy in range(dy0, dy1):
+        r = at + dy * line
+        wa = simd.load(w, (dy * 3) * chans + c)
+        wb = simd.load(w, (dy * 3 + 1) * chans + c)
+        wc = simd.load(w, (dy * 3 + 2) * chans + c)
+        if stride == 1:
+            x = _col(xf, r, ix0, width, checked)
+            a0 = simd.fma(x, wa, a0)
+            x = _col(xf, r + chans, ix0 + 1, width, checked)
+            a0 = simd.fma(x, wb, a0)
+            a1 = simd.fma(x, wa, a1)
+            x = _col(xf, r + 2 * chans, ix0 + 2, width, checked)
+            a0 = simd.fma(x, wc, a0)
+            a1 = simd.fma(x, wb, a1)
+            a2 = simd.fma(x, wa, a2)
+            x = _col(xf, r + 3 * chans, ix0 + 3, width, checked)
+            a1 = simd.fma(x, wc, a1)
+            a2 = simd.fma(x, wb, a2)
+            a3 = simd.fma(x, wa, a3)
+            x = _col(xf, r + 4 * chans, ix0 + 4, width, checked)
+            a2 = simd.fma(x, wc, a2)
+            a3 = simd.fma(x, wb, a3)
+            x = _col(xf, r + 5 * chans, ix0 + 5, width, checked)
+            a3 = simd.fma(x, wc, a3)
+        else:
+            x = _col(xf, r, ix0, width, checked)
+            a0 = simd.fma(x, wa, a0)
+            x = _col(xf, r + chans, ix0 + 1, width, checked)
+            a0 = simd.fma(x, wb, a0)
+            x = _col(xf, r + 2 * chans, ix0 + 2, width, checked)
+            a0 = simd.fma(x, wc, a0)
+            a1 = simd.fma(x, wa, a1)
+            x = _col(xf, r + 3 * chans, ix0 + 3, width, checked)
+            a1 = simd.fma(x, wb, a1)
+            x = _col(xf, r + 4 * chans, ix0 + 4, width, checked)
+            a1 = simd.fma(x, wc, a1)
+            a2 = simd.fma(x, wa, a2)
+            x = _col(xf, r + 5 * chans, ix0 + 5, width, checked)
+            a2 = simd.fma(x, wb, a2)
+            x = _col(xf, r + 6 * chans, ix0 + 6, width, checked)
+            a2 = simd.fma(x, wc, a2)
+            a3 = simd.fma(x, wa, a3)
+            x = _col(xf, r + 7 * chans, ix0 + 7, width, checked)
+            a3 = simd.fma(x, wb, a3)
+            x = _col(xf, r + 8 * chans, ix0 + 8, width, checked)
+            a3 = simd.fma(x, wc, a3)
+    return a0, a1, a2, a3
 
 
 @kernel(inline=True)
-def _tap(acc, inside, xf, at, weight):
-    """acc + x[at:at+8] * weight, or acc unchanged for a tap in the zero padding."""
-    return simd.fma(simd.load(xf, at), weight, acc) if inside else acc
+def _pixel(xf, at, ix0, width, chans, line, w, c, dy0, dy1, b):
+    """One output pixel, channels c..c+7, taps in the padding skipped (same order as _tile4)."""
+    acc = b
+    for dy in range(dy0, dy1):
+        for dx in range(max(0, -ix0), min(3, width - ix0)):
+            acc = simd.fma(simd.load(xf, at + dy * line + dx * chans), simd.load(w, (dy * 3 + dx) * chans + c), acc)
+    return acc
+
+
+@kernel(inline=True)
+def _store(out, at, v, relu6):
+    simd.store(out, at, simd.relu6(v) if relu6 else v)
 
 
 @kernel(inline=True)
 def _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h, out_w):
-    """Task ``row`` of ``depthwise3x3``: one output row, all channels."""
+    """Task ``row`` of ``depthwise3x3``: one output row, all channels.  The row is cut into
+    tiles of 4 pixels, and for each tile the channels are walked 8 at a time: the tile's input
+    (3 rows x 6 or 9 columns x C) is read front to back, which the caches and prefetchers follow
+    well even at C = 512 (walking a row per channel group instead strides by C*4 bytes and
+    thrashes L1 sets).  Tap rows in the padding are skipped; columns in the padding read as zero.
+    A last single pixel takes ``_pixel``; the last C mod 8 channels a scalar loop."""
     vector_chans = chans - chans % LANES
     line = width * chans
     n = row // out_h
     oy = row % out_h
     iy0 = oy * stride - pad_top
-    top, mid, bottom = 0 <= iy0 < height, 0 <= iy0 + 1 < height, 0 <= iy0 + 2 < height
-    for c in range(0, vector_chans, LANES):
-        b = simd.load(bias, c)
-        w0 = simd.load(w, c)
-        w1 = simd.load(w, chans + c)
-        w2 = simd.load(w, 2 * chans + c)
-        w3 = simd.load(w, 3 * chans + c)
-        w4 = simd.load(w, 4 * chans + c)
-        w5 = simd.load(w, 5 * chans + c)
-        w6 = simd.load(w, 6 * chans + c)
-        w7 = simd.load(w, 7 * chans + c)
-        w8 = simd.load(w, 8 * chans + c)
-        ox = 0
-        while ox < out_w:
-            ix0 = ox * stride - pad_left
-            # Offsets of the taps may point outside the array for taps that are skipped.
-            at = ((n * height + iy0) * width + ix0) * chans + c
-            o_at = (row * out_w + ox) * chans + c
-            if top and bottom and 0 <= ix0 and ix0 + stride + 2 < width and ox + 1 < out_w:
-                # Two interior pixels side by side: two independent sums in flight.
-                p, q = _pixel_pair(xf, at, stride, chans, line, b, w0, w1, w2, w3, w4, w5, w6, w7, w8)
-                if relu6:
-                    p = simd.relu6(p)
-                    q = simd.relu6(q)
-                simd.store(of, o_at, p)
-                simd.store(of, o_at + chans, q)
-                ox += 2
-                continue
-            left, centre, right = 0 <= ix0 < width, 0 <= ix0 + 1 < width, 0 <= ix0 + 2 < width
-            acc = _tap(b, top and left, xf, at, w0)
-            acc = _tap(acc, top and centre, xf, at + chans, w1)
-            acc = _tap(acc, top and right, xf, at + 2 * chans, w2)
-            acc = _tap(acc, mid and left, xf, at + line, w3)
-            acc = _tap(acc, mid and centre, xf, at + line + chans, w4)
-            acc = _tap(acc, mid and right, xf, at + line + 2 * chans, w5)
-            acc = _tap(acc, bottom and left, xf, at + 2 * line, w6)
-            acc = _tap(acc, bottom and centre, xf, at + 2 * line + chans, w7)
-            acc = _tap(acc, bottom and right, xf, at + 2 * line + 2 * chans, w8)
-            if relu6:
-                acc = simd.relu6(acc)
-            simd.store(of, o_at, acc)
-            ox += 1
+    dy0 = max(0, -iy0)
+    dy1 = min(3, height - iy0)
+    for ox in range(0, out_w, 4):
+        keep = min(4, out_w - ox)
+        ix0 = ox * stride - pad_left
+        # Offsets of taps may point outside the array for taps that are skipped or zeroed.
+        at0 = ((n * height + iy0) * width + ix0) * chans
+        o_at0 = (row * out_w + ox) * chans
+        if keep == 1:
+            for c in range(0, vector_chans, LANES):
+                _store(of, o_at0 + c, _pixel(xf, at0 + c, ix0, width, chans, line, w, c, dy0, dy1,
+                                             simd.load(bias, c)), relu6)
+            continue
+        inside = keep == 4 and ix0 >= 0 and ix0 + 3 * stride + 2 < width
+        for c in range(0, vector_chans, LANES):
+            b = simd.load(bias, c)
+            if inside:
+                a0, a1, a2, a3 = _tile4(xf, at0 + c, ix0, width, chans, line, stride, w, c, dy0, dy1, b, False)
+            else:
+                a0, a1, a2, a3 = _tile4(xf, at0 + c, ix0, width, chans, line, stride, w, c, dy0, dy1, b, True)
+            o_at = o_at0 + c
+            _store(of, o_at, a0, relu6)
+            _store(of, o_at + chans, a1, relu6)
+            if keep > 2:
+                _store(of, o_at + 2 * chans, a2, relu6)
+            if keep > 3:
+                _store(of, o_at + 3 * chans, a3, relu6)
     for ox in range(out_w):
         ix0 = ox * stride - pad_left
         for c in range(vector_chans, chans):
             s = bias[c]
-            for dy in range(3):
-                iy = iy0 + dy
-                if 0 <= iy < height:
-                    for dx in range(3):
-                        ix = ix0 + dx
-                        if 0 <= ix < width:
-                            s += xf[((n * height + iy) * width + ix) * chans + c] * w[(dy * 3 + dx) * chans + c]
+            for dy in range(dy0, dy1):
+                for dx in range(max(0, -ix0), min(3, width - ix0)):
+                    s += xf[((n * height + iy0 + dy) * width + ix0 + dx) * chans + c] * w[(dy * 3 + dx) * chans + c]
             if relu6:
                 s = min(max(s, np.float32(0.0)), np.float32(6.0))
             of[(row * out_w + ox) * chans + c] = s
@@ -398,10 +432,8 @@ def _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_
 def depthwise3x3(xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h, out_w):
     """Depthwise 3x3: x flat [N,H,W,C], w flat [(dy*3 + dx)*C + c], bias [C] -> out flat [N,Ho,Wo,C].
 
-    One output row per task.  For each group of 8 channels the 9 tap weights stay in registers
-    while the row is walked, two interior pixels at a time; each pixel sums bias then its taps
-    in (dy, dx) order, skipping taps in the zero padding.  The last C mod 8 channels take the
-    scalar path."""
+    One output row per task (``_dw_row``); each pixel sums bias then its taps in (dy, dx) order,
+    skipping taps in the zero padding."""
     for row in prange(n_img * out_h):
         _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h, out_w)
 

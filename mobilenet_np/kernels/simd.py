@@ -95,6 +95,14 @@ def splat_at(typingctx, array, index):
 
 
 @intrinsic
+def zeros(typingctx):
+    """A vector of zeros."""
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_VEC, [0.0] * LANES)
+    return f32x8(), codegen
+
+
+@intrinsic
 def fma(typingctx, a, b, c):
     """a * b + c in every lane, rounded once."""
     def codegen(context, builder, sig, args):
