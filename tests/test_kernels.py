@@ -52,7 +52,7 @@ def test_full_conv(rng, n, h, w, stride, c_in, c_out):
 
 @pytest.mark.parametrize("pixels", [1, 5, 6, 7, 37, 256])
 @pytest.mark.parametrize("c_in, c_out", [(8, 48), (13, 7), (48, 16), (96, 40), (160, 1280), (27, 8), (5, 23)])
-@pytest.mark.parametrize("relu6, residual", [(True, False), (False, True), (False, False)])
+@pytest.mark.parametrize("relu6, residual", [(True, False), (False, True), (False, False), (True, True)])
 def test_pointwise(rng, pixels, c_in, c_out, relu6, residual):
     x = rng.standard_normal((pixels, c_in), dtype=np.float32)
     wt = rng.standard_normal((1, 1, c_in, c_out), dtype=np.float32)

@@ -57,24 +57,22 @@ def pad_bias(bias: np.ndarray) -> np.ndarray:
 
 @kernel(inline=True)
 def _emit(out, offset, lo, hi, columns, relu6, residual, add_residual):
-    """Finish one pixel's 16 accumulators: + residual, ReLU6, store the valid columns."""
+    """Finish one pixel's 16 accumulators: + residual, ReLU6, store the valid columns (whole
+    8-lane vectors where they fit, so that C_out = 8 or 24 does not fall to a scalar loop)."""
+    if columns >= LANES:
+        v = simd.add(lo, simd.load(residual, offset)) if add_residual else lo
+        simd.store(out, offset, simd.relu6(v) if relu6 else v)
     if columns == PANEL:
-        if add_residual:
-            lo = simd.add(lo, simd.load(residual, offset))
-            hi = simd.add(hi, simd.load(residual, offset + LANES))
-        if relu6:
-            lo = simd.relu6(lo)
-            hi = simd.relu6(hi)
-        simd.store(out, offset, lo)
-        simd.store(out, offset + LANES, hi)
+        v = simd.add(hi, simd.load(residual, offset + LANES)) if add_residual else hi
+        simd.store(out, offset + LANES, simd.relu6(v) if relu6 else v)
     else:
-        for c in range(columns):
-            v = simd.lane(lo, c) if c < LANES else simd.lane(hi, c - LANES)
+        for c in range(LANES if columns >= LANES else 0, columns):
+            s = simd.lane(lo, c) if c < LANES else simd.lane(hi, c - LANES)
             if add_residual:
-                v += residual[offset + c]
+                s += residual[offset + c]
             if relu6:
-                v = min(max(v, np.float32(0.0)), np.float32(6.0))
-            out[offset + c] = v
+                s = min(max(s, np.float32(0.0)), np.float32(6.0))
+            out[offset + c] = s
 
 
 @kernel(inline=True)
