@@ -165,11 +165,13 @@ class NumbaBackend:
         n = x.shape[0]
         plan, taps, buffers = self._plan(geo, n)
         xf = x.reshape(-1)
+        run_plan = self._fast.run_plan if parallel else self._fast.run_plan_serial
+        parts = _numba_threads()
         if on_layer is None:
-            self._fast.run_plan(xf, buffers, plan, self._weights, self._biases, taps, n, parallel)
+            run_plan(xf, buffers, plan, self._weights, self._biases, taps, n, parts)
         else:
             for i, g in enumerate(geo):
-                self._fast.run_plan(xf, buffers, plan[i:i + 1], self._weights, self._biases, taps, n, parallel)
+                run_plan(xf, buffers, plan[i:i + 1], self._weights, self._biases, taps, n, parts)
                 on_layer(i, self._output(plan[i], g, n, buffers))
         return self._output(plan[-1], geo[-1], n, buffers)
 

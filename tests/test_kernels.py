@@ -9,7 +9,8 @@ from mobilenet_np.kernels import reference as ref
 
 fast = pytest.importorskip("mobilenet_np.kernels.fast", reason="Numba is not installed")
 
-SIZES = [(1, 7, 5), (2, 16, 16), (3, 33, 31), (1, 2, 3), (1, 40, 29)]
+# widths cover every tail of the depthwise 4-pixel tiles (out widths 1..3 past a multiple of 4)
+SIZES = [(1, 7, 5), (2, 16, 16), (3, 33, 31), (1, 2, 3), (1, 40, 29), (1, 6, 10), (2, 3, 3)]
 CHANNELS = [3, 8, 13, 16, 40]
 
 
@@ -22,7 +23,8 @@ def _geometry(h, w, k, s):
 @pytest.mark.parametrize("n, h, w", SIZES)
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("c", CHANNELS)
-def test_depthwise(rng, n, h, w, stride, c):
+@pytest.mark.parametrize("serial", [False, True])
+def test_depthwise(rng, n, h, w, stride, c, serial):
     x = rng.standard_normal((n, h, w, c), dtype=np.float32)
     wt = rng.standard_normal((3, 3, c, 1), dtype=np.float32)
     bias = rng.standard_normal(c, dtype=np.float32)
@@ -31,14 +33,16 @@ def test_depthwise(rng, n, h, w, stride, c):
         expected = ref.depthwise_conv2d(x, wt, stride, pad, out_hw) + bias
         expected = ref.relu6(expected) if relu6 else expected
         got = np.empty((n, *out_hw, c), np.float32)
-        fast.depthwise_conv2d(x, np.ascontiguousarray(wt[:, :, :, 0]), bias, stride, pad[0], pad[2], relu6, got)
+        fast.depthwise_conv2d(x, np.ascontiguousarray(wt[:, :, :, 0]), bias, stride, pad[0], pad[2], relu6, got,
+                              serial=serial)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("n, h, w", SIZES)
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("c_in, c_out", [(3, 16), (3, 13), (8, 8), (13, 24), (3, 32)])
-def test_full_conv(rng, n, h, w, stride, c_in, c_out):
+@pytest.mark.parametrize("serial", [False, True])
+def test_full_conv(rng, n, h, w, stride, c_in, c_out, serial):
     x = rng.standard_normal((n, h, w, c_in), dtype=np.float32)
     wt = rng.standard_normal((3, 3, c_in, c_out), dtype=np.float32)
     bias = rng.standard_normal(c_out, dtype=np.float32)
@@ -46,14 +50,15 @@ def test_full_conv(rng, n, h, w, stride, c_in, c_out):
     expected = ref.relu6(ref.conv2d(x, wt, stride, pad, out_hw) + bias)
     got = np.empty((n, *out_hw, c_out), np.float32)
     fast.conv2d(x, fast.pack_pointwise(wt.reshape(-1, c_out)), fast.pad_bias(bias), fast.stem_taps(3, w, c_in),
-                3, stride, pad[0], pad[2], True, got)
+                3, stride, pad[0], pad[2], True, got, serial=serial)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize("pixels", [1, 5, 6, 7, 37, 256])
 @pytest.mark.parametrize("c_in, c_out", [(8, 48), (13, 7), (48, 16), (96, 40), (160, 1280), (27, 8), (5, 23)])
 @pytest.mark.parametrize("relu6, residual", [(True, False), (False, True), (False, False), (True, True)])
-def test_pointwise(rng, pixels, c_in, c_out, relu6, residual):
+@pytest.mark.parametrize("serial", [False, True])
+def test_pointwise(rng, pixels, c_in, c_out, relu6, residual, serial):
     x = rng.standard_normal((pixels, c_in), dtype=np.float32)
     wt = rng.standard_normal((1, 1, c_in, c_out), dtype=np.float32)
     bias = rng.standard_normal(c_out, dtype=np.float32)
@@ -61,7 +66,8 @@ def test_pointwise(rng, pixels, c_in, c_out, relu6, residual):
     expected = ref.pointwise_conv2d(x, wt) + bias + (res if residual else 0)
     expected = ref.relu6(expected) if relu6 else expected
     got = np.empty((pixels, c_out), np.float32)
-    fast.pointwise_conv2d(x, fast.pack_pointwise(wt[0, 0]), fast.pad_bias(bias), relu6, res, residual, got)
+    fast.pointwise_conv2d(x, fast.pack_pointwise(wt[0, 0]), fast.pad_bias(bias), relu6, res, residual, got,
+                          serial=serial)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4 * np.sqrt(c_in / 8))
 
 

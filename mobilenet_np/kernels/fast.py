@@ -23,6 +23,7 @@ the tests.  Every kernel has a slow twin in ``reference.py`` and is tested again
 from __future__ import annotations
 
 import numpy as np
+import numba
 from numba import prange
 
 from . import simd
@@ -176,29 +177,49 @@ def _gemm_tasks(pixels, c_out):
     return -(-pixels // TILE_ROWS) * -(-c_out // PANEL)
 
 
+@kernel(inline=True)
+def _all(n):
+    """The range 0..n as two run-time integers: a literal 0 handed to a kernel would make Numba
+    compile a second, identical copy of it for that literal."""
+    return n - n, n
+
+
+@kernel()
+def gemm_tiles(t0, t1, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out):
+    """Tiles t0..t1-1 of ``gemm_bias_act``, on the calling thread."""
+    for t in range(t0, t1):
+        _gemm_task(t, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out)
+
+
 @kernel(parallel=True)
-def gemm_bias_act(x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out):
+def gemm_bias_act(x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out, parts):
     """out[p, :] = act(x[p, :] @ W + bias (+ residual[p, :])) for p < pixels, on flat arrays.
 
     ``w``/``bias`` come from ``pack_pointwise``/``pad_bias``; ``x`` is [pixels, c_in] and
     ``out``/``residual`` [pixels, c_out], row-major.  Work is split into (6 pixels x 16
-    channels) tiles, handed to Numba's threads."""
-    for t in prange(_gemm_tasks(pixels, c_out)):
-        _gemm_task(t, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out)
+    channels) tiles, cut into ``parts`` contiguous runs for Numba's threads (give the thread
+    count: as a static ``prange`` over tiles would split them).  The runs call the serial
+    ``gemm_tiles``, so that the tile code is compiled once, not twice.  (``parts`` is an
+    argument because a kernel that calls ``numba.get_num_threads`` cannot be cached.)"""
+    tasks = _gemm_tasks(pixels, c_out)
+    for part in prange(parts):
+        gemm_tiles(tasks * part // parts, tasks * (part + 1) // parts, x, pixels, c_in, w, bias, c_out, relu6,
+                   residual, add_residual, out)
 
 
 @kernel()
-def gemm_bias_act_serial(x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out):
-    """``gemm_bias_act`` on the calling thread alone (no parallel runtime)."""
-    for t in range(_gemm_tasks(pixels, c_out)):
-        _gemm_task(t, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out)
+def gemm_bias_act_serial(x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out, parts):
+    """``gemm_bias_act`` on the calling thread alone (no parallel runtime; ``parts`` unused)."""
+    t0, t1 = _all(_gemm_tasks(pixels, c_out))
+    gemm_tiles(t0, t1, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out)
 
 
-def pointwise_conv2d(x, w_packed, bias_padded, relu6, residual, add_residual, out):
-    """1x1 convolution: x [P, C_in] -> out [P, C_out] (2-D views of NHWC buffers)."""
+def pointwise_conv2d(x, w_packed, bias_padded, relu6, residual, add_residual, out, serial=False):
+    """1x1 convolution: x [P, C_in] -> out [P, C_out] (2-D views of NHWC buffers).  ``serial``:
+    the one-thread twin of the kernel (as ``conv2d`` and ``depthwise_conv2d``)."""
     pixels, c_in = x.shape
-    gemm_bias_act(x.reshape(-1), pixels, c_in, w_packed, bias_padded, out.shape[1], relu6,
-                  residual.reshape(-1), add_residual, out.reshape(-1))
+    (gemm_bias_act_serial if serial else gemm_bias_act)(x.reshape(-1), pixels, c_in, w_packed, bias_padded, out.shape[1], relu6,
+                  residual.reshape(-1), add_residual, out.reshape(-1), numba.get_num_threads())
 
 
 # --- the stem: the GEMM over 3x3 patches, read in place -------------------------------------
@@ -263,30 +284,41 @@ def _stem_task(t, x, n_img, height, width, c_in, k, stride, pad_top, pad_left, t
                         out, (row * out_w + ox) * c_out + c0, columns, relu6)
 
 
-@kernel(parallel=True)
-def conv2d_stem(x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
-                out, out_h, out_w, c_out):
-    """Full k x k convolution (the stem), x flat [N, H, W, C_in] -> out flat [N, out_h, out_w,
-    c_out].  Each output row is cut into 6-pixel tiles that run the GEMM micro-kernel on the
-    patches in place (no im2col copy); pixels whose patch touches the padding take ``_patch1``."""
-    for t in prange(n_img * out_h * -(-c_out // PANEL)):
+@kernel()
+def stem_tasks(t0, t1, x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
+               out, out_h, out_w, c_out):
+    """Tasks t0..t1-1 of ``conv2d_stem``, on the calling thread."""
+    for t in range(t0, t1):
         _stem_task(t, x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
                    out, out_h, out_w, c_out)
+
+
+@kernel(parallel=True)
+def conv2d_stem(x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
+                out, out_h, out_w, c_out, parts):
+    """Full k x k convolution (the stem), x flat [N, H, W, C_in] -> out flat [N, out_h, out_w,
+    c_out].  Each output row is cut into 6-pixel tiles that run the GEMM micro-kernel on the
+    patches in place (no im2col copy); pixels whose patch touches the padding take ``_patch1``.
+    (row, panel) tasks in ``parts`` contiguous runs, as in ``gemm_bias_act``."""
+    tasks = n_img * out_h * -(-c_out // PANEL)
+    for part in prange(parts):
+        stem_tasks(tasks * part // parts, tasks * (part + 1) // parts, x, n_img, height, width, c_in, k, stride,
+                   pad_top, pad_left, taps, w, bias, relu6, out, out_h, out_w, c_out)
 
 
 @kernel()
 def conv2d_stem_serial(x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
-                       out, out_h, out_w, c_out):
+                       out, out_h, out_w, c_out, parts):
     """``conv2d_stem`` on the calling thread alone."""
-    for t in range(n_img * out_h * -(-c_out // PANEL)):
-        _stem_task(t, x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
-                   out, out_h, out_w, c_out)
+    t0, t1 = _all(n_img * out_h * -(-c_out // PANEL))
+    stem_tasks(t0, t1, x, n_img, height, width, c_in, k, stride, pad_top, pad_left,
+               taps, w, bias, relu6, out, out_h, out_w, c_out)
 
 
-def conv2d(x, w_packed, bias_padded, taps, k, stride, pad_top, pad_left, relu6, out):
+def conv2d(x, w_packed, bias_padded, taps, k, stride, pad_top, pad_left, relu6, out, serial=False):
     """Full k x k convolution (the stem); ``taps`` from ``stem_taps(k, W, C_in)``."""
-    conv2d_stem(x.reshape(-1), *x.shape, k, stride, pad_top, pad_left, taps, w_packed, bias_padded, relu6,
-                out.reshape(-1), *out.shape[1:])
+    (conv2d_stem_serial if serial else conv2d_stem)(x.reshape(-1), *x.shape, k, stride, pad_top, pad_left, taps, w_packed, bias_padded, relu6,
+                out.reshape(-1), *out.shape[1:], numba.get_num_threads())
 
 
 # --- depthwise ------------------------------------------------------------------------------
@@ -426,30 +458,43 @@ def _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_
             of[(row * out_w + ox) * chans + c] = s
 
 
+@kernel()
+def depthwise_rows(r0, r1, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h,
+                   out_w):
+    """Output rows r0..r1-1 (over the whole batch) of ``depthwise3x3``, on the calling thread."""
+    for row in range(r0, r1):
+        _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h, out_w)
+
+
 @kernel(parallel=True)
-def depthwise3x3(xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h, out_w):
+def depthwise3x3(xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h, out_w,
+                 parts):
     """Depthwise 3x3: x flat [N,H,W,C], w flat [(dy*3 + dx)*C + c], bias [C] -> out flat [N,Ho,Wo,C].
 
-    One output row per task (``_dw_row``); each pixel sums bias then its taps in (dy, dx) order,
-    skipping taps in the zero padding."""
-    for row in prange(n_img * out_h):
-        _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h, out_w)
+    Output rows are the tasks (``_dw_row``), in ``parts`` contiguous runs as in
+    ``gemm_bias_act``; each pixel sums bias then its taps in (dy, dx) order, skipping taps in
+    the zero padding."""
+    rows = n_img * out_h
+    for part in prange(parts):
+        depthwise_rows(rows * part // parts, rows * (part + 1) // parts, xf, n_img, height, width, chans, w, bias,
+                       stride, pad_top, pad_left, relu6, of, out_h, out_w)
 
 
 @kernel()
 def depthwise3x3_serial(xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h,
-                        out_w):
+                        out_w, parts):
     """``depthwise3x3`` on the calling thread alone."""
-    for row in range(n_img * out_h):
-        _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h, out_w)
+    r0, r1 = _all(n_img * out_h)
+    depthwise_rows(r0, r1, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of,
+                   out_h, out_w)
 
 
-def depthwise_conv2d(x, w, bias, stride, pad_top, pad_left, relu6, out):
+def depthwise_conv2d(x, w, bias, stride, pad_top, pad_left, relu6, out, serial=False):
     """Depthwise 3x3 convolution with weights [3, 3, C] (the multiplier-1 axis squeezed)."""
     if w.shape[0] != 3 or w.shape[1] != 3:
         raise ValueError(f"depthwise kernels must be 3x3, got {w.shape[:2]}")
-    depthwise3x3(x.reshape(-1), *x.shape, np.ascontiguousarray(w).reshape(-1), bias, stride, pad_top, pad_left,
-                 relu6, out.reshape(-1), *out.shape[1:3])
+    (depthwise3x3_serial if serial else depthwise3x3)(x.reshape(-1), *x.shape, np.ascontiguousarray(w).reshape(-1), bias, stride, pad_top, pad_left,
+                 relu6, out.reshape(-1), *out.shape[1:3], numba.get_num_threads())
 
 
 # --- the whole network in one call ----------------------------------------------------------
@@ -463,13 +508,10 @@ KIND_CONV, KIND_DEPTHWISE, KIND_POINTWISE = 0, 1, 2
 INPUT = -1          # OP_SRC / OP_RES value naming the network input rather than a buffer
 
 
-@kernel()
-def run_plan(x, buffers, plan, weights, biases, taps, n_img, parallel):
-    """Run the layers of ``plan`` (rows as above) for a batch of ``n_img``: layer outputs go to
-    rows of ``buffers``, weights/biases/taps are slices of one flat array each.  One compiled
-    call for the whole network: no interpreter work between layers.  ``parallel``: split each
-    layer over Numba's threads; otherwise run on the calling thread alone (for a thread that
-    has a whole part of a batch to itself)."""
+@kernel(inline=True)
+def _run_layers(x, buffers, plan, weights, biases, taps, n_img, parts, pointwise, depthwise, stem):
+    """The body of ``run_plan``: the layer kernels are arguments, so that the parallel and the
+    serial plan runners each compile only their own (compiling both doubled a cold start)."""
     for i in range(plan.shape[0]):
         op = plan[i]
         src = x if op[OP_SRC] == INPUT else buffers[op[OP_SRC]]
@@ -480,29 +522,32 @@ def run_plan(x, buffers, plan, weights, biases, taps, n_img, parallel):
         relu6 = op[OP_RELU6] != 0
         kind = op[OP_KIND]
         if kind == KIND_POINTWISE:
-            pixels = n_img * op[OP_IN_H] * op[OP_IN_W]
-            if parallel:
-                gemm_bias_act(src, pixels, op[OP_IN_C], w, b, op[OP_OUT_C], relu6, res, op[OP_RESIDUAL] != 0, dst)
-            else:
-                gemm_bias_act_serial(src, pixels, op[OP_IN_C], w, b, op[OP_OUT_C], relu6, res,
-                                     op[OP_RESIDUAL] != 0, dst)
+            pointwise(src, n_img * op[OP_IN_H] * op[OP_IN_W], op[OP_IN_C], w, b, op[OP_OUT_C], relu6,
+                      res, op[OP_RESIDUAL] != 0, dst, parts)
         elif kind == KIND_DEPTHWISE:
-            if parallel:
-                depthwise3x3(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], w, b, op[OP_STRIDE],
-                             op[OP_PAD_TOP], op[OP_PAD_LEFT], relu6, dst, op[OP_OUT_H], op[OP_OUT_W])
-            else:
-                depthwise3x3_serial(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], w, b, op[OP_STRIDE],
-                                    op[OP_PAD_TOP], op[OP_PAD_LEFT], relu6, dst, op[OP_OUT_H], op[OP_OUT_W])
+            depthwise(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], w, b, op[OP_STRIDE],
+                      op[OP_PAD_TOP], op[OP_PAD_LEFT], relu6, dst, op[OP_OUT_H], op[OP_OUT_W], parts)
         else:
-            stem_taps_ = taps[op[OP_TAPS]:op[OP_TAPS] + op[OP_TAPS_LEN]]
-            if parallel:
-                conv2d_stem(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], op[OP_K], op[OP_STRIDE],
-                            op[OP_PAD_TOP], op[OP_PAD_LEFT], stem_taps_, w, b, relu6, dst, op[OP_OUT_H],
-                            op[OP_OUT_W], op[OP_OUT_C])
-            else:
-                conv2d_stem_serial(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], op[OP_K], op[OP_STRIDE],
-                                   op[OP_PAD_TOP], op[OP_PAD_LEFT], stem_taps_, w, b, relu6, dst, op[OP_OUT_H],
-                                   op[OP_OUT_W], op[OP_OUT_C])
+            stem(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], op[OP_K], op[OP_STRIDE],
+                 op[OP_PAD_TOP], op[OP_PAD_LEFT], taps[op[OP_TAPS]:op[OP_TAPS] + op[OP_TAPS_LEN]],
+                 w, b, relu6, dst, op[OP_OUT_H], op[OP_OUT_W], op[OP_OUT_C], parts)
+
+
+@kernel()
+def run_plan(x, buffers, plan, weights, biases, taps, n_img, parts):
+    """Run the layers of ``plan`` (rows as above) for a batch of ``n_img``: layer outputs go to
+    rows of ``buffers``, weights/biases/taps are slices of one flat array each.  One compiled
+    call for the whole network: no interpreter work between layers.  Each layer is split into
+    ``parts`` (the thread count) for Numba's threads."""
+    _run_layers(x, buffers, plan, weights, biases, taps, n_img, parts, gemm_bias_act, depthwise3x3, conv2d_stem)
+
+
+@kernel()
+def run_plan_serial(x, buffers, plan, weights, biases, taps, n_img, parts):
+    """``run_plan`` on the calling thread alone, without the parallel runtime (one thread, or a
+    thread that has a whole part of a batch to itself)."""
+    _run_layers(x, buffers, plan, weights, biases, taps, n_img, parts, gemm_bias_act_serial, depthwise3x3_serial,
+                conv2d_stem_serial)
 
 
 # --- the pool -------------------------------------------------------------------------------
