@@ -190,18 +190,19 @@ class NumbaBackend:
         layer would stream them through main memory (V1 0.5/160 at batch 32: ~300 img/s whole,
         ~400 in chunks of 8).  Each image's result does not depend on its chunk.
 
-        With T > 1 Numba threads and at least PARALLEL_SHARES_FROM images per thread, the batch
-        is cut into T shares and each thread runs its share alone, layer after layer, rather
-        than all threads meeting at a barrier after every layer: no thread waits for another,
-        which also keeps a busy neighbour on one core from stalling the other."""
+        With T > 1 Numba threads and at least PARALLEL_SHARES_FROM images per thread, the chunks
+        (smaller ones, at least SHARES_PER_THREAD per thread) go to T worker threads that each
+        run a whole chunk alone, layer after layer, taking the next chunk when done.  No thread
+        waits for another after every layer, and a thread slowed by a busy neighbour on its core
+        simply takes fewer chunks (fixed equal shares made the slower core set the pace)."""
         n = x.shape[0]
         out = np.empty((n, geo[-1].layer.out_depth), np.float32)
         threads = _numba_threads()
         if threads > 1 and n >= PARALLEL_SHARES_FROM * threads:
-            bounds = np.linspace(0, n, threads + 1).round().astype(int)
-            shares = list(zip(bounds[:-1], bounds[1:]))
+            size = max(1, min(CHUNK_IMAGES, n // (SHARES_PER_THREAD * threads)))
+            chunks = [(at, min(at + size, n)) for at in range(0, n, size)]
             pool = self._thread_pool(threads)
-            list(pool.map(lambda share: self._features_into(geo, x, *share, out, parallel=False), shares))
+            list(pool.map(lambda chunk: self._features_into(geo, x, *chunk, out, parallel=False), chunks))
         else:
             self._features_into(geo, x, 0, n, out, parallel=threads > 1)
         return out
@@ -231,6 +232,7 @@ CHUNK_IMAGES = 8     # images per pass of the fast path (measured best of 1, 2, 
 # Images per thread from which a batch is cut into per-thread shares.  Measured on 2 cores at
 # batch 32: V1 ~640 img/s in shares against ~550 with every layer split; V2 level within noise.
 PARALLEL_SHARES_FROM = 4
+SHARES_PER_THREAD = 4      # chunks per worker thread at least (smaller chunks balance better)
 
 
 def _numba_threads() -> int:

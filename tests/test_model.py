@@ -143,6 +143,20 @@ def test_threads_argument_restores_settings(rng):
     assert numba.get_num_threads() == before
 
 
+@pytest.mark.parametrize("batch", [1, 7, 8, 33])
+def test_every_thread_path_gives_the_same_features(rng, batch):
+    """One thread (serial kernels), 2 threads splitting each layer (small batches) and 2 worker
+    threads taking chunks of the batch (from 4 images per thread) must agree exactly: every path
+    runs the same per-tile arithmetic."""
+    model = mnp.build("mobilenet_v1", 0.25, 64, num_classes=0, seed=3)
+    x = rng.random((batch, 64, 64, 3), dtype=np.float32)
+    one = model(x, threads=1)
+    np.testing.assert_array_equal(model(x, threads=2), one)
+    reference = mnp.MobileNet(model.arch, model.tensors, num_classes=0, folded=False, input_size=(64, 64),
+                              backend="numpy")
+    np.testing.assert_allclose(one, reference(x), rtol=1e-4, atol=1e-4)
+
+
 def test_reference_backend_imports_without_numba():
     code = ("import sys; sys.modules['numba'] = None\n"
             "import numpy as np, mobilenet_np as mnp\n"
