@@ -257,7 +257,6 @@ def _stem_task(t, x, n_img, height, width, c_in, k, stride, pad_top, pad_left, t
     """Task t of ``conv2d_stem``: one output row x one 16-channel panel."""
     panels = -(-c_out // PANEL)
     steps = k * k * c_in
-    tiles = -(-out_w // TILE_ROWS)
     row = t // panels
     j = t % panels
     n = row // out_h
@@ -268,20 +267,28 @@ def _stem_task(t, x, n_img, height, width, c_in, k, stride, pad_top, pad_left, t
     b0 = simd.load(bias, c0)
     b1 = simd.load(bias, c0 + LANES)
     iy0 = oy * stride - pad_top
-    rows_inside = iy0 >= 0 and iy0 + k <= height
-    for tile in range(tiles):
-        ox0 = tile * TILE_ROWS
-        ix_first = ox0 * stride - pad_left
-        ix_last = (ox0 + TILE_ROWS - 1) * stride - pad_left
-        o_at = (row * out_w + ox0) * c_out + c0
-        if rows_inside and ox0 + TILE_ROWS <= out_w and ix_first >= 0 and ix_last + k <= width:
-            x_at = ((n * height + iy0) * width + ix_first) * c_in
-            _tile6(x, x_at, stride * c_in, taps, steps, w, w_at, b0, b1, out, o_at, c_out, columns,
-                   relu6, out, False)
-        else:
-            for ox in range(ox0, min(ox0 + TILE_ROWS, out_w)):
-                _patch1(x, n, iy0, ox * stride - pad_left, height, width, c_in, k, w, w_at, b0, b1,
-                        out, (row * out_w + ox) * c_out + c0, columns, relu6)
+    # Output columns whose whole patch lies inside the image: [inside_lo, inside_hi).  They run
+    # in 6-pixel tiles, the last one shifted left to end at inside_hi (the overlap is recomputed
+    # to the same values); the pixels whose patch touches the padding take _patch1.
+    inside_lo = out_w
+    inside_hi = out_w
+    if iy0 >= 0 and iy0 + k <= height:
+        inside_lo = min(-(-pad_left // stride), out_w)
+        inside_hi = max(min((width - k + pad_left) // stride + 1, out_w), inside_lo)
+    if inside_hi - inside_lo < TILE_ROWS:
+        inside_lo = out_w
+        inside_hi = out_w
+    for ox in range(0, inside_lo):
+        _patch1(x, n, iy0, ox * stride - pad_left, height, width, c_in, k, w, w_at, b0, b1,
+                out, (row * out_w + ox) * c_out + c0, columns, relu6)
+    for ox0 in range(inside_lo, inside_hi, TILE_ROWS):
+        ox0 = min(ox0, inside_hi - TILE_ROWS)
+        x_at = ((n * height + iy0) * width + ox0 * stride - pad_left) * c_in
+        _tile6(x, x_at, stride * c_in, taps, steps, w, w_at, b0, b1, out, (row * out_w + ox0) * c_out + c0, c_out,
+               columns, relu6, out, False)
+    for ox in range(inside_hi, out_w):
+        _patch1(x, n, iy0, ox * stride - pad_left, height, width, c_in, k, w, w_at, b0, b1,
+                out, (row * out_w + ox) * c_out + c0, columns, relu6)
 
 
 @kernel()
