@@ -106,6 +106,9 @@ class NumbaBackend:
         self._w_spans, self._weights = _pack(weights)
         self._b_spans, self._biases = _pack(biases)
         self._local = threading.local()      # plans and buffers per calling thread
+        self._chunks: dict[tuple[int, int], int] = {}      # images per pass, by input size
+        import numba
+        self._threads = numba.get_num_threads
         self._pool = None                     # (size, executor) for batch shares, made on first use
         self._pool_lock = threading.Lock()
 
@@ -154,19 +157,19 @@ class NumbaBackend:
         cached[key] = (plan, taps_flat, buffers)
         return cached[key]
 
-    def run(self, geo, x, on_layer=None, parallel: bool | None = None):
+    def run(self, geo, x, on_layer=None, parallel: bool | None = None, threads: int | None = None):
         """Run every layer; ``on_layer(i, y)``, if given, sees each output (a view into the
         buffers) -- then the layers run one compiled call each instead of one call in all.
-        ``parallel``: split each layer over Numba's threads (default: when there is more than
-        one); otherwise every layer runs on the calling thread alone, without the parallel
-        runtime (a few microseconds per layer)."""
+        ``parallel``: split each layer over the ``threads`` (default: Numba's current count)
+        when there is more than one; otherwise every layer runs on the calling thread alone,
+        without the parallel runtime (a few microseconds per layer)."""
+        parts = self._threads() if threads is None else threads
         if parallel is None:
-            parallel = _numba_threads() > 1
+            parallel = parts > 1
         n = x.shape[0]
         plan, taps, buffers = self._plan(geo, n)
         xf = x.reshape(-1)
         run_plan = self._fast.run_plan if parallel else self._fast.run_plan_serial
-        parts = _numba_threads()
         if on_layer is None:
             run_plan(xf, buffers, plan, self._weights, self._biases, taps, n, parts)
         else:
@@ -198,21 +201,24 @@ class NumbaBackend:
         simply takes fewer chunks (fixed equal shares made the slower core set the pace)."""
         n = x.shape[0]
         out = np.empty((n, geo[-1].layer.out_depth), np.float32)
-        threads = _numba_threads()
-        chunk = chunk_images(geo)
+        threads = self._threads()
+        chunk = self._chunks.get(geo[0].in_hw)
+        if chunk is None:
+            chunk = self._chunks[geo[0].in_hw] = chunk_images(geo)
         if threads > 1 and n >= PARALLEL_SHARES_FROM * threads:
             size = max(1, min(chunk, n // (SHARES_PER_THREAD * threads)))
             chunks = [(at, min(at + size, n)) for at in range(0, n, size)]
             pool = self._thread_pool(threads)
-            list(pool.map(lambda c: self._features_into(geo, x, *c, size, out, parallel=False), chunks))
+            list(pool.map(lambda c: self._features_into(geo, x, *c, size, out, False, 1), chunks))
         else:
-            self._features_into(geo, x, 0, n, chunk, out, parallel=threads > 1)
+            self._features_into(geo, x, 0, n, chunk, out, threads > 1, threads)
         return out
 
-    def _features_into(self, geo, x, start: int, stop: int, chunk: int, out: np.ndarray, parallel: bool) -> None:
+    def _features_into(self, geo, x, start: int, stop: int, chunk: int, out: np.ndarray, parallel: bool,
+                       threads: int) -> None:
         for at in range(start, stop, chunk):
             end = min(at + chunk, stop)
-            self.global_mean(self.run(geo, x[at:end], parallel=parallel), out[at:end])
+            self.global_mean(self.run(geo, x[at:end], parallel=parallel, threads=threads), out[at:end])
 
     def _thread_pool(self, threads: int):
         """Worker threads for batch shares (kept: starting threads per call costs more than a
@@ -246,11 +252,6 @@ def chunk_images(geo: list[spec.LayerGeometry]) -> int:
 # batch 32: V1 ~640 img/s in shares against ~550 with every layer split; V2 level within noise.
 PARALLEL_SHARES_FROM = 4
 SHARES_PER_THREAD = 4      # chunks per worker thread at least (smaller chunks balance better)
-
-
-def _numba_threads() -> int:
-    import numba
-    return numba.get_num_threads()
 
 
 ALIGN_FLOATS = 16    # 64 bytes: a cache line.  An 8-float load from a 16-byte aligned address

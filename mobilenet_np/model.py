@@ -81,7 +81,8 @@ class MobileNet:
         else:
             raise ValueError(f"images must be float (values in [0, 1]) or uint8, got dtype {x.dtype}")
         # The hub module's own first ops: x * 2 - 1 (hub_input/Mul, hub_input/Sub; SPEC 1.5).
-        return np.ascontiguousarray(x * np.float32(2.0) - np.float32(1.0))
+        out = np.multiply(x, np.float32(2.0), order="C")
+        return np.subtract(out, np.float32(1.0), out=out)
 
     # --- the forward pass -------------------------------------------------------------------
 
