@@ -498,10 +498,8 @@ def _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_
         inside = ix0 >= 0 and ix0 + 9 < width
         for c in range(0, vector_chans, LANES):
             b = simd.load(bias, c)
-            if inside:
-                a0, a1, a2, a3, a4, a5, a6, a7 = _tile8(xf, at0 + c, ix0, width, chans, line, w, c, dy0, dy1, b, False)
-            else:
-                a0, a1, a2, a3, a4, a5, a6, a7 = _tile8(xf, at0 + c, ix0, width, chans, line, w, c, dy0, dy1, b, True)
+            a0, a1, a2, a3, a4, a5, a6, a7 = _tile8(xf, at0 + c, ix0, width, chans, line, w, c, dy0, dy1, b,
+                                                    not inside)
             o_at = o_at0 + c
             _store(of, o_at, a0, relu6)
             _store(of, o_at + chans, a1, relu6)
@@ -526,10 +524,7 @@ def _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_
         inside = keep == 4 and ix0 >= 0 and ix0 + 3 * stride + 2 < width
         for c in range(0, vector_chans, LANES):
             b = simd.load(bias, c)
-            if inside:
-                a0, a1, a2, a3 = _tile4(xf, at0 + c, ix0, width, chans, line, stride, w, c, dy0, dy1, b, False)
-            else:
-                a0, a1, a2, a3 = _tile4(xf, at0 + c, ix0, width, chans, line, stride, w, c, dy0, dy1, b, True)
+            a0, a1, a2, a3 = _tile4(xf, at0 + c, ix0, width, chans, line, stride, w, c, dy0, dy1, b, not inside)
             o_at = o_at0 + c
             _store(of, o_at, a0, relu6)
             _store(of, o_at + chans, a1, relu6)
