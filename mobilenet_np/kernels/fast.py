@@ -186,10 +186,9 @@ def gemm_tiles(t0, t1, x, pixels, c_in, w, bias, c_out, relu6, residual, add_res
     outer_at = t0 // inner
     inner_at = t0 % inner
     for _ in range(t0, t1):
-        if panel_major:
-            _gemm_task(inner_at, outer_at, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out)
-        else:
-            _gemm_task(outer_at, inner_at, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out)
+        g = inner_at if panel_major else outer_at
+        j = outer_at if panel_major else inner_at
+        _gemm_task(g, j, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out)
         inner_at += 1
         if inner_at == inner:
             inner_at = 0
@@ -283,17 +282,15 @@ def _stem_task(t, x, n_img, height, width, c_in, k, stride, pad_top, pad_left, t
     if inside_hi - inside_lo < TILE_ROWS:
         inside_lo = out_w
         inside_hi = out_w
-    for ox in range(0, inside_lo):
-        _patch1(x, n, iy0, ox * stride - pad_left, height, width, c_in, k, w, w_at, b0, b1,
-                out, (row * out_w + ox) * c_out + c0, columns, relu6)
     for ox0 in range(inside_lo, inside_hi, TILE_ROWS):
         ox0 = min(ox0, inside_hi - TILE_ROWS)
         x_at = ((n * height + iy0) * width + ox0 * stride - pad_left) * c_in
         _tile6(x, x_at, stride * c_in, taps, steps, w, w_at, b0, b1, out, (row * out_w + ox0) * c_out + c0, c_out,
                columns, relu6, out, False)
-    for ox in range(inside_hi, out_w):
-        _patch1(x, n, iy0, ox * stride - pad_left, height, width, c_in, k, w, w_at, b0, b1,
-                out, (row * out_w + ox) * c_out + c0, columns, relu6)
+    for ox in range(out_w):
+        if ox < inside_lo or ox >= inside_hi:
+            _patch1(x, n, iy0, ox * stride - pad_left, height, width, c_in, k, w, w_at, b0, b1,
+                    out, (row * out_w + ox) * c_out + c0, columns, relu6)
 
 
 @kernel()
