@@ -342,61 +342,58 @@ def _col(xf, at, ix, width, checked):
 
 
 @kernel(inline=True)
+def _tap_row(w, dy, chans, c):
+    """The weights of tap row dy (dx = 0, 1, 2) for channels c..c+7."""
+    return (simd.load(w, (dy * 3) * chans + c), simd.load(w, (dy * 3 + 1) * chans + c),
+            simd.load(w, (dy * 3 + 2) * chans + c))
+
+
+@kernel(inline=True)
+def _feed3(x, wa, wb, wc, left, mid, right):
+    """Stride 1: an input column is the last tap (wc) of the pixel two to its left, the middle
+    one (wb) of its left neighbour and the first one (wa) of its own pixel."""
+    return simd.fma(x, wc, left), simd.fma(x, wb, mid), simd.fma(x, wa, right)
+
+
+@kernel(inline=True)
 def _tile4(xf, at, ix0, width, chans, line, stride, w, c, dy0, dy1, b, checked):
     """Four adjacent output pixels of one row, channels c..c+7: each sums its bias, then its taps
     in (dy, dx) order over the tap rows dy0..dy1-1 that lie inside the image.  Each input column
     is loaded once and used by every pixel it reaches (3 at stride 1), and the four sums are
     independent, so the FMAs do not wait on each other."""
-    a0 = b
-    a1 = b
-    a2 = b
-    a3 = b
+    a0 = a1 = a2 = a3 = b
     for dy in range(dy0, dy1):
         r = at + dy * line
-        wa = simd.load(w, (dy * 3) * chans + c)
-        wb = simd.load(w, (dy * 3 + 1) * chans + c)
-        wc = simd.load(w, (dy * 3 + 2) * chans + c)
+        wa, wb, wc = _tap_row(w, dy, chans, c)
+        x = _col(xf, r, ix0, width, checked)
+        a0 = simd.fma(x, wa, a0)
         if stride == 1:
-            x = _col(xf, r, ix0, width, checked)
-            a0 = simd.fma(x, wa, a0)
             x = _col(xf, r + chans, ix0 + 1, width, checked)
             a0 = simd.fma(x, wb, a0)
             a1 = simd.fma(x, wa, a1)
-            x = _col(xf, r + 2 * chans, ix0 + 2, width, checked)
-            a0 = simd.fma(x, wc, a0)
-            a1 = simd.fma(x, wb, a1)
-            a2 = simd.fma(x, wa, a2)
-            x = _col(xf, r + 3 * chans, ix0 + 3, width, checked)
-            a1 = simd.fma(x, wc, a1)
-            a2 = simd.fma(x, wb, a2)
-            a3 = simd.fma(x, wa, a3)
+            a0, a1, a2 = _feed3(_col(xf, r + 2 * chans, ix0 + 2, width, checked), wa, wb, wc, a0, a1, a2)
+            a1, a2, a3 = _feed3(_col(xf, r + 3 * chans, ix0 + 3, width, checked), wa, wb, wc, a1, a2, a3)
             x = _col(xf, r + 4 * chans, ix0 + 4, width, checked)
             a2 = simd.fma(x, wc, a2)
             a3 = simd.fma(x, wb, a3)
-            x = _col(xf, r + 5 * chans, ix0 + 5, width, checked)
-            a3 = simd.fma(x, wc, a3)
+            a3 = simd.fma(_col(xf, r + 5 * chans, ix0 + 5, width, checked), wc, a3)
         else:
-            x = _col(xf, r, ix0, width, checked)
-            a0 = simd.fma(x, wa, a0)
-            x = _col(xf, r + chans, ix0 + 1, width, checked)
-            a0 = simd.fma(x, wb, a0)
+            # Stride 2: an even column is the last tap of one pixel and the first of the next;
+            # an odd column the middle tap of one pixel.
+            a0 = simd.fma(_col(xf, r + chans, ix0 + 1, width, checked), wb, a0)
             x = _col(xf, r + 2 * chans, ix0 + 2, width, checked)
             a0 = simd.fma(x, wc, a0)
             a1 = simd.fma(x, wa, a1)
-            x = _col(xf, r + 3 * chans, ix0 + 3, width, checked)
-            a1 = simd.fma(x, wb, a1)
+            a1 = simd.fma(_col(xf, r + 3 * chans, ix0 + 3, width, checked), wb, a1)
             x = _col(xf, r + 4 * chans, ix0 + 4, width, checked)
             a1 = simd.fma(x, wc, a1)
             a2 = simd.fma(x, wa, a2)
-            x = _col(xf, r + 5 * chans, ix0 + 5, width, checked)
-            a2 = simd.fma(x, wb, a2)
+            a2 = simd.fma(_col(xf, r + 5 * chans, ix0 + 5, width, checked), wb, a2)
             x = _col(xf, r + 6 * chans, ix0 + 6, width, checked)
             a2 = simd.fma(x, wc, a2)
             a3 = simd.fma(x, wa, a3)
-            x = _col(xf, r + 7 * chans, ix0 + 7, width, checked)
-            a3 = simd.fma(x, wb, a3)
-            x = _col(xf, r + 8 * chans, ix0 + 8, width, checked)
-            a3 = simd.fma(x, wc, a3)
+            a3 = simd.fma(_col(xf, r + 7 * chans, ix0 + 7, width, checked), wb, a3)
+            a3 = simd.fma(_col(xf, r + 8 * chans, ix0 + 8, width, checked), wc, a3)
     return a0, a1, a2, a3
 
 
@@ -406,53 +403,24 @@ def _tile8(xf, at, ix0, width, chans, line, w, c, dy0, dy1, b, checked):
     serve 24 FMAs, and 8 independent sums keep both FMA units busy (with 4, each sum's chain
     of 9 dependent FMAs left them waiting; 8-pixel tiles measured ~14 % faster over the
     stride-1 layers of both networks, ~1.5x at 16 channels)."""
-    a0 = b
-    a1 = b
-    a2 = b
-    a3 = b
-    a4 = b
-    a5 = b
-    a6 = b
-    a7 = b
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = b
     for dy in range(dy0, dy1):
         r = at + dy * line
-        wa = simd.load(w, (dy * 3) * chans + c)
-        wb = simd.load(w, (dy * 3 + 1) * chans + c)
-        wc = simd.load(w, (dy * 3 + 2) * chans + c)
-        x = _col(xf, r, ix0, width, checked)
-        a0 = simd.fma(x, wa, a0)
+        wa, wb, wc = _tap_row(w, dy, chans, c)
+        a0 = simd.fma(_col(xf, r, ix0, width, checked), wa, a0)
         x = _col(xf, r + chans, ix0 + 1, width, checked)
         a0 = simd.fma(x, wb, a0)
         a1 = simd.fma(x, wa, a1)
-        x = _col(xf, r + 2 * chans, ix0 + 2, width, checked)
-        a0 = simd.fma(x, wc, a0)
-        a1 = simd.fma(x, wb, a1)
-        a2 = simd.fma(x, wa, a2)
-        x = _col(xf, r + 3 * chans, ix0 + 3, width, checked)
-        a1 = simd.fma(x, wc, a1)
-        a2 = simd.fma(x, wb, a2)
-        a3 = simd.fma(x, wa, a3)
-        x = _col(xf, r + 4 * chans, ix0 + 4, width, checked)
-        a2 = simd.fma(x, wc, a2)
-        a3 = simd.fma(x, wb, a3)
-        a4 = simd.fma(x, wa, a4)
-        x = _col(xf, r + 5 * chans, ix0 + 5, width, checked)
-        a3 = simd.fma(x, wc, a3)
-        a4 = simd.fma(x, wb, a4)
-        a5 = simd.fma(x, wa, a5)
-        x = _col(xf, r + 6 * chans, ix0 + 6, width, checked)
-        a4 = simd.fma(x, wc, a4)
-        a5 = simd.fma(x, wb, a5)
-        a6 = simd.fma(x, wa, a6)
-        x = _col(xf, r + 7 * chans, ix0 + 7, width, checked)
-        a5 = simd.fma(x, wc, a5)
-        a6 = simd.fma(x, wb, a6)
-        a7 = simd.fma(x, wa, a7)
+        a0, a1, a2 = _feed3(_col(xf, r + 2 * chans, ix0 + 2, width, checked), wa, wb, wc, a0, a1, a2)
+        a1, a2, a3 = _feed3(_col(xf, r + 3 * chans, ix0 + 3, width, checked), wa, wb, wc, a1, a2, a3)
+        a2, a3, a4 = _feed3(_col(xf, r + 4 * chans, ix0 + 4, width, checked), wa, wb, wc, a2, a3, a4)
+        a3, a4, a5 = _feed3(_col(xf, r + 5 * chans, ix0 + 5, width, checked), wa, wb, wc, a3, a4, a5)
+        a4, a5, a6 = _feed3(_col(xf, r + 6 * chans, ix0 + 6, width, checked), wa, wb, wc, a4, a5, a6)
+        a5, a6, a7 = _feed3(_col(xf, r + 7 * chans, ix0 + 7, width, checked), wa, wb, wc, a5, a6, a7)
         x = _col(xf, r + 8 * chans, ix0 + 8, width, checked)
         a6 = simd.fma(x, wc, a6)
         a7 = simd.fma(x, wb, a7)
-        x = _col(xf, r + 9 * chans, ix0 + 9, width, checked)
-        a7 = simd.fma(x, wc, a7)
+        a7 = simd.fma(_col(xf, r + 9 * chans, ix0 + 9, width, checked), wc, a7)
     return a0, a1, a2, a3, a4, a5, a6, a7
 
 
