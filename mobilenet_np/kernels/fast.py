@@ -9,10 +9,16 @@ output buffer, so the forward pass makes one pass over memory per layer and allo
   [pixels, C_in] x [C_in, C_out].  It runs as a register-blocked GEMM: a tile of 6 pixels x 16
   output channels is accumulated in 12 vector registers over the whole C_in loop (``simd.py``),
   reading weights packed by ``pack_pointwise`` so that each step loads one contiguous row.
-* ``depthwise_conv2d``: 8 channels at a time, the 9 taps summed in registers.
+* ``depthwise_conv2d``: tiles of 8 (stride 1) or 4 adjacent output pixels x 8 channels, each
+  input column loaded once for every pixel it reaches, the sums in registers.
 * ``conv2d`` (the stem): the same GEMM micro-kernel, reading each 3x3xC_in patch in place
   through a table of offsets.
 * ``global_mean``: the feature vector.
+
+Each layer kernel comes in two forms over the same compiled tile code: a parallel one that
+hands each of Numba's threads a contiguous run of tiles, and a ``_serial`` one for a thread
+that works alone (one thread, or a worker running a whole chunk of the batch).  ``run_plan``
+and ``run_plan_serial`` run a whole network with one or the other.
 
 Sums run over the input channels (or taps) in order, starting from the bias; only the place
 of the bias in the sum differs from TensorFlow's ``conv + bias``, a last-bit effect bounded by
@@ -22,8 +28,8 @@ the tests.  Every kernel has a slow twin in ``reference.py`` and is tested again
 
 from __future__ import annotations
 
-import numpy as np
 import numba
+import numpy as np
 from numba import prange
 
 from . import simd
