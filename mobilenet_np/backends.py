@@ -113,18 +113,27 @@ class NumbaBackend:
         self._pool_lock = threading.Lock()
 
     def _plan(self, geo: list[spec.LayerGeometry], batch: int):
-        """For one input shape: the plan rows, the stem's patch offsets, and three activation
+        """For one input size: the plan rows, the stem's patch offsets, and three activation
         buffers (a layer never writes into its own input or into the block input that a
-        residual add still needs).  Kept until a call with another shape; each thread has its
-        own, so that threads calling one model at the same time never share buffers."""
-        key = (batch, geo[0].in_hw)
+        residual add still needs) with room for ``batch`` images or more.  Kept for a few
+        input sizes; the buffers grow when a larger batch comes.  Each thread has its own, so
+        that threads calling one model at the same time never share buffers."""
+        key = geo[0].in_hw
         cached = getattr(self._local, "plans", None)
-        if cached is None or len(cached) >= 4:          # a few shapes (a batch and its tail)
+        if cached is None or (key not in cached and len(cached) >= 4):
             cached = self._local.plans = {}
-        if key in cached:
-            return cached[key]
-        fast = self._fast
+        entry = cached.get(key)
+        if entry is not None and entry[3] >= batch:
+            return entry[:3]
+        plan, taps = (entry[0], entry[1]) if entry is not None else self._plan_rows(geo)
         size = max(batch * g.out_hw[0] * g.out_hw[1] * g.layer.out_depth for g in geo)
+        buffers = aligned_empty(3 * _round_up(size, ALIGN_FLOATS)).reshape(3, -1)
+        cached[key] = (plan, taps, buffers, batch)
+        return plan, taps, buffers
+
+    def _plan_rows(self, geo: list[spec.LayerGeometry]):
+        """The plan rows (one per layer, columns ``fast.OP_*``) and the stem's tap offsets."""
+        fast = self._fast
         plan = np.zeros((len(geo), fast.PLAN_COLUMNS), np.int64)
         taps, taps_at = [], 0
         current, block_input = fast.INPUT, fast.INPUT
@@ -152,10 +161,7 @@ class NumbaBackend:
                 taps.append(t)
                 taps_at += t.size
             current = dst
-        buffers = aligned_empty(3 * _round_up(size, ALIGN_FLOATS)).reshape(3, -1)
-        taps_flat = np.concatenate(taps) if taps else np.zeros(0, np.int64)
-        cached[key] = (plan, taps_flat, buffers)
-        return cached[key]
+        return plan, (np.concatenate(taps) if taps else np.zeros(0, np.int64))
 
     def run(self, geo, x, on_layer=None, parallel: bool | None = None, threads: int | None = None):
         """Run every layer; ``on_layer(i, y)``, if given, sees each output (a view into the
@@ -195,10 +201,10 @@ class NumbaBackend:
         depend on its chunk.
 
         With T > 1 Numba threads and at least PARALLEL_SHARES_FROM images per thread, the chunks
-        (smaller ones, at least SHARES_PER_THREAD per thread) go to T worker threads that each
-        run a whole chunk alone, layer after layer, taking the next chunk when done.  No thread
-        waits for another after every layer, and a thread slowed by a busy neighbour on its core
-        simply takes fewer chunks (fixed equal shares made the slower core set the pace)."""
+        go to T worker threads that each run a whole chunk alone, layer after layer, taking the
+        next chunk when done.  No thread waits for another after every layer, and a thread
+        slowed by a busy neighbour on its core simply takes fewer chunks (fixed equal shares
+        made the slower core set the pace)."""
         n = x.shape[0]
         out = np.empty((n, geo[-1].layer.out_depth), np.float32)
         threads = self._threads()
@@ -206,10 +212,15 @@ class NumbaBackend:
         if chunk is None:
             chunk = self._chunks[geo[0].in_hw] = chunk_images(geo)
         if threads > 1 and n >= PARALLEL_SHARES_FROM * threads:
-            size = max(1, min(chunk, n // (SHARES_PER_THREAD * threads)))
-            chunks = [(at, min(at + size, n)) for at in range(0, n, size)]
+            # Chunks shrink towards the end of the batch, so that the threads finish together
+            # even when one of them runs slower (a busy neighbour on its core).
+            chunks, at = [], 0
+            while at < n:
+                size = max(1, min(chunk, (n - at) // (2 * threads)))
+                chunks.append((at, at + size))
+                at += size
             pool = self._thread_pool(threads)
-            list(pool.map(lambda c: self._features_into(geo, x, *c, size, out, False, 1), chunks))
+            list(pool.map(lambda c: self._features_into(geo, x, *c, c[1] - c[0], out, False, 1), chunks))
         else:
             self._features_into(geo, x, 0, n, chunk, out, threads > 1, threads)
         return out
@@ -254,7 +265,6 @@ def chunk_images(geo: list[spec.LayerGeometry]) -> int:
 # cores at batch 32 with the official harness: V2 0.79-0.88 of LiteRT's throughput this way
 # against 0.58-0.62 with every layer split across the threads; V1 level or better.
 PARALLEL_SHARES_FROM = 4
-SHARES_PER_THREAD = 4      # chunks per worker thread at least (smaller chunks balance better)
 
 
 ALIGN_FLOATS = 16    # 64 bytes: a cache line.  An 8-float load from a 16-byte aligned address
