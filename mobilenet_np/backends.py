@@ -248,22 +248,15 @@ class NumbaBackend:
 
 
 CHUNK_IMAGES = 8            # images per pass of the fast path at most
-CHUNK_ACTIVATION_BYTES = 8 << 20    # ... and at most this much in a chunk's largest activation
+CHUNK_ACTIVATION_BYTES = 2 << 20    # ... and at most this much in a chunk's largest activation
 
 
 def chunk_images(geo: list[spec.LayerGeometry]) -> int:
-    """Images per pass of the fast path.
-
-    V1 (no inverted-residual blocks) is compute-bound: longer passes reuse each layer's
-    weights over more images, so as many images as keep the largest layer output within
-    CHUNK_ACTIVATION_BYTES (8 for 0.5/160).  V2's blocks expand their input 6x, and it is
-    memory-bound: it runs one image at a time so that the expanded tensors stay near the core.
-    Measured at batch 32 on 1 thread (img/s by chunk size 1/2/4/8): V1 0.5/160 371/-/383/404
-    and, with a memory-copying process on the other core, 396/-/408/434; V2 0.5/96 1491/1600/
-    1495/1493 quiet, but 1368/1042/1001/911 beside the copying process (LiteRT 1019), which is
-    how other tenants of a shared machine behave."""
-    if any(g.layer.block_start for g in geo):
-        return 1
+    """Images per pass: as many (up to CHUNK_IMAGES) as keep the largest layer output within
+    CHUNK_ACTIVATION_BYTES.  Measured at batch 32 on 1 thread, in img/s by chunk size 1/2/4/8:
+    V2 0.5/96 (430 KB per image) 1638/1718/1689/1627, V1 0.5/160 (800 KB) -/478/479/484.  The
+    rule picks 4 and 2: V2, whose small weights gain little from long passes, keeps its
+    activations near the core; V1 loses ~1 %."""
     per_image = max(4 * g.out_hw[0] * g.out_hw[1] * g.layer.out_depth for g in geo)
     return max(1, min(CHUNK_IMAGES, CHUNK_ACTIVATION_BYTES // per_image))
 
