@@ -109,7 +109,7 @@ class NumbaBackend:
         self._chunks: dict[tuple[int, int], int] = {}      # images per pass, by input size
         import numba
         self._threads = numba.get_num_threads
-        self._pool = None                     # (size, executor) for batch shares, made on first use
+        self._pool = None                     # (size, executor) for batch chunks, made on first use
         self._pool_lock = threading.Lock()
 
     def _plan(self, geo: list[spec.LayerGeometry], batch: int):
@@ -126,7 +126,7 @@ class NumbaBackend:
         if entry is not None and entry[3] >= batch:
             return entry[:3]
         plan, taps = (entry[0], entry[1]) if entry is not None else self._plan_rows(geo)
-        size = max(batch * g.out_hw[0] * g.out_hw[1] * g.layer.out_depth for g in geo)
+        size = batch * max(g.out_elements for g in geo)
         buffers = aligned_empty(3 * _round_up(size, ALIGN_FLOATS)).reshape(3, -1)
         cached[key] = (plan, taps, buffers, batch)
         return plan, taps, buffers
@@ -185,7 +185,7 @@ class NumbaBackend:
         return self._output(plan[-1], geo[-1], n, buffers)
 
     def _output(self, row, g: spec.LayerGeometry, n: int, buffers: np.ndarray) -> np.ndarray:
-        size = n * g.out_hw[0] * g.out_hw[1] * g.layer.out_depth
+        size = n * g.out_elements
         return buffers[row[self._fast.OP_DST], :size].reshape(n, *g.out_hw, g.layer.out_depth)
 
     def global_mean(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -232,13 +232,13 @@ class NumbaBackend:
             self.global_mean(self.run(geo, x[at:end], parallel=parallel, threads=threads), out[at:end])
 
     def _thread_pool(self, threads: int):
-        """Worker threads for batch shares (kept: starting threads per call costs more than a
+        """Worker threads for batch chunks (kept: starting threads per call costs more than a
         small batch's work).  Each has its own plans and buffers (``_local``)."""
         with self._pool_lock:
             if self._pool is None or self._pool[0] < threads:
                 from concurrent.futures import ThreadPoolExecutor
                 if self._pool is not None:
-                    self._pool[1].shutdown(wait=False)     # its running shares still finish
+                    self._pool[1].shutdown(wait=False)     # its running chunks still finish
                 self._pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="mobilenet-np"))
             return self._pool[1]
 
@@ -257,7 +257,7 @@ def chunk_images(geo: list[spec.LayerGeometry]) -> int:
     V2 0.5/96 (430 KB per image) 1638/1718/1689/1627, V1 0.5/160 (800 KB) -/478/479/484.  The
     rule picks 4 and 2: V2, whose small weights gain little from long passes, keeps its
     activations near the core; V1 loses ~1 %."""
-    per_image = max(4 * g.out_hw[0] * g.out_hw[1] * g.layer.out_depth for g in geo)
+    per_image = 4 * max(g.out_elements for g in geo)
     return max(1, min(CHUNK_IMAGES, CHUNK_ACTIVATION_BYTES // per_image))
 
 

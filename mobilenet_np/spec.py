@@ -152,6 +152,11 @@ class LayerGeometry:
     def macs(self) -> int:
         return self.layer.macs(self.out_hw)
 
+    @property
+    def out_elements(self) -> int:
+        """Values in this layer's output for one image."""
+        return self.out_hw[0] * self.out_hw[1] * self.layer.out_depth
+
 
 def geometry(arch: Architecture, input_hw: tuple[int, int]) -> list[LayerGeometry]:
     """Spatial size and padding of every layer for one input size (computed, never assumed)."""

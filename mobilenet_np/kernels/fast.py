@@ -83,6 +83,12 @@ def _emit(out, offset, lo, hi, columns, relu6, residual, add_residual):
 
 
 @kernel(inline=True)
+def _fma2(v, w0, w1, lo, hi):
+    """One input value (splat) times one 16-column weight row, into one pixel's two vectors."""
+    return simd.fma(v, w0, lo), simd.fma(v, w1, hi)
+
+
+@kernel(inline=True)
 def _tile6(x, x_at, row_step, taps, c_in, w, w_at, b0, b1, out, o_at, c_out, columns, relu6, residual,
            add_residual):
     """Six pixels x one 16-column panel (weights at w_at), summed over c_in steps.
@@ -91,40 +97,18 @@ def _tile6(x, x_at, row_step, taps, c_in, w, w_at, b0, b1, out, o_at, c_out, col
     pixels' channel vectors are consecutive rows), or x[x_at + r*row_step + taps[k]] for the
     stem, where ``taps`` lists the offsets of the 3x3xC_in patch in the unpadded input."""
     dense = taps.shape[0] == 0
-    a00 = b0
-    a01 = b1
-    a10 = b0
-    a11 = b1
-    a20 = b0
-    a21 = b1
-    a30 = b0
-    a31 = b1
-    a40 = b0
-    a41 = b1
-    a50 = b0
-    a51 = b1
+    a00 = a10 = a20 = a30 = a40 = a50 = b0
+    a01 = a11 = a21 = a31 = a41 = a51 = b1
     for k in range(c_in):
         w0 = simd.load(w, w_at + k * PANEL)
         w1 = simd.load(w, w_at + k * PANEL + LANES)
         at = x_at + (k if dense else taps[k])
-        v = simd.splat_at(x, at)
-        a00 = simd.fma(v, w0, a00)
-        a01 = simd.fma(v, w1, a01)
-        v = simd.splat_at(x, at + row_step)
-        a10 = simd.fma(v, w0, a10)
-        a11 = simd.fma(v, w1, a11)
-        v = simd.splat_at(x, at + 2 * row_step)
-        a20 = simd.fma(v, w0, a20)
-        a21 = simd.fma(v, w1, a21)
-        v = simd.splat_at(x, at + 3 * row_step)
-        a30 = simd.fma(v, w0, a30)
-        a31 = simd.fma(v, w1, a31)
-        v = simd.splat_at(x, at + 4 * row_step)
-        a40 = simd.fma(v, w0, a40)
-        a41 = simd.fma(v, w1, a41)
-        v = simd.splat_at(x, at + 5 * row_step)
-        a50 = simd.fma(v, w0, a50)
-        a51 = simd.fma(v, w1, a51)
+        a00, a01 = _fma2(simd.splat_at(x, at), w0, w1, a00, a01)
+        a10, a11 = _fma2(simd.splat_at(x, at + row_step), w0, w1, a10, a11)
+        a20, a21 = _fma2(simd.splat_at(x, at + 2 * row_step), w0, w1, a20, a21)
+        a30, a31 = _fma2(simd.splat_at(x, at + 3 * row_step), w0, w1, a30, a31)
+        a40, a41 = _fma2(simd.splat_at(x, at + 4 * row_step), w0, w1, a40, a41)
+        a50, a51 = _fma2(simd.splat_at(x, at + 5 * row_step), w0, w1, a50, a51)
     _emit(out, o_at, a00, a01, columns, relu6, residual, add_residual)
     _emit(out, o_at + c_out, a10, a11, columns, relu6, residual, add_residual)
     _emit(out, o_at + 2 * c_out, a20, a21, columns, relu6, residual, add_residual)
@@ -139,9 +123,8 @@ def _tile1(x, x_at, c_in, w, w_at, b0, b1, out, o_at, columns, relu6, residual, 
     a0 = b0
     a1 = b1
     for k in range(c_in):
-        v = simd.splat_at(x, x_at + k)
-        a0 = simd.fma(v, simd.load(w, w_at + k * PANEL), a0)
-        a1 = simd.fma(v, simd.load(w, w_at + k * PANEL + LANES), a1)
+        a0, a1 = _fma2(simd.splat_at(x, x_at + k), simd.load(w, w_at + k * PANEL),
+                       simd.load(w, w_at + k * PANEL + LANES), a0, a1)
     _emit(out, o_at, a0, a1, columns, relu6, residual, add_residual)
 
 
@@ -170,6 +153,12 @@ def _gemm_task(g, j, x, pixels, c_in, w, bias, c_out, relu6, residual, add_resid
 @kernel(inline=True)
 def _gemm_tasks(pixels, c_out):
     return -(-pixels // TILE_ROWS) * -(-c_out // PANEL)
+
+
+@kernel(inline=True)
+def _run(tasks, part, parts):
+    """Tasks of run ``part`` of ``parts``: contiguous, as equal as can be (a static prange's split)."""
+    return tasks * part // parts, tasks * (part + 1) // parts
 
 
 @kernel(inline=True)
@@ -213,8 +202,8 @@ def gemm_bias_act(x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual
     argument because a kernel that calls ``numba.get_num_threads`` cannot be cached.)"""
     tasks = _gemm_tasks(pixels, c_out)
     for part in prange(parts):
-        gemm_tiles(tasks * part // parts, tasks * (part + 1) // parts, x, pixels, c_in, w, bias, c_out, relu6,
-                   residual, add_residual, out)
+        t0, t1 = _run(tasks, part, parts)
+        gemm_tiles(t0, t1, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out)
 
 
 @kernel()
@@ -228,8 +217,9 @@ def pointwise_conv2d(x, w_packed, bias_padded, relu6, residual, add_residual, ou
     """1x1 convolution: x [P, C_in] -> out [P, C_out] (2-D views of NHWC buffers).  ``serial``:
     the one-thread twin of the kernel (as ``conv2d`` and ``depthwise_conv2d``)."""
     pixels, c_in = x.shape
-    (gemm_bias_act_serial if serial else gemm_bias_act)(x.reshape(-1), pixels, c_in, w_packed, bias_padded, out.shape[1], relu6,
-                  residual.reshape(-1), add_residual, out.reshape(-1), numba.get_num_threads())
+    gemm = gemm_bias_act_serial if serial else gemm_bias_act
+    gemm(x.reshape(-1), pixels, c_in, w_packed, bias_padded, out.shape[1], relu6, residual.reshape(-1), add_residual,
+         out.reshape(-1), numba.get_num_threads())
 
 
 # --- the stem: the GEMM over 3x3 patches, read in place -------------------------------------
@@ -254,10 +244,8 @@ def _patch1(x, n, iy0, ix0, height, width, c_in, k, w, w_at, b0, b1, out, o_at, 
             if 0 <= iy < height and 0 <= ix < width:
                 at = ((n * height + iy) * width + ix) * c_in
                 for c in range(c_in):
-                    step = (dy * k + dx) * c_in + c
-                    v = simd.splat_at(x, at + c)
-                    a0 = simd.fma(v, simd.load(w, w_at + step * PANEL), a0)
-                    a1 = simd.fma(v, simd.load(w, w_at + step * PANEL + LANES), a1)
+                    step = w_at + ((dy * k + dx) * c_in + c) * PANEL
+                    a0, a1 = _fma2(simd.splat_at(x, at + c), simd.load(w, step), simd.load(w, step + LANES), a0, a1)
     _emit(out, o_at, a0, a1, columns, relu6, out, False)
 
 
@@ -317,8 +305,9 @@ def conv2d_stem(x, n_img, height, width, c_in, k, stride, pad_top, pad_left, tap
     (row, panel) tasks in ``parts`` contiguous runs, as in ``gemm_bias_act``."""
     tasks = n_img * out_h * -(-c_out // PANEL)
     for part in prange(parts):
-        stem_tasks(tasks * part // parts, tasks * (part + 1) // parts, x, n_img, height, width, c_in, k, stride,
-                   pad_top, pad_left, taps, w, bias, relu6, out, out_h, out_w, c_out)
+        t0, t1 = _run(tasks, part, parts)
+        stem_tasks(t0, t1, x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
+                   out, out_h, out_w, c_out)
 
 
 @kernel()
@@ -332,8 +321,9 @@ def conv2d_stem_serial(x, n_img, height, width, c_in, k, stride, pad_top, pad_le
 
 def conv2d(x, w_packed, bias_padded, taps, k, stride, pad_top, pad_left, relu6, out, serial=False):
     """Full k x k convolution (the stem); ``taps`` from ``stem_taps(k, W, C_in)``."""
-    (conv2d_stem_serial if serial else conv2d_stem)(x.reshape(-1), *x.shape, k, stride, pad_top, pad_left, taps, w_packed, bias_padded, relu6,
-                out.reshape(-1), *out.shape[1:], numba.get_num_threads())
+    stem = conv2d_stem_serial if serial else conv2d_stem
+    stem(x.reshape(-1), *x.shape, k, stride, pad_top, pad_left, taps, w_packed, bias_padded, relu6, out.reshape(-1),
+         *out.shape[1:], numba.get_num_threads())
 
 
 # --- depthwise ------------------------------------------------------------------------------
@@ -436,7 +426,8 @@ def _pixel(xf, at, ix0, width, chans, line, w, c, dy0, dy1, b):
     acc = b
     for dy in range(dy0, dy1):
         for dx in range(max(0, -ix0), min(3, width - ix0)):
-            acc = simd.fma(simd.load(xf, at + dy * line + dx * chans), simd.load(w, (dy * 3 + dx) * chans + c), acc)
+            acc = simd.fma(simd.load(xf, at + dy * line + dx * chans), simd.load(w, (dy * 3 + dx) * chans + c),
+                           acc)
     return acc
 
 
@@ -532,10 +523,10 @@ def depthwise3x3(xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_
     Output rows are the tasks (``_dw_row``), in ``parts`` contiguous runs as in
     ``gemm_bias_act``; each pixel sums bias then its taps in (dy, dx) order, skipping taps in
     the zero padding."""
-    rows = n_img * out_h
     for part in prange(parts):
-        depthwise_rows(rows * part // parts, rows * (part + 1) // parts, xf, n_img, height, width, chans, w, bias,
-                       stride, pad_top, pad_left, relu6, of, out_h, out_w)
+        r0, r1 = _run(n_img * out_h, part, parts)
+        depthwise_rows(r0, r1, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of,
+                       out_h, out_w)
 
 
 @kernel()
@@ -551,8 +542,9 @@ def depthwise_conv2d(x, w, bias, stride, pad_top, pad_left, relu6, out, serial=F
     """Depthwise 3x3 convolution with weights [3, 3, C] (the multiplier-1 axis squeezed)."""
     if w.shape[0] != 3 or w.shape[1] != 3:
         raise ValueError(f"depthwise kernels must be 3x3, got {w.shape[:2]}")
-    (depthwise3x3_serial if serial else depthwise3x3)(x.reshape(-1), *x.shape, np.ascontiguousarray(w).reshape(-1), bias, stride, pad_top, pad_left,
-                 relu6, out.reshape(-1), *out.shape[1:3], numba.get_num_threads())
+    depthwise = depthwise3x3_serial if serial else depthwise3x3
+    depthwise(x.reshape(-1), *x.shape, np.ascontiguousarray(w).reshape(-1), bias, stride, pad_top, pad_left, relu6,
+              out.reshape(-1), *out.shape[1:3], numba.get_num_threads())
 
 
 # --- the whole network in one call ----------------------------------------------------------
