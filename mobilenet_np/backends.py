@@ -37,7 +37,8 @@ class NumpyBackend:
                 self.params.append((w, bn, None))
 
     def run(self, geo, x, on_layer=None):
-        """Run every layer; ``on_layer(i, y)``, if given, sees each output."""
+        """Run every layer on images in [0, 1]; ``on_layer(i, y)``, if given, sees each output."""
+        x = ref.hub_input(x)
         block_input = None
         for i, g in enumerate(geo):
             if g.layer.block_start:
@@ -115,7 +116,7 @@ class NumbaBackend:
     def _plan(self, geo: list[spec.LayerGeometry], batch: int):
         """For one input size: the plan rows, the stem's patch offsets, and three activation
         buffers (a layer never writes into its own input or into the block input that a
-        residual add still needs) with room for ``batch`` images or more.  Kept for a few
+        residual add still needs) with room for ``batch`` images' largest row output or more.  Kept for a few
         input sizes; the buffers grow when a larger batch comes.  Each thread has its own, so
         that threads calling one model at the same time never share buffers."""
         key = geo[0].in_hw
@@ -126,29 +127,41 @@ class NumbaBackend:
         if entry is not None and entry[3] >= batch:
             return entry[:3]
         plan, taps = (entry[0], entry[1]) if entry is not None else self._plan_rows(geo)
-        size = batch * max(g.out_elements for g in geo)
+        fast = self._fast
+        size = batch * int(max(plan[:, fast.OP_OUT_H] * plan[:, fast.OP_OUT_W] * plan[:, fast.OP_OUT_C]))
         buffers = aligned_empty(3 * _round_up(size, ALIGN_FLOATS)).reshape(3, -1)
         cached[key] = (plan, taps, buffers, batch)
         return plan, taps, buffers
 
     def _plan_rows(self, geo: list[spec.LayerGeometry]):
-        """The plan rows (one per layer, columns ``fast.OP_*``) and the stem's tap offsets."""
+        """The plan rows (columns ``fast.OP_*``) and the stem's tap offsets.  Row 0 maps the
+        images to the network's range inside the stem's zero padding (``fast.KIND_INPUT``), so
+        that the stem reads every patch in place; then one row per layer."""
         fast = self._fast
-        plan = np.zeros((len(geo), fast.PLAN_COLUMNS), np.int64)
+        plan = np.zeros((len(geo) + 1, fast.PLAN_COLUMNS), np.int64)
+        first = geo[0]
+        top, bottom, left, right = first.pad if first.layer.kind == "conv" else (0, 0, 0, 0)
+        padded_hw = (first.in_hw[0] + top + bottom, first.in_hw[1] + left + right)
+        row = plan[0]
+        row[fast.OP_KIND] = fast.KIND_INPUT
+        row[[fast.OP_IN_H, fast.OP_IN_W, fast.OP_IN_C, fast.OP_OUT_H, fast.OP_OUT_W, fast.OP_OUT_C,
+             fast.OP_PAD_TOP, fast.OP_PAD_LEFT]] = [*first.in_hw, first.layer.in_depth, *padded_hw,
+                                                    first.layer.in_depth, top, left]
+        row[fast.OP_SRC], row[fast.OP_DST], row[fast.OP_RES] = fast.INPUT, 0, 0
         taps, taps_at = [], 0
-        current, block_input = fast.INPUT, fast.INPUT
+        current, block_input = 0, 0
         for i, g in enumerate(geo):
             layer = g.layer
             if layer.block_start:
                 block_input = current
             dst = next(b for b in range(3) if b not in (current, block_input))
-            row = plan[i]
+            row = plan[i + 1]
             row[fast.OP_KIND] = {"conv": fast.KIND_CONV, "depthwise": fast.KIND_DEPTHWISE,
                                  "pointwise": fast.KIND_POINTWISE}[layer.kind]
+            in_hw, pad = (padded_hw, (0, 0, 0, 0)) if i == 0 else (g.in_hw, g.pad)
             row[[fast.OP_K, fast.OP_STRIDE, fast.OP_IN_H, fast.OP_IN_W, fast.OP_IN_C, fast.OP_OUT_H,
                  fast.OP_OUT_W, fast.OP_OUT_C, fast.OP_PAD_TOP, fast.OP_PAD_LEFT]] = [
-                layer.kernel, layer.stride, *g.in_hw, layer.in_depth, *g.out_hw, layer.out_depth,
-                g.pad[0], g.pad[2]]
+                layer.kernel, layer.stride, *in_hw, layer.in_depth, *g.out_hw, layer.out_depth, pad[0], pad[2]]
             row[fast.OP_RELU6] = layer.relu6
             row[fast.OP_RESIDUAL] = layer.adds_residual
             row[fast.OP_SRC], row[fast.OP_DST] = current, dst
@@ -156,7 +169,7 @@ class NumbaBackend:
             row[[fast.OP_W, fast.OP_W_LEN]] = self._w_spans[i]
             row[[fast.OP_B, fast.OP_B_LEN]] = self._b_spans[i]
             if layer.kind == "conv":
-                t = fast.stem_taps(layer.kernel, g.in_hw[1], layer.in_depth)
+                t = fast.stem_taps(layer.kernel, in_hw[1], layer.in_depth)
                 row[[fast.OP_TAPS, fast.OP_TAPS_LEN]] = taps_at, t.size
                 taps.append(t)
                 taps_at += t.size
@@ -164,11 +177,11 @@ class NumbaBackend:
         return plan, (np.concatenate(taps) if taps else np.zeros(0, np.int64))
 
     def run(self, geo, x, on_layer=None, parallel: bool | None = None, threads: int | None = None):
-        """Run every layer; ``on_layer(i, y)``, if given, sees each output (a view into the
-        buffers) -- then the layers run one compiled call each instead of one call in all.
-        ``parallel``: split each layer over the ``threads`` (default: Numba's current count)
-        when there is more than one; otherwise every layer runs on the calling thread alone,
-        without the parallel runtime (a few microseconds per layer)."""
+        """Run every layer on images in [0, 1]; ``on_layer(i, y)``, if given, sees each output
+        (a view into the buffers) -- then the layers run one compiled call each instead of one
+        call in all.  ``parallel``: split each layer over the ``threads`` (default: Numba's
+        current count) when there is more than one; otherwise every layer runs on the calling
+        thread alone, without the parallel runtime (a few microseconds per layer)."""
         parts = self._threads() if threads is None else threads
         if parallel is None:
             parallel = parts > 1
@@ -179,9 +192,9 @@ class NumbaBackend:
         if on_layer is None:
             run_plan(xf, buffers, plan, self._weights, self._biases, taps, n, parts)
         else:
-            for i, g in enumerate(geo):
-                run_plan(xf, buffers, plan[i:i + 1], self._weights, self._biases, taps, n, parts)
-                on_layer(i, self._output(plan[i], g, n, buffers))
+            for i, g in enumerate(geo):     # layer i is plan row i + 1; row 0 goes with layer 0
+                run_plan(xf, buffers, plan[i + 1 if i else 0:i + 2], self._weights, self._biases, taps, n, parts)
+                on_layer(i, self._output(plan[i + 1], g, n, buffers))
         return self._output(plan[-1], geo[-1], n, buffers)
 
     def _output(self, row, g: spec.LayerGeometry, n: int, buffers: np.ndarray) -> np.ndarray:
@@ -227,9 +240,17 @@ class NumbaBackend:
 
     def _features_into(self, geo, x, start: int, stop: int, chunk: int, out: np.ndarray, parallel: bool,
                        threads: int) -> None:
-        for at in range(start, stop, chunk):
-            end = min(at + chunk, stop)
-            self.global_mean(self.run(geo, x[at:end], parallel=parallel, threads=threads), out[at:end])
+        """Features of images start..stop-1 into ``out``, ``chunk`` images per pass: split
+        layer by layer over the threads (``parallel``), or all on the calling thread in one
+        compiled call."""
+        if parallel:
+            for at in range(start, stop, chunk):
+                end = min(at + chunk, stop)
+                self.global_mean(self.run(geo, x[at:end], parallel=True, threads=threads), out[at:end])
+            return
+        plan, taps, buffers = self._plan(geo, min(chunk, stop - start))
+        self._fast.run_batch_serial(x[start:stop].reshape(-1), stop - start, chunk, buffers, plan, self._weights,
+                                    self._biases, taps, out[start:stop])
 
     def _thread_pool(self, threads: int):
         """Worker threads for batch chunks (kept: starting threads per call costs more than a

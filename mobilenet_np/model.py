@@ -60,7 +60,8 @@ class MobileNet:
     # --- inputs ---------------------------------------------------------------------------
 
     def _network_input(self, images) -> np.ndarray:
-        """Check a batch and map it to the [-1, 1] range the slim network was trained on."""
+        """Check a batch: float32 [N, H, W, 3], C-contiguous, values as given (uint8 scaled to
+        [0, 1]).  The backends map it to the network's [-1, 1] range (``reference.hub_input``)."""
         x = np.asarray(images)
         if x.ndim != 4:
             raise ValueError(f"images must be a batch [N, H, W, 3], got an array of shape {x.shape}"
@@ -80,9 +81,7 @@ class MobileNet:
                 raise ValueError("images contain NaN or infinite values")
         else:
             raise ValueError(f"images must be float (values in [0, 1]) or uint8, got dtype {x.dtype}")
-        # The hub module's own first ops: x * 2 - 1 (hub_input/Mul, hub_input/Sub; SPEC 1.5).
-        out = np.multiply(x, np.float32(2.0), order="C")
-        return np.subtract(out, np.float32(1.0), out=out)
+        return np.ascontiguousarray(x)
 
     # --- the forward pass -------------------------------------------------------------------
 

@@ -554,68 +554,133 @@ def depthwise_conv2d(x, w, bias, stride, pad_top, pad_left, relu6, out, serial=F
  OP_PAD_LEFT, OP_RELU6, OP_RESIDUAL, OP_SRC, OP_DST, OP_RES, OP_W, OP_W_LEN, OP_B, OP_B_LEN, OP_TAPS,
  OP_TAPS_LEN) = range(22)
 PLAN_COLUMNS = 22
-KIND_CONV, KIND_DEPTHWISE, KIND_POINTWISE = 0, 1, 2
+KIND_CONV, KIND_DEPTHWISE, KIND_POINTWISE, KIND_INPUT = 0, 1, 2, 3
 INPUT = -1          # OP_SRC / OP_RES value naming the network input rather than a buffer
 
 
 @kernel(inline=True)
-def _run_layers(x, buffers, plan, weights, biases, taps, n_img, parts, pointwise, depthwise, stem):
-    """The body of ``run_plan``: the layer kernels are arguments, so that the parallel and the
-    serial plan runners each compile only their own (compiling both doubled a cold start)."""
+def _hub_input_padded(x, n_img, height, width, chans, pad_top, pad_left, out, out_h, out_w):
+    """The input row of a plan (``KIND_INPUT``): images in [0, 1], x flat [N, H, W, C], to
+    x * 2 - 1 (``reference.hub_input``) inside the stem's zero padding, out flat [N, out_h,
+    out_w, C].  The stem then reads every patch in place, none of them reaching outside."""
+    zero = np.float32(0.0)
+    line = width * chans
+    out_line = out_w * chans
+    left = pad_left * chans
+    for n in range(n_img):
+        for oy in range(out_h):
+            iy = oy - pad_top
+            o_at = (n * out_h + oy) * out_line
+            if iy < 0 or iy >= height:
+                for i in range(out_line):
+                    out[o_at + i] = zero
+                continue
+            at = (n * height + iy) * line
+            for i in range(left):
+                out[o_at + i] = zero
+            vector_end = line - line % LANES
+            for i in range(0, vector_end, LANES):
+                simd.store(out, o_at + left + i, simd.twice_minus_one(simd.load(x, at + i)))
+            for i in range(vector_end, line):
+                out[o_at + left + i] = x[at + i] * np.float32(2.0) - np.float32(1.0)
+            for i in range(left + line, out_line):
+                out[o_at + i] = zero
+
+
+@kernel(inline=True)
+def _operand(x, buffers, at):
+    return x if at == INPUT else buffers[at]
+
+
+@kernel(inline=True)
+def _layer(op, x, buffers, weights, biases, taps, n_img, parts, pointwise, depthwise, stem):
+    """One plan row over a whole pass of ``n_img`` images.  The layer kernels are arguments,
+    so that the parallel and the serial runners each compile only their own (compiling both
+    doubled a cold start)."""
+    src = _operand(x, buffers, op[OP_SRC])
+    dst = buffers[op[OP_DST]]
+    res = _operand(x, buffers, op[OP_RES])
+    w = weights[op[OP_W]:op[OP_W] + op[OP_W_LEN]]
+    b = biases[op[OP_B]:op[OP_B] + op[OP_B_LEN]]
+    relu6 = op[OP_RELU6] != 0
+    kind = op[OP_KIND]
+    if kind == KIND_POINTWISE:
+        pointwise(src, n_img * op[OP_IN_H] * op[OP_IN_W], op[OP_IN_C], w, b, op[OP_OUT_C], relu6,
+                  res, op[OP_RESIDUAL] != 0, dst, parts)
+    elif kind == KIND_INPUT:
+        _hub_input_padded(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], op[OP_PAD_TOP], op[OP_PAD_LEFT], dst,
+                          op[OP_OUT_H], op[OP_OUT_W])
+    elif kind == KIND_DEPTHWISE:
+        depthwise(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], w, b, op[OP_STRIDE],
+                  op[OP_PAD_TOP], op[OP_PAD_LEFT], relu6, dst, op[OP_OUT_H], op[OP_OUT_W], parts)
+    else:
+        stem(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], op[OP_K], op[OP_STRIDE],
+             op[OP_PAD_TOP], op[OP_PAD_LEFT], taps[op[OP_TAPS]:op[OP_TAPS] + op[OP_TAPS_LEN]],
+             w, b, relu6, dst, op[OP_OUT_H], op[OP_OUT_W], op[OP_OUT_C], parts)
+
+
+@kernel(inline=True)
+def _run_serial(x, buffers, plan, weights, biases, taps, n_img):
+    """Every plan row on the calling thread, with the serial kernels."""
+    parts = n_img - n_img + 1     # unused by the serial kernels; not a literal (see ``_all``)
     for i in range(plan.shape[0]):
-        op = plan[i]
-        src = x if op[OP_SRC] == INPUT else buffers[op[OP_SRC]]
-        dst = buffers[op[OP_DST]]
-        res = x if op[OP_RES] == INPUT else buffers[op[OP_RES]]
-        w = weights[op[OP_W]:op[OP_W] + op[OP_W_LEN]]
-        b = biases[op[OP_B]:op[OP_B] + op[OP_B_LEN]]
-        relu6 = op[OP_RELU6] != 0
-        kind = op[OP_KIND]
-        if kind == KIND_POINTWISE:
-            pointwise(src, n_img * op[OP_IN_H] * op[OP_IN_W], op[OP_IN_C], w, b, op[OP_OUT_C], relu6,
-                      res, op[OP_RESIDUAL] != 0, dst, parts)
-        elif kind == KIND_DEPTHWISE:
-            depthwise(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], w, b, op[OP_STRIDE],
-                      op[OP_PAD_TOP], op[OP_PAD_LEFT], relu6, dst, op[OP_OUT_H], op[OP_OUT_W], parts)
-        else:
-            stem(src, n_img, op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], op[OP_K], op[OP_STRIDE],
-                 op[OP_PAD_TOP], op[OP_PAD_LEFT], taps[op[OP_TAPS]:op[OP_TAPS] + op[OP_TAPS_LEN]],
-                 w, b, relu6, dst, op[OP_OUT_H], op[OP_OUT_W], op[OP_OUT_C], parts)
+        _layer(plan[i], x, buffers, weights, biases, taps, n_img, parts, gemm_bias_act_serial,
+               depthwise3x3_serial, conv2d_stem_serial)
 
 
 @kernel()
 def run_plan(x, buffers, plan, weights, biases, taps, n_img, parts):
-    """Run the layers of ``plan`` (rows as above) for a batch of ``n_img``: layer outputs go to
-    rows of ``buffers``, weights/biases/taps are slices of one flat array each.  One compiled
-    call for the whole network: no interpreter work between layers.  Each layer is split into
-    ``parts`` (the thread count) for Numba's threads."""
-    _run_layers(x, buffers, plan, weights, biases, taps, n_img, parts, gemm_bias_act, depthwise3x3, conv2d_stem)
+    """Run the layers of ``plan`` (rows as above) for a pass of ``n_img`` images: layer outputs
+    go to rows of ``buffers``, weights/biases/taps are slices of one flat array each.  One
+    compiled call for the whole network: no interpreter work between layers.  Each layer is
+    split into ``parts`` (the thread count) for Numba's threads."""
+    for i in range(plan.shape[0]):
+        _layer(plan[i], x, buffers, weights, biases, taps, n_img, parts, gemm_bias_act, depthwise3x3, conv2d_stem)
 
 
 @kernel()
 def run_plan_serial(x, buffers, plan, weights, biases, taps, n_img, parts):
-    """``run_plan`` on the calling thread alone, without the parallel runtime (one thread, or a
-    thread that has a whole part of a batch to itself)."""
-    _run_layers(x, buffers, plan, weights, biases, taps, n_img, parts, gemm_bias_act_serial, depthwise3x3_serial,
-                conv2d_stem_serial)
+    """``run_plan`` on the calling thread alone, without the parallel runtime (``parts``
+    unused)."""
+    _run_serial(x, buffers, plan, weights, biases, taps, n_img)
+
+
+@kernel()
+def run_batch_serial(x, n_img, per_pass, buffers, plan, weights, biases, taps, pooled):
+    """The pooled features of a batch (x flat [N, H, W, 3] -> pooled [N, C]) on the calling
+    thread: passes of ``per_pass`` images through ``run_plan_serial``'s layers, each pass's
+    last output averaged into its rows of ``pooled``.  The whole batch in one compiled call."""
+    last = plan[plan.shape[0] - 1]
+    in_size = plan[0, OP_IN_H] * plan[0, OP_IN_W] * plan[0, OP_IN_C]     # row 0 reads the images
+    pixels = last[OP_OUT_H] * last[OP_OUT_W]
+    chans = last[OP_OUT_C]
+    for at in range(0, n_img, per_pass):
+        count = min(per_pass, n_img - at)
+        _run_serial(x[at * in_size:(at + count) * in_size], buffers, plan, weights, biases, taps, count)
+        _mean(buffers[last[OP_DST]], count, pixels, chans, pooled[at:at + count])
 
 
 # --- the pool -------------------------------------------------------------------------------
 
-@kernel()
-def global_mean(x, out):
-    """Mean over H and W: x [N,H,W,C] -> out [N,C]; float32 sums in row-major pixel order.
-    (Serial: a few hundred thousand additions, less than starting a parallel region costs.)"""
-    n_img, height, width, chans = x.shape
-    count = np.float32(height * width)
+@kernel(inline=True)
+def _mean(xf, n_img, pixels, chans, out):
+    """Mean over the pixels of each image: xf flat [N, pixels, C] -> out [N, C]; float32 sums
+    in row-major pixel order."""
+    count = np.float32(pixels)
     for n in range(n_img):
         acc = out[n]
         for c in range(chans):
             acc[c] = 0.0
-        for y in range(height):
-            for xx in range(width):
-                src = x[n, y, xx]
-                for c in range(chans):
-                    acc[c] += src[c]
+        for p in range(n * pixels, (n + 1) * pixels):
+            for c in range(chans):
+                acc[c] += xf[p * chans + c]
         for c in range(chans):
             acc[c] /= count      # divide, as TF's mean does, rather than multiply by 1/count
+
+
+@kernel()
+def global_mean(x, out):
+    """Mean over H and W: x [N,H,W,C] -> out [N,C].  (Serial: a few hundred thousand
+    additions, less than starting a parallel region costs.)"""
+    n_img, height, width, chans = x.shape
+    _mean(x.reshape(-1), n_img, height * width, chans, out)

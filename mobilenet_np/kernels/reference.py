@@ -11,6 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def hub_input(x: np.ndarray) -> np.ndarray:
+    """The hub modules' own first ops: images in [0, 1] to the [-1, 1] range the slim networks
+    were trained on, x * 2 - 1 (hub_input/Mul, hub_input/Sub; SPEC 1.5)."""
+    return x * np.float32(2.0) - np.float32(1.0)
+
+
 def same_pad(x: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:
     """Zero-pad H and W by (top, bottom, left, right), as TF's SAME padding does implicitly."""
     top, bottom, left, right = pad

@@ -129,6 +129,16 @@ def relu6(typingctx, a):
 
 
 @intrinsic
+def twice_minus_one(typingctx, a):
+    """a * 2 - 1 in every lane, a multiply then a subtraction, as NumPy computes it."""
+    def codegen(context, builder, sig, args):
+        two = ir.Constant(_VEC, [2.0] * LANES)
+        one = ir.Constant(_VEC, [1.0] * LANES)
+        return builder.fsub(builder.fmul(args[0], two), one)
+    return f32x8(f32x8), codegen
+
+
+@intrinsic
 def lane(typingctx, a, i):
     """Lane ``i`` of a vector, as a float32 scalar (for partial stores at the edges)."""
     def codegen(context, builder, sig, args):
