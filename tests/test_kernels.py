@@ -54,7 +54,7 @@ def test_full_conv(rng, n, h, w, stride, c_in, c_out, serial):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("pixels", [1, 5, 6, 7, 37, 256])
+@pytest.mark.parametrize("pixels", [1, 5, 6, 7, 9, 11, 20, 37, 256])
 @pytest.mark.parametrize("c_in, c_out", [(8, 48), (13, 7), (48, 16), (96, 40), (160, 1280), (27, 8), (5, 23)])
 @pytest.mark.parametrize("relu6, residual", [(True, False), (False, True), (False, False), (True, True)])
 @pytest.mark.parametrize("serial", [False, True])

@@ -129,19 +129,64 @@ def _tile1(x, x_at, c_in, w, w_at, b0, b1, out, o_at, columns, relu6, residual, 
 
 
 @kernel(inline=True)
+def _tile3w(x, x_at, c_in, w, w_at, bias, c0, out, o_at, c_out, relu6, residual, add_residual):
+    """Three pixels x two panels (32 columns from c0, the first panel full, weights at w_at and
+    w_at + c_in*16): the same twelve accumulators and FMAs per step as ``_tile6``, for the last
+    1-3 pixels of a group, where a 6-pixel tile would redo 3-5 pixels (a 3x3 layer at batch 1
+    has 9 pixels: 2 tiles of 6 rows, or 1.5 of this one, per 16 columns)."""
+    a00 = a10 = a20 = simd.load(bias, c0)
+    a01 = a11 = a21 = simd.load(bias, c0 + LANES)
+    a02 = a12 = a22 = simd.load(bias, c0 + PANEL)
+    a03 = a13 = a23 = simd.load(bias, c0 + PANEL + LANES)
+    next_panel = c_in * PANEL
+    for k in range(c_in):
+        at = w_at + k * PANEL
+        w0 = simd.load(w, at)
+        w1 = simd.load(w, at + LANES)
+        w2 = simd.load(w, at + next_panel)
+        w3 = simd.load(w, at + next_panel + LANES)
+        v = simd.splat_at(x, x_at + k)
+        a00, a01 = _fma2(v, w0, w1, a00, a01)
+        a02, a03 = _fma2(v, w2, w3, a02, a03)
+        v = simd.splat_at(x, x_at + c_in + k)
+        a10, a11 = _fma2(v, w0, w1, a10, a11)
+        a12, a13 = _fma2(v, w2, w3, a12, a13)
+        v = simd.splat_at(x, x_at + 2 * c_in + k)
+        a20, a21 = _fma2(v, w0, w1, a20, a21)
+        a22, a23 = _fma2(v, w2, w3, a22, a23)
+    columns = min(PANEL, c_out - c0 - PANEL)
+    _emit(out, o_at, a00, a01, PANEL, relu6, residual, add_residual)
+    _emit(out, o_at + PANEL, a02, a03, columns, relu6, residual, add_residual)
+    _emit(out, o_at + c_out, a10, a11, PANEL, relu6, residual, add_residual)
+    _emit(out, o_at + c_out + PANEL, a12, a13, columns, relu6, residual, add_residual)
+    _emit(out, o_at + 2 * c_out, a20, a21, PANEL, relu6, residual, add_residual)
+    _emit(out, o_at + 2 * c_out + PANEL, a22, a23, columns, relu6, residual, add_residual)
+
+
+@kernel(inline=True)
 def _gemm_task(g, j, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out):
-    """One tile of ``gemm_bias_act``: pixel group g (6 pixels) x weight panel j (16 channels)."""
+    """One tile of ``gemm_bias_act``: pixel group g (6 pixels) x weight panel j (16 channels).
+
+    The last group, when the pixel count is not a multiple of 6: with 1-3 pixels left, panels
+    run in pairs through ``_tile3w`` over the last 3 pixels (task j even does panels j and
+    j+1, task j+1 nothing); otherwise, and for an unpaired last panel, the last 6 pixels run
+    whole.  Either way a few pixels are recomputed to the same values, rather than run a
+    latency-bound pixel at a time."""
     p0 = g * TILE_ROWS
     c0 = j * PANEL
     columns = min(PANEL, c_out - c0)
     w_at = j * c_in * PANEL
     b0 = simd.load(bias, c0)
     b1 = simd.load(bias, c0 + LANES)
+    paired = False
     if p0 + TILE_ROWS > pixels and pixels >= TILE_ROWS:
-        # The last, partial group: redo the last 6 rows whole (the overlap is recomputed to
-        # the same values) rather than run a latency-bound row at a time.
-        p0 = pixels - TILE_ROWS
-    if p0 + TILE_ROWS <= pixels:
+        paired = pixels % TILE_ROWS <= 3 and (j % 2 == 1 or c0 + PANEL < c_out)
+        p0 = pixels - 3 if paired else pixels - TILE_ROWS
+    if paired:
+        if j % 2 == 0:
+            _tile3w(x, p0 * c_in, c_in, w, w_at, bias, c0, out, p0 * c_out + c0, c_out, relu6, residual,
+                    add_residual)
+    elif p0 + TILE_ROWS <= pixels:
         _tile6(x, p0 * c_in, c_in, _DENSE, c_in, w, w_at, b0, b1, out, p0 * c_out + c0, c_out, columns,
                relu6, residual, add_residual)
     else:
