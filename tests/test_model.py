@@ -157,6 +157,29 @@ def test_every_thread_path_gives_the_same_features(rng, batch):
     np.testing.assert_allclose(one, reference(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_warm_calls_reuse_the_workspace(rng, threads):
+    """Steady state allocates nothing per layer: a second call of the same shape runs in the
+    buffers of the first, and all it allocates is the output and the input check's mask (the
+    layers' outputs together are ~100x that)."""
+    import tracemalloc
+    model = mnp.build("mobilenet_v2", 0.5, 96, num_classes=0, seed=3)
+    x = rng.random((5, 96, 96, 3), dtype=np.float32)
+    first = model(x, threads=threads)
+    buffers = model.backend._plan(model._geometry((96, 96)), 5)[2]
+    tracemalloc.start()
+    try:
+        second = model(x, threads=threads)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(second, first)
+    assert model.backend._plan(model._geometry((96, 96)), 5)[2] is buffers
+    activations = sum(g.out_elements for g in model._geometry((96, 96))) * 4 * x.shape[0]
+    allowed = x.size + second.nbytes + (64 << 10)       # isfinite mask, output, Python objects
+    assert peak < allowed < activations / 50, (peak, allowed, activations)
+
+
 def test_reference_backend_imports_without_numba():
     code = ("import sys; sys.modules['numba'] = None\n"
             "import numpy as np, mobilenet_np as mnp\n"
