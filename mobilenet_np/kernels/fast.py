@@ -18,7 +18,8 @@ output buffer, so the forward pass makes one pass over memory per layer and allo
 Each layer kernel comes in two forms over the same compiled tile code: a parallel one that
 hands each of Numba's threads a contiguous run of tiles, and a ``_serial`` one for a thread
 that works alone (one thread, or a worker running a whole chunk of the batch).  ``run_plan``
-and ``run_plan_serial`` run a whole network with one or the other.
+and ``run_plan_serial`` run a whole network with one or the other; ``run_batch_serial`` runs
+a whole batch, chunk after chunk, pooling included, on the calling thread.
 
 Sums run over the input channels (or taps) in order, starting from the bias; only the place
 of the bias in the sum differs from TensorFlow's ``conv + bias``, a last-bit effect bounded by
