@@ -116,9 +116,10 @@ class NumbaBackend:
     def _plan(self, geo: list[spec.LayerGeometry], batch: int):
         """For one input size: the plan rows, the stem's patch offsets, and three activation
         buffers (a layer never writes into its own input or into the block input that a
-        residual add still needs) with room for ``batch`` images' largest row output or more.  Kept for a few
-        input sizes; the buffers grow when a larger batch comes.  Each thread has its own, so
-        that threads calling one model at the same time never share buffers."""
+        residual add still needs), each with room for the largest row output of ``batch``
+        images or more.  Kept for a few input sizes; the buffers grow when a larger batch
+        comes.  Each thread has its own, so that threads calling one model at the same time
+        never share buffers."""
         key = geo[0].in_hw
         cached = getattr(self._local, "plans", None)
         if cached is None or (key not in cached and len(cached) >= 4):
