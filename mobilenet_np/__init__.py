@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from .errors import WeightsError  # noqa: E402
 from .model import MobileNet, build  # noqa: E402

@@ -57,6 +57,7 @@ except ImportError as exc:
     raise ImportError(f"embedding on Dask needs the 'dask' extra: pip install 'mobilenet-np[dask]' ({exc})") from exc
 
 from . import threads as _threads
+from .atomic import write_atomically
 from .embedding import (EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, H5_SUFFIXES, NPY_SUFFIX, EmbedResult,
                         Item, _atomically, _concatenate, _fail, _note, _summary, _text, _write_lines,
                         check_output_path, collect_inputs, progress_bar, run_batches, run_identity, write_output)
@@ -364,15 +365,7 @@ def _write_partition(folder: str, k: int, result: EmbedResult, identity: dict, w
     footer = {"identity": identity, "failures": [[_text(p), reason] for p, reason in result.failures]}
     table = pa.table({"path": pa.array([_text(p) for p in result.paths], pa.string()), "features": features})
     table = table.replace_schema_metadata({FOOTER_KEY: json.dumps(footer)})
-    path = _partition_path(folder, k)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    write_atomically(_partition_path(folder, k), lambda tmp: pq.write_table(table, tmp))
 
 
 # --- the dataset folder ----------------------------------------------------------------------

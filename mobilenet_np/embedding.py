@@ -33,6 +33,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 from PIL import Image
 
+from .atomic import write_atomically
 from .errors import ImageError
 from .preprocess import PRESETS
 
@@ -368,25 +369,11 @@ def write_output(path: str, journal: Journal, attrs: dict) -> None:
         stem = path[: -len(NPY_SUFFIX)]
         paths = (_text(p) for batch in journal.batches() for p in batch.paths)
         failures = (f"{_text(p)}\t{reason}" for p, reason in journal.failures)
-        _atomically(f"{stem}.paths.txt", lambda tmp: _write_lines(tmp, paths))
-        _atomically(f"{stem}.failed.txt", lambda tmp: _write_lines(tmp, failures))
-        _atomically(path, lambda tmp: _write_npy(tmp, journal))  # last: its presence means complete
+        write_atomically(f"{stem}.paths.txt", lambda tmp: _write_lines(tmp, paths))
+        write_atomically(f"{stem}.failed.txt", lambda tmp: _write_lines(tmp, failures))
+        write_atomically(path, lambda tmp: _write_npy(tmp, journal))  # last: its presence means complete
     else:
-        _atomically(path, lambda tmp: _write_h5(tmp, journal, attrs))
-
-
-def _atomically(path: str, write) -> None:
-    """``write(tmp)`` to a file beside ``path``, then rename it over ``path``.  The writer
-    creates the file itself, so it gets the usual permissions (mkstemp's would be 0600)."""
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp")  # fixed, so a rerun replaces one left by a crash
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        write_atomically(path, lambda tmp: _write_h5(tmp, journal, attrs))
 
 
 def _write_h5(tmp: str, journal: Journal, attrs: dict) -> None:

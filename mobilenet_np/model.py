@@ -3,8 +3,8 @@
 ``MobileNet(images)`` follows the TF-Hub feature-vector contract: float32 NHWC images in
 [0, 1] (or uint8, converted as TensorFlow does), mapped to [-1, 1] inside, run through the
 layers, averaged over space.  ``logits`` adds the 1x1 classifier; ``endpoints`` returns any
-intermediate TF-Slim endpoint by name.  This module never loops over pixels: the backends
-(``backends.py``) run the layers.
+intermediate TF-Slim endpoint by name.  This module never loops over pixels: the forward
+pass (``forward/reference.py``, ``forward/engine.py``) runs the layers.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from . import spec, threads as _threads, weights_file
-from .backends import BACKENDS
+from ._version import __version__
+from .forward import BACKENDS, backend_class
 from .preprocess import uint8_to_float
 
 
@@ -41,12 +42,11 @@ class MobileNet:
         self.default_preset = default_preset
         self.weights_sha256 = weights_sha256 or _tensors_digest(tensors)
         epsilon = float(self.attrs.get("batchnorm_epsilon", spec.TF_BATCHNORM_EPSILON))
-        self.backend = BACKENDS[backend](arch, tensors, folded, epsilon)
+        self.backend = backend_class(backend)(arch, tensors, folded, epsilon)
         self._geometries: dict[tuple[int, int], list[spec.LayerGeometry]] = {}
         if num_classes:
-            logits = f"{arch.scope}/{spec.LOGITS_SCOPE}"
-            self._logits_w = np.ascontiguousarray(tensors[f"{logits}/weights"][0, 0])
-            self._logits_b = tensors[f"{logits}/biases"]
+            self._logits_w = np.ascontiguousarray(tensors[arch.logits_names.weights][0, 0])
+            self._logits_b = tensors[arch.logits_names.biases]
 
     @property
     def num_features(self) -> int:
@@ -201,7 +201,7 @@ class MobileNet:
             "num_classes": int(self.num_classes), "labels_offset": self.labels_offset,
             "batchnorm_folded": bool(self.folded), "batchnorm_epsilon": spec.TF_BATCHNORM_EPSILON,
             "weights_choice": "n/a", "source_format": "mobilenet-np", "source_files": [],
-            "converter_version": _version(),
+            "converter_version": __version__,
             **{k: v for k, v in self.attrs.items() if k not in ("format", "format_version")},
         }
         weights_file.write(path, self.tensors, attrs)
@@ -259,11 +259,6 @@ def format_profile(rows: list[dict]) -> str:
     lines.append(f"total {total:.3f} ms, {macs / total / 1e6:.1f} GMAC/s; by op: " + ", ".join(
         f"{op} {ms:.3f} ms ({ms / total:.0%}, {m / ms / 1e6 if ms else 0:.1f} GMAC/s)" for op, (ms, m) in by_op.items()))
     return "\n".join(lines)
-
-
-def _version() -> str:
-    from . import __version__
-    return __version__
 
 
 def _tensors_digest(tensors: dict[str, np.ndarray]) -> str:

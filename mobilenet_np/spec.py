@@ -23,6 +23,7 @@ MIN_INPUT_SIZE = 32              # total stride of both networks
 ARCHITECTURES = ("mobilenet_v1", "mobilenet_v2")
 SCOPES = {"mobilenet_v1": "MobilenetV1", "mobilenet_v2": "MobilenetV2"}
 LOGITS_SCOPE = "Logits/Conv2d_1c_1x1"
+BATCHNORM_STATS = ("gamma", "beta", "moving_mean", "moving_variance")   # TF-Slim's order
 
 
 # --- depth rules ---------------------------------------------------------------------------
@@ -94,6 +95,28 @@ class ConvLayer:
 
 
 @dataclass(frozen=True)
+class TensorNames:
+    """The TF-Slim variable names of one layer, e.g. ``MobilenetV2/expanded_conv_3/project/...``:
+    the convolution kernel, the folded bias (TFLite / TF.js / Keras-exported sources) and the
+    four BatchNorm tensors in ``BATCHNORM_STATS`` order (checkpoints).  Every reader, backend and
+    writer takes its names from here."""
+
+    weights: str
+    biases: str
+    batchnorm: tuple[str, str, str, str]
+
+    def present(self, folded: bool) -> tuple[str, ...]:
+        """The names a model of this kind stores: weights + biases, or weights + BatchNorm."""
+        return (self.weights, self.biases) if folded else (self.weights, *self.batchnorm)
+
+
+def tensor_names(scope: str, layer_scope: str, weight_name: str = "weights") -> TensorNames:
+    prefix = f"{scope}/{layer_scope}"
+    return TensorNames(f"{prefix}/{weight_name}", f"{prefix}/biases",
+                       tuple(f"{prefix}/BatchNorm/{s}" for s in BATCHNORM_STATS))
+
+
+@dataclass(frozen=True)
 class Architecture:
     """A MobileNet at one depth multiplier: its layers and head, independent of input size."""
 
@@ -114,21 +137,27 @@ class Architecture:
         names = [e for layer in self.layers for e in layer.endpoints]
         return names + [self.pool_endpoint, "Logits", "Predictions"]
 
+    def names(self, layer: ConvLayer) -> TensorNames:
+        """The TF-Slim tensor names of one of this network's layers."""
+        return tensor_names(self.scope, layer.scope, layer.weight_name)
+
+    @property
+    def logits_names(self) -> TensorNames:
+        """The classifier's names (a 1x1 conv with a bias, no BatchNorm)."""
+        return tensor_names(self.scope, LOGITS_SCOPE)
+
     def variables(self, num_classes: int = 0, folded: bool = False) -> dict[str, tuple[int, ...]]:
         """Every model tensor's TF-Slim name and shape.  ``folded``: BatchNorm folded into
         ``<scope>/biases`` (TFLite / TF.js sources) instead of four BatchNorm tensors."""
         out: dict[str, tuple[int, ...]] = {}
         for layer in self.layers:
-            prefix = f"{self.scope}/{layer.scope}"
-            out[f"{prefix}/{layer.weight_name}"] = layer.weight_shape
-            if folded:
-                out[f"{prefix}/biases"] = (layer.out_depth,)
-            else:
-                for stat in ("gamma", "beta", "moving_mean", "moving_variance"):
-                    out[f"{prefix}/BatchNorm/{stat}"] = (layer.out_depth,)
+            names = self.names(layer)
+            out[names.weights] = layer.weight_shape
+            for name in names.present(folded)[1:]:
+                out[name] = (layer.out_depth,)
         if num_classes:
-            out[f"{self.scope}/{LOGITS_SCOPE}/weights"] = (1, 1, self.num_features, num_classes)
-            out[f"{self.scope}/{LOGITS_SCOPE}/biases"] = (num_classes,)
+            out[self.logits_names.weights] = (1, 1, self.num_features, num_classes)
+            out[self.logits_names.biases] = (num_classes,)
         return out
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import spec
+from .atomic import write_atomically
 from .errors import ArchitectureError, CorruptFileError, MissingFileError, UnsupportedFormatError
 
 FORMAT_NAME = "mobilenet-np-weights"
@@ -97,26 +97,15 @@ def write(path: str | os.PathLike, tensors: dict[str, np.ndarray], attrs: dict) 
     missing = [a for a in REQUIRED_ATTRS if a not in full]
     if missing:
         raise ValueError(f"{path}: attributes missing: {', '.join(missing)}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes 0600; a finished file gets the usual mode
-    try:
+
+    def write_h5(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             for key, value in full.items():
                 f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
             for name in sorted(tensors):
                 f.create_dataset(name, data=np.ascontiguousarray(tensors[name], dtype=np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_atomically(path, write_h5)
 
 
 def _attr(value):

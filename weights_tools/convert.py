@@ -143,7 +143,7 @@ def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, weights: s
     src = open_source(src_path, weights)
     found = detect(src.tensors, str(src_path))
     size = _input_size(input_size or src.input_size or _size_from_name(str(src_path)))
-    from mobilenet_np import __version__
+    from mobilenet_np._version import __version__
     attrs = {
         "architecture": found.architecture,
         "depth_multiplier": float(found.depth_multiplier),

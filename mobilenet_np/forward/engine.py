@@ -1,10 +1,13 @@
-"""Backends: how one layer of the network is computed, given its weights and geometry.
+"""The fast forward pass: the Numba engine behind ``MobileNet(backend="numba")``.
 
-``NumpyBackend`` runs the reference kernels with BatchNorm applied in TF's own order (or the
-stored bias, for files whose source had BatchNorm folded); it imports nothing but NumPy.
-``NumbaBackend`` folds BatchNorm into the kernels once, at load time, and runs the fused Numba
-kernels into a workspace of buffers reused across calls of the same input shape.
-Both walk the same layer list (``spec.geometry``); the model decides what to run.
+At load time it folds BatchNorm into each layer's kernel and bias (``reference.fold_batch_norm``)
+and packs them the way the kernels read them.  Per input size it builds a *plan*: one row per
+layer (geometry, which buffer it reads and writes, where its weights are; ``kernels/plan.py``)
+that one compiled call runs from the input to the last layer.  Around that it decides how a batch
+is cut into chunks (the activations of a few images stay in the caches) and how the chunks go to
+threads.  Results do not depend on the chunking or the thread count.
+
+The readable twin of all this is ``forward/reference.py``.
 """
 
 from __future__ import annotations
@@ -13,66 +16,8 @@ import threading
 
 import numpy as np
 
-from . import spec
-from .kernels import reference as ref
-
-
-class NumpyBackend:
-    """The readable path: the oracle for the fast one."""
-
-    name = "numpy"
-
-    def __init__(self, arch: spec.Architecture, tensors: dict[str, np.ndarray], folded: bool,
-                 epsilon: float):
-        self.epsilon = epsilon
-        self.params = []
-        for layer in arch.layers:
-            prefix = f"{arch.scope}/{layer.scope}"
-            w = tensors[f"{prefix}/{layer.weight_name}"]
-            if folded:
-                self.params.append((w, None, tensors[f"{prefix}/biases"]))
-            else:
-                bn = tuple(tensors[f"{prefix}/BatchNorm/{s}"]
-                           for s in ("gamma", "beta", "moving_mean", "moving_variance"))
-                self.params.append((w, bn, None))
-
-    def run(self, geo, x, on_layer=None):
-        """Run every layer on images in [0, 1]; ``on_layer(i, y)``, if given, sees each output."""
-        x = ref.hub_input(x)
-        block_input = None
-        for i, g in enumerate(geo):
-            if g.layer.block_start:
-                block_input = x
-            x = self.layer(i, g, x, block_input if g.layer.adds_residual else None)
-            if on_layer is not None:
-                on_layer(i, x)
-        return x
-
-    def layer(self, i: int, g: spec.LayerGeometry, x: np.ndarray, residual) -> np.ndarray:
-        w, bn, bias = self.params[i]
-        layer = g.layer
-        if layer.kind == "conv":
-            y = ref.conv2d(x, w, layer.stride, g.pad, g.out_hw)
-        elif layer.kind == "depthwise":
-            y = ref.depthwise_conv2d(x, w, layer.stride, g.pad, g.out_hw)
-        else:
-            y = ref.pointwise_conv2d(x, w)
-        y = ref.batch_norm(y, *bn, self.epsilon) if bn is not None else y + bias
-        if layer.relu6:
-            y = ref.relu6(y)
-        if residual is not None:
-            y = y + residual          # V2: after the linear projection, no activation after
-        return y
-
-    def global_mean(self, x: np.ndarray) -> np.ndarray:
-        return ref.global_mean(x)
-
-    def features(self, geo, x) -> np.ndarray:
-        """The pooled features [N, C] of a batch."""
-        return self.global_mean(self.run(geo, x))
-
-    def release(self) -> None:
-        """Nothing cached."""
+from .. import spec
+from ..kernels import reference as ref
 
 
 class NumbaBackend:
@@ -82,19 +27,18 @@ class NumbaBackend:
 
     def __init__(self, arch: spec.Architecture, tensors: dict[str, np.ndarray], folded: bool,
                  epsilon: float):
-        from .kernels import fast  # imported here: the NumPy path must not need Numba
+        from ..kernels import fast  # imported here: the NumPy path must not need Numba
 
         self._fast = fast
         weights, biases = [], []
         for layer in arch.layers:
-            prefix = f"{arch.scope}/{layer.scope}"
-            w = tensors[f"{prefix}/{layer.weight_name}"]
+            names = arch.names(layer)
+            w = tensors[names.weights]
             depthwise = layer.kind == "depthwise"
             if folded:
-                bias = tensors[f"{prefix}/biases"]
+                bias = tensors[names.biases]
             else:
-                bn = [tensors[f"{prefix}/BatchNorm/{s}"]
-                      for s in ("gamma", "beta", "moving_mean", "moving_variance")]
+                bn = [tensors[n] for n in names.batchnorm]
                 w, bias = ref.fold_batch_norm(w, *bn, epsilon, depthwise=depthwise)
             # Kernel layouts: depthwise [k,k,C] flattened (multiplier 1 squeezed); full and 1x1
             # convs as GEMM panels over their [k*k*C_in, C_out] matrix (HWIO flattens to patch order).
@@ -317,5 +261,3 @@ def _pack(arrays: list[np.ndarray]) -> tuple[list[tuple[int, int]], np.ndarray]:
         packed[offset:offset + length] = a.reshape(-1)
     return spans, packed
 
-
-BACKENDS = {"numba": NumbaBackend, "numpy": NumpyBackend}
