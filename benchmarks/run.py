@@ -472,7 +472,7 @@ def write_markdown(results: dict, path: Path) -> None:
         lines.append("")
 
     if results.get("profiles"):
-        from mobilenet_np.model import format_profile
+        from mobilenet_np.tables import format_profile
         lines += ["## Per-layer profile of mobilenet-np (numba), batch 1", "",
                   "`model.profile(x)`: median per layer over the repeats, in the pinned worker process.", ""]
         for threads, profiles in results["profiles"].items():

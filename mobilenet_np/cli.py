@@ -1,39 +1,40 @@
-"""``mobilenet-np``: the command line.  ``list`` the registry, print a model's layer ``summary``,
-``parity`` against TensorFlow, and (from ``embedding.py``) ``embed`` and ``classify`` images.
+"""``mobilenet-np``: the command line, every command.
 
-Exit status: 0 success, 1 partial success (embed: some inputs failed), 2 failure or usage error.
+``list`` the registry, print a model's layer ``summary``, ``profile`` it, compare it with
+TensorFlow (``parity``), ``embed`` images into a file (or on Dask) and ``classify`` them.  Each
+command is a thin layer over the library: models come from ``load.load``, images go through
+``pipeline.run_batches``, results through ``journal.py`` and ``outputs.py``.
+
+Exit status: 0 success, 1 partial success (some inputs failed), 2 failure or usage error,
+130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 import numpy as np
 
-from . import registry, weights_file
-from .errors import WeightsError
+from . import registry, threads as _threads
+from ._version import __version__
+from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ImageError, WeightsError)
+from .inputs import collect_inputs
+from .journal import Journal, run_identity
+from .labels import class_names, top_k
+from .load import load
+from .outputs import check_output_path, write_output
+from .pipeline import progress_bar, run_batches
+from .preprocess import PRESETS
+from .tables import format_profile
 
-
-def model_from_arg(source: str, backend: str = "numba", weights: str = "ema"):
-    """A model from a registry name, a weights file, or any source weights_tools reads
-    (converted in memory, nothing written)."""
-    import os
-
-    from . import load
-    from .model import MobileNet
-    if source in registry.REGISTRY or source.endswith((".h5", ".hdf5")) and weights_file.is_weights_file(source):
-        return load(source, backend=backend, weights=weights)
-    if not os.path.exists(source):
-        raise KeyError(f"{source!r} is neither a registry name nor an existing file")
-    from weights_tools.convert import detect, open_source
-    from . import spec
-    src = open_source(source, weights)
-    found = detect(src.tensors, source)
-    size = src.input_size or (224, 224)
-    return MobileNet(spec.build(found.architecture, found.depth_multiplier), src.tensors,
-                     num_classes=found.num_classes, folded=found.folded, input_size=size, backend=backend,
-                     name=os.path.basename(source.rstrip("/")))
+EXIT_STATUS_HELP = """exit status:
+  0  every input was embedded (classified)
+  1  partial success: some inputs could not be decoded and were skipped (--on-error skip)
+  2  failure: nothing embedded, a bad input with --on-error fail, or bad arguments
+  130  interrupted (embed: rerun with --resume)"""
 
 
 def _list(args) -> int:
@@ -45,15 +46,14 @@ def _list(args) -> int:
 
 
 def _summary(args) -> int:
-    model = model_from_arg(args.model)
+    model = load(args.model)
     size = (args.input_size, args.input_size) if args.input_size else None
     print(model.summary(size))
     return 0
 
 
 def _profile(args) -> int:
-    from .model import format_profile
-    model = model_from_arg(args.model, backend=args.backend)
+    model = load(args.model, backend=args.backend)
     size = (args.input_size, args.input_size) if args.input_size else model.input_size
     images = np.random.default_rng(0).random((args.batch_size, *size, 3), dtype=np.float32)
     rows = model.profile(images, repeats=args.repeats, threads=args.threads)
@@ -64,7 +64,7 @@ def _profile(args) -> int:
 
 def _parity(args) -> int:
     from .parity import compare
-    model = model_from_arg(args.source, backend=args.backend, weights=args.weights)
+    model = load(args.source, backend=args.backend, weights=args.weights)
     if args.images:
         images = np.stack([model.preprocess(p, args.preset) for p in args.images])
     else:
@@ -84,6 +84,172 @@ def _parity(args) -> int:
 def _tf_version() -> str:
     import tensorflow as tf
     return tf.__version__
+
+
+def register_embed_commands(subparsers) -> None:
+    """Add ``embed`` and ``classify`` to the subcommands."""
+    p = subparsers.add_parser(
+        "embed", help="feature vectors of many images into an .h5 or .npy file",
+        description="Embed images: files, folders (images by extension) and .txt/.lst lists of paths.",
+        epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common_arguments(p)
+    p.add_argument("--output", "-o", required=True,
+                   help="OUT.h5 (features, paths, failures, provenance) or OUT.npy "
+                        "(with OUT.paths.txt and OUT.failed.txt beside it)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same command from its journal (OUT.journal)")
+    p.add_argument("--dask", metavar="SCHEDULER",
+                   help="run on Dask: a scheduler address, or local[:N] for N local worker processes; OUT "
+                        "may then also be a folder, written as a partitioned Parquet dataset (needs the dask extra)")
+    p.add_argument("--partition-size", type=_positive_int,
+                   help="with --dask: inputs per task, the unit of retry and --resume (default 1000)")
+    p.set_defaults(func=run_embed)
+
+    p = subparsers.add_parser(
+        "classify", help="top-k ImageNet classes of images (models with a classifier)",
+        description="Print one line per image: the path, then the top-k 'label (probability)', tab-separated.",
+        epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common_arguments(p)
+    p.add_argument("--top", type=_positive_int, default=5, help="how many classes per image (default 5)")
+    p.add_argument("--labels", help="class names, one a line, 'background' first (default: print class indices)")
+    p.set_defaults(func=run_classify)
+
+
+def _add_common_arguments(p) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUTS", help="image files, folders, or .txt/.lst lists of paths")
+    p.add_argument("--model", required=True, help="registry name or weights file (.h5)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per model call (default 32)")
+    p.add_argument("--threads", type=_positive_int, help="model and decoding threads (default: all cores)")
+    p.add_argument("--preset", choices=PRESETS, help="preprocessing (default: the model's own)")
+    p.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+    p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
+                   help="skip undecodable images and list them (default), or stop at the first one")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no per-file warnings")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def run_embed(args) -> int:
+    """The ``embed`` command; returns the exit status."""
+    if args.dask:  # the same command with its partitions run on Dask
+        return run_embed_on_dask(args)
+    started = time.perf_counter()
+    check_output_path(args.output)
+    model = load(args.model)
+    items = collect_inputs(args.inputs, args.recursive)
+    if not items:
+        return _fail("no images found in the inputs")
+    preset = args.preset or model.default_preset
+    journal_path = f"{args.output}.journal"
+    if not args.resume and os.path.exists(journal_path):
+        _note(args, f"starting over: replacing the journal of an earlier run ({journal_path}; --resume continues it)")
+    journal = Journal(journal_path, run_identity(model, preset, items), model.num_features, args.resume)
+    if journal.resumed:
+        _note(args, f"resuming after {journal.items_done} of {len(items)} inputs")
+    done_before = journal.items_done
+    show_progress = False if args.quiet else None
+    try:
+        with _threads.limit(args.threads), progress_bar(len(items), show_progress, initial=done_before) as bar:
+            for batch in run_batches(items[done_before:], model, model, model.num_features, args.batch_size,
+                                     preset, args.on_error, args.threads, args.threads):
+                journal.append(batch)
+                bar.update(len(batch.paths) + len(batch.failures))
+                for path, reason in batch.failures:
+                    _note(args, f"skipped {path}: {reason}", bar)
+    except ImageError as exc:
+        journal.close()
+        return _fail(f"{exc} (--on-error fail; the finished batches are kept in {journal.path}: "
+                     "fix or remove the file and rerun with --resume)")
+    except KeyboardInterrupt:
+        journal.close()
+        return _fail(f"interrupted; rerun with --resume to continue from {journal.path}", EXIT_INTERRUPTED)
+    attrs = {"model": model.name, "weights_sha256": model.weights_sha256, "preset": preset,
+             "package_version": __version__}
+    if journal.rows:
+        write_output(args.output, journal, attrs)
+    journal.remove()
+    _summary(journal.rows, len(journal.failures), journal.items_done - done_before, started)
+    if not journal.rows:
+        return _fail("nothing embedded; no output written")
+    return EXIT_PARTIAL if journal.failures else EXIT_OK
+
+
+def run_embed_on_dask(args) -> int:
+    """``mobilenet-np embed ... --dask SCHEDULER|local[:N]``; returns the exit status."""
+    try:
+        from . import distributed as on_dask
+    except ImportError as exc:
+        return _fail(str(exc))
+    from distributed import KilledWorker
+    started = time.perf_counter()
+    try:
+        with on_dask.client_for_address(args.dask, args.threads) as client:
+            summary = on_dask.embed_on_dask(args.inputs, args.model, client, args.output,
+                                    args.partition_size or on_dask.DEFAULT_PARTITION_SIZE,
+                                    args.batch_size, args.preset, args.on_error, args.threads, args.resume,
+                                    args.recursive, progress=False if args.quiet else None)
+    except ImageError as exc:
+        return _fail(f"{exc} (--on-error fail; the finished partitions are kept: fix or remove the file "
+                     "and rerun with --resume)")
+    except KilledWorker as exc:
+        return _fail(f"{exc} (its workers died repeatedly; the finished partitions are kept: rerun with --resume)")
+    except KeyboardInterrupt:
+        return _fail("interrupted; rerun with --resume to keep the finished partitions", EXIT_INTERRUPTED)
+    if summary.skipped:
+        _note(args, f"kept {summary.skipped} of {summary.partitions} partitions written by an earlier run")
+    for path, reason in summary.failures:
+        _note(args, f"skipped {path}: {reason}")
+    _summary(summary.rows, len(summary.failures), summary.processed, started)
+    if not summary.rows:
+        return _fail("nothing embedded; no output written")
+    return EXIT_PARTIAL if summary.failures else EXIT_OK
+
+
+def run_classify(args) -> int:
+    """The ``classify`` command; returns the exit status."""
+    started = time.perf_counter()
+    model = load(args.model)
+    if not model.num_classes:
+        return _fail(f"{model.name} has no classifier (feature-vector weights only)")
+    names = class_names(model.num_classes, model.labels_offset, args.labels)
+    items = collect_inputs(args.inputs, args.recursive)
+    done, failed = 0, 0
+    try:
+        with _threads.limit(args.threads):
+            for batch in run_batches(items, model, model.logits, model.num_classes, args.batch_size,
+                                     args.preset, args.on_error, args.threads, args.threads):
+                for path, reason in batch.failures:
+                    _note(args, f"skipped {path}: {reason}")
+                for path, order, probabilities in zip(batch.paths, *top_k(batch.features, args.top)):
+                    print("\t".join([path] + [f"{names[i]} ({p:.4f})" for i, p in zip(order, probabilities)]))
+                done, failed = done + len(batch.paths), failed + len(batch.failures)
+    except ImageError as exc:
+        return _fail(f"{exc} (--on-error fail)")
+    _summary(done, failed, done + failed, started, verb="classified")
+    if not done:
+        return _fail("nothing classified")
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _summary(done: int, failed: int, processed: int, started: float, verb: str = "embedded") -> None:
+    seconds = time.perf_counter() - started
+    rate = processed / seconds if seconds > 0 else 0.0
+    print(f"{done} {verb}, {failed} failed, {seconds:.1f} s, {rate:.1f} images/s", file=sys.stderr)
+
+
+def _note(args, message: str, bar=None) -> None:
+    if not args.quiet:
+        (bar.write if bar is not None else print)(message, file=sys.stderr)
+
+
+def _fail(message: str, status: int = EXIT_FAILURE) -> int:
+    print(f"mobilenet-np: error: {message}", file=sys.stderr)
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,23 +279,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_parity)
-    try:
-        from .embedding import register_cli
-    except ImportError:
-        pass
-    else:
-        register_cli(sub)
+    register_embed_commands(sub)
     return parser
+
+
+# Optional packages, by the name Python reports when one is missing, and the extra that has it.
+EXTRAS = {"tensorflow": "parity", "ai_edge_litert": "parity", "dask": "dask", "distributed": "dask",
+          "pyarrow": "dask"}
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        return _fail(f"'{args.command}' needs {top}, which is not installed: "
+                     f"pip install 'mobilenet-np[{EXTRAS[top]}]'")
     except (WeightsError, OSError, ValueError, KeyError, ConnectionError, RuntimeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"mobilenet-np: error: {message}", file=sys.stderr)
-        return 2
+        return _fail(str(message))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The inputs are collected as the local embed collects them, then cut into fixed partitions:
 partition k holds ``items[k * partition_size : (k + 1) * partition_size]``.  One Dask task
-embeds one partition with the in-process pipeline (``embedding.run_batches``) and, for a
+embeds one partition with the in-process pipeline (``pipeline.run_batches``) and, for a
 dataset, writes it as ``part-<k>.parquet`` under a temporary name then renames it.  A task
 whose worker is killed is rerun by Dask and rewrites its own file, so nothing is doubled;
 ``resume`` skips the partitions whose file is intact and matches (model, preset, the exact
@@ -16,7 +16,7 @@ inputs, row count).  A dataset folder holds:
 
 The ``_`` and ``.`` prefixes keep the side files out of pyarrow's, Spark's and DuckDB's
 (``part-*.parquet``) view of the dataset.  An ``.h5`` / ``.npy`` output is gathered at the end
-from partitions staged in ``OUT.parts/`` and written by ``embedding.write_output``, so it is the
+from partitions staged in ``OUT.parts/`` and written by ``outputs.write_output``, so it is the
 file the local embed writes.
 
 The model travels as the bytes of its weights file (``model.save``; a MobileNet object does not
@@ -29,9 +29,15 @@ with T = ``threads_per_worker`` (default: its Dask thread count) Numba/BLAS thre
 decoding threads, as the local ``--threads T`` does, so N workers x T never asks for more
 model threads than the cores ``local_cluster`` gave them.
 
-Deliberately not here: decoding, batching and the output formats (embedding.py), deploying
+Deliberately not here: decoding, batching and the output formats (``pipeline.py``,
+``outputs.py``), the ``embed --dask`` command (``cli.py``), deploying
 a cluster (any Dask deployment works; only ``--dask local[:N]`` starts one), and retry
 policy (Dask reruns the tasks of a dead worker; ``distributed.scheduler.allowed-failures``).
+
+This module is longer than 400 lines because the client side (partitions, resume, the dataset
+folder) and the worker side (the plugin, one partition's task, its Parquet file) share one
+partition-file contract (names, footer, identity); apart, each half would import the other's
+private names.
 """
 
 from __future__ import annotations
@@ -43,7 +49,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +63,14 @@ except ImportError as exc:
 
 from . import threads as _threads
 from .atomic import write_atomically
-from .embedding import (EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, H5_SUFFIXES, NPY_SUFFIX, EmbedResult,
-                        Item, _atomically, _concatenate, _fail, _note, _summary, _text, _write_lines,
-                        check_output_path, collect_inputs, progress_bar, run_batches, run_identity, write_output)
+from ._version import __version__
 from .errors import ImageError
-from .model import MobileNet, from_file
+from .inputs import Item, collect_inputs, text_path
+from .journal import run_identity
+from .load import from_file, load
+from .model import MobileNet
+from .outputs import H5_SUFFIXES, NPY_SUFFIX, check_output_path, write_lines, write_output
+from .pipeline import EmbedResult, concatenate, progress_bar, run_batches
 
 #: Inputs per task: the unit of retry and of --resume.  Each partition costs about 50 ms on the
 #: 2-core development machine (task round trip, Parquet file, the decoding pipeline refilling),
@@ -124,7 +132,7 @@ def embed_on_dask(inputs, model, client=None, output=None, partition_size=DEFAUL
     with _client_for(client, threads_per_worker) as client, progress_bar(len(items), progress) as bar:
         if output is None:
             results = _run(client, model, job, dict(enumerate(partitions)), [None] * len(partitions), bar)
-            return _concatenate([results[k] for k in range(len(partitions))], model.num_features)
+            return concatenate([results[k] for k in range(len(partitions))], model.num_features)
         return _embed_to_output(client, model, job, partitions, os.fspath(output), resume, bar)
 
 
@@ -142,33 +150,7 @@ def local_cluster(n_workers: int | None = None, threads_per_worker: int | None =
         yield client
 
 
-def run_embed_cli(args) -> int:
-    """``mobilenet-np embed ... --dask SCHEDULER|local[:N]``; returns the exit status."""
-    started = time.perf_counter()
-    try:
-        with _cli_client(args.dask, args.threads) as client:
-            summary = embed_on_dask(args.inputs, args.model, client, args.output,
-                                    args.partition_size or DEFAULT_PARTITION_SIZE,
-                                    args.batch_size, args.preset, args.on_error, args.threads, args.resume,
-                                    args.recursive, progress=False if args.quiet else None)
-    except ImageError as exc:
-        return _fail(f"{exc} (--on-error fail; the finished partitions are kept: fix or remove the file "
-                     "and rerun with --resume)")
-    except distributed.KilledWorker as exc:
-        return _fail(f"{exc} (its workers died repeatedly; the finished partitions are kept: rerun with --resume)")
-    except KeyboardInterrupt:
-        return _fail("interrupted; rerun with --resume to keep the finished partitions", EXIT_INTERRUPTED)
-    if summary.skipped:
-        _note(args, f"kept {summary.skipped} of {summary.partitions} partitions written by an earlier run")
-    for path, reason in summary.failures:
-        _note(args, f"skipped {path}: {reason}")
-    _summary(summary.rows, len(summary.failures), summary.processed, started)
-    if not summary.rows:
-        return _fail("nothing embedded; no output written")
-    return EXIT_PARTIAL if summary.failures else EXIT_OK
-
-
-def _cli_client(address: str, threads: int | None):
+def client_for_address(address: str, threads: int | None):
     """A client of the scheduler at ``address``, or of a new LocalCluster for local[:N]."""
     if address != "local" and not address.startswith("local:"):
         return distributed.Client(address)
@@ -218,10 +200,7 @@ def _check_output(output: str) -> None:
 
 
 def _client_model(model) -> MobileNet:
-    if isinstance(model, MobileNet):
-        return model
-    from .cli import model_from_arg
-    return model_from_arg(os.fspath(model))
+    return model if isinstance(model, MobileNet) else load(os.fspath(model))
 
 
 def _embed_to_output(client, model, job, partitions, output, resume, bar) -> DatasetSummary:
@@ -239,7 +218,7 @@ def _embed_to_output(client, model, job, partitions, output, resume, bar) -> Dat
     summary = DatasetSummary(output, rows, failures, len(partitions), len(done), sum(map(len, todo.values())))
     _remove_leftovers(folder, len(partitions))
     attrs = {"model": model.name, "weights_sha256": model.weights_sha256, "preset": job.preset,
-             "package_version": _version()}
+             "package_version": __version__}
     if not rows:  # as the local embed: no output
         _clear_dataset(folder)
         with contextlib.suppress(OSError):
@@ -304,11 +283,6 @@ def _partition_identity(model, preset, k, items) -> dict:
     return {"partition": k, **run_identity(model, preset, items)}
 
 
-def _version() -> str:
-    from . import __version__
-    return __version__
-
-
 # --- the worker side -------------------------------------------------------------------------
 
 #: A worker with T Dask threads runs one partition at a time with T Numba/BLAS threads: two
@@ -351,7 +325,7 @@ def _embed_partition(k: int, items: list[Item], identity: dict, job: _Job):
                                            job.on_error, threads, threads))
         except ImageError as exc:
             return _BadInput(exc.path, exc.reason)
-        result = _concatenate(batches, job.width)
+        result = concatenate(batches, job.width)
         if job.folder is None:
             return result
         _write_partition(job.folder, k, result, identity, job.width)
@@ -362,8 +336,8 @@ def _write_partition(folder: str, k: int, result: EmbedResult, identity: dict, w
     """``part-<k>.parquet``, written under a name of its own then renamed (a rerun of the task
     after a kill replaces it; a reader never sees half a file)."""
     features = pa.FixedSizeListArray.from_arrays(pa.array(result.features.reshape(-1), pa.float32()), width)
-    footer = {"identity": identity, "failures": [[_text(p), reason] for p, reason in result.failures]}
-    table = pa.table({"path": pa.array([_text(p) for p in result.paths], pa.string()), "features": features})
+    footer = {"identity": identity, "failures": [[text_path(p), reason] for p, reason in result.failures]}
+    table = pa.table({"path": pa.array([text_path(p) for p in result.paths], pa.string()), "features": features})
     table = table.replace_schema_metadata({FOOTER_KEY: json.dumps(footer)})
     write_atomically(_partition_path(folder, k), lambda tmp: pq.write_table(table, tmp))
 
@@ -445,7 +419,7 @@ def _remove_leftovers(folder: str, count: int) -> None:
 
 def _write_manifest(folder: str, model: MobileNet, attrs: dict, summary: DatasetSummary) -> None:
     lines = (json.dumps({"path": p, "error": reason}, ensure_ascii=False) for p, reason in summary.failures)
-    _atomically(os.path.join(folder, FAILURES), lambda tmp: _write_lines(tmp, lines))
+    write_atomically(os.path.join(folder, FAILURES), lambda tmp: write_lines(tmp, lines))
     manifest = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, **attrs,
         "input_size": list(model.input_size), "num_features": model.num_features,
@@ -454,7 +428,7 @@ def _write_manifest(folder: str, model: MobileNet, attrs: dict, summary: Dataset
         "partitions": [os.path.basename(_partition_path(folder, k)) for k in range(summary.partitions)],
     }
     text = json.dumps(manifest, indent=1) + "\n"
-    _atomically(os.path.join(folder, MANIFEST), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_atomically(os.path.join(folder, MANIFEST), lambda tmp: Path(tmp).writetext_path(text, encoding="utf-8"))
 
 
 class _Gathered:

@@ -35,3 +35,16 @@ class ImageError(ValueError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class UnknownSourceError(WeightsError, KeyError):
+    """``mnp.load`` was given a name that is neither an existing file nor a registry name.
+    A KeyError too (what earlier versions raised), printed as its plain message."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+# Exit statuses of both commands (mobilenet-np, weights-tools), as their --help pages say.
+EXIT_OK, EXIT_PARTIAL, EXIT_FAILURE = 0, 1, 2
+EXIT_INTERRUPTED = 130

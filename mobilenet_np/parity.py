@@ -1,7 +1,7 @@
 """Parity with TensorFlow: the TF-Slim forward pass computed by TensorFlow's own kernels.
 
-Walks the layer list of ``mobilenet_np.spec`` (the structure) but computes every step with
-TensorFlow ops: ``tf.nn.conv2d`` / ``tf.nn.depthwise_conv2d`` with padding "SAME",
+Runs the readable forward loop (``forward/reference.py``) over the layer list of
+``mobilenet_np.spec`` (the structure) but computes every step with TensorFlow ops: ``tf.nn.conv2d`` / ``tf.nn.depthwise_conv2d`` with padding "SAME",
 ``fused_batch_norm`` (inference, epsilon 1e-3) or the stored bias of a folded source,
 ``relu6``, ``reduce_mean``, and a 1x1 conv with bias for the logits.  ``compare`` runs that and
 a mobilenet-np model on the same images and reports the difference at every endpoint, so a user
@@ -14,46 +14,59 @@ from __future__ import annotations
 
 import numpy as np
 
-from mobilenet_np import spec
+from . import spec
+from .forward.reference import forward, layer_params
+
+
+class TensorFlowOps:
+    """The ops of ``forward.reference.forward`` computed by TensorFlow.  The padding the spec
+    computed is ignored on purpose: TensorFlow pads "SAME" by its own rules, so the comparison
+    checks our geometry too."""
+
+    def __init__(self):
+        import tensorflow as tf
+        self.tf = tf
+
+    def hub_input(self, images):
+        return self.tf.constant(images, self.tf.float32) * 2.0 - 1.0     # hub_input/Mul, hub_input/Sub
+
+    def conv2d(self, x, w, stride, pad, out_hw):
+        return self.tf.nn.conv2d(x, w, strides=stride, padding="SAME")
+
+    def depthwise_conv2d(self, x, w, stride, pad, out_hw):
+        return self.tf.nn.depthwise_conv2d(x, w, strides=[1, stride, stride, 1], padding="SAME")
+
+    def pointwise_conv2d(self, x, w):
+        return self.tf.nn.conv2d(x, w, strides=1, padding="SAME")
+
+    def batch_norm(self, x, gamma, beta, mean, variance, epsilon):
+        return self.tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, mean=mean, variance=variance,
+                                                     epsilon=epsilon, is_training=False)[0]
+
+    def relu6(self, x):
+        return self.tf.nn.relu6(x)
 
 
 def tf_endpoints(arch: spec.Architecture, tensors: dict[str, np.ndarray], images01: np.ndarray,
                  num_classes: int = 0) -> dict[str, np.ndarray]:
-    import tensorflow as tf
-
-    x = tf.constant(images01, tf.float32) * 2.0 - 1.0        # hub_input/Mul, hub_input/Sub
+    """Every endpoint of the network as TensorFlow computes it (the reference forward loop
+    with ``TensorFlowOps``): layer outputs, ``global_pool`` and, with a classifier, the logits."""
+    ops = TensorFlowOps()
+    tf = ops.tf
+    folded = arch.names(arch.layers[0]).biases in tensors       # BatchNorm folded by the exporter
+    geo = spec.geometry(arch, images01.shape[1:3])
     out: dict[str, np.ndarray] = {}
-    block_input = None
-    for layer in arch.layers:
-        prefix = f"{arch.scope}/{layer.scope}"
-        if layer.block_start:
-            block_input = x
-        w = tf.constant(tensors[f"{prefix}/{layer.weight_name}"])
-        s = layer.stride
-        if layer.kind == "depthwise":
-            y = tf.nn.depthwise_conv2d(x, w, strides=[1, s, s, 1], padding="SAME")
-        else:
-            y = tf.nn.conv2d(x, w, strides=s, padding="SAME")
-        if f"{prefix}/biases" in tensors:          # BatchNorm folded by the source's exporter
-            y = tf.nn.bias_add(y, tensors[f"{prefix}/biases"])
-        else:
-            bn = [tf.constant(tensors[f"{prefix}/BatchNorm/{k}"])
-                  for k in ("gamma", "beta", "moving_mean", "moving_variance")]
-            y = tf.compat.v1.nn.fused_batch_norm(y, *bn[:2], mean=bn[2], variance=bn[3],
-                                                 epsilon=spec.TF_BATCHNORM_EPSILON, is_training=False)[0]
-        if layer.relu6:
-            y = tf.nn.relu6(y)
-        if layer.adds_residual:
-            y = y + block_input
-        for name in layer.endpoints:
+
+    def on_layer(i, y):
+        for name in geo[i].layer.endpoints:
             out[name] = y.numpy()
-        x = y
-    pooled = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
-    out["global_pool"] = pooled.numpy()
+
+    last = forward(layer_params(arch, tensors, folded), geo, images01, spec.TF_BATCHNORM_EPSILON, on_layer, ops)
+    pooled = tf.reduce_mean(last, axis=[1, 2], keepdims=True)
+    out[arch.pool_endpoint] = pooled.numpy()
     if num_classes:
-        logits = f"{arch.scope}/{spec.LOGITS_SCOPE}"
-        y = tf.nn.conv2d(pooled, tensors[f"{logits}/weights"], strides=1, padding="VALID")
-        y = tf.nn.bias_add(y, tensors[f"{logits}/biases"])
+        y = tf.nn.conv2d(pooled, tensors[arch.logits_names.weights], strides=1, padding="VALID")
+        y = tf.nn.bias_add(y, tensors[arch.logits_names.biases])
         out["Logits"] = tf.squeeze(y, [1, 2]).numpy()
         out["Predictions"] = tf.nn.softmax(out["Logits"]).numpy()
     return out

@@ -24,8 +24,8 @@ import pyarrow.json  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 import mobilenet_np as mnp  # noqa: E402
-from mobilenet_np import cli, embedding as em  # noqa: E402
-from mobilenet_np.distributed import _cli_client, embed_on_dask, local_cluster  # noqa: E402
+from mobilenet_np import cli, errors  # noqa: E402
+from mobilenet_np.distributed import client_for_address, embed_on_dask, local_cluster  # noqa: E402
 from mobilenet_np.errors import ImageError  # noqa: E402
 from mobilenet_np.weights_file import file_sha256  # noqa: E402
 
@@ -150,7 +150,7 @@ def test_command_writes_the_local_h5_file(data, reference, client):
          "--dask", client.scheduler.address, "--partition-size", "50", "--quiet"],
         cwd=data["root"], capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")})
-    assert result.returncode == em.EXIT_PARTIAL, result.stderr
+    assert result.returncode == errors.EXIT_PARTIAL, result.stderr
     with h5py.File(data["root"] / "dask.h5") as f:
         paths = [p.decode() for p in f["paths"][()]]
         failures = list(zip((p.decode() for p in f["failed_paths"][()]), (e.decode() for e in f["failed_errors"][()])))
@@ -264,11 +264,11 @@ def test_local_clusters_never_oversubscribe(monkeypatch):
             local_cluster(workers, threads).__enter__()
     for spec in ("local:0", "local:two", "local:"):
         with pytest.raises(ValueError, match="local:N"):
-            _cli_client(spec, None)
+            client_for_address(spec, None)
 
 
 def test_core_package_does_not_need_dask(monkeypatch, capsys):
-    code = ("import sys, mobilenet_np, mobilenet_np.cli, mobilenet_np.embedding; "
+    code = ("import sys, mobilenet_np, mobilenet_np.cli, mobilenet_np.pipeline; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed', 'pyarrow'}))")
     imported = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert imported.stdout.strip() == "[]"
@@ -277,4 +277,4 @@ def test_core_package_does_not_need_dask(monkeypatch, capsys):
     with pytest.raises(ImportError, match=r"mobilenet-np\[dask\]"):
         importlib.import_module("mobilenet_np.distributed")
     status = cli.main(["embed", "x.jpg", "--model", "m.h5", "-o", "out", "--dask", "local"])
-    assert status == em.EXIT_FAILURE and "mobilenet-np[dask]" in capsys.readouterr().err
+    assert status == errors.EXIT_FAILURE and "mobilenet-np[dask]" in capsys.readouterr().err

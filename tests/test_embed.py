@@ -16,7 +16,8 @@ import pytest
 from PIL import ExifTags, Image
 
 import mobilenet_np as mnp
-from mobilenet_np import embedding as em
+from mobilenet_np import errors, inputs, labels, pipeline
+from mobilenet_np import journal as jn
 from mobilenet_np.errors import ImageError
 
 from conftest import png_claiming as _png_claiming
@@ -128,7 +129,7 @@ def reference(data):
 
 def test_every_good_image_embedded_once_and_every_broken_one_listed(data, reference):
     result, out = reference
-    assert result.returncode == em.EXIT_PARTIAL, result.stderr
+    assert result.returncode == errors.EXIT_PARTIAL, result.stderr
     assert out["paths"] == data["good"]  # input order, each once, nothing from sub/ or notes.md
     assert out["failed_paths"] == sorted(BROKEN)
     for name, reason in zip(out["failed_paths"], out["failed_errors"]):
@@ -153,7 +154,7 @@ def test_rows_equal_the_model_on_each_image(data, reference, model):
 
 def test_npy_output_with_paths_and_failures_beside(data, reference):
     result = run_cli("embed", "photos", "--model", data["model"], "-o", "out.npy", "--quiet", cwd=data["root"])
-    assert result.returncode == em.EXIT_PARTIAL, result.stderr
+    assert result.returncode == errors.EXIT_PARTIAL, result.stderr
     assert "skipped" not in result.stderr  # --quiet
     ref = reference[1]
     np.testing.assert_allclose(np.load(data["root"] / "out.npy"), ref["features"], rtol=0, atol=FEATURE_TOLERANCE)
@@ -166,7 +167,7 @@ def test_npy_output_with_paths_and_failures_beside(data, reference):
 def test_on_error_fail_stops_at_the_first_bad_file(data):
     result = run_cli("embed", "photos", "--model", data["model"], "-o", "fail.h5", "--on-error", "fail",
                      cwd=data["root"])
-    assert result.returncode == em.EXIT_FAILURE
+    assert result.returncode == errors.EXIT_FAILURE
     assert "bomb.png" in result.stderr and "empty.jpg" not in result.stderr  # first in input order
     assert not (data["root"] / "fail.h5").exists()
     assert not list(data["root"].glob(".fail.h5.*"))
@@ -191,7 +192,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_file(data, reference):
     assert not (data["root"] / "killed.h5").exists()
     done_before = journal.stat().st_size
     result = run_cli(*args, "--resume", cwd=data["root"])
-    assert result.returncode == em.EXIT_PARTIAL, result.stderr
+    assert result.returncode == errors.EXIT_PARTIAL, result.stderr
     assert not journal.exists() and done_before > 0
     resumed, ref = read_h5(data["root"] / "killed.h5"), reference[1]
     assert resumed["paths"] == ref["paths"] and resumed["failed_paths"] == ref["failed_paths"]
@@ -199,23 +200,23 @@ def test_sigkill_then_resume_gives_the_uninterrupted_file(data, reference):
 
 
 def test_resume_of_a_different_command_is_refused(data, model, tmp_path):
-    items = em.collect_inputs([data["folder"] / "img_000.jpg"])
-    em.Journal(str(tmp_path / "j"), em.run_identity(model, "hub", items), 1280, resume=False).close()
+    items = inputs.collect_inputs([data["folder"] / "img_000.jpg"])
+    jn.Journal(str(tmp_path / "j"), jn.run_identity(model, "hub", items), 1280, resume=False).close()
     with pytest.raises(ValueError, match="different run"):
-        em.Journal(str(tmp_path / "j"), em.run_identity(model, "slim", items), 1280, resume=True)
+        jn.Journal(str(tmp_path / "j"), jn.run_identity(model, "slim", items), 1280, resume=True)
 
 
 def test_bad_arguments_exit_2(data):
     for args in (["--batch-size", "0", "-o", "a.h5"], ["-o", "a.csv"], ["-o", "no/such/folder/a.h5"]):
         result = run_cli("embed", "photos", "--model", data["model"], *args, cwd=data["root"])
-        assert result.returncode == em.EXIT_FAILURE, args
+        assert result.returncode == errors.EXIT_FAILURE, args
     assert "exit status" in run_cli("embed", "--help", cwd=data["root"]).stdout
 
 
 def test_nothing_embedded_exits_2_without_output(data):
     result = run_cli("embed", "photos/empty.jpg", "photos/text.jpg", "--model", data["model"], "-o", "none.h5",
                      cwd=data["root"])
-    assert result.returncode == em.EXIT_FAILURE and "nothing embedded" in result.stderr
+    assert result.returncode == errors.EXIT_FAILURE and "nothing embedded" in result.stderr
     assert not (data["root"] / "none.h5").exists() and not (data["root"] / "none.h5.journal").exists()
 
 
@@ -223,20 +224,20 @@ def test_nothing_embedded_exits_2_without_output(data):
 
 
 def _batch(rng, n, name):
-    return em.EmbedResult([f"{name}{i}" for i in range(n)], rng.random((n, 3), dtype=np.float32),
+    return pipeline.EmbedResult([f"{name}{i}" for i in range(n)], rng.random((n, 3), dtype=np.float32),
                           [(f"{name}-bad", "broken")])
 
 
 @pytest.mark.parametrize("damage", ["cut", "garbage", "flipped", "zeros"])
 def test_journal_drops_a_torn_last_record(tmp_path, rng, damage):
     path, identity = str(tmp_path / "j"), {"run": 1}
-    journal = em.Journal(path, identity, 3, resume=False)
+    journal = jn.Journal(path, identity, 3, resume=False)
     batches = [_batch(rng, n, f"b{k}") for k, n in enumerate([2, 3, 1])]
     for batch in batches:
         journal.append(batch)
     journal.close()
     data = bytearray(Path(path).read_bytes())
-    last_record = len(em._encode_batch(batches[-1])) + em._RECORD.size
+    last_record = len(jn._encode_batch(batches[-1])) + jn._RECORD.size
     if damage == "cut":
         data = data[:-5]
     elif damage == "garbage":
@@ -246,7 +247,7 @@ def test_journal_drops_a_torn_last_record(tmp_path, rng, damage):
     else:  # a crash that left the last record's blocks zero-filled
         data[-last_record:] = bytes(last_record)
     Path(path).write_bytes(data)
-    resumed = em.Journal(path, identity, 3, resume=True)
+    resumed = jn.Journal(path, identity, 3, resume=True)
     kept = batches if damage == "garbage" else batches[:-1]
     assert resumed.resumed and resumed.items_done == sum(len(b.paths) + 1 for b in kept)
     if damage != "garbage":
@@ -261,7 +262,7 @@ def test_journal_drops_a_torn_last_record(tmp_path, rng, damage):
 def test_unusable_journal_starts_over(tmp_path):
     path = tmp_path / "j"
     path.write_bytes(b"something else entirely")
-    journal = em.Journal(str(path), {"run": 1}, 3, resume=True)
+    journal = jn.Journal(str(path), {"run": 1}, 3, resume=True)
     assert not journal.resumed and journal.items_done == 0 and list(journal.batches()) == []
 
 
@@ -270,25 +271,25 @@ def test_unusable_journal_starts_over(tmp_path):
 
 def test_collect_inputs_folders_lists_and_files(data, tmp_path):
     folder = data["folder"]
-    flat = [item.path for item in em.collect_inputs(folder)]
+    flat = [item.path for item in inputs.collect_inputs(folder)]
     assert flat == sorted(data["good"] + list(BROKEN))  # x.jpg (a folder) is an input that fails
-    deep = [item.path for item in em.collect_inputs([folder], recursive=True)]
+    deep = [item.path for item in inputs.collect_inputs([folder], recursive=True)]
     assert deep == sorted(data["good"] + [n for n in BROKEN if n != "x.jpg"] + data["nested"])
     listing = tmp_path / "list.lst"
     listing.write_text(f"{folder}/img_001.JPG\n\n  ../elsewhere/missing.png \n")
-    items = em.collect_inputs([listing, folder / "img_002.jpeg"])
-    assert items == [em.Item(f"{folder}/img_001.JPG", f"{folder}/img_001.JPG"),
-                     em.Item("../elsewhere/missing.png", str(tmp_path / "../elsewhere/missing.png")),
-                     em.Item(str(folder / "img_002.jpeg"), str(folder / "img_002.jpeg"))]
+    items = inputs.collect_inputs([listing, folder / "img_002.jpeg"])
+    assert items == [inputs.Item(f"{folder}/img_001.JPG", f"{folder}/img_001.JPG"),
+                     inputs.Item("../elsewhere/missing.png", str(tmp_path / "../elsewhere/missing.png")),
+                     inputs.Item(str(folder / "img_002.jpeg"), str(folder / "img_002.jpeg"))]
 
 
 def test_library_embed_matches_the_command(data, reference, model):
-    result = em.embed(data["folder"], model, batch_size=64, progress=False)
+    result = pipeline.embed(data["folder"], model, batch_size=64, progress=False)
     ref = reference[1]
     assert result.paths == ref["paths"] and [p for p, _ in result.failures] == ref["failed_paths"]
     np.testing.assert_allclose(result.features, ref["features"], rtol=0, atol=FEATURE_TOLERANCE)
     with pytest.raises(ImageError, match="bomb.png"):
-        em.embed(data["folder"], model, on_error="fail", progress=False)
+        pipeline.embed(data["folder"], model, on_error="fail", progress=False)
 
 
 class CountingModel:
@@ -316,13 +317,13 @@ class CountingModel:
 def test_pipeline_keeps_order_and_bounded_prefetch():
     model, batch_size = CountingModel(), 5
     names = [f"img_{i}" + ("_bad" if i % 7 == 3 else "") for i in range(60)]
-    batches = list(em.iter_embed(names, model, batch_size=batch_size, progress=False, workers=3))
+    batches = list(pipeline.iter_embed(names, model, batch_size=batch_size, progress=False, workers=3))
     assert [len(b.paths) + len(b.failures) for b in batches] == [batch_size] * 12
-    result = em._concatenate(batches, 2)
+    result = pipeline.concatenate(batches, 2)
     assert result.paths == [n for n in names if not n.endswith("bad")]
     assert result.failures == [(n, "broken") for n in names if n.endswith("bad")]
     np.testing.assert_array_equal(result.features[:, 0], [float(p.split("_")[1]) for p in result.paths])
-    assert model.most_ahead <= (em.PREFETCH_BATCHES + 1) * batch_size
+    assert model.most_ahead <= (pipeline.PREFETCH_BATCHES + 1) * batch_size
 
 
 # --- classify -----------------------------------------------------------------------------------
@@ -333,7 +334,7 @@ def test_classify_prints_top_k_labels(data, model, tmp_path):
     labels.write_text("background\n" + "".join(f"class {i}\n" for i in range(1, 1001)))
     files = ["photos/img_000.jpg", "photos/img_003.png", "photos/empty.jpg"]
     result = run_cli("classify", *files, "--model", data["model"], "--top", 3, "--labels", labels, cwd=data["root"])
-    assert result.returncode == em.EXIT_PARTIAL, result.stderr
+    assert result.returncode == errors.EXIT_PARTIAL, result.stderr
     lines = result.stdout.splitlines()
     assert [line.split("\t")[0] for line in lines] == files[:2]
     for line, path in zip(lines, files):
@@ -342,18 +343,18 @@ def test_classify_prints_top_k_labels(data, model, tmp_path):
         top = np.argsort(-probabilities)[:3]
         assert line.split("\t")[1:] == [f"class {i} ({probabilities[i]:.4f})" for i in top]
     plain = run_cli("classify", files[0], "--model", data["model"], "--top", 2, cwd=data["root"])
-    assert plain.returncode == em.EXIT_OK and plain.stdout.split("\t")[1].split(" ")[0].isdigit()
+    assert plain.returncode == errors.EXIT_OK and plain.stdout.split("\t")[1].split(" ")[0].isdigit()
 
 
 def test_class_names_and_top_k(tmp_path):
-    assert em.class_names(3, 1) == ["0", "1", "2"]
+    assert labels.class_names(3, 1) == ["0", "1", "2"]
     thousand = tmp_path / "1000.txt"
     thousand.write_text("".join(f"c{i}\n" for i in range(1000)))
-    assert em.class_names(1001, 1, thousand)[:2] == ["background", "c0"]
-    assert em.class_names(999, 0, thousand)[0] == "c1"
+    assert labels.class_names(1001, 1, thousand)[:2] == ["background", "c0"]
+    assert labels.class_names(999, 0, thousand)[0] == "c1"
     with pytest.raises(ValueError, match="1000 labels"):
-        em.class_names(10, 0, thousand)
-    order, probabilities = em.top_k(np.array([[1000.0, 0.0, 1000.0, -5.0]], np.float32), 3)
+        labels.class_names(10, 0, thousand)
+    order, probabilities = labels.top_k(np.array([[1000.0, 0.0, 1000.0, -5.0]], np.float32), 3)
     np.testing.assert_array_equal(order, [[0, 2, 1]])
     np.testing.assert_allclose(probabilities, [[0.5, 0.5, 0.0]], atol=1e-300)
 

@@ -111,6 +111,6 @@ def test_geometry_refuses_small_inputs():
 def test_docs_tables_are_what_the_code_computes(name, multiplier, size):
     from pathlib import Path
 
-    from mobilenet_np.model import format_table
+    from mobilenet_np.tables import format_table
     doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
     assert format_table(spec.build(name, multiplier), (size, size), 1001) in doc

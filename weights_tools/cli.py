@@ -47,7 +47,7 @@ def _convert(args) -> None:
 
 
 def _verify(args) -> None:
-    from mobilenet_np.model import format_table
+    from mobilenet_np.tables import format_table
     path = getattr(args, "file", None) or args.source
     wf = weights_file.read(path)
     total = sum(int(np.prod(t.shape)) for t in wf.tensors.values())

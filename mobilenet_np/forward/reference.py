@@ -6,7 +6,9 @@ convolution, BatchNorm in TensorFlow's own order (or the stored bias, for source
 BatchNorm folded), ReLU6, and V2's residual add.  ``NumpyBackend`` wraps it for ``MobileNet``.
 
 It imports nothing but NumPy and the layers below it, and it is the oracle for the fast engine
-(``forward/engine.py``): the tests compare the two at every endpoint.
+(``forward/engine.py``): the tests compare the two at every endpoint.  The ops are a parameter
+(``ops``, by default the reference kernels module), so that ``parity.py`` runs this very loop
+with TensorFlow's own ops: one forward loop, two sets of kernels.
 """
 
 from __future__ import annotations
@@ -30,33 +32,33 @@ def layer_params(arch: spec.Architecture, tensors: dict[str, np.ndarray], folded
     return params
 
 
-def layer_forward(g: spec.LayerGeometry, params: tuple, x: np.ndarray, residual, epsilon: float) -> np.ndarray:
+def layer_forward(g: spec.LayerGeometry, params: tuple, x, residual, epsilon: float, ops=ref):
     """One layer: conv, then BatchNorm (or bias), ReLU6 and the residual add where the spec says."""
     w, bn, bias = params
     layer = g.layer
     if layer.kind == "conv":
-        y = ref.conv2d(x, w, layer.stride, g.pad, g.out_hw)
+        y = ops.conv2d(x, w, layer.stride, g.pad, g.out_hw)
     elif layer.kind == "depthwise":
-        y = ref.depthwise_conv2d(x, w, layer.stride, g.pad, g.out_hw)
+        y = ops.depthwise_conv2d(x, w, layer.stride, g.pad, g.out_hw)
     else:
-        y = ref.pointwise_conv2d(x, w)
-    y = ref.batch_norm(y, *bn, epsilon) if bn is not None else y + bias
+        y = ops.pointwise_conv2d(x, w)
+    y = ops.batch_norm(y, *bn, epsilon) if bn is not None else y + bias
     if layer.relu6:
-        y = ref.relu6(y)
+        y = ops.relu6(y)
     if residual is not None:
         y = y + residual          # V2: after the linear projection, no activation after
     return y
 
 
-def forward(params: list[tuple], geo: list[spec.LayerGeometry], images: np.ndarray, epsilon: float,
-            on_layer=None) -> np.ndarray:
+def forward(params: list[tuple], geo: list[spec.LayerGeometry], images, epsilon: float, on_layer=None,
+            ops=ref):
     """Run every layer on images in [0, 1]; ``on_layer(i, y)``, if given, sees each output."""
-    x = ref.hub_input(images)
+    x = ops.hub_input(images)
     block_input = None
     for i, g in enumerate(geo):
         if g.layer.block_start:
             block_input = x                      # V2: the block's input, added back after project
-        x = layer_forward(g, params[i], x, block_input if g.layer.adds_residual else None, epsilon)
+        x = layer_forward(g, params[i], x, block_input if g.layer.adds_residual else None, epsilon, ops)
         if on_layer is not None:
             on_layer(i, x)
     return x
