@@ -26,7 +26,7 @@ def load(source: str | os.PathLike, backend: str = "numba", weights: str = "ema"
         entry = registry.REGISTRY[key]
         return from_file(registry.resolve(key, weights=weights), backend=backend,
                          input_size=(entry.input_size, entry.input_size))
-    if not os.path.exists(key):
+    if not os.path.exists(key) and not os.path.exists(key + ".index"):     # a checkpoint prefix
         raise _unknown(key)
     if os.path.isfile(key) and weights_file.is_weights_file(key):
         return from_file(key, backend=backend)
