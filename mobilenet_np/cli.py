@@ -21,12 +21,12 @@ import numpy as np
 from . import registry, threads as _threads
 from ._version import __version__
 from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ImageError, WeightsError)
-from .inputs import collect_inputs
-from .journal import Journal, run_identity
+from .inputs import collect_inputs, text_path
+from .journal import Journal, OutputLock, run_identity
 from .labels import class_names, top_k
 from .load import load
-from .outputs import check_output_path, write_output
-from .pipeline import progress_bar, run_batches
+from .outputs import check_output_path, check_paths_fit, write_output
+from .pipeline import file_warnings, progress_bar, run_batches
 from .preprocess import PRESETS
 from .tables import format_profile
 
@@ -141,9 +141,18 @@ def run_embed(args) -> int:
     started = time.perf_counter()
     check_output_path(args.output)
     model = load(args.model)
-    items = collect_inputs(args.inputs, args.recursive)
+    skipped = []
+    items = collect_inputs(args.inputs, args.recursive, skipped)
+    _report_skipped(args, skipped)
     if not items:
         return _fail("no images found in the inputs")
+    check_paths_fit(args.output, (item.path for item in items))
+    with OutputLock(args.output):
+        return _embed_locked(args, model, items, started, len(skipped))
+
+
+def _embed_locked(args, model, items, started: float, skipped: int) -> int:
+    """``embed`` once the output is ours: run into the journal, then write the output."""
     preset = args.preset or model.default_preset
     journal_path = f"{args.output}.journal"
     if not args.resume and os.path.exists(journal_path):
@@ -154,13 +163,14 @@ def run_embed(args) -> int:
     done_before = journal.items_done
     show_progress = False if args.quiet else None
     try:
-        with _threads.limit(args.threads), progress_bar(len(items), show_progress, initial=done_before) as bar:
+        with _threads.limit(args.threads), progress_bar(len(items), show_progress, initial=done_before) as bar, \
+                file_warnings(None if args.quiet else lambda m: _note(args, m, bar)):
             for batch in run_batches(items[done_before:], model, model, model.num_features, args.batch_size,
                                      preset, args.on_error, args.threads, args.threads):
                 journal.append(batch)
                 bar.update(len(batch.paths) + len(batch.failures))
                 for path, reason in batch.failures:
-                    _note(args, f"skipped {path}: {reason}", bar)
+                    _note(args, f"skipped {text_path(path)}: {reason}", bar)
     except ImageError as exc:
         journal.close()
         return _fail(f"{exc} (--on-error fail; the finished batches are kept in {journal.path}: "
@@ -171,12 +181,23 @@ def run_embed(args) -> int:
     attrs = {"model": model.name, "weights_sha256": model.weights_sha256, "preset": preset,
              "package_version": __version__}
     if journal.rows:
-        write_output(args.output, journal, attrs)
+        try:
+            write_output(args.output, journal, attrs)
+        except OSError as exc:
+            journal.close()
+            return _fail(f"{exc}; the embeddings are kept in {journal.path}: free some space and rerun "
+                         "the same command with --resume to write the output")
     journal.remove()
-    _summary(journal.rows, len(journal.failures), journal.items_done - done_before, started)
+    _run_summary(journal.rows, len(journal.failures), journal.items_done - done_before, started, skipped=skipped)
     if not journal.rows:
         return _fail("nothing embedded; no output written")
     return EXIT_PARTIAL if journal.failures else EXIT_OK
+
+
+def _report_skipped(args, skipped) -> None:
+    """One line per file or folder the inputs held but that is not an image input."""
+    for path, reason in skipped:
+        _note(args, f"skipped {text_path(path)}: {reason}")
 
 
 def run_embed_on_dask(args) -> int:
@@ -188,7 +209,7 @@ def run_embed_on_dask(args) -> int:
     from distributed import KilledWorker
     started = time.perf_counter()
     try:
-        with on_dask.client_for_address(args.dask, args.threads) as client:
+        with OutputLock(args.output), on_dask.client_for_address(args.dask, args.threads) as client:
             summary = on_dask.embed_on_dask(args.inputs, args.model, client, args.output,
                                     args.partition_size or on_dask.DEFAULT_PARTITION_SIZE,
                                     args.batch_size, args.preset, args.on_error, args.threads, args.resume,
@@ -204,7 +225,7 @@ def run_embed_on_dask(args) -> int:
         _note(args, f"kept {summary.skipped} of {summary.partitions} partitions written by an earlier run")
     for path, reason in summary.failures:
         _note(args, f"skipped {path}: {reason}")
-    _summary(summary.rows, len(summary.failures), summary.processed, started)
+    _run_summary(summary.rows, len(summary.failures), summary.processed, started)
     if not summary.rows:
         return _fail("nothing embedded; no output written")
     return EXIT_PARTIAL if summary.failures else EXIT_OK
@@ -217,29 +238,35 @@ def run_classify(args) -> int:
     if not model.num_classes:
         return _fail(f"{model.name} has no classifier (feature-vector weights only)")
     names = class_names(model.num_classes, model.labels_offset, args.labels)
-    items = collect_inputs(args.inputs, args.recursive)
+    skipped = []
+    items = collect_inputs(args.inputs, args.recursive, skipped)
+    _report_skipped(args, skipped)
     done, failed = 0, 0
     try:
-        with _threads.limit(args.threads):
+        with _threads.limit(args.threads), file_warnings(None if args.quiet else lambda m: _note(args, m)):
             for batch in run_batches(items, model, model.logits, model.num_classes, args.batch_size,
                                      args.preset, args.on_error, args.threads, args.threads):
                 for path, reason in batch.failures:
-                    _note(args, f"skipped {path}: {reason}")
+                    _note(args, f"skipped {text_path(path)}: {reason}")
                 for path, order, probabilities in zip(batch.paths, *top_k(batch.features, args.top)):
-                    print("\t".join([path] + [f"{names[i]} ({p:.4f})" for i, p in zip(order, probabilities)]))
+                    # any path the OS gives, whatever stdout's encoding (undecodable bytes escaped)
+                    print("\t".join([text_path(path)] + [f"{names[i]} ({p:.4f})"
+                                                         for i, p in zip(order, probabilities)]), flush=True)
                 done, failed = done + len(batch.paths), failed + len(batch.failures)
     except ImageError as exc:
         return _fail(f"{exc} (--on-error fail)")
-    _summary(done, failed, done + failed, started, verb="classified")
+    _run_summary(done, failed, done + failed, started, verb="classified", skipped=len(skipped))
     if not done:
         return _fail("nothing classified")
     return EXIT_PARTIAL if failed else EXIT_OK
 
 
-def _summary(done: int, failed: int, processed: int, started: float, verb: str = "embedded") -> None:
+def _run_summary(done: int, failed: int, processed: int, started: float, verb: str = "embedded",
+                 skipped: int = 0) -> None:
     seconds = time.perf_counter() - started
     rate = processed / seconds if seconds > 0 else 0.0
-    print(f"{done} {verb}, {failed} failed, {seconds:.1f} s, {rate:.1f} images/s", file=sys.stderr)
+    extra = f", {skipped} passed over (not images)" if skipped else ""
+    print(f"{done} {verb}, {failed} failed{extra}, {seconds:.1f} s, {rate:.1f} images/s", file=sys.stderr)
 
 
 def _note(args, message: str, bar=None) -> None:

@@ -428,7 +428,7 @@ def _write_manifest(folder: str, model: MobileNet, attrs: dict, summary: Dataset
         "partitions": [os.path.basename(_partition_path(folder, k)) for k in range(summary.partitions)],
     }
     text = json.dumps(manifest, indent=1) + "\n"
-    write_atomically(os.path.join(folder, MANIFEST), lambda tmp: Path(tmp).writetext_path(text, encoding="utf-8"))
+    write_atomically(os.path.join(folder, MANIFEST), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 class _Gathered:

@@ -26,17 +26,22 @@ class Item(NamedTuple):
     source: str
 
 
-def collect_inputs(inputs, recursive: bool = False) -> list[Item]:
+def collect_inputs(inputs, recursive: bool = False, skipped: list | None = None) -> list[Item]:
     """The images named by ``inputs``, in order: files as given; folders' images (by extension,
     sorted, recorded relative to the folder; ``recursive`` descends into sub-folders); and the
     lines of ``.txt`` / ``.lst`` list files (relative lines resolved against the list's folder,
-    recorded as written).  Missing files are kept: they fail, with a reason, when decoded."""
+    recorded as written).  Missing files are kept: they fail, with a reason, when decoded.
+
+    ``skipped``, if given, receives (path, reason) for what a folder holds but is not taken:
+    files of types Pillow cannot open (``.heic``, ``.svg``, ...) and folders that cannot be
+    read.  Hidden files (``.name``) are passed over without a word."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    skipped = [] if skipped is None else skipped
     items = []
     for given in map(os.fspath, inputs):
         if os.path.isdir(given):
-            items += _folder_items(given, recursive)
+            items += _folder_items(given, recursive, skipped)
         elif given.lower().endswith(LIST_SUFFIXES) and os.path.isfile(given):
             items += _list_items(given)
         else:
@@ -44,13 +49,24 @@ def collect_inputs(inputs, recursive: bool = False) -> list[Item]:
     return items
 
 
-def _folder_items(root: str, recursive: bool) -> list[Item]:
+def _folder_items(root: str, recursive: bool, skipped: list) -> list[Item]:
     found = []
-    for folder, subfolders, files in os.walk(root):
+
+    def unreadable(error: OSError) -> None:
+        reason = "permission denied" if isinstance(error, PermissionError) else (error.strerror or str(error))
+        skipped.append((error.filename or root, f"folder not read: {reason}"))
+
+    for folder, subfolders, files in os.walk(root, onerror=unreadable):
         # Without recursion a sub-folder named like an image is an input that fails, not a
         # silent omission; with recursion it is a folder to descend into.
         names = files if recursive else files + subfolders
-        found += [os.path.relpath(os.path.join(folder, n), root) for n in names if _is_image_name(n)]
+        for name in names:
+            path = os.path.join(folder, name)
+            if _is_image_name(name):
+                found.append(os.path.relpath(path, root))
+            elif name in files and not name.startswith("."):
+                kind = os.path.splitext(name)[1].lower() or "no extension"
+                skipped.append((path, f"not an image type Pillow reads ({kind})"))
         if not recursive:
             break
     found.sort(key=lambda rel: rel.split(os.sep))

@@ -46,6 +46,24 @@ class Journal:
             self._append(self._identity)
             self._data_start = self._file.tell()
 
+    @classmethod
+    def read(cls, path: str, width: int) -> "Journal":
+        """An existing journal opened read-only, its intact records counted (what the output
+        writer needs: ``rows``, ``failures``, ``batches()``)."""
+        self = cls.__new__(cls)
+        self.path, self.width = path, width
+        self.items_done, self.rows, self.failures = 0, 0, []
+        self._file = open(path, "rb")
+        records = _read_records(self._file) if self._file.read(len(_JOURNAL_MAGIC)) == _JOURNAL_MAGIC else iter(())
+        identity = next(records, None)
+        if identity is None:
+            self._file.close()
+            raise ValueError(f"{path}: not a readable embed journal")
+        self._data_start = identity[0]
+        for _, payload in records:
+            self._count(_decode_batch(payload, width))
+        return self
+
     def _replay(self) -> bool:
         """Read an existing journal; False if it is unusable (then the run starts over)."""
         self._file = open(self.path, "r+b")
@@ -102,6 +120,50 @@ class Journal:
         os.fsync(self._file.fileno())
 
 
+class OutputLock:
+    """Only one run writes an output at a time: an exclusive ``flock`` on ``OUT.lock``, which
+    holds the owner's process id so that a second run can say who has it.  Taken before the
+    journal is opened (a second run would otherwise truncate the first one's journal) and
+    released, and the file removed, when the run ends; the kernel drops the lock of a killed
+    process, so a crash never leaves an output locked."""
+
+    def __init__(self, output: str):
+        self.path = f"{output}.lock"
+        self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        import fcntl
+
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise OutputBusyError(f"{self.path[:-5]} is being written by another run (process {owner}); "
+                                      "wait for it to finish or stop it") from None
+            # A run that just finished may have removed the file we opened: lock the current one.
+            if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            os.unlink(self.path)           # while still locked: no other run holds this inode
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+
+
+class OutputBusyError(OSError):
+    """Another process holds the output's lock."""
+
+
 def _read_records(f) -> Iterator[tuple[int, bytes]]:
     """(end offset, payload) of each intact record from the current position; stops at the
     first short, garbled or checksum-failing one."""
@@ -132,9 +194,10 @@ def _decode_batch(payload: bytes, width: int) -> EmbedResult:
 
 
 def run_identity(model, preset: str, items: list[Item]) -> dict:
-    """What makes two runs "the same command" for ``--resume``."""
+    """What makes two runs "the same command" for ``--resume``: the weights (by digest, so a
+    copy of the file under another name is the same model), the preprocessing, the inputs."""
     digest = hashlib.sha256()
     for item in items:
         digest.update(os.fsencode(item.path) + b"\0" + os.fsencode(item.source) + b"\0")
-    return {"model": model.name, "weights_sha256": model.weights_sha256, "preset": preset,
+    return {"weights_sha256": model.weights_sha256, "preset": preset,
             "input_size": list(model.input_size), "inputs_sha256": digest.hexdigest()}

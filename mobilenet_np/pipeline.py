@@ -11,9 +11,12 @@ Deliberately not here: decoding rules (``preprocess.py``), where results go (``j
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import os
 import sys
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -21,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import ImageError
-from .inputs import collect_inputs
+from .inputs import collect_inputs, text_path
 from .load import load
 
 #: Batches decoding ahead of the one the model is running on: enough to keep the model busy,
@@ -81,10 +84,13 @@ def run_batches(items, model, forward, width, batch_size=32, preset=None, on_err
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
     def decode(item):
+        _decoding.path = item.path           # names the file in warnings (``file_warnings``)
         try:
             return model.preprocess(item.source, preset), None
         except ImageError as exc:
             return None, exc
+        finally:
+            _decoding.path = None
 
     workers = workers or _default_workers()
     model_threads = model_threads or max(1, (os.cpu_count() or 1) - workers)
@@ -137,6 +143,27 @@ def concatenate(batches, width) -> EmbedResult:
         features=np.concatenate([b.features for b in batches]) if batches else np.empty((0, width), np.float32),
         failures=[f for b in batches for f in b.failures],
     )
+
+
+_decoding = threading.local()      # the file each decoding thread is working on
+
+
+@contextlib.contextmanager
+def file_warnings(report):
+    """For the duration of the block, a warning raised while an image decodes (Pillow's: a
+    corrupt EXIF block, a truncated palette...) becomes ``report("warning: <file>: <message>")``,
+    naming the file, every time; with ``report=None`` such warnings are silenced (``--quiet``).
+    For the command line, which owns its process's warning settings."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        path = getattr(_decoding, "path", None)
+        if report is not None:
+            where = text_path(path) if path else f"{filename}:{lineno}"
+            report(f"warning: {where}: {' '.join(str(message).split())}")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield
 
 
 def progress_bar(total: int, enabled=None, initial: int = 0):

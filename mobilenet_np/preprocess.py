@@ -17,6 +17,7 @@ any lasting change to Pillow's global settings.
 
 import contextlib
 import os
+import stat
 import threading
 import warnings
 
@@ -204,9 +205,29 @@ def _opened(src):
     object is left open afterwards."""
     if isinstance(src, Image.Image):
         return contextlib.nullcontext(src)
+    if isinstance(src, (str, os.PathLike)):
+        _require_regular_file(src)
     with _OPEN_LOCK, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         return Image.open(src)
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"))
+
+
+def _require_regular_file(path) -> None:
+    """Open only regular files (or links to one): reading a FIFO or a device named ``*.jpg``
+    would block forever, and no signal would interrupt it."""
+    mode = os.stat(path).st_mode          # FileNotFoundError / PermissionError: reported as such
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+        raise _NotRegularFile(f"is {kind}, not an image file")
+
+
+class _NotRegularFile(OSError):
+    """A path that names something other than a regular file; its message is the reason."""
 
 
 def _request_draft(img: Image.Image, size, orientation: int):
@@ -273,6 +294,8 @@ def _reason(exc: Exception, src) -> str:
         return "no such file"
     if isinstance(exc, IsADirectoryError):
         return "is a directory, not an image file"
+    if isinstance(exc, _NotRegularFile):
+        return str(exc)
     if isinstance(exc, PermissionError):
         return "permission denied"
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
