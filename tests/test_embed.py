@@ -279,7 +279,7 @@ def test_collect_inputs_folders_lists_and_files(data, tmp_path):
     listing.write_text(f"{folder}/img_001.JPG\n\n  ../elsewhere/missing.png \n")
     items = inputs.collect_inputs([listing, folder / "img_002.jpeg"])
     assert items == [inputs.Item(f"{folder}/img_001.JPG", f"{folder}/img_001.JPG"),
-                     inputs.Item("../elsewhere/missing.png", str(tmp_path / "../elsewhere/missing.png")),
+                     inputs.Item(str(tmp_path / "../elsewhere/missing.png"), str(tmp_path / "../elsewhere/missing.png")),
                      inputs.Item(str(folder / "img_002.jpeg"), str(folder / "img_002.jpeg"))]
 
 
