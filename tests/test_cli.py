@@ -23,6 +23,11 @@ from mobilenet_np import cli, errors, labels
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _has(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
 def run(capsys, *argv):
     """``mobilenet-np argv`` in this process: (exit status, stdout, stderr)."""
     try:
@@ -147,6 +152,10 @@ def test_parquet_output_has_the_dask_schema(capsys, data, monkeypatch, reference
     np.testing.assert_array_equal(np.array(table.column("features").to_pylist(), np.float32), reference[1])
     meta = json.loads(table.schema.metadata[b"mobilenet_np"])
     assert meta["failures"] == [] and meta["attrs"]["model"] == "m"
+    if _has("distributed"):       # the very schema of a Dask part file
+        from mobilenet_np import distributed
+        distributed._write_partition(str(data), 0, mnp.embed(["a"], model=data / "m.h5", progress=False), {}, 1280)
+        assert pq.read_schema(data / "part-00000.parquet").remove_metadata() == table.schema.remove_metadata()
     pd = pytest.importorskip("pandas", reason="reading with pandas needs pandas")
     frame = pd.read_parquet(data / "out.parquet")
     assert list(frame["path"]) == reference[0] and np.stack(frame["features"]).shape == (3, 1280)
@@ -208,6 +217,17 @@ def test_classify_prints_imagenet_names_by_default_and_keras_heads_keep_their_of
     names = labels.class_names(1001, 1)
     assert status == 0 and out.split("\t")[1].startswith(names[order[0, 0]] + " (")
     assert labels.class_names(1000, 0)[0] == names[1] == "tench, Tinca tinca"
+
+
+@pytest.mark.parametrize("weights", [("tflite_float", "mobilenet_v1_0.25_160.jevois.tflite"),
+                                     ("keras_h5", "mobilenet_160_0_25.h5")], ids=["1001-classes", "keras-1000"])
+def test_real_weights_name_the_parrot(capsys, shared, weights):
+    """The real V1 0.25/160 weights, as a 1001-class TFLite file and as a 1000-class Keras file
+    (labels offset 0): both name the parrot with the packaged labels."""
+    model = shared("weights", "mobilenet_v1_025_160", *weights)
+    status, out, err = run(capsys, "classify", shared("images", "coral_parrot.jpg"), "--model", model, "--top", 1, "-q")
+    assert status == 0, err
+    assert out.split("\t")[1].startswith("macaw (")
 
 
 def test_help_in_a_subprocess_is_clean():
