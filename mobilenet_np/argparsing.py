@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
+import sys
 
 _INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
 
@@ -20,7 +21,7 @@ class SuggestingParser(argparse.ArgumentParser):
     Sub-command parsers made by ``add_subparsers`` are of this class too."""
 
     def parse_known_args(self, args=None, namespace=None):
-        self._given = list(args) if args is not None else None
+        self._given = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 
     def parse_args(self, args=None, namespace=None):
@@ -43,7 +44,7 @@ class SuggestingParser(argparse.ArgumentParser):
             return f"; did you mean '{close[0]}'?" if close else ""
         known = [o for o in self._option_string_actions if o.startswith("--")]
         hints = []
-        for token in getattr(self, "_given", None) or []:
+        for token in getattr(self, "_given", []):
             name = token.split("=", 1)[0]
             if name.startswith("--") and name not in self._option_string_actions and \
                     not any(o.startswith(name) for o in known):      # argparse takes unique prefixes

@@ -80,6 +80,8 @@ def test_version(capsys):
     (["embed", "x.png", "--modle", "m.h5", "-o", "a.h5"], "'--modle': did you mean '--model'?"),
     (["embed", "x.png", "--model", "m.h5", "-o", "a.h5", "--normalise", "l2"], "did you mean '--normalize'?"),
     (["classify", "x.png", "--model", "m.h5", "--lables", "l.txt"], "did you mean '--labels'?"),
+    (["embed", "x.png", "--model", "m.h5", "-o", "a.h5", "--preset", "hubb"], "did you mean 'hub'?"),
+    (["--verison"], "did you mean '--version'?"),
 ])
 def test_mistyped_commands_and_options_get_a_suggestion(capsys, argv, hint):
     status, _, err = run(capsys, *argv)
