@@ -41,8 +41,11 @@ EXIT_STATUS_HELP = """exit status:
 
 
 def _list(args) -> int:
+    found = list_models(args.pattern)
+    if not found:
+        return _fail(f"no registry name matches {args.pattern!r} (patterns are shell-style: 'mobilenet_v2*')")
     print(f"{'name':<24} {'architecture':<14} {'multiplier':>10} {'input':>6}  checkpoint")
-    for name in list_models(args.pattern):
+    for name in found:
         e = registry.REGISTRY[name]
         print(f"{name:<24} {e.architecture:<14} {e.depth_multiplier:>10g} {e.input_size:>6}  {e.url}")
     return 0
@@ -155,7 +158,10 @@ def _add_common_arguments(p) -> None:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value

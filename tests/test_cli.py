@@ -119,6 +119,14 @@ def test_list_filters_by_pattern(capsys):
     status, out, _ = run(capsys, "list", "mobilenet_v2_1*")
     rows = [line.split()[0] for line in out.splitlines()[1:]]
     assert status == 0 and rows == mnp.list_models("mobilenet_v2_1*") and len(rows) == 7
+    status, _, err = run(capsys, "list", "resnet*")
+    assert status == errors.EXIT_FAILURE and "no registry name matches 'resnet*'" in err
+
+
+def test_bad_numbers_say_what_is_expected(capsys):
+    status, _, err = run(capsys, "embed", "a", "--model", "m.h5", "-o", "a.h5", "--batch-size", "ten")
+    assert status == 2
+    assert "--batch-size: expected a whole number >= 1, got 'ten'" in err
 
 
 # --- embed outputs --------------------------------------------------------------------------------
