@@ -183,6 +183,25 @@ def test_npz_float16_and_l2(capsys, data, monkeypatch, reference):
         assert json.loads(str(f["attrs"]))["normalize"] == "l2" and len(f["failed_paths"]) == 0
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".npz"])
+def test_failures_are_kept_in_single_file_outputs(capsys, data, monkeypatch, suffix):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow", reason="Parquet needs pyarrow (dask extra)")
+    monkeypatch.chdir(data)
+    status, _, _ = run(capsys, "embed", "a", "nosuch.png", "--model", "m.h5", "-o", f"partial{suffix}", "-q")
+    assert status == errors.EXIT_PARTIAL
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+        table = pq.read_table(data / "partial.parquet")
+        failures = json.loads(table.schema.metadata[b"mobilenet_np"])["failures"]
+        paths = table.column("path").to_pylist()
+    else:
+        with np.load(data / "partial.npz") as f:
+            failures = [list(pair) for pair in zip(f["failed_paths"], f["failed_errors"])]
+            paths = list(f["paths"])
+    assert paths == ["a/x.png", "a/y.png"] and failures == [["nosuch.png", "no such file"]]
+
+
 def test_float16_h5(capsys, data, monkeypatch, reference):
     monkeypatch.chdir(data)
     status, _, _ = run(capsys, "embed", "a", "b", "--model", "m.h5", "-o", "half.h5", "--dtype", "float16", "-q")
