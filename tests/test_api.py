@@ -218,11 +218,11 @@ def test_float_input_outside_0_1_is_refused_unless_asked(v2, images):
 def test_two_folders_holding_the_same_name_stay_apart(v2, rng, tmp_path, monkeypatch):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
-        _photo(rng).save(tmp_path / folder / "x.png")
+        _photo(rng).save(tmp_path / folder / "x.jpg")
     monkeypatch.chdir(tmp_path)
-    both = mnp.embed(["a", "b", "a/x.png"], model=v2, progress=False)      # a/x.png named twice: once
-    assert both.paths == ["a/x.png", "b/x.png"]
+    both = mnp.embed(["a", "b", "a/x.jpg"], model=v2, progress=False)      # a/x.jpg named twice: once
+    assert both.paths == ["a/x.jpg", "b/x.jpg"]
     assert not np.array_equal(both.features[0], both.features[1])
-    assert mnp.embed("a", model=v2, progress=False).paths == ["x.png"]      # one folder: relative to it
+    assert mnp.embed("a", model=v2, progress=False).paths == ["x.jpg"]      # one folder: relative to it
     absolute = mnp.embed([tmp_path / "a", tmp_path / "b"], model=v2, progress=False)
-    assert absolute.paths == [f"{tmp_path}/a/x.png", f"{tmp_path}/b/x.png"]
+    assert absolute.paths == [f"{tmp_path}/a/x.jpg", f"{tmp_path}/b/x.jpg"]
