@@ -16,7 +16,7 @@ from .errors import WeightsError
 from .load import load
 from .model import MobileNet, build
 from .pipeline import embed, iter_embed
-from .registry import list_models
+from .names import list_models
 
 __all__ = ["MobileNet", "WeightsError", "build", "embed", "embed_on_dask", "iter_embed", "list_models", "load",
            "__version__"]

@@ -1,4 +1,4 @@
-"""``mobilenet-np``: the command line, every command.
+"""mobilenet-np: MobileNet V1 and V2 feature vectors, logits and endpoints on a CPU, exact to TensorFlow.
 
 ``list`` the registry, print a model's layer ``summary``, ``profile`` it, compare it with
 TensorFlow (``parity``), ``embed`` images into a file (or on Dask) and ``classify`` them.  Each
@@ -20,12 +20,15 @@ import numpy as np
 
 from . import registry, threads as _threads
 from ._version import __version__
-from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ImageError, WeightsError)
+from .argparsing import SuggestingParser
+from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ImageError, UnknownSourceError,
+                     WeightsError)
 from .inputs import collect_inputs, text_path
 from .journal import Journal, OutputLock, run_identity
-from .labels import class_names, top_k
+from .labels import PREDICTION_SUFFIXES, class_names, top_k, write_predictions
 from .load import load
-from .outputs import check_output_path, check_paths_fit, write_output
+from .names import list_models
+from .outputs import DTYPES, NORMALIZATIONS, check_output_path, check_paths_fit, write_output
 from .pipeline import file_warnings, progress_bar, run_batches
 from .preprocess import PRESETS
 from .tables import format_profile
@@ -38,22 +41,35 @@ EXIT_STATUS_HELP = """exit status:
 
 
 def _list(args) -> int:
+    found = list_models(args.pattern)
+    if not found:
+        return _fail(f"no registry name matches {args.pattern!r} (patterns are shell-style: 'mobilenet_v2*')")
     print(f"{'name':<24} {'architecture':<14} {'multiplier':>10} {'input':>6}  checkpoint")
-    for name in registry.list_models():
+    for name in found:
         e = registry.REGISTRY[name]
         print(f"{name:<24} {e.architecture:<14} {e.depth_multiplier:>10g} {e.input_size:>6}  {e.url}")
     return 0
 
 
+def _load(args, source=None, **options):
+    """``load`` for a command: an unknown source is an error that names its flag."""
+    source = args.model if source is None else source
+    try:
+        return load(source, **options)
+    except UnknownSourceError as exc:
+        flag = "--model" if source == getattr(args, "model", None) else "SOURCE"
+        raise UnknownSourceError(f"{flag}: {exc}") from None
+
+
 def _summary(args) -> int:
-    model = load(args.model)
+    model = _load(args)
     size = (args.input_size, args.input_size) if args.input_size else None
     print(model.summary(size))
     return 0
 
 
 def _profile(args) -> int:
-    model = load(args.model, backend=args.backend)
+    model = _load(args, backend=args.backend)
     size = (args.input_size, args.input_size) if args.input_size else model.input_size
     images = np.random.default_rng(0).random((args.batch_size, *size, 3), dtype=np.float32)
     rows = model.profile(images, repeats=args.repeats, threads=args.threads)
@@ -64,13 +80,14 @@ def _profile(args) -> int:
 
 def _parity(args) -> int:
     from .parity import compare
-    model = load(args.source, backend=args.backend, weights=args.weights)
+    tf_version = _tf_version()      # first: without TensorFlow, say so before loading anything
+    model = _load(args, args.source, backend=args.backend, weights=args.weights)
     if args.images:
         images = np.stack([model.preprocess(p, args.preset) for p in args.images])
     else:
         images = np.random.default_rng(args.seed).random((2, *model.input_size, 3), dtype=np.float32)
     rows = compare(model, images)
-    print(f"{model!r} vs TensorFlow {_tf_version()}, {len(images)} image(s) {images.shape[1]}x{images.shape[2]}")
+    print(f"{model!r} vs TensorFlow {tf_version}, {len(images)} image(s) {images.shape[1]}x{images.shape[2]}")
     print(f"{'endpoint':<30} {'shape':<20} {'max abs diff':>13} {'scaled diff':>13}")
     for r in rows:
         flag = "" if r["scaled"] <= args.tolerance else "  <-- above tolerance"
@@ -89,37 +106,50 @@ def _tf_version() -> str:
 def register_embed_commands(subparsers) -> None:
     """Add ``embed`` and ``classify`` to the subcommands."""
     p = subparsers.add_parser(
-        "embed", help="feature vectors of many images into an .h5 or .npy file",
-        description="Embed images: files, folders (images by extension) and .txt/.lst lists of paths.",
+        "embed", help="feature vectors of many images into an .h5, .npy, .npz or .parquet file",
+        description="Embed images: files, folders (images by extension) and .txt/.lst lists of paths.\n"
+                    "Paths are stored relative to the folder (or list) when it is the only input,\n"
+                    "otherwise as named, so that two folders' x.jpg stay apart.",
         epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common_arguments(p)
-    p.add_argument("--output", "-o", required=True,
-                   help="OUT.h5 (features, paths, failures, provenance) or OUT.npy "
-                        "(with OUT.paths.txt and OUT.failed.txt beside it)")
+    p.add_argument("--output", "-o", required=True, metavar="OUT",
+                   help="OUT.h5 (features, paths, failures, provenance), OUT.npy (with OUT.paths.txt and "
+                        "OUT.failed.txt beside it), OUT.npz (all in one NumPy archive) or OUT.parquet "
+                        "(columns path and features, as the Dask dataset; needs pyarrow)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="stored feature type (default float32)")
+    p.add_argument("--normalize", choices=NORMALIZATIONS,
+                   help="scale each feature vector to unit L2 norm before storing it (default: as computed)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run of the same command from its journal (OUT.journal)")
     p.add_argument("--dask", metavar="SCHEDULER",
                    help="run on Dask: a scheduler address, or local[:N] for N local worker processes; OUT "
                         "may then also be a folder, written as a partitioned Parquet dataset (needs the dask extra)")
-    p.add_argument("--partition-size", type=_positive_int,
+    p.add_argument("--partition-size", type=_positive_int, metavar="N",
                    help="with --dask: inputs per task, the unit of retry and --resume (default 1000)")
     p.set_defaults(func=run_embed)
 
     p = subparsers.add_parser(
         "classify", help="top-k ImageNet classes of images (models with a classifier)",
-        description="Print one line per image: the path, then the top-k 'label (probability)', tab-separated.",
+        description="Print one line per image: the path, then the top-k 'label (probability)',\n"
+                    "tab-separated (or write them to --output).",
         epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common_arguments(p)
     p.add_argument("--top", type=_positive_int, default=5, help="how many classes per image (default 5)")
-    p.add_argument("--labels", help="class names, one a line, 'background' first (default: print class indices)")
+    p.add_argument("--labels", metavar="FILE",
+                   help="class names, one a line, 'background' first (default: the ImageNet names shipped "
+                        "with the package for 1000/1001-class models, else class indices)")
+    p.add_argument("--output", "-o", metavar="OUT",
+                   help="write OUT.csv (path, rank, class, label, probability) or OUT.jsonl (one JSON object "
+                        "per image) instead of printing")
     p.set_defaults(func=run_classify)
 
 
 def _add_common_arguments(p) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUTS", help="image files, folders, or .txt/.lst lists of paths")
-    p.add_argument("--model", required=True, help="registry name or weights file (.h5)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per model call (default 32)")
-    p.add_argument("--threads", type=_positive_int, help="model and decoding threads (default: all cores)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+                   help="images per model call (default 32)")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="model and decoding threads (default: all cores)")
     p.add_argument("--preset", choices=PRESETS, help="preprocessing (default: the model's own)")
     p.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
@@ -128,7 +158,10 @@ def _add_common_arguments(p) -> None:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -137,10 +170,12 @@ def _positive_int(text: str) -> int:
 def run_embed(args) -> int:
     """The ``embed`` command; returns the exit status."""
     if args.dask:  # the same command with its partitions run on Dask
+        if args.dtype != "float32" or args.normalize:
+            return _fail("--dtype and --normalize are not available with --dask")
         return run_embed_on_dask(args)
     started = time.perf_counter()
     check_output_path(args.output)
-    model = load(args.model)
+    model = _load(args)
     skipped = []
     items = collect_inputs(args.inputs, args.recursive, skipped)
     _report_skipped(args, skipped)
@@ -182,7 +217,7 @@ def _embed_locked(args, model, items, started: float, skipped: int) -> int:
              "package_version": __version__}
     if journal.rows:
         try:
-            write_output(args.output, journal, attrs)
+            write_output(args.output, journal, attrs, args.dtype, args.normalize)
         except OSError as exc:
             journal.close()
             return _fail(f"{exc}; the embeddings are kept in {journal.path}: free some space and rerun "
@@ -234,14 +269,18 @@ def run_embed_on_dask(args) -> int:
 def run_classify(args) -> int:
     """The ``classify`` command; returns the exit status."""
     started = time.perf_counter()
-    model = load(args.model)
+    if args.labels and not os.path.isfile(args.labels):
+        return _fail(f"--labels {args.labels}: no such file")
+    if args.output and not args.output.lower().endswith(PREDICTION_SUFFIXES):
+        return _fail(f"--output {args.output}: the name must end in {' or '.join(PREDICTION_SUFFIXES)}")
+    model = _load(args)
     if not model.num_classes:
         return _fail(f"{model.name} has no classifier (feature-vector weights only)")
     names = class_names(model.num_classes, model.labels_offset, args.labels)
     skipped = []
     items = collect_inputs(args.inputs, args.recursive, skipped)
     _report_skipped(args, skipped)
-    done, failed = 0, 0
+    done, failed, rows = 0, 0, []
     try:
         with _threads.limit(args.threads), file_warnings(None if args.quiet else lambda m: _note(args, m)):
             for batch in run_batches(items, model, model.logits, model.num_classes, args.batch_size,
@@ -249,12 +288,16 @@ def run_classify(args) -> int:
                 for path, reason in batch.failures:
                     _note(args, f"skipped {text_path(path)}: {reason}")
                 for path, order, probabilities in zip(batch.paths, *top_k(batch.features, args.top)):
-                    # any path the OS gives, whatever stdout's encoding (undecodable bytes escaped)
-                    print("\t".join([text_path(path)] + [f"{names[i]} ({p:.4f})"
-                                                         for i, p in zip(order, probabilities)]), flush=True)
+                    if args.output:
+                        rows.append((path, order, probabilities))
+                    else:       # any path the OS gives, whatever stdout's encoding (bytes escaped)
+                        print("\t".join([text_path(path)] + [f"{names[i]} ({p:.4f})"
+                                                             for i, p in zip(order, probabilities)]), flush=True)
                 done, failed = done + len(batch.paths), failed + len(batch.failures)
     except ImageError as exc:
         return _fail(f"{exc} (--on-error fail)")
+    if args.output and rows:
+        write_predictions(args.output, rows, names)
     _run_summary(done, failed, done + failed, started, verb="classified", skipped=len(skipped))
     if not done:
         return _fail("nothing classified")
@@ -279,35 +322,52 @@ def _fail(message: str, status: int = EXIT_FAILURE) -> int:
     return status
 
 
+MODEL_HELP = ("registry name (also TF-Hub, Kaggle, TF-Slim and Hugging Face names of the same models), "
+              "weights file, or any source weights-tools reads")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mobilenet-np", description=__doc__.split("\n")[0],
-                                     epilog="exit status: 0 success, 1 partial success, 2 failure")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="the registry of published TF-Slim MobileNets")
+    parser = SuggestingParser(prog="mobilenet-np", description=__doc__.split("\n")[0].partition(": ")[2],
+                              epilog="exit status: 0 success, 1 partial success, 2 failure")
+    parser.add_argument("--version", action="version", version=f"mobilenet-np {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of these; mobilenet-np COMMAND --help for its options")
+    p = _command(sub, "list", "the registry of published TF-Slim MobileNets")
+    p.add_argument("pattern", nargs="?", metavar="PATTERN", help="only names matching it, e.g. 'mobilenet_v2*'")
     p.set_defaults(func=_list)
-    p = sub.add_parser("summary", help="per-layer table: op, stride, shapes, padding, params, MACs")
-    p.add_argument("--model", required=True, help="registry name, weights file, or any weight source")
-    p.add_argument("--input-size", type=int, help="table for another input size")
+    p = _command(sub, "summary", "per-layer table: op, stride, shapes, padding, params, MACs")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--input-size", type=_positive_int, metavar="PIXELS", help="table for another (square) input size")
     p.set_defaults(func=_summary)
-    p = sub.add_parser("profile", help="time per layer next to its MACs and GMAC/s")
-    p.add_argument("--model", required=True, help="registry name, weights file, or any weight source")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--input-size", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--backend", choices=("numba", "numpy"), default="numba")
+    p = _command(sub, "profile", "time per layer next to its MACs and GMAC/s")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--batch-size", type=_positive_int, default=1, metavar="N", help="images per call (default 1)")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="model threads (default: all cores)")
+    p.add_argument("--input-size", type=_positive_int, metavar="PIXELS", help="square input size (default: the model's)")
+    p.add_argument("--repeats", type=_positive_int, default=50, metavar="N", help="timed runs; the median is shown (default 50)")
+    p.add_argument("--backend", choices=("numba", "numpy"), default="numba",
+                   help="the Numba engine (default) or the NumPy reference")
     p.set_defaults(func=_profile)
-    p = sub.add_parser("parity", help="compare with TensorFlow at every endpoint (needs the parity extra)")
-    p.add_argument("source", help="checkpoint, weights file, registry name or any source weights-tools reads")
-    p.add_argument("--images", nargs="*", help="image files (default: two seeded random images)")
-    p.add_argument("--preset", choices=("hub", "slim"), default=None)
-    p.add_argument("--backend", choices=("numba", "numpy"), default="numba")
-    p.add_argument("--weights", choices=("raw", "ema"), default="ema")
-    p.add_argument("--tolerance", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p = _command(sub, "parity", "compare with TensorFlow at every endpoint (needs the parity extra)")
+    p.add_argument("source", metavar="SOURCE",
+                   help="checkpoint, weights file, registry name or any source weights-tools reads")
+    p.add_argument("--images", nargs="*", metavar="IMAGE", help="image files (default: two seeded random images)")
+    p.add_argument("--preset", choices=PRESETS, help="preprocessing of --images (default: the model's own)")
+    p.add_argument("--backend", choices=("numba", "numpy"), default="numba",
+                   help="the Numba engine (default) or the NumPy reference")
+    p.add_argument("--weights", choices=("raw", "ema"), default="ema",
+                   help="for checkpoints: the raw or the moving-average (EMA, default) values")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest scaled difference that passes (default 1e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random images (default 0)")
     p.set_defaults(func=_parity)
     register_embed_commands(sub)
     return parser
+
+
+def _command(sub, name: str, summary: str):
+    """A sub-command whose --help starts with its one-line summary."""
+    return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
 
 
 # Optional packages, by the name Python reports when one is missing, and the extra that has it.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+import numpy as np
 from PIL import Image
 
 #: Files given on the command line with these suffixes are lists of image paths, one a line.
@@ -20,33 +21,67 @@ IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().i
 
 
 class Item(NamedTuple):
-    """One input image: ``path`` as recorded in the output, ``source`` as opened."""
+    """One input image: ``path`` as recorded in the output, ``source`` as opened (a path, or
+    an in-memory image: bytes, a file object, a PIL image, an array)."""
 
     path: str
-    source: str
+    source: object
 
 
 def collect_inputs(inputs, recursive: bool = False, skipped: list | None = None) -> list[Item]:
     """The images named by ``inputs``, in order: files as given; folders' images (by extension,
-    sorted, recorded relative to the folder; ``recursive`` descends into sub-folders); and the
-    lines of ``.txt`` / ``.lst`` list files (relative lines resolved against the list's folder,
-    recorded as written).  Missing files are kept: they fail, with a reason, when decoded.
+    sorted; ``recursive`` descends into sub-folders); the lines of ``.txt`` / ``.lst`` list
+    files (relative lines resolved against the list's folder); and in-memory images (bytes, file
+    objects, PIL images, [H, W, 3] arrays or an [N, H, W, 3] batch), recorded by their file name
+    if they have one, else as ``<input i>``.
+
+    Recorded paths are unique and say which file they are: with one folder (or one list) as
+    the only input, relative to it (as written in the list); otherwise as the inputs were named,
+    relative to the current folder or absolute, so that ``a/x.jpg`` and ``b/x.jpg`` stay apart.
+    A file named twice is embedded once.  Missing files are kept: they fail, with a reason,
+    when decoded.
 
     ``skipped``, if given, receives (path, reason) for what a folder holds but is not taken:
     files of types Pillow cannot open (``.heic``, ``.svg``, ...) and folders that cannot be
     read.  Hidden files (``.name``) are passed over without a word."""
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
+    inputs = [inputs] if _is_one_input(inputs) else list(inputs)
     skipped = [] if skipped is None else skipped
     items = []
-    for given in map(os.fspath, inputs):
+    for index, given in enumerate(inputs):
+        if not isinstance(given, (str, os.PathLike)):
+            items.append(Item(_in_memory_name(given, index), given))
+            continue
+        given = os.fspath(given)
         if os.path.isdir(given):
-            items += _folder_items(given, recursive, skipped)
+            found = _folder_items(given, recursive, skipped)
         elif given.lower().endswith(LIST_SUFFIXES) and os.path.isfile(given):
-            items += _list_items(given)
+            found = _list_items(given)
         else:
-            items.append(Item(given, given))
-    return items
+            found = [Item(given, given)]
+        items += found if len(inputs) == 1 else [Item(i.source.replace(os.sep, "/"), i.source) for i in found]
+    return _first_of_each_path(items)
+
+
+def _is_one_input(x) -> bool:
+    if isinstance(x, np.ndarray):
+        return x.ndim < 4
+    return isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)) or hasattr(x, "read")
+
+
+def _in_memory_name(source, index: int) -> str:
+    name = getattr(source, "filename", None) or getattr(source, "name", None)
+    return os.fsdecode(name) if isinstance(name, (str, os.PathLike)) and os.fsdecode(name) else f"<input {index}>"
+
+
+def _first_of_each_path(items: list[Item]) -> list[Item]:
+    seen, out = set(), []
+    for item in items:
+        if not isinstance(item.source, str):      # in memory: always its own image
+            out.append(item)
+        elif item.path not in seen:
+            seen.add(item.path)
+            out.append(item)
+    return out
 
 
 def _folder_items(root: str, recursive: bool, skipped: list) -> list[Item]:

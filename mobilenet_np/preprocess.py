@@ -16,6 +16,7 @@ any lasting change to Pillow's global settings.
 """
 
 import contextlib
+import io
 import os
 import stat
 import threading
@@ -83,6 +84,9 @@ def load_image(src) -> Image.Image:
 def preprocess(src, size, preset="hub", draft=True) -> np.ndarray:
     """Load ``src`` and make the float32 [height, width, 3] array in [0, 1] a model takes.
 
+    ``src`` is anything ``load_image`` takes, encoded bytes, or an [H, W, 3] (or [H, W]) array:
+    uint8 arrays take the path of a decoded file; float arrays (values in [0, 1]) are resized
+    per channel in float32 (Pillow's bilinear filter for "hub"; "slim" as below, bit for bit).
     ``size`` is (height, width).  ``preset``:
 
     * ``"hub"``: resize the whole decoded uint8 image to ``size`` with Pillow BILINEAR (no
@@ -100,14 +104,47 @@ def preprocess(src, size, preset="hub", draft=True) -> np.ndarray:
       -- TF-Slim's ``preprocess_for_eval`` without its final ``x*2 - 1``.  Never drafted.
     """
     height, width = _check_size(size)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preprocessing preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    src = _as_source(src)
+    if isinstance(src, np.ndarray):
+        return _float_array(src, (height, width), preset)
     if preset == "hub":
         img, box = _load(src, draft_size=(height, width) if draft else None)
         resized = img.resize((width, height), Image.Resampling.BILINEAR, box=box)
         return uint8_to_float(np.asarray(resized))
+    return _slim(uint8_to_float(np.asarray(load_image(src))), (height, width))
+
+
+def _slim(image: np.ndarray, size) -> np.ndarray:
+    return resize_bilinear_legacy(central_crop(image, SLIM_CENTRAL_FRACTION), size)
+
+
+def _as_source(src):
+    """Bytes as a file object; a uint8 array as a PIL image; a float array as float32 RGB."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return io.BytesIO(src)
+    if not isinstance(src, np.ndarray):
+        return src
+    if src.ndim == 2:
+        src = np.repeat(src[:, :, None], 3, axis=2)
+    if src.ndim != 3 or src.shape[2] != 3:
+        raise ValueError(f"an image array must be [H, W, 3] or [H, W], got shape {src.shape}")
+    if src.dtype == np.uint8:
+        return Image.fromarray(np.ascontiguousarray(src), mode="RGB")
+    if src.dtype.kind != "f":
+        raise ValueError(f"an image array must be uint8 or float in [0, 1], got dtype {src.dtype}")
+    return src.astype(np.float32, copy=False)
+
+
+def _float_array(image: np.ndarray, size, preset: str) -> np.ndarray:
     if preset == "slim":
-        image = uint8_to_float(np.asarray(load_image(src)))
-        return resize_bilinear_legacy(central_crop(image, SLIM_CENTRAL_FRACTION), (height, width))
-    raise ValueError(f"unknown preprocessing preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+        return _slim(image, size)
+    if image.shape[:2] == tuple(size):
+        return np.array(image, np.float32)
+    channels = [Image.fromarray(np.ascontiguousarray(image[:, :, c]), mode="F")
+                .resize((size[1], size[0]), Image.Resampling.BILINEAR) for c in range(3)]
+    return np.stack([np.asarray(c) for c in channels], axis=2)
 
 
 def uint8_to_float(image: np.ndarray) -> np.ndarray:
