@@ -30,6 +30,9 @@ from .models import ServedModel, start_warm_up
 
 log = logging.getLogger("mobilenet_np.serve")
 
+#: Set in the ASGI scope once the handler has read the whole body.
+BODY_READ = "mobilenet_np.body_read"
+
 
 @dataclass
 class Settings:
@@ -78,14 +81,18 @@ class Server:
         """The request body, at most ``max_body_bytes`` (after gzip/deflate decompression)."""
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _too_large(int(declared), limit)
         chunks, size = [], 0
+        too_large = declared is not None and declared.isdigit() and int(declared) > limit
         async for chunk in request.stream():
+            # Past the limit the rest is read and dropped (memory stays bounded; the request
+            # timeout bounds the time), so that the client reads the 413 rather than a reset.
             size += len(chunk)
-            if size > limit:
-                raise _too_large(size, limit)
-            chunks.append(chunk)
+            too_large = too_large or size > limit
+            if not too_large:
+                chunks.append(chunk)
+        request.scope[BODY_READ] = True
+        if too_large:
+            raise _too_large(limit)
         body = b"".join(chunks)
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding in ("gzip", "deflate"):
@@ -129,7 +136,7 @@ class Server:
         self.pool.close()
 
 
-def _too_large(size: int, limit: int) -> ServeError:
+def _too_large(limit: int) -> ServeError:
     return ServeError(413, f"the request body is larger than {limit} bytes (--max-body-bytes)")
 
 
@@ -141,7 +148,7 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     except zlib.error as exc:
         raise bad_request(f"the body is not valid {encoding} data: {exc}") from None
     if len(out) > limit or inflater.unconsumed_tail:
-        raise _too_large(len(out), limit)
+        raise _too_large(limit)
     return out
 
 
@@ -149,7 +156,27 @@ def stack_results(results: list[dict], output: str) -> np.ndarray:
     return np.stack([r[output] for r in results])
 
 
+async def _drain(request: Request) -> None:
+    """Read and drop a body the handler did not read, before an error answer: a client still
+    sending gets the answer (a 503, a 404) rather than a connection reset.  Bounded in size and
+    time; the connection is closed beyond."""
+    if request.scope.get(BODY_READ) or request.method in ("GET", "HEAD"):
+        return
+    server = request.app.state.server
+
+    async def consume():
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > server.settings.max_body_bytes:
+                return
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(consume(), server.settings.request_timeout_s)
+
+
 async def _serve_error(request: Request, exc: ServeError) -> Response:
+    await _drain(request)
     return json_response({"error": exc.message}, exc.status, exc.headers)
 
 
@@ -159,6 +186,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 async def _not_found(request: Request, exc) -> Response:
+    await _drain(request)
     status = getattr(exc, "status_code", 404)
     detail = getattr(exc, "detail", "") or "not found"
     return json_response({"error": f"{request.method} {request.url.path}: {detail}"}, status)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 log = logging.getLogger("mobilenet_np.serve")
@@ -105,6 +106,11 @@ def run(args) -> int:
                             # uvicorn's plain 503 rather than holding memory
                             limit_concurrency=max(1024, 4 * settings.queue_size))
     server = uvicorn.Server(config)
+    # uvicorn catches SIGTERM and SIGINT while it runs, shuts down gracefully, then raises the
+    # signal again under the handlers found at start: make those do nothing, so that a clean
+    # shutdown exits with status 0 rather than "killed by SIGTERM".
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     server.run()
     return 0 if server.started else 2
 
