@@ -211,8 +211,14 @@ def build_app(models: dict[str, ServedModel], settings: Settings, metrics: Metri
             start_warm_up(models)
         yield
         server.close()
-        answered = sum(s.value for m in metrics.requests.collect() for s in m.samples if s.name.endswith("_total"))
-        log.info("stopped: %d requests answered; every accepted request was finished", answered)
+        by_status: dict[str, int] = {}
+        for family in metrics.requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    status = sample.labels["status"]
+                    by_status[status] = by_status.get(status, 0) + int(sample.value)
+        log.info("stopped: answered %d requests (%s); every accepted request was finished",
+                 sum(by_status.values()), ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items())) or "none")
 
     routes = [*tfserving.routes(server), *v2.routes(server), Route("/metrics", metrics_endpoint)]
     app = Starlette(routes=routes, lifespan=lifespan,

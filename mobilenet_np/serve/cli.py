@@ -49,9 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--request-timeout-s", type=_positive(float), default=30.0,
                    help="a request not answered by then gets 504 (default 30 s)")
     p.add_argument("--threads", type=_positive(int), default=None,
-                   help="threads for the model (default: Numba's and BLAS's defaults, all cores)")
+                   help="threads for the model (default: the cores the decode workers leave, at least 1)")
     p.add_argument("--decode-workers", type=_positive(int), default=None,
-                   help="threads that parse bodies and decode images (default: the number of cores)")
+                   help="threads that parse bodies and decode images (default: half the cores, at least 1)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs time)")
 
@@ -84,9 +84,16 @@ def run(args) -> int:
     if len(set(names)) != len(names):
         print(f"mobilenet-np serve: a model name is given twice: {names}", file=sys.stderr)
         return 2
+    # The model's threads meet after every layer of a small batch: a thread that must wait
+    # for a core taken by a decoder, the event loop or another process stalls them all (on
+    # 2 busy cores, 2 model threads ran batches 5x slower than 1).  So the model gets the
+    # cores the decoders leave, as embed does.
+    cores = os.cpu_count() or 1
+    decode_workers = args.decode_workers or max(1, cores // 2)
+    threads = args.threads or max(1, cores - decode_workers)
     settings = Settings(max_batch=args.max_batch, batch_timeout_ms=args.batch_timeout_ms, queue_size=args.queue_size,
                         max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout_s,
-                        threads=args.threads, decode_workers=args.decode_workers or os.cpu_count() or 1)
+                        threads=threads, decode_workers=decode_workers)
     metrics = Metrics()
     try:
         models = load_models(args.model, max_batch=settings.max_batch, timeout_s=settings.batch_timeout_ms / 1e3,
@@ -95,7 +102,9 @@ def run(args) -> int:
         print(f"mobilenet-np serve: cannot load a model: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     log.info("serving %d model(s) on http://%s:%d (TF Serving REST /v1, Open Inference Protocol /v2, /metrics); "
-             "kernels: warming up, ready when /v2/health/ready answers 200", len(models), args.host, args.port)
+             "%d model thread(s), %d decode worker(s), batches of up to %d within %g ms, queue %d; "
+             "kernels: warming up, ready when /v2/health/ready answers 200", len(models), args.host, args.port,
+             threads, decode_workers, settings.max_batch, settings.batch_timeout_ms, settings.queue_size)
     for served in models.values():
         metrics.model_ready.labels(served.name).set(0)
         log.info("model %s", served.describe())
