@@ -161,18 +161,37 @@ def test_overload_refuses_with_retry_after(start, model, rng):
 
 
 def test_sigterm_finishes_every_queued_request(start, model, rng):
-    """Twelve requests accepted and waiting in the queue (a long batch timeout holds them)
-    when SIGTERM comes: all twelve are answered, right, and the server exits with status 0."""
-    server = start("--max-batch", "64", "--batch-timeout-ms", "4000")
+    """SIGTERM while the model runs a long batch (16 images of 1024x1024) and twelve more
+    requests wait in the queue: the long one and all twelve are answered, right, and the
+    server exits with status 0."""
+    server = start("--max-batch", "16", "--max-body-bytes", str(64 * 2**20))
+    big = (rng.random((16, 1024, 1024, 3)) * 255).astype(np.uint8)
+    header = json.dumps({"inputs": [{"name": "images", "shape": list(big.shape), "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": big.nbytes}}],
+                         "outputs": [{"name": "features", "parameters": {"binary_data": True}}]}).encode()
+    long_batch = ("/v2/models/v2/infer", header + big.tobytes(), {"Inference-Header-Content-Length": str(len(header))})
     kinds = requests_for(model, rng)
 
-    async def twelve_queued(answers):
-        metrics = await asyncio.to_thread(server.request, "GET", "/metrics")
-        return 'mobilenet_np_queue_depth{model="v2"} 12.0' in metrics[2].decode()
+    async def main():
+        first = asyncio.ensure_future(fire(server.url, [(*long_batch, "v2", None)], 1, 1, lambda *a: answers.append(a)))
+        while 'mobilenet_np_images_running{model="v2"} 16.0' not in (await metrics()):
+            assert not first.done()
+            await asyncio.sleep(0.01)
+        queued = await sigterm_when(server, kinds, 12, 12, twelve_queued)
+        await first
+        return queued
 
-    answers = asyncio.run(sigterm_when(server, kinds, 12, 12, twelve_queued))
-    assert len(answers) == 12
-    for k, status, headers, body in answers:
+    async def metrics():
+        return (await asyncio.to_thread(server.request, "GET", "/metrics"))[2].decode()
+
+    async def twelve_queued(answers):
+        return 'mobilenet_np_queue_depth{model="v2"} 12.0' in await metrics()
+
+    answers = []
+    queued = asyncio.run(main())
+    assert len(queued) == 12 and len(answers) == 1
+    assert answers[0][1] == 200 and features_of("v2", answers[0][2], answers[0][3]).shape == (16 * 1280,)
+    for k, status, headers, body in queued:
         assert status == 200, body
         assert np.array_equal(features_of(kinds[k][3], headers, body), kinds[k][4])
     assert server.proc.wait(120) == 0

@@ -30,6 +30,9 @@ from .models import ServedModel, start_warm_up
 
 log = logging.getLogger("mobilenet_np.serve")
 
+#: Bodies up to this size are parsed on the event loop rather than in the decode pool.
+INLINE_PARSE_BYTES = 16 * 1024
+
 #: Set in the ASGI scope once the handler has read the whole body.
 BODY_READ = "mobilenet_np.body_read"
 
@@ -101,13 +104,14 @@ class Server:
             raise ServeError(415, f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none")
         return body
 
-    async def run(self, request: Request, served: ServedModel, parse):
+    async def run(self, request: Request, served: ServedModel, parse, json_bytes=None):
         """Parse ``request`` with ``parse(body) -> (list of images or Encoded, outputs wanted,
-        context)`` and run the images; returns ([result dict per image], context)."""
+        context)`` and run the images; returns ([result dict per image], context).
+        ``json_bytes(body)``: how much of the body is JSON (default: all of it)."""
         served.require_ready()
         ticket = served.batcher.reserve(1)
         try:
-            return await asyncio.wait_for(self._run(request, served, parse, ticket),
+            return await asyncio.wait_for(self._run(request, served, parse, json_bytes, ticket),
                                           self.settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise ServeError(504, f"the request took longer than {self.settings.request_timeout_s:g} s "
@@ -115,9 +119,14 @@ class Server:
         finally:
             ticket.close()
 
-    async def _run(self, request, served, parse, ticket):
+    async def _run(self, request, served, parse, json_bytes, ticket):
         body = await self.read_body(request)
-        found, outputs, context = await self.pool.run(parse, body)
+        # A small body (a binary tensor's JSON header, a few encoded images) parses in
+        # microseconds: a trip to the pool and back would cost more than that.
+        if (json_bytes(body) if json_bytes else len(body)) <= INLINE_PARSE_BYTES:
+            found, outputs, context = parse(body)
+        else:
+            found, outputs, context = await self.pool.run(parse, body)
         for output in outputs:
             served.require_output(output)
         ticket.grow(len(found) - 1)

@@ -6,8 +6,9 @@ images held in memory are bounded by the queue size, and a full queue is refused
 queue for a batch, or when the request gives up (bad body, timeout).
 
 The worker takes the oldest image, then waits until ``max_batch`` images of the same shape
-and dtype are queued or ``timeout_s`` has passed since that oldest image arrived, and runs
-them as one batch.  Images of other shapes stay queued, in order, for the next batch.  The
+and dtype are queued or ``timeout_s`` has passed since that oldest image arrived (and only
+while other requests are still being read or decoded: with none, there is nothing to wait
+for), and runs them as one batch.  Images of other shapes stay queued, in order, for the next batch.  The
 engine's feature vectors do not depend on the batch (tests/test_serve_batching.py checks
 it), so a batched image gets the vector ``model(x)`` gives it alone.
 """
@@ -136,6 +137,7 @@ class Batcher:
                 self._queue.remove(item)
             self._reserved -= unused_slots + len(queued)
             self._gauge()
+            self._cond.notify_all()
 
     def _gauge(self) -> None:
         if self._metrics is not None:
@@ -158,7 +160,9 @@ class Batcher:
                 return None
             first = self._queue[0]
             deadline = first.arrived + self.timeout_s
-            while not self._closing and self._count(first.key) < self.max_batch:
+            # Wait for more only while some request holds slots it has not queued yet (its
+            # body is being read or decoded): with none, waiting adds latency and no images.
+            while not self._closing and self._count(first.key) < self.max_batch and self._preparing():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -170,20 +174,28 @@ class Batcher:
             self._gauge()
             return batch
 
+    def _preparing(self) -> int:
+        return self._reserved - len(self._queue)
+
     def _count(self, key) -> int:
         return sum(1 for item in self._queue if item.key == key)
 
     def _run_batch(self, batch: list[Item]) -> None:
         started = time.perf_counter()
+        if self._metrics is not None:
+            self._metrics.running.labels(self.name).set(len(batch))
         try:
             results = self._infer(np.stack([item.image for item in batch]), batch)
         except Exception as exc:  # one failing batch must not stop the worker
+            if self._metrics is not None:
+                self._metrics.running.labels(self.name).set(0)
             log.exception("model %s: a batch of %d failed", self.name, len(batch))
             error = ServeError(500, f"inference failed: {type(exc).__name__}: {exc}")
             for item in batch:
                 item.loop.call_soon_threadsafe(_settle, item.future, None, error)
             return
         if self._metrics is not None:
+            self._metrics.running.labels(self.name).set(0)
             self._metrics.batch_size.labels(self.name).observe(len(batch))
             self._metrics.batch_seconds.labels(self.name).observe(time.perf_counter() - started)
         for item, result in zip(batch, results):

@@ -26,6 +26,8 @@ class Metrics:
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("mobilenet_np_queue_depth", "Images waiting in the model's queue", ["model"],
                                  registry=r)
+        self.running = Gauge("mobilenet_np_images_running", "Images in the batch the model is running", ["model"],
+                             registry=r)
         self.model_ready = Gauge("mobilenet_np_model_ready", "1 once the model is warmed up and serving", ["model"],
                                  registry=r)
         self.in_flight = Gauge("mobilenet_np_requests_in_flight", "HTTP requests being handled", registry=r)

@@ -207,7 +207,8 @@ def _requested_outputs(doc: dict, served) -> dict[str, bool]:
 async def _infer(server: Server, served, request: Request) -> Response:
     header_length = request.headers.get(HEADER_LENGTH)
     parse = _parse_infer(served)
-    results, (doc, wanted) = await server.run(request, served, lambda body: parse(_split(body, header_length)))
+    results, (doc, wanted) = await server.run(request, served, lambda body: parse(_split(body, header_length)),
+                                              lambda body: len(_split(body, header_length)[0]))
     outputs, chunks = [], []
     for name, binary in wanted.items():
         tensor = np.ascontiguousarray(stack_results(results, name), dtype=np.float32)
