@@ -236,6 +236,7 @@ BAD = [
     ("POST", "/v2/models/v1/infer", {**v2_body("images", [1], "BYTES", ["AA=="]), "outputs": [{"name": "logits"}]},
      400, "unknown output 'logits'"),
     ("POST", "/v2/models/v2/infer", b'{"inputs": 3}', 400, "list of one tensor"),
+    ("POST", "/v2/models/v2/infer", v2_body("images", [0], "BYTES", []), 400, "no images"),
     ("POST", "/v1/models/v2:predict", b"x" * (MAX_BODY + 1), 413, "--max-body-bytes"),
 ]
 

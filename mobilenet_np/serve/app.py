@@ -127,6 +127,8 @@ class Server:
             found, outputs, context = parse(body)
         else:
             found, outputs, context = await self.pool.run(parse, body)
+        if not found:
+            raise bad_request("the request holds no images")
         for output in outputs:
             served.require_output(output)
         ticket.grow(len(found) - 1)
