@@ -219,3 +219,16 @@ def test_sigterm_mid_load_answers_every_accepted_request(start, model, rng):
     stopped = re.search(r"stopped: answered \d+ requests \(200: (\d+)", server.log())
     assert stopped, server.log()[-2000:]
     assert int(stopped.group(1)) == len(answered) + 1  # + the readiness probe that said ready
+
+
+def test_request_timeout_answers_504_and_frees_the_queue(start, rng):
+    """A request still unanswered after --request-timeout-s gets 504 naming the option, and
+    its queue slots come back (a 1 ms timeout against a batch of 16 images of 1024x1024)."""
+    server = start("--request-timeout-s", "0.001", "--max-body-bytes", str(64 * 2**20))
+    big = (rng.random((16, 1024, 1024, 3)) * 255).astype(np.uint8)
+    header = json.dumps({"inputs": [{"name": "images", "shape": list(big.shape), "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": big.nbytes}}]}).encode()
+    status, _, data = server.request("POST", "/v2/models/v2/infer", header + big.tobytes(),
+                                     {"Inference-Header-Content-Length": str(len(header))})
+    assert status == 504 and "--request-timeout-s" in json.loads(data)["error"]
+    assert 'mobilenet_np_queue_depth{model="v2"} 0.0' in server.request("GET", "/metrics")[2].decode()

@@ -33,6 +33,10 @@ log = logging.getLogger("mobilenet_np.serve")
 #: Bodies up to this size are parsed on the event loop rather than in the decode pool.
 INLINE_PARSE_BYTES = 16 * 1024
 
+#: At least this long is given to reading and dropping an unread body before an error answer
+#: (a request that timed out while its body was arriving has no time of its own left).
+DRAIN_TIMEOUT_S = 10.0
+
 #: Set in the ASGI scope once the handler has read the whole body.
 BODY_READ = "mobilenet_np.body_read"
 
@@ -183,7 +187,7 @@ async def _drain(request: Request) -> None:
                 return
 
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(consume(), server.settings.request_timeout_s)
+        await asyncio.wait_for(consume(), max(server.settings.request_timeout_s, DRAIN_TIMEOUT_S))
 
 
 async def _serve_error(request: Request, exc: ServeError) -> Response:

@@ -120,8 +120,14 @@ def run(args) -> int:
     # shutdown exits with status 0 rather than "killed by SIGTERM".
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    server.run()
-    return 0 if server.started else 2
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot start, e.g. the port is taken
+        server.started = False
+    if not server.started:
+        print(f"mobilenet-np serve: could not serve on {args.host}:{args.port} (see the log above)", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv=None) -> int:
