@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import mobilenet_np as mnp
-from conftest import shared_path
+from conftest import png_claiming, shared_path
 from serve_process import ServerProcess, jpeg, save_models
 
 pytest.importorskip("starlette")
@@ -223,6 +223,8 @@ BAD = [
     ("POST", "/v1/models/v2:predict", {"instances": [{"b64": "@@@"}]}, 400, "invalid base64"),
     ("POST", "/v1/models/v2:predict", {"instances": [{"b64": base64.b64encode(b"GIF89a junk").decode()}]}, 400,
      "bad image"),
+    ("POST", "/v1/models/v2:predict", {"instances": [{"b64": base64.b64encode(png_claiming(30000, 30000)).decode()}]},
+     400, "decompression bomb"),
     ("POST", "/v1/models/v2:predict", {"instances": [{"pixels": [1]}]}, 400, "only input is 'images'"),
     ("POST", "/v1/models/v2:predict", {"instances": [], "inputs": []}, 400, "exactly one of"),
     ("POST", "/v1/models/v2:predict", {"signature_name": "x", "instances": [{"b64": "AA=="}]}, 400, "signature_name"),
