@@ -14,8 +14,8 @@ import pytest
 import mobilenet_np as mnp
 from serve_process import ServerProcess, jpeg, save_models
 
-pytest.importorskip("starlette")
-aiohttp = pytest.importorskip("aiohttp")
+pytest.importorskip("starlette", reason="the serve extra is not installed (pip install -e .[serve])")
+aiohttp = pytest.importorskip("aiohttp", reason="the test extra is not installed (pip install -e .[test])")
 
 LOAD_REQUESTS = 2000
 LOAD_CLIENTS = 32

@@ -13,9 +13,10 @@ import mobilenet_np as mnp
 from conftest import png_claiming, shared_path
 from serve_process import ServerProcess, jpeg, save_models
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-httpclient = pytest.importorskip("tritonclient.http")
+pytest.importorskip("starlette", reason="the serve extra is not installed (pip install -e .[serve])")
+pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install -e .[serve])")
+httpclient = pytest.importorskip("tritonclient.http",
+                                 reason="the test extra is not installed (pip install -e .[test])")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 MAX_BODY = 8 * 2**20  # the photos in shared/images take 4.7 MB in base64
