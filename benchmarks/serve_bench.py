@@ -1,6 +1,6 @@
 """``mobilenet-np serve`` throughput and latency next to in-process ``model(x)``.
 
-    python -m benchmarks.serve_bench [--seconds 5]
+    python -m benchmarks.serve_bench [--seconds 5] [--quick]
 
 For V1 0.5/160 and V2 0.5/96 feature-vector models (seeded random weights; the speed does not
 depend on the values), starts a real server process (default options: on 2 cores, 1 model
@@ -123,25 +123,25 @@ def in_process(model, batch: int, threads: int, seconds: float) -> float:
     return n / (time.perf_counter() - start)
 
 
-def run(seconds: float) -> list[dict]:
+def run(seconds: float, models=MODELS, concurrency=CONCURRENCY) -> list[dict]:
     rows = []
     rng = np.random.default_rng(0)
     cores = os.cpu_count() or 1
     threads = max(1, cores - max(1, cores // 2))  # the server's default model threads
     with tempfile.TemporaryDirectory() as tmp:
-        for label, (arch, multiplier, size) in MODELS.items():
+        for label, (arch, multiplier, size) in models.items():
             model = mnp.build(arch, multiplier, size, num_classes=0, seed=0)
             path = Path(tmp) / f"{arch}.h5"
             model.save(path)
-            baseline = {c: in_process(model, c, threads, seconds / 2) for c in CONCURRENCY}
-            baseline2 = {c: in_process(model, c, cores, seconds / 2) for c in CONCURRENCY}
+            baseline = {c: in_process(model, c, threads, seconds / 2) for c in concurrency}
+            baseline2 = {c: in_process(model, c, cores, seconds / 2) for c in concurrency}
             bodies = request_bodies(model, rng)
             proc, url = start_server(path, Path(tmp) / "server.log")
             try:
                 for kind in KINDS:
                     path_, body, headers = bodies[kind]
                     asyncio.run(load(url, path_, body, headers, 4, 1.0))  # warm the connections and pool
-                    for c in CONCURRENCY:
+                    for c in concurrency:
                         rate, p50, p99, errors = asyncio.run(load(url, path_, body, headers, c, seconds))
                         rows.append({"model": label, "kind": kind, "clients": c, "rate": rate, "p50": p50 * 1e3,
                                      "p99": p99 * 1e3, "errors": errors, "body": len(body),
@@ -188,8 +188,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement (default 5)")
     parser.add_argument("--output", type=Path, default=RESULTS / "serve.md")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of the harness: V2 only, 1 and 4 clients, 0.3 s each")
     args = parser.parse_args(argv)
-    rows = run(args.seconds)
+    if args.quick:
+        rows = run(0.3, {"V2 0.5/96": MODELS["V2 0.5/96"]}, (1, 4))
+    else:
+        rows = run(args.seconds)
     text = report(rows, args.seconds)
     args.output.write_text(text)
     print(text)

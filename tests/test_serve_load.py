@@ -232,3 +232,15 @@ def test_request_timeout_answers_504_and_frees_the_queue(start, rng):
                                      {"Inference-Header-Content-Length": str(len(header))})
     assert status == 504 and "--request-timeout-s" in json.loads(data)["error"]
     assert 'mobilenet_np_queue_depth{model="v2"} 0.0' in server.request("GET", "/metrics")[2].decode()
+
+
+def test_benchmark_harness_quick_run(tmp_path, monkeypatch):
+    """benchmarks/serve_bench.py --quick runs end to end and reports every cell without a
+    failed request (its timings are not checked)."""
+    from serve_process import REPO
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks import serve_bench
+    assert serve_bench.main(["--quick", "--output", str(tmp_path / "serve.md")]) == 0
+    rows = [line.split(" | ") for line in (tmp_path / "serve.md").read_text().splitlines()
+            if line.startswith("| V2 0.5/96 |")]
+    assert len(rows) == 3 * 2 and all(row[7] == "0" for row in rows), rows
