@@ -110,17 +110,28 @@ async def load(url: str, path: str, body: bytes, headers: dict, clients: int, se
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - started
-    return len(latencies) / elapsed, np.percentile(latencies, 50), np.percentile(latencies, 99), errors
+    return (len(latencies) / elapsed, np.percentile(latencies, 50), np.percentile(latencies, 99), errors,
+            len(latencies))
 
 
-def in_process(model, batch: int, threads: int, seconds: float) -> float:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def in_process(model, batch: int, threads: int, seconds: float) -> tuple[float, float]:
+    """(images/s, CPU ms per image) of model(x) on a batch."""
     x = np.random.default_rng(0).random((batch, *model.input_size, 3), dtype=np.float32)
     model(x, threads=threads)
-    n, start = 0, time.perf_counter()
+    n, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         model(x, threads=threads)
         n += batch
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), (time.process_time() - cpu) / n * 1e3
 
 
 def run(seconds: float, models=MODELS, concurrency=CONCURRENCY) -> list[dict]:
@@ -134,7 +145,7 @@ def run(seconds: float, models=MODELS, concurrency=CONCURRENCY) -> list[dict]:
             path = Path(tmp) / f"{arch}.h5"
             model.save(path)
             baseline = {c: in_process(model, c, threads, seconds / 2) for c in concurrency}
-            baseline2 = {c: in_process(model, c, cores, seconds / 2) for c in concurrency}
+            baseline2 = {c: in_process(model, c, cores, seconds / 2)[0] for c in concurrency}
             bodies = request_bodies(model, rng)
             proc, url = start_server(path, Path(tmp) / "server.log")
             try:
@@ -142,12 +153,16 @@ def run(seconds: float, models=MODELS, concurrency=CONCURRENCY) -> list[dict]:
                     path_, body, headers = bodies[kind]
                     asyncio.run(load(url, path_, body, headers, 4, 1.0))  # warm the connections and pool
                     for c in concurrency:
-                        rate, p50, p99, errors = asyncio.run(load(url, path_, body, headers, c, seconds))
+                        cpu = process_cpu_seconds(proc.pid)
+                        rate, p50, p99, errors, count = asyncio.run(load(url, path_, body, headers, c, seconds))
+                        cpu_ms = (process_cpu_seconds(proc.pid) - cpu) / count * 1e3
                         rows.append({"model": label, "kind": kind, "clients": c, "rate": rate, "p50": p50 * 1e3,
-                                     "p99": p99 * 1e3, "errors": errors, "body": len(body),
-                                     "in_process": baseline[c], "in_process_all": baseline2[c], "threads": threads})
+                                     "p99": p99 * 1e3, "errors": errors, "body": len(body), "cpu_ms": cpu_ms,
+                                     "in_process": baseline[c][0], "in_process_cpu_ms": baseline[c][1],
+                                     "in_process_all": baseline2[c], "threads": threads})
                         print(f"{label:<11} {kind:<15} c={c:<3} {rate:8.1f} img/s  p50 {p50 * 1e3:7.1f} ms  "
-                              f"p99 {p99 * 1e3:7.1f} ms  in-process b{c} {baseline[c]:7.1f} img/s", flush=True)
+                              f"p99 {p99 * 1e3:7.1f} ms  server CPU {cpu_ms:.2f} ms/img  in-process b{c} "
+                              f"{baseline[c][0]:7.1f} img/s, CPU {baseline[c][1]:.2f} ms/img", flush=True)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(120)
@@ -172,15 +187,19 @@ def report(rows: list[dict], seconds: float) -> str:
         f"{max(1, cores // 2)} decode worker(s), --max-batch 32, --batch-timeout-ms 2); single-image requests "
         f"from N concurrent aiohttp clients in the benchmark process (on the same cores) for {seconds:g} s each. "
         f"In-process: `model(x)` on a batch of N, {threads} thread(s) (the server's) and {cores} threads. "
-        "Seeded random feature-vector weights.", "",
+        "Seeded random feature-vector weights. CPU ms/img: the server process's CPU time (all its threads) "
+        "per image, next to this process's CPU time per image in model(x): unlike throughput, it hardly "
+        "depends on what else runs on the machine.", "",
         "| model | request | body | clients | served img/s | p50 ms | p99 ms | errors | in-process img/s, batch = clients "
-        f"({threads} thr / {cores} thr) | served / in-process ({threads} thr) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"({threads} thr / {cores} thr) | served / in-process ({threads} thr) | server CPU ms/img | "
+        "in-process CPU ms/img |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['model']} | {r['kind']} | {r['body'] / 1024:.0f} KiB | {r['clients']} | {r['rate']:.0f} | "
                      f"{r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} | {r['in_process']:.0f} / "
-                     f"{r['in_process_all']:.0f} | {r['rate'] / r['in_process']:.2f} |")
+                     f"{r['in_process_all']:.0f} | {r['rate'] / r['in_process']:.2f} | {r['cpu_ms']:.2f} | "
+                     f"{r['in_process_cpu_ms']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -192,7 +211,8 @@ def main(argv=None) -> int:
                         help="a smoke run of the harness: V2 only, 1 and 4 clients, 0.3 s each")
     args = parser.parse_args(argv)
     if args.quick:
-        rows = run(0.3, {"V2 0.5/96": MODELS["V2 0.5/96"]}, (1, 4))
+        args.seconds = 0.3
+        rows = run(args.seconds, {"V2 0.5/96": MODELS["V2 0.5/96"]}, (1, 4))
     else:
         rows = run(args.seconds)
     text = report(rows, args.seconds)
