@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from . import registry, threads as _threads
+from . import registry, serve, threads as _threads
 from ._version import __version__
 from .argparsing import SuggestingParser
 from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ImageError, UnknownSourceError,
@@ -362,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random images (default 0)")
     p.set_defaults(func=_parity)
     register_embed_commands(sub)
+    serve.add_parser(sub)
     return parser
 
 

@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="threads for the model (default: the cores the decode workers leave, at least 1)")
     p.add_argument("--decode-workers", type=_positive(int), default=None,
                    help="threads that parse bodies and decode images (default: half the cores, at least 1)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="how much the server logs (default info: startup, readiness, errors)")
     p.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs time)")
 
 
@@ -60,7 +61,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``serve`` to the ``mobilenet-np`` subcommands; the handler is ``args.func(args) -> int``."""
     p = subparsers.add_parser("serve", help="serve models over HTTP: TF Serving REST API and Open Inference "
                                             "Protocol v2 (needs the serve extra)",
-                              description=__doc__.split("\n\n")[0])
+                              description="Serve models over HTTP in the TensorFlow Serving REST API and the Open "
+                                          "Inference Protocol v2 (KServe, Triton), with dynamic batching, limits "
+                                          "and Prometheus metrics (needs the serve extra; see docs/serve.md).")
     add_arguments(p)
     p.set_defaults(func=run)
     return p
@@ -72,7 +75,8 @@ def run(args) -> int:
     try:
         import uvicorn
 
-        from .app import Settings, build_app
+        from .app import build_app
+        from .server import Settings
         from .metrics import Metrics
         from .models import load_models
     except ImportError as exc:

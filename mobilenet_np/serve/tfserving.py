@@ -21,7 +21,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.routing import Route
 
-from .app import Encoded, Server, json_response, stack_results
+from .server import Encoded, Server, json_response, stack_results
 from .errors import ServeError, bad_request
 from .inputs import array_from_json, as_batch, b64_bytes, check_images, parse_json
 from .models import FEATURES, LOGITS

@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 import mobilenet_np as mnp
 
-from .app import Encoded, Server, json_response, stack_results
+from .server import Encoded, Server, json_response, stack_results
 from .errors import ServeError, bad_request
 from .inputs import array_from_json, b64_bytes, check_images, parse_json
 
