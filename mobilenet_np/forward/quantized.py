@@ -1,0 +1,211 @@
+"""The integer forward pass: a quantized .tflite graph run op by op with the integer reference kernels.
+
+``QuantizedGraph(path)`` reads a uint8 (Google's QAT MobileNets) or int8 (the TFLite converter's
+full-integer quantization) .tflite file; ``graph.run(x)`` takes the quantized input as LiteRT
+does (uint8 or int8 NHWC, any batch) and returns the graph's outputs, byte for byte what
+TFLite's reference kernels give.  The op sequence is the graph's own: each operator is one call
+to a kernel of ``kernels/integer_reference.py`` (or ``integer_softmax.py``), with the
+requantization parameters TFLite derives from the tensors' scales and zero points.
+
+It deliberately does not: run fast, handle float or hybrid graphs, more than one subgraph, or
+ops a MobileNet does not contain (``OPS`` lists those it does).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import spec
+from ..errors import UnsupportedFormatError
+from ..kernels import integer_reference as iref
+from ..kernels import integer_softmax
+from weights_tools import tflite
+from weights_tools.tflite_ops import FULLY_CONNECTED, read_graph
+
+PADDING_VALID = 1
+
+
+class QuantizedGraph:
+    """A parsed quantized TFLite graph and the means to run it."""
+
+    def __init__(self, path: str | Path):
+        self.file = str(path)
+        graph = read_graph(Path(path).read_bytes(), self.file)
+        if len(graph.model.subgraphs) != 1:
+            raise UnsupportedFormatError(f"{self.file}: {len(graph.model.subgraphs)} subgraphs; expected 1")
+        self.model = graph.model
+        self.sub = graph.model.subgraphs[0]
+        self.options = graph.options
+        unknown = sorted({tflite.OP_NAMES.get(op.opcode, str(op.opcode)) for op in self.sub.operators
+                          if op.opcode not in OPS})
+        if unknown:
+            raise UnsupportedFormatError(f"{self.file}: operators {unknown} are not supported")
+
+    # --- tensors ---------------------------------------------------------------------------
+
+    def tensor(self, index: int) -> tflite.Tensor:
+        return self.sub.tensors[index]
+
+    def dtype(self, index: int) -> np.dtype:
+        return tflite.TENSOR_DTYPES[self.tensor(index).type]
+
+    def scale(self, index: int) -> float:
+        """The per-tensor scale, as the float32 TFLite stores."""
+        return float(self.tensor(index).quantization.scale[0])
+
+    def zero_point(self, index: int) -> int:
+        return int(self.tensor(index).quantization.zero_point[0])
+
+    def constant(self, index: int) -> np.ndarray | None:
+        """The stored value of a constant tensor (weights, bias, shape, axes), else None."""
+        if index < 0:
+            return None
+        t = self.tensor(index)
+        data = self.model.buffers[t.buffer]
+        if len(data) == 0:
+            return None
+        return np.frombuffer(data, tflite.TENSOR_DTYPES[t.type]).reshape(t.shape)
+
+    @property
+    def input_index(self) -> int:
+        return self.sub.inputs[0]
+
+    # --- running ---------------------------------------------------------------------------
+
+    def run(self, x: np.ndarray, on_op=None) -> list[np.ndarray]:
+        """The graph's outputs for the quantized input ``x``; ``on_op(i, op, y)`` sees every op's output."""
+        x = np.asarray(x)
+        if x.dtype != self.dtype(self.input_index):
+            raise TypeError(f"{self.file}: the input is {self.dtype(self.input_index)}, got {x.dtype}")
+        values = {self.input_index: x}
+        for i, op in enumerate(self.sub.operators):
+            inputs = [values.get(k) if self.constant(k) is None else self.constant(k) for k in op.inputs]
+            y = OPS[op.opcode](self, op, self.options[i], inputs)
+            values[op.outputs[0]] = y
+            if on_op is not None:
+                on_op(i, op, y)
+        return [values[k] for k in self.sub.outputs]
+
+
+# --- one function per operator: (graph, op, options, input values) -> output values -----------
+
+def _out(graph: QuantizedGraph, op):
+    k = op.outputs[0]
+    return graph.scale(k), graph.zero_point(k), graph.dtype(k)
+
+
+def _padding(padding: int, in_hw, kernel_hw, stride_hw):
+    """(out_hw, (top, bottom, left, right)): TF SAME (the odd pixel after) or VALID."""
+    if padding == PADDING_VALID:
+        return tuple((i - k) // s + 1 for i, k, s in zip(in_hw, kernel_hw, stride_hw)), (0, 0, 0, 0)
+    (oh, top, bottom), (ow, left, right) = (spec.same_padding(i, k, s)
+                                            for i, k, s in zip(in_hw, kernel_hw, stride_hw))
+    return (oh, ow), (top, bottom, left, right)
+
+
+def _conv_common(graph: QuantizedGraph, op, inputs, depthwise: bool):
+    x, w, bias = inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None
+    opts = op.conv_options
+    if (opts.dilation_h, opts.dilation_w) != (1, 1) or opts.stride_h != opts.stride_w:
+        raise UnsupportedFormatError(f"{graph.file}: dilated convolutions and unequal strides are not supported")
+    w_q = graph.tensor(op.inputs[1]).quantization
+    # TFLite's layouts put the output channel first: conv OHWI, depthwise [1, kh, kw, C].  Moving
+    # it last gives the TF-Slim layouts of the reference kernels (HWIO, [kh, kw, C, 1]).
+    w_hwio = w.transpose(1, 2, 3, 0)
+    out_hw, pad = _padding(opts.padding, x.shape[1:3], w.shape[1:3], (opts.stride_h, opts.stride_w))
+    if bias is None:
+        bias = np.zeros(w.shape[3] if depthwise else w.shape[0], np.int32)
+    accumulate = iref.depthwise_conv2d_accumulate if depthwise else iref.conv2d_accumulate
+    acc = accumulate(x, graph.zero_point(op.inputs[0]), w_hwio, w_q.zero_point, bias, opts.stride_h, pad, out_hw)
+    out_scale, out_zp, out_dtype = _out(graph, op)
+    in_dtype = graph.dtype(op.inputs[0])
+    multiplier, shift = iref.conv_multipliers(graph.scale(op.inputs[0]), w_q.scale, out_scale,
+                                              per_tensor=in_dtype == np.uint8)
+    clamp = iref.activation_range(tflite.ACTIVATION_NAMES[opts.activation], out_scale, out_zp, out_dtype)
+    return iref.requantize(acc, multiplier, shift, out_zp, clamp, out_dtype)
+
+
+def conv_2d(graph, op, options, inputs):
+    return _conv_common(graph, op, inputs, depthwise=False)
+
+
+def depthwise_conv_2d(graph, op, options, inputs):
+    w = inputs[1]
+    if w.shape[0] != 1 or w.shape[3] != inputs[0].shape[3]:
+        raise UnsupportedFormatError(f"{graph.file}: depthwise multiplier other than 1")
+    return _conv_common(graph, op, inputs, depthwise=True)
+
+
+def fully_connected(graph, op, options, inputs):
+    x, w = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    w_q = graph.tensor(op.inputs[1]).quantization
+    acc = iref.fully_connected_accumulate(x.reshape(-1, w.shape[1]), graph.zero_point(op.inputs[0]), w,
+                                          w_q.zero_point, bias)
+    out_scale, out_zp, out_dtype = _out(graph, op)
+    # FULLY_CONNECTED with one filter scale takes the legacy float32 product for uint8 and int8.
+    multiplier, shift = iref.conv_multipliers(graph.scale(op.inputs[0]), w_q.scale, out_scale,
+                                              per_tensor=len(w_q.scale) == 1)
+    clamp = iref.activation_range(options["activation"], out_scale, out_zp, out_dtype)
+    y = iref.requantize(acc, multiplier, shift, out_zp, clamp, out_dtype)
+    if options["keep_num_dims"]:
+        return y.reshape(*x.shape[:-1], w.shape[0])
+    return y
+
+
+def add(graph, op, options, inputs):
+    a, b = inputs
+    out_scale, out_zp, out_dtype = _out(graph, op)
+    clamp = iref.activation_range(options["activation"], out_scale, out_zp, out_dtype)
+    return iref.add(a, graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]),
+                    b, graph.scale(op.inputs[1]), graph.zero_point(op.inputs[1]),
+                    out_scale, out_zp, clamp, out_dtype)
+
+
+def average_pool_2d(graph, op, options, inputs):
+    x = inputs[0]
+    window, stride = (options["filter_h"], options["filter_w"]), (options["stride_h"], options["stride_w"])
+    out_hw, pad = _padding(options["padding"], x.shape[1:3], window, stride)
+    out_scale, out_zp, out_dtype = _out(graph, op)
+    clamp = iref.activation_range(options["activation"], out_scale, out_zp, out_dtype)
+    return iref.average_pool(x, window, stride, pad, out_hw, clamp, out_dtype)
+
+
+def mean(graph, op, options, inputs):
+    x, axes = inputs
+    if sorted(int(a) % x.ndim for a in np.reshape(axes, -1)) != [1, 2] or x.ndim != 4:
+        raise UnsupportedFormatError(f"{graph.file}: MEAN over axes {list(axes)}; only H and W")
+    out_scale, out_zp, out_dtype = _out(graph, op)
+    y = iref.mean_hw(x, graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]), out_scale, out_zp, out_dtype)
+    return y[:, None, None, :] if options["keep_dims"] else y
+
+
+def softmax(graph, op, options, inputs):
+    return integer_softmax.softmax(inputs[0], options["beta"], graph.scale(op.inputs[0]), _out(graph, op)[2])
+
+
+def reshape(graph, op, options, inputs):
+    """RESHAPE and SQUEEZE: the output tensor's shape, with the batch of the input."""
+    shape = graph.tensor(op.outputs[0]).shape
+    return inputs[0].reshape(inputs[0].shape[0], *shape[1:])
+
+
+def quantize(graph, op, options, inputs):
+    x = inputs[0]
+    out_scale, out_zp, out_dtype = _out(graph, op)
+    if x.dtype == np.float32:
+        return iref.quantize(x, out_scale, out_zp, out_dtype)
+    return iref.requantize_tensor(x, graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]),
+                                  out_scale, out_zp, out_dtype)
+
+
+def dequantize(graph, op, options, inputs):
+    return iref.dequantize(inputs[0], graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]))
+
+
+OPS = {tflite.CONV_2D: conv_2d, tflite.DEPTHWISE_CONV_2D: depthwise_conv_2d, FULLY_CONNECTED: fully_connected,
+       tflite.ADD: add, tflite.AVERAGE_POOL_2D: average_pool_2d, tflite.MEAN: mean, tflite.SOFTMAX: softmax,
+       tflite.RESHAPE: reshape, tflite.SQUEEZE: reshape, tflite.QUANTIZE: quantize,
+       tflite.DEQUANTIZE: dequantize}

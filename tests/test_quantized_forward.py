@@ -1,0 +1,209 @@
+"""The integer forward pass (forward/quantized.py) against LiteRT, byte for byte.
+
+* Google's uint8 V1 0.5/160 files (Coral and jevois copies), on the photos of shared/images and
+  on seeded random inputs: every op's output equals LiteRT's reference kernels
+  (``OpResolverType.BUILTIN_REF``, all tensors kept), and the final output equals LiteRT's
+  optimized builtin kernels.
+* Full-integer int8 models that the TFLite converter makes from our float V1 0.5 and V2 0.5
+  (seeded weights, and the real V2 hub weights), per-channel, with V2's residual ADDs: every op
+  equals the reference kernels at 96, 160 and odd sizes.
+* LiteRT's default kernels (the XNNPACK delegate) and, for int8, its optimized builtin kernels
+  round some requantizations differently from its reference kernels.  Where they differ, the
+  tests say where (a warning listing the bytes) and check that we match the reference.
+
+Each .tflite is converted once per module (about 10-20 s each); LiteRT's reference kernels on
+every op cost a few seconds per model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ai_edge_litert")
+
+import mobilenet_np as mnp
+from conftest import shared_path
+from int8_models import int8_tflite, invoke, litert
+from mobilenet_np.forward.quantized import QuantizedGraph
+from mobilenet_np.kernels import integer_reference as iref
+from mobilenet_np.preprocess import preprocess
+from weights_tools.tflite import OP_NAMES
+
+UINT8_DIR = ("weights", "mobilenet_v1_050_160", "tflite_uint8_quant")
+UINT8_FILES = ("mobilenet_v1_0.5_160_quant.coral.tflite", "mobilenet_v1_0.5_160_quant.jevois.tflite")
+V2_HUB = ("weights", "mobilenet_v2_050_96", "tfjs_graph_feature_vector")
+RANDOM_INPUTS = 2
+INPUT_SEED = 170
+WEIGHTS_SEED = 17
+
+
+def photos(size: tuple[int, int]) -> tuple[list[str], np.ndarray]:
+    """The shared photos resized as ``preprocess`` does ("hub", no draft), in [0, 1]."""
+    folder = shared_path("images")
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    return [p.name for p in files], np.stack([preprocess(p, size, draft=False) for p in files])
+
+
+def random_inputs(dtype, size, count=RANDOM_INPUTS, seed=INPUT_SEED) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return np.random.default_rng(seed).integers(info.min, info.max, (count, *size, 3), endpoint=True).astype(dtype)
+
+
+def per_op_differences(path: Path, graph: QuantizedGraph, images: np.ndarray, names: list[str]) -> list[str]:
+    """Run ``images`` through our graph (one batch) and LiteRT's reference kernels (one image at
+    a time, all tensors kept); one line per (image, op) whose output bytes differ."""
+    ours = {}
+    graph.run(images, on_op=lambda i, op, y: ours.__setitem__(i, y))
+    interpreter = litert(path, "reference", preserve_all_tensors=True)
+    problems = []
+    for n, name in enumerate(names):
+        invoke(interpreter, images[n:n + 1])
+        for i, op in enumerate(graph.sub.operators):
+            theirs = interpreter.get_tensor(op.outputs[0])
+            mine = ours[i][n:n + 1].reshape(theirs.shape)
+            if not np.array_equal(mine, theirs):
+                diff = np.abs(mine.astype(int) - theirs.astype(int))
+                problems.append(f"{name}: op {i} {OP_NAMES.get(op.opcode, op.opcode)} "
+                                f"({graph.tensor(op.outputs[0]).name[:60]}): {int((diff > 0).sum())} of "
+                                f"{diff.size} bytes differ, by up to {int(diff.max())}")
+                break                                     # later ops inherit the difference
+    return problems
+
+
+def output_disagreements(path: Path, images: np.ndarray, names: list[str], reference: np.ndarray,
+                         resolver: str) -> tuple[int, int, list[str]]:
+    """Where LiteRT with ``resolver`` differs from the reference outputs: (bytes that differ,
+    the largest difference, the first few as "input[index]: values")."""
+    interpreter = litert(path, resolver)
+    count, largest, lines = 0, 0, []
+    for n, name in enumerate(names):
+        theirs = invoke(interpreter, images[n:n + 1]).reshape(-1).astype(int)
+        ours = reference[n].reshape(-1).astype(int)
+        where = np.flatnonzero(theirs != ours)
+        count += where.size
+        largest = max(largest, int(np.abs(theirs - ours).max()))
+        lines += [f"{name}[{k}]: reference {ours[k]}, {resolver} {theirs[k]}" for k in where[:2]]
+    return count, largest, lines
+
+
+def assert_every_op_equals_reference(case):
+    problems = per_op_differences(*case)
+    assert not problems, "\n".join(problems)
+
+
+def check_against_other_kernels(case, resolvers, exact: tuple[str, ...] = ()):
+    """Our outputs against LiteRT's other kernels: equal for those in ``exact``; for the others,
+    a warning says where they depart from the reference (which our outputs equal, by the per-op test)."""
+    path, graph, images, names = case
+    ours = graph.run(images)[0]
+    for resolver in resolvers:
+        count, largest, lines = output_disagreements(path, images, names, ours, resolver)
+        if resolver in exact:
+            assert not count, f"{path.name}: LiteRT {resolver} kernels differ from ours:\n" + "\n".join(lines)
+        elif count:
+            warnings.warn(f"{path.name}: LiteRT's {resolver} kernels depart from its reference kernels (and "
+                          f"from us) at {count} of {ours.size} output bytes, by up to {largest}: "
+                          + "; ".join(lines[:6]))
+
+
+# --- Google's uint8 files ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module", params=UINT8_FILES)
+def uint8_case(request):
+    path = shared_path(*UINT8_DIR, request.param)
+    graph = QuantizedGraph(path)
+    size = graph.tensor(graph.input_index).shape[1:3]
+    names, images01 = photos(size)
+    # LiteRT takes the uint8 pixels; preprocess gave them times float32(1/255), undone exactly.
+    images = np.concatenate([np.rint(images01 * 255).astype(np.uint8), random_inputs(np.uint8, size)])
+    return path, graph, images, names + [f"random{i}" for i in range(RANDOM_INPUTS)]
+
+
+def test_uint8_every_op_equals_litert_reference(uint8_case):
+    assert_every_op_equals_reference(uint8_case)
+
+
+def test_uint8_output_against_litert_builtin_and_xnnpack(uint8_case):
+    check_against_other_kernels(uint8_case, ("builtin", "default"), exact=("builtin",))
+
+
+# --- the converter's full-integer int8 models -------------------------------------------------
+
+INT8_CASES = [("mobilenet_v1", 160, 1001), ("mobilenet_v1", 97, 1001), ("mobilenet_v2", 96, 1001),
+              ("mobilenet_v2", 160, 0), ("mobilenet_v2", 75, 1001), ("v2-hub", 96, 0)]
+
+
+@pytest.fixture(scope="module", params=INT8_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{'logits' if c[2] else 'features'}")
+def int8_case(request, tmp_path_factory):
+    pytest.importorskip("tensorflow")
+    architecture, size, classes = request.param
+    if architecture == "v2-hub":
+        model = mnp.load(shared_path(*V2_HUB))
+    else:
+        model = mnp.build(architecture, 0.5, size, num_classes=classes, seed=WEIGHTS_SEED, backend="numpy")
+    path = tmp_path_factory.mktemp("int8") / f"{architecture}_{size}.tflite"
+    path.write_bytes(int8_tflite(model, (size, size)))
+    graph = QuantizedGraph(path)
+    q = graph.tensor(graph.input_index).quantization
+    names, images01 = photos((size, size))
+    # The network input is x * 2 - 1, quantized with the input's scale and zero point.
+    network = images01 * np.float32(2.0) - np.float32(1.0)
+    images = np.concatenate([iref.quantize(network, float(q.scale[0]), int(q.zero_point[0]), np.int8),
+                             random_inputs(np.int8, (size, size))])
+    return path, graph, images, names + [f"random{i}" for i in range(RANDOM_INPUTS)]
+
+
+def test_int8_graph_is_what_the_converter_makes(int8_case):
+    """Per-channel int8 weights, int8 activations, and V2's residual ADDs are in the graph."""
+    path, graph, _, _ = int8_case
+    ops = [OP_NAMES.get(op.opcode, op.opcode) for op in graph.sub.operators]
+    convs = [op for op in graph.sub.operators if OP_NAMES.get(op.opcode) == "CONV_2D"]
+    assert all(len(graph.tensor(op.inputs[1]).quantization.scale) == graph.tensor(op.inputs[1]).shape[0]
+               for op in convs)
+    assert graph.dtype(graph.input_index) == np.int8
+    assert ops.count("ADD") == (10 if "v2" in path.name else 0)
+
+
+def test_int8_every_op_equals_litert_reference(int8_case):
+    assert_every_op_equals_reference(int8_case)
+
+
+def test_int8_output_against_litert_builtin_and_xnnpack(int8_case):
+    check_against_other_kernels(int8_case, ("builtin", "default"))
+
+
+# --- int8 SOFTMAX: LiteRT's reference resolver aborts the process on it, so the optimized kernels judge
+
+@pytest.fixture(scope="module")
+def int8_softmax_model(tmp_path_factory):
+    pytest.importorskip("tensorflow")
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    fn = tf.function(tf.nn.softmax).get_concrete_function(tf.TensorSpec([1, 37], tf.float32))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([rng.uniform(-6, 6, (1, 37)).astype(np.float32)] for _ in range(8))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    path = tmp_path_factory.mktemp("softmax") / "softmax.tflite"
+    path.write_bytes(converter.convert())
+    return path
+
+
+def test_int8_softmax_equals_litert(int8_softmax_model, rng):
+    graph = QuantizedGraph(int8_softmax_model)
+    logits = [rng.integers(-128, 128, (1, 37)), np.full((1, 37), -128), np.arange(-128, 128, 7)[None, :37]]
+    one_hot = np.full((1, 37), -128)
+    one_hot[0, 5] = 127
+    two_peaks = one_hot.copy()
+    two_peaks[0, 30] = 127
+    images = np.concatenate(logits + [one_hot, two_peaks]).astype(np.int8)
+    for resolver in ("builtin", "default"):
+        interpreter = litert(int8_softmax_model, resolver)
+        theirs = np.concatenate([invoke(interpreter, images[n:n + 1]) for n in range(len(images))])
+        assert np.array_equal(graph.run(images)[0], theirs), resolver
