@@ -7,6 +7,9 @@
 * Full-integer int8 models that the TFLite converter makes from our float V1 0.5 and V2 0.5
   (seeded weights, and the real V2 hub weights), per-channel, with V2's residual ADDs: every op
   equals the reference kernels at 96, 160 and odd sizes.
+* A small converted graph of the other ops (QUANTIZE, DEQUANTIZE, stride-2 conv, depthwise with
+  RELU, ADD of differently scaled branches, AVERAGE_POOL_2D SAME and VALID, MEAN,
+  FULLY_CONNECTED) at odd sizes with 5 and 13 channels: every op equals the reference kernels.
 * LiteRT's default kernels (the XNNPACK delegate) and, for int8, its optimized builtin kernels
   round some requantizations differently from its reference kernels.  Where they differ, the
   tests say where (a warning listing the bytes) and check that we match the reference.
@@ -207,3 +210,53 @@ def test_int8_softmax_equals_litert(int8_softmax_model, rng):
         interpreter = litert(int8_softmax_model, resolver)
         theirs = np.concatenate([invoke(interpreter, images[n:n + 1]) for n in range(len(images))])
         assert np.array_equal(graph.run(images)[0], theirs), resolver
+
+
+# --- a small graph of every other op: odd sizes, both strides, channels not multiples of 8 ------
+
+@pytest.fixture(scope="module", params=[(13, 11), (8, 9)], ids=lambda s: f"{s[0]}x{s[1]}")
+def small_graph(request, tmp_path_factory):
+    """Float in and out (QUANTIZE, DEQUANTIZE), conv at stride 2 and 1, depthwise with RELU, an
+    ADD of two differently scaled branches, AVERAGE_POOL_2D SAME and VALID, MEAN and a
+    FULLY_CONNECTED layer, converted to int8 with per-channel weights."""
+    pytest.importorskip("tensorflow")
+    import tensorflow as tf
+
+    h, w = request.param
+    rng = np.random.default_rng(23)
+    k1, k2 = rng.normal(0, 0.4, (3, 3, 3, 5)), rng.normal(0, 0.4, (3, 3, 5, 1))
+    k3, k4 = rng.normal(0, 0.3, (1, 1, 5, 13)), rng.normal(0, 0.9, (1, 1, 5, 13))
+    dense, bias = rng.normal(0, 0.3, (13, 7)), rng.normal(0, 0.2, 7)
+
+    def network(x):
+        y = tf.nn.relu6(tf.nn.conv2d(x, k1.astype(np.float32), 2, "SAME"))
+        y = tf.nn.relu(tf.nn.depthwise_conv2d(y, k2.astype(np.float32), [1, 1, 1, 1], "SAME"))
+        y = tf.nn.conv2d(y, k3.astype(np.float32), 1, "SAME") + tf.nn.conv2d(y, k4.astype(np.float32), 1, "SAME")
+        y = tf.nn.avg_pool2d(y, 3, 2, "SAME")
+        y = tf.nn.avg_pool2d(y, 2, 1, "VALID") if min(y.shape[1:3]) >= 2 else y
+        y = tf.reduce_mean(y, axis=[1, 2])
+        return tf.matmul(y, dense.astype(np.float32)) + bias.astype(np.float32)
+
+    fn = tf.function(network).get_concrete_function(tf.TensorSpec([1, h, w, 3], tf.float32))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([rng.uniform(-1, 1, (1, h, w, 3)).astype(np.float32)]
+                                                for _ in range(8))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    path = tmp_path_factory.mktemp("small") / f"small_{h}x{w}.tflite"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path.write_bytes(converter.convert())
+    graph = QuantizedGraph(path)
+    images = np.random.default_rng(INPUT_SEED).uniform(-1.2, 1.2, (3, h, w, 3)).astype(np.float32)
+    return path, graph, images, ["random0", "random1", "random2"]
+
+
+def test_small_graph_every_op_equals_litert_reference(small_graph):
+    ops = {OP_NAMES.get(op.opcode, op.opcode) for op in small_graph[1].sub.operators}
+    assert {"QUANTIZE", "DEQUANTIZE", "ADD", "AVERAGE_POOL_2D", "MEAN", 9}.issubset(ops)   # 9: FULLY_CONNECTED
+    assert_every_op_equals_reference(small_graph)
+
+
+def test_small_graph_output_against_litert_builtin_and_xnnpack(small_graph):
+    check_against_other_kernels(small_graph, ("builtin", "default"))
