@@ -29,6 +29,7 @@ import pytest
 pytest.importorskip("ai_edge_litert")
 
 import mobilenet_np as mnp
+from mobilenet_np import spec
 from conftest import shared_path
 from int8_models import int8_tflite, invoke, litert
 from mobilenet_np.forward.quantized import QuantizedGraph
@@ -260,3 +261,35 @@ def test_small_graph_every_op_equals_litert_reference(small_graph):
 
 def test_small_graph_output_against_litert_builtin_and_xnnpack(small_graph):
     check_against_other_kernels(small_graph, ("builtin", "default"))
+
+
+# --- TF-Slim endpoints of a quantized graph ------------------------------------------------------
+
+def test_uint8_endpoints_are_the_named_tensors_with_their_quantization(uint8_case):
+    """Google's files name their tensors by TF-Slim scope: each endpoint must land on its own
+    scope's tensor, and carry LiteRT's values, scale and zero point for it."""
+    path, graph, images, _ = uint8_case
+    tensors = graph.endpoint_tensors()
+    assert list(tensors) == spec.build("mobilenet_v1", 0.5).endpoint_names()[:-2]   # no Logits/Predictions
+    for name, k in tensors.items():
+        scope = "Logits/AvgPool_1a" if name == "global_pool" else name
+        assert f"/{scope}/" in graph.tensor(k).name.split(";")[0], (name, graph.tensor(k).name)
+    interpreter = litert(path, "reference", preserve_all_tensors=True)
+    invoke(interpreter, images[:1])
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    for name, (values, scale, zero_point) in graph.endpoints(images[:1]).items():
+        k = tensors[name]
+        assert np.array_equal(values, interpreter.get_tensor(k)), name
+        assert (np.float32(scale), zero_point) == (np.float32(details[k]["quantization"][0]),
+                                                   details[k]["quantization"][1])
+
+
+def test_int8_endpoints_have_the_spec_shapes(int8_case):
+    path, graph, _, _ = int8_case
+    architecture = "mobilenet_v2" if "v2" in path.name else "mobilenet_v1"
+    size = graph.tensor(graph.input_index).shape[1:3]
+    tensors = graph.endpoint_tensors()
+    for g in spec.geometry(spec.build(architecture, 0.5), size):
+        for name in g.layer.endpoints:
+            assert graph.tensor(tensors[name]).shape == (1, *g.out_hw, g.layer.out_depth), name
+    assert graph.tensor(tensors["global_pool"]).shape[-1] == g.layer.out_depth

@@ -72,6 +72,44 @@ class QuantizedGraph:
     def input_index(self) -> int:
         return self.sub.inputs[0]
 
+    # --- TF-Slim names ---------------------------------------------------------------------
+
+    def endpoint_tensors(self) -> dict[str, int]:
+        """TF-Slim endpoint name (``Conv2d_5_pointwise``, ``layer_7/output``, ``global_pool``) ->
+        tensor index, when the convs before the global pool are MobileNet V1's or V2's sequence;
+        otherwise empty.  A V2 residual block's endpoints are the ADD's output."""
+        ops = self.sub.operators
+        pool = next((i for i, op in enumerate(ops) if op.opcode in (tflite.AVERAGE_POOL_2D, tflite.MEAN)), None)
+        convs = [op for op in ops[:pool] if op.opcode in (tflite.CONV_2D, tflite.DEPTHWISE_CONV_2D)]
+        found = "".join("D" if op.opcode == tflite.DEPTHWISE_CONV_2D else "C" for op in convs)
+        for name in spec.BUILDERS:
+            arch = spec.build(name, 1.0)               # the op sequence does not depend on the width
+            if "".join("D" if layer.kind == "depthwise" else "C" for layer in arch.layers) == found:
+                break
+        else:
+            return {}
+        adds = {k: op.outputs[0] for op in ops if op.opcode == tflite.ADD for k in op.inputs}
+        out = {}
+        for op, layer in zip(convs, arch.layers):
+            tensor = adds[op.outputs[0]] if layer.adds_residual else op.outputs[0]
+            out.update({endpoint: tensor for endpoint in layer.endpoints})
+        if pool is not None:
+            out[arch.pool_endpoint] = ops[pool].outputs[0]
+        return out
+
+    def endpoints(self, x: np.ndarray) -> dict[str, tuple[np.ndarray, float, int]]:
+        """Every TF-Slim endpoint for the quantized input ``x``: (values, scale, zero point)."""
+        wanted = {tensor: name for name, tensor in self.endpoint_tensors().items()}
+        out = {}
+
+        def keep(i, op, y):
+            if op.outputs[0] in wanted:
+                k = op.outputs[0]
+                out[wanted[k]] = (y, self.scale(k), self.zero_point(k))
+
+        self.run(x, on_op=keep)
+        return out
+
     # --- running ---------------------------------------------------------------------------
 
     def run(self, x: np.ndarray, on_op=None) -> list[np.ndarray]:
