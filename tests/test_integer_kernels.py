@@ -211,3 +211,32 @@ def test_softmax_is_within_one_step_of_the_real_softmax(rng):
     z = (x.astype(np.float64) - x.max(axis=1, keepdims=True)) * np.float64(np.float32(scale))
     want = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True) * 256
     assert np.max(np.abs(got - np.clip(want, 0, 255))) <= 1.0
+
+
+# --- the Numba integer 1x1 kernel against the reference ------------------------------------------
+
+@pytest.mark.parametrize("pixels, c_in, c_out", [(1, 1, 1), (7, 5, 13), (9, 16, 32), (37, 17, 40), (25, 160, 1001)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out, dtype):
+    """uint8 with per-tensor zero points (the QAT files), int8 with per-channel scales; odd pixel
+    counts (the 4-pixel tiles and the single-pixel rest), odd C_in, C_out not multiples of 16."""
+    from mobilenet_np.kernels import integer_gemm as ig
+
+    lo, hi = iref.DTYPE_RANGES[np.dtype(dtype)]
+    x = rng.integers(lo, hi, (pixels, c_in), endpoint=True).astype(dtype)
+    w = rng.integers(lo, hi, (c_in, c_out), endpoint=True).astype(dtype)
+    per_tensor = dtype == np.uint8
+    w_zero_point = 131 if per_tensor else np.zeros(c_out, np.int64)
+    x_zero_point = 117 if per_tensor else -5
+    bias = rng.integers(-30000, 30000, c_out).astype(np.int32)
+    filter_scales = rng.uniform(0.001, 0.02, 1 if per_tensor else c_out)
+    multiplier, shift = iref.conv_multipliers(0.02, filter_scales, 0.05, per_tensor)
+    clamp = iref.activation_range("RELU6", 0.05, 3 if per_tensor else -120, dtype)
+    acc = iref.conv2d_accumulate(x[None, :, None, :], x_zero_point, w[None, None], w_zero_point, bias,
+                                 1, (0, 0, 0, 0), (pixels, 1))
+    want = iref.requantize(acc, multiplier, shift, clamp[0], clamp, dtype).reshape(pixels, c_out)
+    got = ig.pointwise_conv2d(x, x_zero_point, ig.pack_pairs(w, w_zero_point), c_out, bias, multiplier, shift,
+                              clamp[0], clamp, np.empty((pixels, c_out), dtype))
+    assert np.array_equal(got, want)
+    if want.size > 50:
+        assert len(np.unique(want)) > 2        # not all clamped: the requantization was exercised
