@@ -235,8 +235,9 @@ def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out,
     acc = iref.conv2d_accumulate(x[None, :, None, :], x_zero_point, w[None, None], w_zero_point, bias,
                                  1, (0, 0, 0, 0), (pixels, 1))
     want = iref.requantize(acc, multiplier, shift, clamp[0], clamp, dtype).reshape(pixels, c_out)
-    got = ig.pointwise_conv2d(x, x_zero_point, ig.pack_pairs(w, w_zero_point), c_out, bias, multiplier, shift,
-                              clamp[0], clamp, np.empty((pixels, c_out), dtype))
+    params = ig.requantization_params(bias, multiplier, shift, c_out)
+    got = ig.pointwise_conv2d(x, x_zero_point, ig.pack_pairs(w, w_zero_point), params, c_out, clamp[0], clamp,
+                              np.empty((pixels, c_out), dtype))
     assert np.array_equal(got, want)
     if want.size > 50:
         assert len(np.unique(want)) > 2        # not all clamped: the requantization was exercised

@@ -4,19 +4,22 @@ A first fast integer kernel (issue 17), tested against ``integer_reference`` (co
 ``requantize``).  The work is a matrix product [pixels, C_in] x [C_in, C_out] on centred values:
 
 * the input is centred once, (q - zero_point) as int16, with C_in padded to an even count
-  (``centre_pairs``); the weights are centred and packed at load time (``pack_pairs``) so that
+  (``centre``); the weights are centred and packed at load time (``pack_pairs``) so that
   for each pair of input channels (k, k+1) the 16 output channels of a panel read 32 contiguous
   int16 values: (w[k, c], w[k+1, c]) for c = 0..7, then for c = 8..15;
 * a tile of 4 pixels x 16 channels keeps eight ``<8 x i32>`` sums in registers; each step
   broadcasts a pixel's (x[k], x[k+1]) pair and does ``madd`` (``vpmaddwd`` on AVX2: 16
   multiply-adds per instruction) against the two weight vectors;
-* ``requantize_rows`` adds the bias and applies TFLite's double-rounding fixed-point multiply
-  per output channel, the zero point and the clamp, in int64 scalars.
+* when a tile's sums are complete, ``integer_simd.requantize`` adds the bias and applies
+  TFLite's double-rounding fixed-point multiply (per-channel multiplier and shifts, eight
+  lanes at a time), the zero point and the clamp, and the bytes are stored: the int32 sums
+  never go through memory.
 
 int16 holds every centred value: uint8 - zero point and int8 - zero point lie in [-255, 255],
 and a pair of products (at most 2 * 255^2) plus the sums over C_in fit int32 for any C_in below
-16,000.  Deliberately not here yet: the 3x3 and depthwise integer kernels, threads, and fusing the
-requantization into the tile (the int32 sums go through memory once).
+16,000.  The output is written with C_out padded to whole panels of 16 and then copied to the
+caller's array.  Deliberately not here yet: the 3x3 and depthwise integer kernels, threads,
+and activation buffers padded to 16 channels (which would remove that copy and the centring pass).
 """
 
 from __future__ import annotations
@@ -27,14 +30,6 @@ from . import integer_simd as iv
 from .jit import kernel
 
 PANEL = 16            # output channels per tile: two vectors of 8 int32 sums
-
-
-def centre_pairs(x: np.ndarray, zero_point: int) -> np.ndarray:
-    """x [P, C_in] uint8/int8 -> (x - zero_point) as int16 [P, C_in rounded up to even], flat."""
-    pixels, c_in = x.shape
-    out = np.zeros((pixels, c_in + c_in % 2), np.int16)
-    out[:, :c_in] = x.astype(np.int16) - np.int16(zero_point)
-    return out.reshape(-1)
 
 
 def pack_pairs(w: np.ndarray, zero_point) -> np.ndarray:
@@ -50,8 +45,18 @@ def pack_pairs(w: np.ndarray, zero_point) -> np.ndarray:
 
 
 @kernel(inline=True)
-def _tile4(x, x_at, kp, w, w_at, acc, a_at, row):
-    """Sums of 4 pixels (rows x_at, x_at + kp, ...) x 16 channels, stored at acc[a_at + r * row]."""
+def _emit(v, params, c, zero_point, lo, hi, out, at):
+    """Requantize eight sums of channels c..c+7 and store them as bytes at out[at:at + 8].
+    ``params`` rows: bias, multiplier, left shift, right shift (int32, padded to whole panels)."""
+    r = iv.requantize(v, iv.load(params[0], c), iv.load(params[1], c), iv.load(params[2], c),
+                      iv.load(params[3], c), zero_point, lo, hi)
+    iv.store_bytes(out, at, r)
+
+
+@kernel(inline=True)
+def _tile4(x, x_at, kp, w, w_at, params, c, zero_point, lo, hi, out, o_at, row):
+    """4 pixels (input rows x_at, x_at + kp, ...) x 16 channels from c: eight int32 sums kept
+    in registers over C_in, then requantized into out[o_at + r * row + 0..15]."""
     a0 = iv.zeros()
     b0 = iv.zeros()
     a1 = iv.zeros()
@@ -75,73 +80,75 @@ def _tile4(x, x_at, kp, w, w_at, acc, a_at, row):
         p = iv.splat_pair(x, x_at + 3 * kp + 2 * q)
         a3 = iv.madd(a3, p, wa)
         b3 = iv.madd(b3, p, wb)
-    iv.store(acc, a_at, a0)
-    iv.store(acc, a_at + 8, b0)
-    iv.store(acc, a_at + row, a1)
-    iv.store(acc, a_at + row + 8, b1)
-    iv.store(acc, a_at + 2 * row, a2)
-    iv.store(acc, a_at + 2 * row + 8, b2)
-    iv.store(acc, a_at + 3 * row, a3)
-    iv.store(acc, a_at + 3 * row + 8, b3)
+    _emit(a0, params, c, zero_point, lo, hi, out, o_at)
+    _emit(b0, params, c + 8, zero_point, lo, hi, out, o_at + 8)
+    _emit(a1, params, c, zero_point, lo, hi, out, o_at + row)
+    _emit(b1, params, c + 8, zero_point, lo, hi, out, o_at + row + 8)
+    _emit(a2, params, c, zero_point, lo, hi, out, o_at + 2 * row)
+    _emit(b2, params, c + 8, zero_point, lo, hi, out, o_at + 2 * row + 8)
+    _emit(a3, params, c, zero_point, lo, hi, out, o_at + 3 * row)
+    _emit(b3, params, c + 8, zero_point, lo, hi, out, o_at + 3 * row + 8)
 
 
 @kernel(inline=True)
-def _tile1(x, x_at, kp, w, w_at, acc, a_at):
-    """Sums of one pixel x 16 channels (the pixels left over after the 4-pixel tiles)."""
+def _tile1(x, x_at, kp, w, w_at, params, c, zero_point, lo, hi, out, o_at):
+    """One pixel x 16 channels (the pixels left over after the 4-pixel tiles)."""
     a = iv.zeros()
     b = iv.zeros()
     for q in range(kp // 2):
         p = iv.splat_pair(x, x_at + 2 * q)
         a = iv.madd(a, p, iv.load_pairs(w, w_at + 32 * q))
         b = iv.madd(b, p, iv.load_pairs(w, w_at + 32 * q + 16))
-    iv.store(acc, a_at, a)
-    iv.store(acc, a_at + 8, b)
+    _emit(a, params, c, zero_point, lo, hi, out, o_at)
+    _emit(b, params, c + 8, zero_point, lo, hi, out, o_at + 8)
 
 
 @kernel()
-def gemm_int32(x, pixels, kp, w, panels, acc):
-    """acc [pixels, panels * 16] (int32, flat) = centred x [pixels, kp] times the packed panels."""
+def centre(x, pixels, c_in, zero_point, kp, out):
+    """out [pixels, kp] int16 = x [pixels, C_in] - zero_point (flat arrays); an odd C_in's
+    extra column is left as the caller made it (zero)."""
+    for p in range(pixels):
+        for k in range(c_in):
+            out[p * kp + k] = np.int16(x[p * c_in + k]) - zero_point
+
+
+@kernel()
+def gemm_requantize(x, pixels, kp, w, panels, params, zero_point, lo, hi, out):
+    """out [pixels, panels * 16] (bytes, flat) = requantized (centred x [pixels, kp] times the panels)."""
     row = panels * PANEL
     for g in range(panels):
         w_at = g * (kp // 2) * 32
+        c = g * PANEL
         p = 0
         while p + 4 <= pixels:
-            _tile4(x, p * kp, kp, w, w_at, acc, p * row + g * PANEL, row)
+            _tile4(x, p * kp, kp, w, w_at, params, c, zero_point, lo, hi, out, p * row + c, row)
             p += 4
         while p < pixels:
-            _tile1(x, p * kp, kp, w, w_at, acc, p * row + g * PANEL)
+            _tile1(x, p * kp, kp, w, w_at, params, c, zero_point, lo, hi, out, p * row + c)
             p += 1
 
 
-@kernel()
-def requantize_rows(acc, pixels, row, bias, multiplier, shift, zero_point, lo, hi, out):
-    """out[p, c] = clamp(zero_point + TFLite's MultiplyByQuantizedMultiplier(acc + bias[c]))."""
-    c_out = bias.shape[0]
-    for p in range(pixels):
-        for c in range(c_out):
-            s = shift[c]
-            lifted = np.int64(acc[p * row + c] + bias[c]) << (s if s > 0 else 0)
-            product = lifted * np.int64(multiplier[c])
-            total = product + ((1 << 30) if product >= 0 else 1 - (1 << 30))
-            high = total >> 31 if total >= 0 else -((-total) >> 31)        # truncate toward zero
-            right = -s if s < 0 else 0
-            mask = (np.int64(1) << right) - 1
-            threshold = (mask >> 1) + (1 if high < 0 else 0)
-            value = (high >> right) + (1 if (high & mask) > threshold else 0) + zero_point
-            out[p * c_out + c] = min(max(value, lo), hi)
+def requantization_params(bias, multiplier, shift, c_out: int) -> np.ndarray:
+    """[4, panels * 16] int32: bias, multiplier, left shift, right shift per output channel
+    (zero-padded: the padded channels compute garbage that is never read)."""
+    params = np.zeros((4, -(-c_out // PANEL) * PANEL), np.int32)
+    shift = np.broadcast_to(np.asarray(shift, np.int64), (c_out,))
+    params[0, :c_out] = bias
+    params[1, :c_out] = np.broadcast_to(np.asarray(multiplier, np.int64), (c_out,))
+    params[2, :c_out] = np.maximum(shift, 0)
+    params[3, :c_out] = np.maximum(-shift, 0)
+    return params
 
 
-def pointwise_conv2d(x, x_zero_point, packed, c_out, bias, multiplier, shift, out_zero_point, clamp, out):
+def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, clamp, out):
     """1x1 integer convolution: x [P, C_in] (uint8/int8) -> out [P, C_out] of the output type,
-    with ``packed = pack_pairs(w, w_zero_point)`` and per-channel int64 ``multiplier``/``shift``
-    (``integer_reference.conv_multipliers``)."""
+    with ``packed = pack_pairs(w, w_zero_point)`` and ``params = requantization_params(...)``."""
     pixels, c_in = x.shape
     kp = c_in + c_in % 2
     panels = -(-c_out // PANEL)
-    acc = np.empty(pixels * panels * PANEL, np.int32)
-    gemm_int32(centre_pairs(x, x_zero_point), pixels, kp, packed, panels, acc)
-    requantize_rows(acc, pixels, panels * PANEL, np.asarray(bias, np.int64),
-                    np.broadcast_to(np.asarray(multiplier, np.int64), (c_out,)).copy(),
-                    np.broadcast_to(np.asarray(shift, np.int64), (c_out,)).copy(),
-                    out_zero_point, clamp[0], clamp[1], out.reshape(-1))
+    centred = np.zeros(pixels * kp, np.int16)
+    centre(x.reshape(-1), pixels, c_in, x_zero_point, kp, centred)
+    padded = np.empty(pixels * panels * PANEL, out.dtype)
+    gemm_requantize(centred, pixels, kp, packed, panels, params, out_zero_point, clamp[0], clamp[1], padded)
+    out[:] = padded.reshape(pixels, panels * PANEL)[:, :c_out]
     return out

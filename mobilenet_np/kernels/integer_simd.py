@@ -6,7 +6,9 @@ multiply-adds of an eight-lane float FMA).  It is written here in plain, portabl
 sign-extend, multiply, add the even lanes to the odd lanes -- a pattern LLVM's x86 backend turns
 into ``vpmaddwd`` under AVX2 (and into ordinary multiplies and adds elsewhere; same results).
 
-``I16x16`` is ``<16 x i16>`` and ``I32x8`` is ``<8 x i32>``, as simd.py's ``F32x8``.  Loads and
+``I16x16`` is ``<16 x i16>`` and ``I32x8`` is ``<8 x i32>``, as simd.py's ``F32x8``.  ``requantize``
+is TFLite's fixed-point rescaling of eight sums at once (it compiles to ``vpmuldq``, ``vpsravd``
+and friends under AVX2).  Loads and
 stores are unaligned, take a flat (1-D, C-contiguous) array and an element index, and are not
 bounds-checked.  Integer arithmetic is exact here (no overflow for |int16 products| summed in
 int32 over the channel counts of these networks), so no ordering caveat applies.
@@ -59,15 +61,23 @@ def _pointer(context, builder, array_type, array, index, to):
     return builder.bitcast(builder.gep(data, [index]), to.as_pointer())
 
 
-@intrinsic
-def load_pairs(typingctx, array, index):
-    """int16 array[index : index + 16] as a vector (eight channels, two taps each)."""
-    if not _flat(array, types.int16):
-        return None
+def _loader(element, vector, vector_type, align: int, doc: str):
+    """An intrinsic ``load(array, index)``: a flat ``element`` array's lanes from ``index`` on."""
+    @intrinsic
+    def load(typingctx, array, index):
+        if not _flat(array, element):
+            return None
 
-    def codegen(context, builder, sig, args):
-        return builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _V16), align=2)
-    return i16x16(array, types.intp), codegen
+        def codegen(context, builder, sig, args):
+            return builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], vector), align=align)
+        return vector_type(array, types.intp), codegen
+    load.__doc__ = doc
+    return load
+
+
+load_pairs = _loader(types.int16, _V16, i16x16, 2,
+                     "int16 array[index : index + 16] as a vector (eight channels, two taps each).")
+load = _loader(types.int32, _V8, i32x8, 4, "int32 array[index : index + 8] as a vector (per-channel parameters).")
 
 
 @intrinsic
@@ -102,13 +112,54 @@ def madd(typingctx, acc, a, b):
     return i32x8(i32x8, i16x16, i16x16), codegen
 
 
+def _lanes(value):
+    return ir.Constant(_V8, [value] * 8)
+
+
 @intrinsic
-def store(typingctx, array, index, vector):
-    """int32 array[index : index + 8] = vector."""
-    if not _flat(array, types.int32):
+def requantize(typingctx, acc, bias, multiplier, left, right, zero_point, lo, hi):
+    """TFLite's requantization of eight int32 sums, lane by lane: (acc + bias) << left, the
+    doubling high multiply by ``multiplier`` (rounded, ties up), a rounding right shift by
+    ``right`` (ties away from zero), plus ``zero_point``, clamped to [lo, hi].  The 64-bit
+    product is formed from sign-extended halves (``vpmuldq``); its high word is taken with a
+    logical shift and a truncation, which equals the arithmetic shift's low 32 bits."""
+    def codegen(context, builder, sig, args):
+        acc, bias, multiplier, left, right = args[:5]
+        zero_point, lo, hi = (builder.trunc(a, _I32) for a in args[5:])
+        v64 = ir.VectorType(ir.IntType(64), 8)
+        lifted = builder.shl(builder.add(acc, bias), left)
+        product = builder.mul(builder.sext(lifted, v64), builder.sext(multiplier, v64))
+        negative = builder.icmp_signed("<", product, ir.Constant(v64, [0] * 8))
+        total = builder.add(product, builder.select(negative, ir.Constant(v64, [1 - (1 << 30)] * 8),
+                                                    ir.Constant(v64, [1 << 30] * 8)))
+        # truncate toward zero: add 2^31 - 1 to a negative total before shifting right by 31
+        total_negative = builder.icmp_signed("<", total, ir.Constant(v64, [0] * 8))
+        total = builder.add(total, builder.select(total_negative, ir.Constant(v64, [(1 << 31) - 1] * 8),
+                                                  ir.Constant(v64, [0] * 8)))
+        high = builder.trunc(builder.lshr(total, ir.Constant(v64, [31] * 8)), _V8)
+        mask = builder.sub(builder.shl(_lanes(1), right), _lanes(1))
+        threshold = builder.add(builder.ashr(mask, _lanes(1)),
+                                builder.zext(builder.icmp_signed("<", high, _lanes(0)), _V8))
+        round_up = builder.zext(builder.icmp_signed(">", builder.and_(high, mask), threshold), _V8)
+        value = builder.add(builder.add(builder.ashr(high, right), round_up), _broadcast(builder, zero_point))
+        value = builder.select(builder.icmp_signed("<", value, _broadcast(builder, lo)), _broadcast(builder, lo), value)
+        return builder.select(builder.icmp_signed(">", value, _broadcast(builder, hi)), _broadcast(builder, hi), value)
+    return i32x8(i32x8, i32x8, i32x8, i32x8, i32x8, types.int64, types.int64, types.int64), codegen
+
+
+def _broadcast(builder, scalar):
+    v = builder.insert_element(ir.Constant(_V8, ir.Undefined), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+
+
+@intrinsic
+def store_bytes(typingctx, array, index, vector):
+    """uint8 or int8 array[index : index + 8] = the vector's lanes (already in the type's range)."""
+    if not (_flat(array, types.int8) or _flat(array, types.uint8)):
         return None
 
     def codegen(context, builder, sig, args):
-        builder.store(args[2], _pointer(context, builder, sig.args[0], args[0], args[1], _V8), align=4)
+        v8 = ir.VectorType(ir.IntType(8), 8)
+        builder.store(builder.trunc(args[2], v8), _pointer(context, builder, sig.args[0], args[0], args[1], v8), align=1)
         return context.get_dummy_value()
     return types.void(array, types.intp, i32x8), codegen
