@@ -174,6 +174,19 @@ def test_mean_over_height_and_width():
     assert np.all(iref.mean_hw(constant, 0.5, 2, 0.25, -1, np.int8) == 9)
 
 
+def test_optimized_kernels_round_ties_up():
+    """LiteRT's optimized kernels: the rounding shift sends ties toward +infinity, and MEAN takes
+    one multiplier for scale / count.  Mean of -1..-4 is -2.5: the reference gives -3, they -2."""
+    assert iref.rounding_divide_by_pot(np.array([6, -6, -7, -5]), 2, ties_up=True).tolist() == [2, -1, -2, -1]
+    assert iref.rounding_divide_by_pot(np.array([6, -6, -7, -5]), 2).tolist() == [2, -2, -2, -1]
+    x = np.array([1, 2, 3, 4], np.int8).reshape(1, 2, 2, 1)
+    assert iref.mean_hw_optimized(x, 0.5, 0, 0.5, 0, np.int8).item() == 3
+    assert iref.mean_hw_optimized(-x, 0.5, 0, 0.5, 0, np.int8).item() == -2
+    assert iref.mean_hw(-x, 0.5, 0, 0.5, 0, np.int8).item() == -3
+    # the zero point goes into a float32 bias: 7s with zero point 2 and equal scales stay 7
+    assert np.all(iref.mean_hw_optimized(np.full((1, 3, 3, 4), 7, np.int8), 0.5, 2, 0.5, 2, np.int8) == 7)
+
+
 def test_quantize_requantize_dequantize():
     x = np.array([0.0, 0.125, -0.125, 0.375, 100.0], np.float32)
     assert iref.quantize(x, 0.25, 3, np.int8).tolist() == [3, 4, 2, 5, 127]   # halves away from zero

@@ -2,17 +2,18 @@
 
 * Google's uint8 V1 0.5/160 files (Coral and jevois copies), on the photos of shared/images and
   on seeded random inputs: every op's output equals LiteRT's reference kernels
-  (``OpResolverType.BUILTIN_REF``, all tensors kept), and the final output equals LiteRT's
-  optimized builtin kernels.
+  (``OpResolverType.BUILTIN_REF``, all tensors kept), and with ``kernels="optimized"`` every op
+  equals LiteRT's optimized builtin kernels (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``).
 * Full-integer int8 models that the TFLite converter makes from our float V1 0.5 and V2 0.5
   (seeded weights, and the real V2 hub weights), per-channel, with V2's residual ADDs: every op
-  equals the reference kernels at 96, 160 and odd sizes.
+  equals the reference kernels, and the optimized ones, at 96, 160 and odd sizes.
 * A small converted graph of the other ops (QUANTIZE, DEQUANTIZE, stride-2 conv, depthwise with
   RELU, ADD of differently scaled branches, AVERAGE_POOL_2D SAME and VALID, MEAN,
-  FULLY_CONNECTED) at odd sizes with 5 and 13 channels: every op equals the reference kernels.
-* LiteRT's default kernels (the XNNPACK delegate) and, for int8, its optimized builtin kernels
-  round some requantizations differently from its reference kernels.  Where they differ, the
-  tests say where (a warning listing the bytes) and check that we match the reference.
+  FULLY_CONNECTED) at odd sizes with 5 and 13 channels: the same two checks.
+* LiteRT's default kernels (the XNNPACK delegate) depart from its reference kernels by a few
+  steps here and there (XNNPACK requantizes with arithmetic of its own, not yet pinned down).
+  The tests say where (a warning: how many output bytes, by how much, the first few) and do
+  not reproduce it.
 
 Each .tflite is converted once per module (about 10-20 s each); LiteRT's reference kernels on
 every op cost a few seconds per model.
@@ -57,12 +58,13 @@ def random_inputs(dtype, size, count=RANDOM_INPUTS, seed=INPUT_SEED) -> np.ndarr
     return np.random.default_rng(seed).integers(info.min, info.max, (count, *size, 3), endpoint=True).astype(dtype)
 
 
-def per_op_differences(path: Path, graph: QuantizedGraph, images: np.ndarray, names: list[str]) -> list[str]:
-    """Run ``images`` through our graph (one batch) and LiteRT's reference kernels (one image at
-    a time, all tensors kept); one line per (image, op) whose output bytes differ."""
+def per_op_differences(path: Path, graph: QuantizedGraph, images: np.ndarray, names: list[str],
+                       resolver: str = "reference") -> list[str]:
+    """Run ``images`` through our graph (one batch) and LiteRT's ``resolver`` kernels (one image
+    at a time, all tensors kept); one line per (image, op) whose output bytes differ."""
     ours = {}
     graph.run(images, on_op=lambda i, op, y: ours.__setitem__(i, y))
-    interpreter = litert(path, "reference", preserve_all_tensors=True)
+    interpreter = litert(path, resolver, preserve_all_tensors=True)
     problems = []
     for n, name in enumerate(names):
         invoke(interpreter, images[n:n + 1])
@@ -99,19 +101,23 @@ def assert_every_op_equals_reference(case):
     assert not problems, "\n".join(problems)
 
 
-def check_against_other_kernels(case, resolvers, exact: tuple[str, ...] = ()):
-    """Our outputs against LiteRT's other kernels: equal for those in ``exact``; for the others,
-    a warning says where they depart from the reference (which our outputs equal, by the per-op test)."""
+def assert_every_op_equals_optimized(case):
+    """kernels="optimized" against LiteRT's optimized builtin kernels (no delegate), every op."""
+    path, _, images, names = case
+    problems = per_op_differences(path, QuantizedGraph(path, kernels="optimized"), images, names, "builtin")
+    assert not problems, "\n".join(problems)
+
+
+def report_xnnpack(case):
+    """LiteRT's default kernels (XNNPACK) against the reference outputs, which ours equal (by
+    the per-op test): a warning says where they depart; XNNPACK is not reproduced."""
     path, graph, images, names = case
     ours = graph.run(images)[0]
-    for resolver in resolvers:
-        count, largest, lines = output_disagreements(path, images, names, ours, resolver)
-        if resolver in exact:
-            assert not count, f"{path.name}: LiteRT {resolver} kernels differ from ours:\n" + "\n".join(lines)
-        elif count:
-            warnings.warn(f"{path.name}: LiteRT's {resolver} kernels depart from its reference kernels (and "
-                          f"from us) at {count} of {ours.size} output bytes, by up to {largest}: "
-                          + "; ".join(lines[:6]))
+    count, largest, lines = output_disagreements(path, images, names, ours, "default")
+    if count:
+        warnings.warn(f"{path.name}: LiteRT's default (XNNPACK) kernels depart from its reference kernels (and "
+                      f"from us) at {count} of {ours.size} output bytes, by up to {largest}: " + "; ".join(lines[:6]))
+    assert graph.run(images[:1])[0].tobytes() == ours[:1].tobytes()      # the batch does not change a result
 
 
 # --- Google's uint8 files ---------------------------------------------------------------------
@@ -131,8 +137,12 @@ def test_uint8_every_op_equals_litert_reference(uint8_case):
     assert_every_op_equals_reference(uint8_case)
 
 
-def test_uint8_output_against_litert_builtin_and_xnnpack(uint8_case):
-    check_against_other_kernels(uint8_case, ("builtin", "default"), exact=("builtin",))
+def test_uint8_every_op_equals_litert_optimized_kernels(uint8_case):
+    assert_every_op_equals_optimized(uint8_case)
+
+
+def test_uint8_output_against_xnnpack(uint8_case):
+    report_xnnpack(uint8_case)
 
 
 # --- the converter's full-integer int8 models -------------------------------------------------
@@ -176,8 +186,12 @@ def test_int8_every_op_equals_litert_reference(int8_case):
     assert_every_op_equals_reference(int8_case)
 
 
-def test_int8_output_against_litert_builtin_and_xnnpack(int8_case):
-    check_against_other_kernels(int8_case, ("builtin", "default"))
+def test_int8_every_op_equals_litert_optimized_kernels(int8_case):
+    assert_every_op_equals_optimized(int8_case)
+
+
+def test_int8_output_against_xnnpack(int8_case):
+    report_xnnpack(int8_case)
 
 
 # --- int8 SOFTMAX: LiteRT's reference resolver aborts the process on it, so the optimized kernels judge
@@ -259,8 +273,12 @@ def test_small_graph_every_op_equals_litert_reference(small_graph):
     assert_every_op_equals_reference(small_graph)
 
 
-def test_small_graph_output_against_litert_builtin_and_xnnpack(small_graph):
-    check_against_other_kernels(small_graph, ("builtin", "default"))
+def test_small_graph_every_op_equals_litert_optimized_kernels(small_graph):
+    assert_every_op_equals_optimized(small_graph)
+
+
+def test_small_graph_output_against_xnnpack(small_graph):
+    report_xnnpack(small_graph)
 
 
 # --- TF-Slim endpoints of a quantized graph ------------------------------------------------------

@@ -27,10 +27,23 @@ from weights_tools.tflite_ops import FULLY_CONNECTED, read_graph
 PADDING_VALID = 1
 
 
-class QuantizedGraph:
-    """A parsed quantized TFLite graph and the means to run it."""
+KERNELS = ("reference", "optimized")
 
-    def __init__(self, path: str | Path):
+
+class QuantizedGraph:
+    """A parsed quantized TFLite graph and the means to run it.
+
+    ``kernels="reference"`` reproduces LiteRT's reference kernels (``BUILTIN_REF``);
+    ``"optimized"`` its optimized builtin kernels without a delegate, which round the
+    convolutions' requantization ties upward instead of away from zero (it shows only where
+    outputs below the zero point survive the activation: linear projections, logits) and
+    compute a MEAN that keeps its dims another way (``integer_reference.mean_hw_optimized``).
+    """
+
+    def __init__(self, path: str | Path, kernels: str = "reference"):
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+        self.optimized = kernels == "optimized"
         self.file = str(path)
         graph = read_graph(Path(path).read_bytes(), self.file)
         if len(graph.model.subgraphs) != 1:
@@ -162,7 +175,8 @@ def _conv_common(graph: QuantizedGraph, op, inputs, depthwise: bool):
     multiplier, shift = iref.conv_multipliers(graph.scale(op.inputs[0]), w_q.scale, out_scale,
                                               per_tensor=in_dtype == np.uint8)
     clamp = iref.activation_range(tflite.ACTIVATION_NAMES[opts.activation], out_scale, out_zp, out_dtype)
-    return iref.requantize(acc, multiplier, shift, out_zp, clamp, out_dtype)
+    ties_up = graph.optimized
+    return iref.requantize(acc, multiplier, shift, out_zp, clamp, out_dtype, ties_up)
 
 
 def conv_2d(graph, op, options, inputs):
@@ -216,7 +230,9 @@ def mean(graph, op, options, inputs):
     if sorted(int(a) % x.ndim for a in np.reshape(axes, -1)) != [1, 2] or x.ndim != 4:
         raise UnsupportedFormatError(f"{graph.file}: MEAN over axes {list(axes)}; only H and W")
     out_scale, out_zp, out_dtype = _out(graph, op)
-    y = iref.mean_hw(x, graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]), out_scale, out_zp, out_dtype)
+    # The optimized kernel has its own path for a 4-D mean over H and W that keeps the dims.
+    mean_hw = iref.mean_hw_optimized if graph.optimized and options["keep_dims"] else iref.mean_hw
+    y = mean_hw(x, graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]), out_scale, out_zp, out_dtype)
     return y[:, None, None, :] if options["keep_dims"] else y
 
 
