@@ -187,6 +187,18 @@ def test_optimized_kernels_round_ties_up():
     assert np.all(iref.mean_hw_optimized(np.full((1, 3, 3, 4), 7, np.int8), 0.5, 2, 0.5, 2, np.int8) == 7)
 
 
+def test_xnnpack_requantizes_in_float32_and_adds_with_its_own_multipliers():
+    """XNNPACK: float32(sum) * scale rounded half to even; ADD with 21-bit multipliers and one
+    arithmetic shift, ties up.  -1.5 / 0.2 = -7.5 is -7 there, -8 in TFLite's reference."""
+    from mobilenet_np.kernels import integer_xnnpack as ixnn
+
+    got = ixnn.requantize_fp32(np.array([5, 7, -5, 1000]), np.float32(0.5), 0, (-128, 127), np.int8)
+    assert got.tolist() == [2, 4, -2, 127]
+    a, b = np.array([10, -10, 100], np.int8), np.array([5, -5, 90], np.int8)
+    assert ixnn.add(a, 0.1, 0, b, 0.1, 0, 0.2, 0, (-128, 127), np.int8).tolist() == [8, -7, 95]
+    assert iref.add(a, 0.1, 0, b, 0.1, 0, 0.2, 0, (-128, 127), np.int8).tolist() == [8, -8, 95]
+
+
 def test_quantize_requantize_dequantize():
     x = np.array([0.0, 0.125, -0.125, 0.375, 100.0], np.float32)
     assert iref.quantize(x, 0.25, 3, np.int8).tolist() == [3, 4, 2, 5, 127]   # halves away from zero

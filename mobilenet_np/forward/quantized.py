@@ -21,13 +21,14 @@ from .. import spec
 from ..errors import UnsupportedFormatError
 from ..kernels import integer_reference as iref
 from ..kernels import integer_softmax
+from ..kernels import integer_xnnpack as ixnn
 from weights_tools import tflite
 from weights_tools.tflite_ops import FULLY_CONNECTED, read_graph
 
 PADDING_VALID = 1
 
 
-KERNELS = ("reference", "optimized")
+KERNELS = ("reference", "optimized", "xnnpack")
 
 
 class QuantizedGraph:
@@ -37,13 +38,17 @@ class QuantizedGraph:
     ``"optimized"`` its optimized builtin kernels without a delegate, which round the
     convolutions' requantization ties upward instead of away from zero (it shows only where
     outputs below the zero point survive the activation: linear projections, logits) and
-    compute a MEAN that keeps its dims another way (``integer_reference.mean_hw_optimized``).
+    compute a MEAN that keeps its dims another way (``integer_reference.mean_hw_optimized``);
+    ``"xnnpack"`` LiteRT's default, the XNNPACK delegate, whose convolutions and global pools
+    requantize in float32 and whose ADD has its own integer scheme (``kernels/integer_xnnpack.py``);
+    the ops it does not take (SOFTMAX) run as the optimized kernels do.
     """
 
     def __init__(self, path: str | Path, kernels: str = "reference"):
         if kernels not in KERNELS:
             raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-        self.optimized = kernels == "optimized"
+        self.kernels = kernels
+        self.optimized = kernels in ("optimized", "xnnpack")
         self.file = str(path)
         graph = read_graph(Path(path).read_bytes(), self.file)
         if len(graph.model.subgraphs) != 1:
@@ -172,9 +177,12 @@ def _conv_common(graph: QuantizedGraph, op, inputs, depthwise: bool):
     acc = accumulate(x, graph.zero_point(op.inputs[0]), w_hwio, w_q.zero_point, bias, opts.stride_h, pad, out_hw)
     out_scale, out_zp, out_dtype = _out(graph, op)
     in_dtype = graph.dtype(op.inputs[0])
+    clamp = iref.activation_range(tflite.ACTIVATION_NAMES[opts.activation], out_scale, out_zp, out_dtype)
+    if graph.kernels == "xnnpack":
+        scales = ixnn.conv_scales(graph.scale(op.inputs[0]), w_q.scale, out_scale)
+        return ixnn.requantize_fp32(acc, scales, out_zp, clamp, out_dtype)
     multiplier, shift = iref.conv_multipliers(graph.scale(op.inputs[0]), w_q.scale, out_scale,
                                               per_tensor=in_dtype == np.uint8)
-    clamp = iref.activation_range(tflite.ACTIVATION_NAMES[opts.activation], out_scale, out_zp, out_dtype)
     ties_up = graph.optimized
     return iref.requantize(acc, multiplier, shift, out_zp, clamp, out_dtype, ties_up)
 
@@ -211,7 +219,8 @@ def add(graph, op, options, inputs):
     a, b = inputs
     out_scale, out_zp, out_dtype = _out(graph, op)
     clamp = iref.activation_range(options["activation"], out_scale, out_zp, out_dtype)
-    return iref.add(a, graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]),
+    add = ixnn.add if graph.kernels == "xnnpack" else iref.add
+    return add(a, graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]),
                     b, graph.scale(op.inputs[1]), graph.zero_point(op.inputs[1]),
                     out_scale, out_zp, clamp, out_dtype)
 
@@ -221,6 +230,9 @@ def average_pool_2d(graph, op, options, inputs):
     window, stride = (options["filter_h"], options["filter_w"]), (options["stride_h"], options["stride_w"])
     out_hw, pad = _padding(options["padding"], x.shape[1:3], window, stride)
     out_scale, out_zp, out_dtype = _out(graph, op)
+    if graph.kernels == "xnnpack" and out_hw == (1, 1) and pad == (0, 0, 0, 0):    # a global pool
+        return ixnn.global_average(x, graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]),
+                                   out_scale, out_zp, out_dtype)
     clamp = iref.activation_range(options["activation"], out_scale, out_zp, out_dtype)
     return iref.average_pool(x, window, stride, pad, out_hw, clamp, out_dtype)
 
@@ -230,6 +242,9 @@ def mean(graph, op, options, inputs):
     if sorted(int(a) % x.ndim for a in np.reshape(axes, -1)) != [1, 2] or x.ndim != 4:
         raise UnsupportedFormatError(f"{graph.file}: MEAN over axes {list(axes)}; only H and W")
     out_scale, out_zp, out_dtype = _out(graph, op)
+    if graph.kernels == "xnnpack":
+        return ixnn.global_average(x, graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]), out_scale,
+                                   out_zp, out_dtype, keepdims=bool(options["keep_dims"]))
     # The optimized kernel has its own path for a 4-D mean over H and W that keeps the dims.
     mean_hw = iref.mean_hw_optimized if graph.optimized and options["keep_dims"] else iref.mean_hw
     y = mean_hw(x, graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]), out_scale, out_zp, out_dtype)

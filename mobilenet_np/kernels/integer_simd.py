@@ -6,11 +6,10 @@ multiply-adds of an eight-lane float FMA).  It is written here in plain, portabl
 sign-extend, multiply, add the even lanes to the odd lanes -- a pattern LLVM's x86 backend turns
 into ``vpmaddwd`` under AVX2 (and into ordinary multiplies and adds elsewhere; same results).
 
-``I16x16`` is ``<16 x i16>`` and ``I32x8`` is ``<8 x i32>``, as simd.py's ``F32x8``.  ``requantize``
-is TFLite's fixed-point rescaling of eight sums at once (it compiles to ``vpmuldq``, ``vpsravd``
-and friends under AVX2).  Loads and
-stores are unaligned, take a flat (1-D, C-contiguous) array and an element index, and are not
-bounds-checked.  Integer arithmetic is exact here (no overflow for |int16 products| summed in
+``I16x16`` is ``<16 x i16>`` and ``I32x8`` is ``<8 x i32>``, as simd.py's ``F32x8``.
+``requantize`` is TFLite's fixed-point rescaling of eight sums at once (``vpmuldq``,
+``vpsravd`` and friends under AVX2).  Loads and stores are unaligned, take a flat (1-D,
+C-contiguous) array and an element index, and are not bounds-checked.  Integer arithmetic is exact here (no overflow for |int16 products| summed in
 int32 over the channel counts of these networks), so no ordering caveat applies.
 """
 
