@@ -306,7 +306,9 @@ def test_uint8_endpoints_are_the_named_tensors_with_their_quantization(uint8_cas
 
 
 def test_int8_endpoints_have_the_spec_shapes(int8_case):
-    path, graph, _, _ = int8_case
+    """Every spec endpoint is found (V2's "layer_k" and "layer_k/output" name one tensor) with
+    the shape spec.geometry gives."""
+    path, graph, images, _ = int8_case
     architecture = "mobilenet_v2" if "v2" in path.name else "mobilenet_v1"
     size = graph.tensor(graph.input_index).shape[1:3]
     tensors = graph.endpoint_tensors()
@@ -314,3 +316,6 @@ def test_int8_endpoints_have_the_spec_shapes(int8_case):
         for name in g.layer.endpoints:
             assert graph.tensor(tensors[name]).shape == (1, *g.out_hw, g.layer.out_depth), name
     assert graph.tensor(tensors["global_pool"]).shape[-1] == g.layer.out_depth
+    values = graph.endpoints(images[:1])
+    assert set(values) == set(tensors)
+    assert all(values[name][0].shape == graph.tensor(k).shape for name, k in tensors.items())

@@ -3,9 +3,11 @@
 ``QuantizedGraph(path)`` reads a uint8 (Google's QAT MobileNets) or int8 (the TFLite converter's
 full-integer quantization) .tflite file; ``graph.run(x)`` takes the quantized input as LiteRT
 does (uint8 or int8 NHWC, any batch) and returns the graph's outputs, byte for byte what
-TFLite's reference kernels give.  The op sequence is the graph's own: each operator is one call
-to a kernel of ``kernels/integer_reference.py`` (or ``integer_softmax.py``), with the
-requantization parameters TFLite derives from the tensors' scales and zero points.
+LiteRT's reference kernels give (or, with ``kernels=``, its optimized builtin kernels or its
+default XNNPACK delegate).  The op sequence is the graph's own: each operator is one call to a
+kernel of ``kernels/integer_reference.py`` (or ``integer_softmax.py``, ``integer_xnnpack.py``),
+with the requantization parameters LiteRT derives from the tensors' scales and zero points.
+``endpoints(x)`` names the outputs by TF-Slim endpoint when the graph is a MobileNet V1 or V2.
 
 It deliberately does not: run fast, handle float or hybrid graphs, more than one subgraph, or
 ops a MobileNet does not contain (``OPS`` lists those it does).
@@ -117,16 +119,15 @@ class QuantizedGraph:
 
     def endpoints(self, x: np.ndarray) -> dict[str, tuple[np.ndarray, float, int]]:
         """Every TF-Slim endpoint for the quantized input ``x``: (values, scale, zero point)."""
-        wanted = {tensor: name for name, tensor in self.endpoint_tensors().items()}
-        out = {}
+        tensors = self.endpoint_tensors()
+        values = {}
 
         def keep(i, op, y):
-            if op.outputs[0] in wanted:
-                k = op.outputs[0]
-                out[wanted[k]] = (y, self.scale(k), self.zero_point(k))
+            if op.outputs[0] in tensors.values():
+                values[op.outputs[0]] = y
 
         self.run(x, on_op=keep)
-        return out
+        return {name: (values[k], self.scale(k), self.zero_point(k)) for name, k in tensors.items()}
 
     # --- running ---------------------------------------------------------------------------
 
