@@ -242,10 +242,13 @@ def test_softmax_is_within_one_step_of_the_real_softmax(rng):
 
 @pytest.mark.parametrize("pixels, c_in, c_out", [(1, 1, 1), (7, 5, 13), (9, 16, 32), (37, 17, 40), (25, 160, 1001)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
-def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out, dtype):
+@pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
+def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out, dtype, rounding):
     """uint8 with per-tensor zero points (the QAT files), int8 with per-channel scales; odd pixel
-    counts (the 4-pixel tiles and the single-pixel rest), odd C_in, C_out not multiples of 16."""
+    counts (the 4-pixel tiles and the single-pixel rest), odd C_in, C_out not multiples of 16;
+    each of LiteRT's three requantizations."""
     from mobilenet_np.kernels import integer_gemm as ig
+    from mobilenet_np.kernels import integer_xnnpack as ixnn
 
     lo, hi = iref.DTYPE_RANGES[np.dtype(dtype)]
     x = rng.integers(lo, hi, (pixels, c_in), endpoint=True).astype(dtype)
@@ -259,10 +262,15 @@ def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out,
     clamp = iref.activation_range("RELU6", 0.05, 3 if per_tensor else -120, dtype)
     acc = iref.conv2d_accumulate(x[None, :, None, :], x_zero_point, w[None, None], w_zero_point, bias,
                                  1, (0, 0, 0, 0), (pixels, 1))
-    want = iref.requantize(acc, multiplier, shift, clamp[0], clamp, dtype).reshape(pixels, c_out)
+    scales = ixnn.conv_scales(0.02, filter_scales, 0.05)
+    if rounding == "xnnpack":
+        want = ixnn.requantize_fp32(acc, scales, clamp[0], clamp, dtype).reshape(pixels, c_out)
+    else:
+        want = iref.requantize(acc, multiplier, shift, clamp[0], clamp, dtype,
+                               ties_up=rounding == "optimized").reshape(pixels, c_out)
     params = ig.requantization_params(bias, multiplier, shift, c_out)
     got = ig.pointwise_conv2d(x, x_zero_point, ig.pack_pairs(w, w_zero_point), params, c_out, clamp[0], clamp,
-                              np.empty((pixels, c_out), dtype))
+                              np.empty((pixels, c_out), dtype), rounding, ig.xnnpack_scales(scales, c_out))
     assert np.array_equal(got, want)
     if want.size > 50:
         assert len(np.unique(want)) > 2        # not all clamped: the requantization was exercised

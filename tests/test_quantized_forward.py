@@ -33,7 +33,7 @@ import mobilenet_np as mnp
 from mobilenet_np import spec
 from conftest import shared_path
 from int8_models import int8_tflite, invoke, litert
-from mobilenet_np.forward.quantized import QuantizedGraph
+from mobilenet_np.forward.quantized import KERNELS, QuantizedGraph
 from mobilenet_np.kernels import integer_reference as iref
 from mobilenet_np.preprocess import preprocess
 from weights_tools.tflite import ACTIVATION_NAMES, OP_NAMES
@@ -324,32 +324,35 @@ def test_int8_endpoints_have_the_spec_shapes(int8_case):
 # --- the Numba integer 1x1 kernel on real layers -------------------------------------------------
 
 def check_pointwise_layers(case):
-    """Every 1x1 conv of the graph, fed the reference run's own input to that layer, gives the
-    reference op's output bytes with the Numba kernel."""
+    """Every 1x1 conv of the graph, fed each of our three kernel sets' own input to that layer,
+    gives that kernel set's output bytes with the Numba kernel and the matching rounding."""
     from mobilenet_np.kernels import integer_gemm as ig
+    from mobilenet_np.kernels import integer_xnnpack as ixnn
 
-    path, graph, images, _ = case
-    seen = {graph.input_index: images[:2]}
-    graph.run(images[:2], on_op=lambda i, op, y: seen.__setitem__(op.outputs[0], y))
-    checked = 0
-    for op in graph.sub.operators:
-        w = graph.constant(op.inputs[1]) if len(op.inputs) > 1 else None
-        if OP_NAMES.get(op.opcode) != "CONV_2D" or w.shape[1:3] != (1, 1) or op.conv_options.stride_h != 1:
-            continue
-        x, y = seen[op.inputs[0]], seen[op.outputs[0]]
-        x_q, w_q = graph.tensor(op.inputs[0]), graph.tensor(op.inputs[1]).quantization
-        out_scale, out_zp = graph.scale(op.outputs[0]), graph.zero_point(op.outputs[0])
-        multiplier, shift = iref.conv_multipliers(graph.scale(op.inputs[0]), w_q.scale, out_scale,
-                                                  per_tensor=x.dtype == np.uint8)
-        clamp = iref.activation_range(ACTIVATION_NAMES[op.conv_options.activation],
-                                      out_scale, out_zp, y.dtype)
-        params = ig.requantization_params(graph.constant(op.inputs[2]), multiplier, shift, w.shape[0])
-        got = ig.pointwise_conv2d(x.reshape(-1, x.shape[-1]), graph.zero_point(op.inputs[0]),
-                                  ig.pack_pairs(w[:, 0, 0, :].T, w_q.zero_point), params, w.shape[0], out_zp,
-                                  clamp, np.empty((x.size // x.shape[-1], w.shape[0]), y.dtype))
-        assert np.array_equal(got, y.reshape(got.shape)), f"{path.name}: {x_q.name}"
-        checked += 1
-    assert checked >= 13, path.name          # V1: 13 pointwise (+ logits); V2: 33 expand/project + Conv_1
+    path, _, images, _ = case
+    for kernels in KERNELS:
+        graph = QuantizedGraph(path, kernels=kernels)
+        seen = {graph.input_index: images[:2]}
+        graph.run(images[:2], on_op=lambda i, op, y: seen.__setitem__(op.outputs[0], y))
+        checked = 0
+        for op in graph.sub.operators:
+            w = graph.constant(op.inputs[1]) if len(op.inputs) > 1 else None
+            if OP_NAMES.get(op.opcode) != "CONV_2D" or w.shape[1:3] != (1, 1) or op.conv_options.stride_h != 1:
+                continue
+            x, y = seen[op.inputs[0]], seen[op.outputs[0]]
+            w_q = graph.tensor(op.inputs[1]).quantization
+            in_scale, out_scale, out_zp = graph.scale(op.inputs[0]), graph.scale(op.outputs[0]), graph.zero_point(op.outputs[0])
+            multiplier, shift = iref.conv_multipliers(in_scale, w_q.scale, out_scale, per_tensor=x.dtype == np.uint8)
+            clamp = iref.activation_range(ACTIVATION_NAMES[op.conv_options.activation], out_scale, out_zp, y.dtype)
+            c_out = w.shape[0]
+            got = ig.pointwise_conv2d(x.reshape(-1, x.shape[-1]), graph.zero_point(op.inputs[0]),
+                                      ig.pack_pairs(w[:, 0, 0, :].T, w_q.zero_point),
+                                      ig.requantization_params(graph.constant(op.inputs[2]), multiplier, shift, c_out),
+                                      c_out, out_zp, clamp, np.empty((x.size // x.shape[-1], c_out), y.dtype),
+                                      kernels, ig.xnnpack_scales(ixnn.conv_scales(in_scale, w_q.scale, out_scale), c_out))
+            assert np.array_equal(got, y.reshape(got.shape)), f"{path.name} ({kernels}): {graph.tensor(op.outputs[0]).name}"
+            checked += 1
+        assert checked >= 13, path.name          # V1: 13 pointwise (+ logits); V2: 33 expand/project + Conv_1
 
 
 def test_integer_pointwise_kernel_on_every_uint8_1x1_layer(uint8_case):

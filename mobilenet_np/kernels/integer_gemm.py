@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import integer_simd as iv
+from . import simd
 from .jit import kernel
 
 PANEL = 16            # output channels per tile: two vectors of 8 int32 sums
@@ -44,17 +45,27 @@ def pack_pairs(w: np.ndarray, zero_point) -> np.ndarray:
     return np.ascontiguousarray(blocks).reshape(-1)
 
 
+# How sums become output bytes: TFLite's reference kernels, its optimized kernels (ties of the
+# rounding shift go up), or XNNPACK (float32 scale, ties to even).  See forward/quantized.py.
+REFERENCE, OPTIMIZED, XNNPACK = 0, 1, 2
+ROUNDINGS = {"reference": REFERENCE, "optimized": OPTIMIZED, "xnnpack": XNNPACK}
+
+
 @kernel(inline=True)
-def _emit(v, params, c, zero_point, lo, hi, out, at):
+def _emit(v, params, scales, rounding, c, zero_point, lo, hi, out, at):
     """Requantize eight sums of channels c..c+7 and store them as bytes at out[at:at + 8].
-    ``params`` rows: bias, multiplier, left shift, right shift (int32, padded to whole panels)."""
-    r = iv.requantize(v, iv.load(params[0], c), iv.load(params[1], c), iv.load(params[2], c),
-                      iv.load(params[3], c), zero_point, lo, hi)
+    ``params`` rows: bias, multiplier, left shift, right shift (int32, padded to whole panels);
+    ``scales``: XNNPACK's float32 scale per channel (padded too)."""
+    if rounding == XNNPACK:
+        r = iv.requantize_fp32(v, iv.load(params[0], c), simd.load(scales, c), zero_point, lo, hi)
+    else:
+        r = iv.requantize(v, iv.load(params[0], c), iv.load(params[1], c), iv.load(params[2], c),
+                          iv.load(params[3], c), zero_point, lo, hi, 1 if rounding == REFERENCE else 0)
     iv.store_bytes(out, at, r)
 
 
 @kernel(inline=True)
-def _tile4(x, x_at, kp, w, w_at, params, c, zero_point, lo, hi, out, o_at, row):
+def _tile4(x, x_at, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi, out, o_at, row):
     """4 pixels (input rows x_at, x_at + kp, ...) x 16 channels from c: eight int32 sums kept
     in registers over C_in, then requantized into out[o_at + r * row + 0..15]."""
     a0 = iv.zeros()
@@ -80,18 +91,18 @@ def _tile4(x, x_at, kp, w, w_at, params, c, zero_point, lo, hi, out, o_at, row):
         p = iv.splat_pair(x, x_at + 3 * kp + 2 * q)
         a3 = iv.madd(a3, p, wa)
         b3 = iv.madd(b3, p, wb)
-    _emit(a0, params, c, zero_point, lo, hi, out, o_at)
-    _emit(b0, params, c + 8, zero_point, lo, hi, out, o_at + 8)
-    _emit(a1, params, c, zero_point, lo, hi, out, o_at + row)
-    _emit(b1, params, c + 8, zero_point, lo, hi, out, o_at + row + 8)
-    _emit(a2, params, c, zero_point, lo, hi, out, o_at + 2 * row)
-    _emit(b2, params, c + 8, zero_point, lo, hi, out, o_at + 2 * row + 8)
-    _emit(a3, params, c, zero_point, lo, hi, out, o_at + 3 * row)
-    _emit(b3, params, c + 8, zero_point, lo, hi, out, o_at + 3 * row + 8)
+    _emit(a0, params, scales, rounding, c, zero_point, lo, hi, out, o_at)
+    _emit(b0, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 8)
+    _emit(a1, params, scales, rounding, c, zero_point, lo, hi, out, o_at + row)
+    _emit(b1, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + row + 8)
+    _emit(a2, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 2 * row)
+    _emit(b2, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 2 * row + 8)
+    _emit(a3, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 3 * row)
+    _emit(b3, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 3 * row + 8)
 
 
 @kernel(inline=True)
-def _tile1(x, x_at, kp, w, w_at, params, c, zero_point, lo, hi, out, o_at):
+def _tile1(x, x_at, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi, out, o_at):
     """One pixel x 16 channels (the pixels left over after the 4-pixel tiles)."""
     a = iv.zeros()
     b = iv.zeros()
@@ -99,8 +110,8 @@ def _tile1(x, x_at, kp, w, w_at, params, c, zero_point, lo, hi, out, o_at):
         p = iv.splat_pair(x, x_at + 2 * q)
         a = iv.madd(a, p, iv.load_pairs(w, w_at + 32 * q))
         b = iv.madd(b, p, iv.load_pairs(w, w_at + 32 * q + 16))
-    _emit(a, params, c, zero_point, lo, hi, out, o_at)
-    _emit(b, params, c + 8, zero_point, lo, hi, out, o_at + 8)
+    _emit(a, params, scales, rounding, c, zero_point, lo, hi, out, o_at)
+    _emit(b, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 8)
 
 
 @kernel()
@@ -113,7 +124,7 @@ def centre(x, pixels, c_in, zero_point, kp, out):
 
 
 @kernel()
-def gemm_requantize(x, pixels, kp, w, panels, params, zero_point, lo, hi, out):
+def gemm_requantize(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
     """out [pixels, panels * 16] (bytes, flat) = requantized (centred x [pixels, kp] times the panels)."""
     row = panels * PANEL
     for g in range(panels):
@@ -121,10 +132,10 @@ def gemm_requantize(x, pixels, kp, w, panels, params, zero_point, lo, hi, out):
         c = g * PANEL
         p = 0
         while p + 4 <= pixels:
-            _tile4(x, p * kp, kp, w, w_at, params, c, zero_point, lo, hi, out, p * row + c, row)
+            _tile4(x, p * kp, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi, out, p * row + c, row)
             p += 4
         while p < pixels:
-            _tile1(x, p * kp, kp, w, w_at, params, c, zero_point, lo, hi, out, p * row + c)
+            _tile1(x, p * kp, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi, out, p * row + c)
             p += 1
 
 
@@ -140,15 +151,26 @@ def requantization_params(bias, multiplier, shift, c_out: int) -> np.ndarray:
     return params
 
 
-def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, clamp, out):
+def xnnpack_scales(scales, c_out: int) -> np.ndarray:
+    """XNNPACK's float32 scale per channel (``integer_xnnpack.conv_scales``), padded to whole panels."""
+    out = np.zeros(-(-c_out // PANEL) * PANEL, np.float32)
+    out[:c_out] = np.broadcast_to(np.asarray(scales, np.float32), (c_out,))
+    return out
+
+
+def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, clamp, out,
+                     rounding: str = "reference", scales=None):
     """1x1 integer convolution: x [P, C_in] (uint8/int8) -> out [P, C_out] of the output type,
-    with ``packed = pack_pairs(w, w_zero_point)`` and ``params = requantization_params(...)``."""
+    with ``packed = pack_pairs(w, w_zero_point)`` and ``params = requantization_params(...)``;
+    ``rounding`` "xnnpack" takes ``scales = xnnpack_scales(...)`` instead of the multipliers."""
     pixels, c_in = x.shape
     kp = c_in + c_in % 2
     panels = -(-c_out // PANEL)
     centred = np.zeros(pixels * kp, np.int16)
     centre(x.reshape(-1), pixels, c_in, x_zero_point, kp, centred)
     padded = np.empty(pixels * panels * PANEL, out.dtype)
-    gemm_requantize(centred, pixels, kp, packed, panels, params, out_zero_point, clamp[0], clamp[1], padded)
+    scales = np.zeros(panels * PANEL, np.float32) if scales is None else scales
+    gemm_requantize(centred, pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding], out_zero_point,
+                    clamp[0], clamp[1], padded)
     out[:] = padded.reshape(pixels, panels * PANEL)[:, :c_out]
     return out

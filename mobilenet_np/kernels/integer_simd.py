@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
+
+from .simd import f32x8
 
 _I16, _I32 = ir.IntType(16), ir.IntType(32)
 _V16 = ir.VectorType(_I16, 16)
@@ -116,15 +119,16 @@ def _lanes(value):
 
 
 @intrinsic
-def requantize(typingctx, acc, bias, multiplier, left, right, zero_point, lo, hi):
+def requantize(typingctx, acc, bias, multiplier, left, right, zero_point, lo, hi, away):
     """TFLite's requantization of eight int32 sums, lane by lane: (acc + bias) << left, the
     doubling high multiply by ``multiplier`` (rounded, ties up), a rounding right shift by
-    ``right`` (ties away from zero), plus ``zero_point``, clamped to [lo, hi].  The 64-bit
-    product is formed from sign-extended halves (``vpmuldq``); its high word is taken with a
-    logical shift and a truncation, which equals the arithmetic shift's low 32 bits."""
+    ``right`` (ties away from zero if ``away`` is 1, up if 0: LiteRT's optimized kernels),
+    plus ``zero_point``, clamped to [lo, hi].  The 64-bit product is formed from sign-extended
+    halves (``vpmuldq``); its high word is taken with a logical shift and a truncation, which
+    equals the arithmetic shift's low 32 bits."""
     def codegen(context, builder, sig, args):
         acc, bias, multiplier, left, right = args[:5]
-        zero_point, lo, hi = (builder.trunc(a, _I32) for a in args[5:])
+        zero_point, lo, hi, away = (builder.trunc(a, _I32) for a in args[5:])
         v64 = ir.VectorType(ir.IntType(64), 8)
         lifted = builder.shl(builder.add(acc, bias), left)
         product = builder.mul(builder.sext(lifted, v64), builder.sext(multiplier, v64))
@@ -137,13 +141,32 @@ def requantize(typingctx, acc, bias, multiplier, left, right, zero_point, lo, hi
                                                   ir.Constant(v64, [0] * 8)))
         high = builder.trunc(builder.lshr(total, ir.Constant(v64, [31] * 8)), _V8)
         mask = builder.sub(builder.shl(_lanes(1), right), _lanes(1))
-        threshold = builder.add(builder.ashr(mask, _lanes(1)),
-                                builder.zext(builder.icmp_signed("<", high, _lanes(0)), _V8))
+        negative_tie_bump = builder.and_(builder.zext(builder.icmp_signed("<", high, _lanes(0)), _V8),
+                                         _broadcast(builder, away))
+        threshold = builder.add(builder.ashr(mask, _lanes(1)), negative_tie_bump)
         round_up = builder.zext(builder.icmp_signed(">", builder.and_(high, mask), threshold), _V8)
         value = builder.add(builder.add(builder.ashr(high, right), round_up), _broadcast(builder, zero_point))
         value = builder.select(builder.icmp_signed("<", value, _broadcast(builder, lo)), _broadcast(builder, lo), value)
         return builder.select(builder.icmp_signed(">", value, _broadcast(builder, hi)), _broadcast(builder, hi), value)
-    return i32x8(i32x8, i32x8, i32x8, i32x8, i32x8, types.int64, types.int64, types.int64), codegen
+    return i32x8(i32x8, i32x8, i32x8, i32x8, i32x8, types.int64, types.int64, types.int64, types.int64), codegen
+
+
+@intrinsic
+def requantize_fp32(typingctx, acc, bias, scale, zero_point, lo, hi):
+    """XNNPACK's requantization of eight int32 sums: float32(acc + bias) * scale (a float32
+    vector, one scale per channel), clamped to [lo - zero_point, hi - zero_point] in float,
+    rounded to nearest with ties to even (``llvm.rint``), plus ``zero_point``."""
+    def codegen(context, builder, sig, args):
+        vf = ir.VectorType(ir.FloatType(), 8)
+        zero_point, lo, hi = (builder.trunc(a, _I32) for a in args[3:])
+        value = builder.fmul(builder.sitofp(builder.add(args[0], args[1]), vf), args[2])
+        low = builder.sitofp(_broadcast(builder, builder.sub(lo, zero_point)), vf)
+        high = builder.sitofp(_broadcast(builder, builder.sub(hi, zero_point)), vf)
+        value = builder.select(builder.fcmp_ordered("<", value, low), low, value)
+        value = builder.select(builder.fcmp_ordered(">", value, high), high, value)
+        rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf]), "llvm.rint.v8f32")
+        return builder.add(builder.fptosi(builder.call(rint, [value]), _V8), _broadcast(builder, zero_point))
+    return i32x8(i32x8, i32x8, f32x8, types.int64, types.int64, types.int64), codegen
 
 
 def _broadcast(builder, scalar):
