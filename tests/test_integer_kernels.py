@@ -274,3 +274,38 @@ def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out,
     assert np.array_equal(got, want)
     if want.size > 50:
         assert len(np.unique(want)) > 2        # not all clamped: the requantization was exercised
+
+
+@pytest.mark.parametrize("size, stride, channels", [((7, 7), 1, 5), ((9, 6), 2, 13), ((8, 11), 2, 40),
+                                                    ((10, 10), 1, 64), ((5, 5), 1, 1)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
+def test_integer_depthwise_kernel_equals_the_reference(rng, size, stride, channels, dtype, rounding):
+    """Odd and non-square sizes, both strides (so SAME pads (1, 1) and (0, 1)), channel counts
+    not multiples of 8, both types, each of LiteRT's three requantizations."""
+    from mobilenet_np.kernels import integer_depthwise as idw
+    from mobilenet_np.kernels import integer_gemm as ig
+    from mobilenet_np.kernels import integer_xnnpack as ixnn
+
+    lo, hi = iref.DTYPE_RANGES[np.dtype(dtype)]
+    per_tensor = dtype == np.uint8
+    x = rng.integers(lo, hi, (2, *size, channels), endpoint=True).astype(dtype)
+    w = rng.integers(lo, hi, (3, 3, channels, 1), endpoint=True).astype(dtype)
+    w_zero_point = 131 if per_tensor else np.zeros(channels, np.int64)
+    x_zero_point = 117 if per_tensor else -5
+    bias = rng.integers(-3000, 3000, channels).astype(np.int32)
+    filter_scales = rng.uniform(0.001, 0.02, 1 if per_tensor else channels)
+    multiplier, shift = iref.conv_multipliers(0.02, filter_scales, 0.05, per_tensor)
+    (oh, top, bottom), (ow, left, right) = (spec.same_padding(s, 3, stride) for s in size)
+    pad = (top, bottom, left, right)
+    clamp = iref.activation_range("RELU6", 0.05, 3 if per_tensor else -120, dtype)
+    acc = iref.depthwise_conv2d_accumulate(x, x_zero_point, w, w_zero_point, bias, stride, pad, (oh, ow))
+    scales = ixnn.conv_scales(0.02, filter_scales, 0.05)
+    if rounding == "xnnpack":
+        want = ixnn.requantize_fp32(acc, scales, clamp[0], clamp, dtype)
+    else:
+        want = iref.requantize(acc, multiplier, shift, clamp[0], clamp, dtype, ties_up=rounding == "optimized")
+    got = idw.depthwise_conv2d(x, x_zero_point, idw.pack_depthwise(w, w_zero_point), 3, stride, pad, (oh, ow),
+                               ig.requantization_params(bias, multiplier, shift, channels), clamp[0], clamp,
+                               np.empty(want.shape, dtype), rounding, ig.xnnpack_scales(scales, channels))
+    assert np.array_equal(got, want)

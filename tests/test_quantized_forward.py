@@ -321,11 +321,12 @@ def test_int8_endpoints_have_the_spec_shapes(int8_case):
     assert all(values[name][0].shape == graph.tensor(k).shape for name, k in tensors.items())
 
 
-# --- the Numba integer 1x1 kernel on real layers -------------------------------------------------
+# --- the Numba integer kernels on real layers -------------------------------------------------
 
-def check_pointwise_layers(case):
-    """Every 1x1 conv of the graph, fed each of our three kernel sets' own input to that layer,
-    gives that kernel set's output bytes with the Numba kernel and the matching rounding."""
+def check_numba_layers(case):
+    """Every 1x1 conv and every depthwise conv of the graph, fed each of our three kernel sets'
+    own input to that layer, gives that kernel set's output bytes with the Numba kernels."""
+    from mobilenet_np.kernels import integer_depthwise as idw
     from mobilenet_np.kernels import integer_gemm as ig
     from mobilenet_np.kernels import integer_xnnpack as ixnn
 
@@ -334,30 +335,39 @@ def check_pointwise_layers(case):
         graph = QuantizedGraph(path, kernels=kernels)
         seen = {graph.input_index: images[:2]}
         graph.run(images[:2], on_op=lambda i, op, y: seen.__setitem__(op.outputs[0], y))
-        checked = 0
+        checked = {"pointwise": 0, "depthwise": 0}
         for op in graph.sub.operators:
-            w = graph.constant(op.inputs[1]) if len(op.inputs) > 1 else None
-            if OP_NAMES.get(op.opcode) != "CONV_2D" or w.shape[1:3] != (1, 1) or op.conv_options.stride_h != 1:
+            kind = {"CONV_2D": "pointwise", "DEPTHWISE_CONV_2D": "depthwise"}.get(OP_NAMES.get(op.opcode))
+            w = graph.constant(op.inputs[1]) if kind else None
+            if kind is None or (kind == "pointwise" and (w.shape[1:3] != (1, 1) or op.conv_options.stride_h != 1)):
                 continue
             x, y = seen[op.inputs[0]], seen[op.outputs[0]]
             w_q = graph.tensor(op.inputs[1]).quantization
             in_scale, out_scale, out_zp = graph.scale(op.inputs[0]), graph.scale(op.outputs[0]), graph.zero_point(op.outputs[0])
             multiplier, shift = iref.conv_multipliers(in_scale, w_q.scale, out_scale, per_tensor=x.dtype == np.uint8)
             clamp = iref.activation_range(ACTIVATION_NAMES[op.conv_options.activation], out_scale, out_zp, y.dtype)
-            c_out = w.shape[0]
-            got = ig.pointwise_conv2d(x.reshape(-1, x.shape[-1]), graph.zero_point(op.inputs[0]),
-                                      ig.pack_pairs(w[:, 0, 0, :].T, w_q.zero_point),
-                                      ig.requantization_params(graph.constant(op.inputs[2]), multiplier, shift, c_out),
-                                      c_out, out_zp, clamp, np.empty((x.size // x.shape[-1], c_out), y.dtype),
-                                      kernels, ig.xnnpack_scales(ixnn.conv_scales(in_scale, w_q.scale, out_scale), c_out))
+            c_out = w.shape[3] if kind == "depthwise" else w.shape[0]
+            params = ig.requantization_params(graph.constant(op.inputs[2]), multiplier, shift, c_out)
+            scales = ig.xnnpack_scales(ixnn.conv_scales(in_scale, w_q.scale, out_scale), c_out)
+            if kind == "depthwise":
+                stride = op.conv_options.stride_h
+                (oh, top, bottom), (ow, left, right) = (spec.same_padding(s, w.shape[1], stride) for s in x.shape[1:3])
+                got = idw.depthwise_conv2d(x, graph.zero_point(op.inputs[0]),
+                                           idw.pack_depthwise(w.transpose(1, 2, 3, 0), w_q.zero_point), w.shape[1],
+                                           stride, (top, bottom, left, right), (oh, ow), params, out_zp, clamp,
+                                           np.empty(y.shape, y.dtype), kernels, scales)
+            else:
+                got = ig.pointwise_conv2d(x.reshape(-1, x.shape[-1]), graph.zero_point(op.inputs[0]),
+                                          ig.pack_pairs(w[:, 0, 0, :].T, w_q.zero_point), params, c_out, out_zp,
+                                          clamp, np.empty((x.size // x.shape[-1], c_out), y.dtype), kernels, scales)
             assert np.array_equal(got, y.reshape(got.shape)), f"{path.name} ({kernels}): {graph.tensor(op.outputs[0]).name}"
-            checked += 1
-        assert checked >= 13, path.name          # V1: 13 pointwise (+ logits); V2: 33 expand/project + Conv_1
+            checked[kind] += 1
+        assert checked["pointwise"] >= 13 and checked["depthwise"] == 13 + 4 * ("v2" in path.name), (path.name, checked)
 
 
-def test_integer_pointwise_kernel_on_every_uint8_1x1_layer(uint8_case):
-    check_pointwise_layers(uint8_case)
+def test_integer_numba_kernels_on_every_uint8_layer(uint8_case):
+    check_numba_layers(uint8_case)
 
 
-def test_integer_pointwise_kernel_on_every_int8_1x1_layer(int8_case):
-    check_pointwise_layers(int8_case)
+def test_integer_numba_kernels_on_every_int8_layer(int8_case):
+    check_numba_layers(int8_case)

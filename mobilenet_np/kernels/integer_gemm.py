@@ -52,7 +52,7 @@ ROUNDINGS = {"reference": REFERENCE, "optimized": OPTIMIZED, "xnnpack": XNNPACK}
 
 
 @kernel(inline=True)
-def _emit(v, params, scales, rounding, c, zero_point, lo, hi, out, at):
+def emit_bytes(v, params, scales, rounding, c, zero_point, lo, hi, out, at):
     """Requantize eight sums of channels c..c+7 and store them as bytes at out[at:at + 8].
     ``params`` rows: bias, multiplier, left shift, right shift (int32, padded to whole panels);
     ``scales``: XNNPACK's float32 scale per channel (padded too)."""
@@ -91,14 +91,14 @@ def _tile4(x, x_at, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi
         p = iv.splat_pair(x, x_at + 3 * kp + 2 * q)
         a3 = iv.madd(a3, p, wa)
         b3 = iv.madd(b3, p, wb)
-    _emit(a0, params, scales, rounding, c, zero_point, lo, hi, out, o_at)
-    _emit(b0, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 8)
-    _emit(a1, params, scales, rounding, c, zero_point, lo, hi, out, o_at + row)
-    _emit(b1, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + row + 8)
-    _emit(a2, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 2 * row)
-    _emit(b2, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 2 * row + 8)
-    _emit(a3, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 3 * row)
-    _emit(b3, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 3 * row + 8)
+    emit_bytes(a0, params, scales, rounding, c, zero_point, lo, hi, out, o_at)
+    emit_bytes(b0, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 8)
+    emit_bytes(a1, params, scales, rounding, c, zero_point, lo, hi, out, o_at + row)
+    emit_bytes(b1, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + row + 8)
+    emit_bytes(a2, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 2 * row)
+    emit_bytes(b2, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 2 * row + 8)
+    emit_bytes(a3, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 3 * row)
+    emit_bytes(b3, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 3 * row + 8)
 
 
 @kernel(inline=True)
@@ -110,8 +110,8 @@ def _tile1(x, x_at, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi
         p = iv.splat_pair(x, x_at + 2 * q)
         a = iv.madd(a, p, iv.load_pairs(w, w_at + 32 * q))
         b = iv.madd(b, p, iv.load_pairs(w, w_at + 32 * q + 16))
-    _emit(a, params, scales, rounding, c, zero_point, lo, hi, out, o_at)
-    _emit(b, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 8)
+    emit_bytes(a, params, scales, rounding, c, zero_point, lo, hi, out, o_at)
+    emit_bytes(b, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 8)
 
 
 @kernel()

@@ -185,3 +185,23 @@ def store_bytes(typingctx, array, index, vector):
         builder.store(builder.trunc(args[2], v8), _pointer(context, builder, sig.args[0], args[0], args[1], v8), align=1)
         return context.get_dummy_value()
     return types.void(array, types.intp, i32x8), codegen
+
+
+@intrinsic
+def load_widened(typingctx, array, index):
+    """int16 array[index : index + 8], sign-extended to eight int32 lanes."""
+    if not _flat(array, types.int16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v16 = ir.VectorType(_I16, 8)
+        return builder.sext(builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], v16), align=2), _V8)
+    return i32x8(array, types.intp), codegen
+
+
+@intrinsic
+def mul_add(typingctx, acc, a, b):
+    """acc + a * b in each int32 lane (``vpmulld``; the depthwise taps have no partner to pair)."""
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], builder.mul(args[1], args[2]))
+    return i32x8(i32x8, i32x8, i32x8), codegen
