@@ -371,3 +371,30 @@ def test_integer_numba_kernels_on_every_uint8_layer(uint8_case):
 
 def test_integer_numba_kernels_on_every_int8_layer(int8_case):
     check_numba_layers(int8_case)
+
+
+# --- the whole graph on the Numba kernels ---------------------------------------------------------
+
+def check_fast_graph(case):
+    """FastQuantizedGraph gives every op's bytes of QuantizedGraph, for each kernel set."""
+    from mobilenet_np.forward.quantized_engine import FastQuantizedGraph
+
+    path, _, images, _ = case
+    for kernels in KERNELS:
+        want, got = {}, {}
+        QuantizedGraph(path, kernels).run(images[:2], on_op=lambda i, op, y: want.__setitem__(i, y))
+        FastQuantizedGraph(path, kernels).run(images[:2], on_op=lambda i, op, y: got.__setitem__(i, y))
+        differ = [i for i in want if not np.array_equal(want[i], got[i])]
+        assert not differ, f"{path.name} ({kernels}): ops {differ[:5]} differ"
+
+
+def test_fast_graph_equals_the_reference_loop_uint8(uint8_case):
+    check_fast_graph(uint8_case)
+
+
+def test_fast_graph_equals_the_reference_loop_int8(int8_case):
+    check_fast_graph(int8_case)
+
+
+def test_fast_graph_equals_the_reference_loop_small(small_graph):
+    check_fast_graph(small_graph)

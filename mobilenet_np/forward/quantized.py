@@ -63,6 +63,11 @@ class QuantizedGraph:
         if unknown:
             raise UnsupportedFormatError(f"{self.file}: operators {unknown} are not supported")
 
+    @property
+    def ops(self) -> dict:
+        """The function of each operator code (a subclass may replace some)."""
+        return OPS
+
     # --- tensors ---------------------------------------------------------------------------
 
     def tensor(self, index: int) -> tflite.Tensor:
@@ -139,7 +144,7 @@ class QuantizedGraph:
         values = {self.input_index: x}
         for i, op in enumerate(self.sub.operators):
             inputs = [values.get(k) if self.constant(k) is None else self.constant(k) for k in op.inputs]
-            y = OPS[op.opcode](self, op, self.options[i], inputs)
+            y = self.ops[op.opcode](self, op, self.options[i], inputs)
             values[op.outputs[0]] = y
             if on_op is not None:
                 on_op(i, op, y)
