@@ -87,8 +87,9 @@ def one_over_one_plus_x(x):
 
 
 def _count_leading_zeros(x):
-    return np.array([32 - int(v).bit_length() for v in np.asarray(x).reshape(-1)],
-                    np.int64).reshape(np.shape(x))
+    """Leading zero bits of positive values below 2^32, as uint32 (frexp's exponent is the bit
+    length, exactly, for integers below 2^53)."""
+    return 32 - np.frexp(np.asarray(x, np.float64))[1].astype(np.int64)
 
 
 def softmax_parameters(beta: float, input_scale: float) -> tuple[int, int, int]:
