@@ -24,8 +24,7 @@ from ..errors import UnsupportedFormatError
 from ..kernels import integer_reference as iref
 from ..kernels import integer_softmax
 from ..kernels import integer_xnnpack as ixnn
-from weights_tools import tflite
-from weights_tools.tflite_ops import FULLY_CONNECTED, read_graph
+from weights_tools import tflite_ops as tfl
 
 PADDING_VALID = 1
 
@@ -52,13 +51,13 @@ class QuantizedGraph:
         self.kernels = kernels
         self.optimized = kernels in ("optimized", "xnnpack")
         self.file = str(path)
-        graph = read_graph(Path(path).read_bytes(), self.file)
+        graph = tfl.read_graph(Path(path).read_bytes(), self.file)
         if len(graph.model.subgraphs) != 1:
             raise UnsupportedFormatError(f"{self.file}: {len(graph.model.subgraphs)} subgraphs; expected 1")
         self.model = graph.model
         self.sub = graph.model.subgraphs[0]
         self.options = graph.options
-        unknown = sorted({tflite.OP_NAMES.get(op.opcode, str(op.opcode)) for op in self.sub.operators
+        unknown = sorted({tfl.OP_NAMES.get(op.opcode, str(op.opcode)) for op in self.sub.operators
                           if op.opcode not in OPS})
         if unknown:
             raise UnsupportedFormatError(f"{self.file}: operators {unknown} are not supported")
@@ -70,11 +69,11 @@ class QuantizedGraph:
 
     # --- tensors ---------------------------------------------------------------------------
 
-    def tensor(self, index: int) -> tflite.Tensor:
+    def tensor(self, index: int) -> tfl.Tensor:
         return self.sub.tensors[index]
 
     def dtype(self, index: int) -> np.dtype:
-        return tflite.TENSOR_DTYPES[self.tensor(index).type]
+        return tfl.TENSOR_DTYPES[self.tensor(index).type]
 
     def scale(self, index: int) -> float:
         """The per-tensor scale, as the float32 TFLite stores."""
@@ -91,7 +90,7 @@ class QuantizedGraph:
         data = self.model.buffers[t.buffer]
         if len(data) == 0:
             return None
-        return np.frombuffer(data, tflite.TENSOR_DTYPES[t.type]).reshape(t.shape)
+        return np.frombuffer(data, tfl.TENSOR_DTYPES[t.type]).reshape(t.shape)
 
     @property
     def input_index(self) -> int:
@@ -104,16 +103,16 @@ class QuantizedGraph:
         tensor index, when the convs before the global pool are MobileNet V1's or V2's sequence;
         otherwise empty.  A V2 residual block's endpoints are the ADD's output."""
         ops = self.sub.operators
-        pool = next((i for i, op in enumerate(ops) if op.opcode in (tflite.AVERAGE_POOL_2D, tflite.MEAN)), None)
-        convs = [op for op in ops[:pool] if op.opcode in (tflite.CONV_2D, tflite.DEPTHWISE_CONV_2D)]
-        found = "".join("D" if op.opcode == tflite.DEPTHWISE_CONV_2D else "C" for op in convs)
+        pool = next((i for i, op in enumerate(ops) if op.opcode in (tfl.AVERAGE_POOL_2D, tfl.MEAN)), None)
+        convs = [op for op in ops[:pool] if op.opcode in (tfl.CONV_2D, tfl.DEPTHWISE_CONV_2D)]
+        found = "".join("D" if op.opcode == tfl.DEPTHWISE_CONV_2D else "C" for op in convs)
         for name in spec.BUILDERS:
             arch = spec.build(name, 1.0)               # the op sequence does not depend on the width
             if "".join("D" if layer.kind == "depthwise" else "C" for layer in arch.layers) == found:
                 break
         else:
             return {}
-        adds = {k: op.outputs[0] for op in ops if op.opcode == tflite.ADD for k in op.inputs}
+        adds = {k: op.outputs[0] for op in ops if op.opcode == tfl.ADD for k in op.inputs}
         out = {}
         for op, layer in zip(convs, arch.layers):
             tensor = adds[op.outputs[0]] if layer.adds_residual else op.outputs[0]
@@ -183,7 +182,7 @@ def _conv_common(graph: QuantizedGraph, op, inputs, depthwise: bool):
     acc = accumulate(x, graph.zero_point(op.inputs[0]), w_hwio, w_q.zero_point, bias, opts.stride_h, pad, out_hw)
     out_scale, out_zp, out_dtype = _out(graph, op)
     in_dtype = graph.dtype(op.inputs[0])
-    clamp = iref.activation_range(tflite.ACTIVATION_NAMES[opts.activation], out_scale, out_zp, out_dtype)
+    clamp = iref.activation_range(tfl.ACTIVATION_NAMES[opts.activation], out_scale, out_zp, out_dtype)
     if graph.kernels == "xnnpack":
         scales = ixnn.conv_scales(graph.scale(op.inputs[0]), w_q.scale, out_scale)
         return ixnn.requantize_fp32(acc, scales, out_zp, clamp, out_dtype)
@@ -280,7 +279,7 @@ def dequantize(graph, op, options, inputs):
     return iref.dequantize(inputs[0], graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]))
 
 
-OPS = {tflite.CONV_2D: conv_2d, tflite.DEPTHWISE_CONV_2D: depthwise_conv_2d, FULLY_CONNECTED: fully_connected,
-       tflite.ADD: add, tflite.AVERAGE_POOL_2D: average_pool_2d, tflite.MEAN: mean, tflite.SOFTMAX: softmax,
-       tflite.RESHAPE: reshape, tflite.SQUEEZE: reshape, tflite.QUANTIZE: quantize,
-       tflite.DEQUANTIZE: dequantize}
+OPS = {tfl.CONV_2D: conv_2d, tfl.DEPTHWISE_CONV_2D: depthwise_conv_2d, tfl.FULLY_CONNECTED: fully_connected,
+       tfl.ADD: add, tfl.AVERAGE_POOL_2D: average_pool_2d, tfl.MEAN: mean, tfl.SOFTMAX: softmax,
+       tfl.RESHAPE: reshape, tfl.SQUEEZE: reshape, tfl.QUANTIZE: quantize,
+       tfl.DEQUANTIZE: dequantize}

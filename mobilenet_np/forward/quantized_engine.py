@@ -21,7 +21,7 @@ from ..kernels import integer_gemm as ig
 from ..kernels import integer_reference as iref
 from ..kernels import integer_xnnpack as ixnn
 from .quantized import OPS, QuantizedGraph, _padding
-from weights_tools import tflite
+from weights_tools import tflite_ops as tfl
 
 
 class FastQuantizedGraph(QuantizedGraph):
@@ -30,8 +30,8 @@ class FastQuantizedGraph(QuantizedGraph):
     def __init__(self, path, kernels: str = "reference"):
         super().__init__(path, kernels)
         self.packed = {i: _pack(self, op) for i, op in enumerate(self.sub.operators)
-                       if op.opcode in (tflite.CONV_2D, tflite.DEPTHWISE_CONV_2D)}
-        self._ops = {**OPS, tflite.CONV_2D: _conv, tflite.DEPTHWISE_CONV_2D: _conv}
+                       if op.opcode in (tfl.CONV_2D, tfl.DEPTHWISE_CONV_2D)}
+        self._ops = {**OPS, tfl.CONV_2D: _conv, tfl.DEPTHWISE_CONV_2D: _conv}
 
     @property
     def ops(self) -> dict:
@@ -42,7 +42,7 @@ def _pack(graph: QuantizedGraph, op) -> dict:
     """Weights in the kernels' layouts and the requantization parameters of one conv op."""
     w = graph.constant(op.inputs[1])
     w_q = graph.tensor(op.inputs[1]).quantization
-    depthwise = op.opcode == tflite.DEPTHWISE_CONV_2D
+    depthwise = op.opcode == tfl.DEPTHWISE_CONV_2D
     c_out = w.shape[3] if depthwise else w.shape[0]
     bias = graph.constant(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else np.zeros(c_out, np.int32)
     in_scale, out_scale = graph.scale(op.inputs[0]), graph.scale(op.outputs[0])
@@ -56,7 +56,7 @@ def _pack(graph: QuantizedGraph, op) -> dict:
     return {"weights": weights, "c_out": c_out, "kernel": w.shape[1], "depthwise": depthwise,
             "params": ig.requantization_params(bias, multiplier, shift, c_out),
             "scales": ig.xnnpack_scales(ixnn.conv_scales(in_scale, w_q.scale, out_scale), c_out),
-            "clamp": iref.activation_range(tflite.ACTIVATION_NAMES[op.conv_options.activation], out_scale,
+            "clamp": iref.activation_range(tfl.ACTIVATION_NAMES[op.conv_options.activation], out_scale,
                                            out_zp, out_dtype)}
 
 
