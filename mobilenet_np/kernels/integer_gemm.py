@@ -1,0 +1,176 @@
+"""The integer 1x1 convolution in Numba: int16 pairs into int32 sums, then TFLite's requantization.
+
+A first fast integer kernel (issue 17), tested against ``integer_reference`` (conv sums, then
+``requantize``).  The work is a matrix product [pixels, C_in] x [C_in, C_out] on centred values:
+
+* the input is centred once, (q - zero_point) as int16, with C_in padded to an even count
+  (``centre``); the weights are centred and packed at load time (``pack_pairs``) so that
+  for each pair of input channels (k, k+1) the 16 output channels of a panel read 32 contiguous
+  int16 values: (w[k, c], w[k+1, c]) for c = 0..7, then for c = 8..15;
+* a tile of 4 pixels x 16 channels keeps eight ``<8 x i32>`` sums in registers; each step
+  broadcasts a pixel's (x[k], x[k+1]) pair and does ``madd`` (``vpmaddwd`` on AVX2: 16
+  multiply-adds per instruction) against the two weight vectors;
+* when a tile's sums are complete, ``integer_simd.requantize`` adds the bias and applies
+  TFLite's double-rounding fixed-point multiply (per-channel multiplier and shifts, eight
+  lanes at a time), the zero point and the clamp, and the bytes are stored: the int32 sums
+  never go through memory.
+
+int16 holds every centred value: uint8 - zero point and int8 - zero point lie in [-255, 255],
+and a pair of products (at most 2 * 255^2) plus the sums over C_in fit int32 for any C_in below
+16,000.  The output is written with C_out padded to whole panels of 16 and then copied to the
+caller's array.  Deliberately not here yet: the 3x3 and depthwise integer kernels, threads,
+and activation buffers padded to 16 channels (which would remove that copy and the centring pass).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import integer_simd as iv
+from . import simd
+from .jit import kernel
+
+PANEL = 16            # output channels per tile: two vectors of 8 int32 sums
+
+
+def pack_pairs(w: np.ndarray, zero_point) -> np.ndarray:
+    """w [C_in, C_out] uint8/int8 and its zero point(s) -> centred int16 panels, flat:
+    [panel, channel pair q, half (channels 0-7 / 8-15), channel c, tap k = 2q or 2q+1]."""
+    c_in, c_out = w.shape
+    panels, pairs = -(-c_out // PANEL), -(-c_in // 2)
+    centred = np.zeros((2 * pairs, panels * PANEL), np.int16)
+    centred[:c_in, :c_out] = w.astype(np.int16) - np.asarray(zero_point, np.int16).reshape(-1)
+    # [q, k-in-pair, panel, half, c] -> [panel, q, half, c, k-in-pair]
+    blocks = centred.reshape(pairs, 2, panels, 2, PANEL // 2).transpose(2, 0, 3, 4, 1)
+    return np.ascontiguousarray(blocks).reshape(-1)
+
+
+# How sums become output bytes: TFLite's reference kernels, its optimized kernels (ties of the
+# rounding shift go up), or XNNPACK (float32 scale, ties to even).  See forward/quantized.py.
+REFERENCE, OPTIMIZED, XNNPACK = 0, 1, 2
+ROUNDINGS = {"reference": REFERENCE, "optimized": OPTIMIZED, "xnnpack": XNNPACK}
+
+
+@kernel(inline=True)
+def emit_bytes(v, params, scales, rounding, c, zero_point, lo, hi, out, at):
+    """Requantize eight sums of channels c..c+7 and store them as bytes at out[at:at + 8].
+    ``params`` rows: bias, multiplier, left shift, right shift (int32, padded to whole panels);
+    ``scales``: XNNPACK's float32 scale per channel (padded too)."""
+    if rounding == XNNPACK:
+        r = iv.requantize_fp32(v, iv.load(params[0], c), simd.load(scales, c), zero_point, lo, hi)
+    else:
+        r = iv.requantize(v, iv.load(params[0], c), iv.load(params[1], c), iv.load(params[2], c),
+                          iv.load(params[3], c), zero_point, lo, hi, 1 if rounding == REFERENCE else 0)
+    iv.store_bytes(out, at, r)
+
+
+@kernel(inline=True)
+def _tile4(x, x_at, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi, out, o_at, row):
+    """4 pixels (input rows x_at, x_at + kp, ...) x 16 channels from c: eight int32 sums kept
+    in registers over C_in, then requantized into out[o_at + r * row + 0..15]."""
+    a0 = iv.zeros()
+    b0 = iv.zeros()
+    a1 = iv.zeros()
+    b1 = iv.zeros()
+    a2 = iv.zeros()
+    b2 = iv.zeros()
+    a3 = iv.zeros()
+    b3 = iv.zeros()
+    for q in range(kp // 2):
+        wa = iv.load_pairs(w, w_at + 32 * q)
+        wb = iv.load_pairs(w, w_at + 32 * q + 16)
+        p = iv.splat_pair(x, x_at + 2 * q)
+        a0 = iv.madd(a0, p, wa)
+        b0 = iv.madd(b0, p, wb)
+        p = iv.splat_pair(x, x_at + kp + 2 * q)
+        a1 = iv.madd(a1, p, wa)
+        b1 = iv.madd(b1, p, wb)
+        p = iv.splat_pair(x, x_at + 2 * kp + 2 * q)
+        a2 = iv.madd(a2, p, wa)
+        b2 = iv.madd(b2, p, wb)
+        p = iv.splat_pair(x, x_at + 3 * kp + 2 * q)
+        a3 = iv.madd(a3, p, wa)
+        b3 = iv.madd(b3, p, wb)
+    emit_bytes(a0, params, scales, rounding, c, zero_point, lo, hi, out, o_at)
+    emit_bytes(b0, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 8)
+    emit_bytes(a1, params, scales, rounding, c, zero_point, lo, hi, out, o_at + row)
+    emit_bytes(b1, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + row + 8)
+    emit_bytes(a2, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 2 * row)
+    emit_bytes(b2, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 2 * row + 8)
+    emit_bytes(a3, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 3 * row)
+    emit_bytes(b3, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 3 * row + 8)
+
+
+@kernel(inline=True)
+def _tile1(x, x_at, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi, out, o_at):
+    """One pixel x 16 channels (the pixels left over after the 4-pixel tiles)."""
+    a = iv.zeros()
+    b = iv.zeros()
+    for q in range(kp // 2):
+        p = iv.splat_pair(x, x_at + 2 * q)
+        a = iv.madd(a, p, iv.load_pairs(w, w_at + 32 * q))
+        b = iv.madd(b, p, iv.load_pairs(w, w_at + 32 * q + 16))
+    emit_bytes(a, params, scales, rounding, c, zero_point, lo, hi, out, o_at)
+    emit_bytes(b, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 8)
+
+
+@kernel()
+def centre(x, pixels, c_in, zero_point, kp, out):
+    """out [pixels, kp] int16 = x [pixels, C_in] - zero_point (flat arrays); an odd C_in's
+    extra column is left as the caller made it (zero)."""
+    for p in range(pixels):
+        for k in range(c_in):
+            out[p * kp + k] = np.int16(x[p * c_in + k]) - zero_point
+
+
+@kernel()
+def gemm_requantize(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
+    """out [pixels, panels * 16] (bytes, flat) = requantized (centred x [pixels, kp] times the panels)."""
+    row = panels * PANEL
+    for g in range(panels):
+        w_at = g * (kp // 2) * 32
+        c = g * PANEL
+        p = 0
+        while p + 4 <= pixels:
+            _tile4(x, p * kp, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi, out, p * row + c, row)
+            p += 4
+        while p < pixels:
+            _tile1(x, p * kp, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi, out, p * row + c)
+            p += 1
+
+
+def requantization_params(bias, multiplier, shift, c_out: int) -> np.ndarray:
+    """[4, panels * 16] int32: bias, multiplier, left shift, right shift per output channel
+    (zero-padded: the padded channels compute garbage that is never read)."""
+    params = np.zeros((4, -(-c_out // PANEL) * PANEL), np.int32)
+    shift = np.broadcast_to(np.asarray(shift, np.int64), (c_out,))
+    params[0, :c_out] = bias
+    params[1, :c_out] = np.broadcast_to(np.asarray(multiplier, np.int64), (c_out,))
+    params[2, :c_out] = np.maximum(shift, 0)
+    params[3, :c_out] = np.maximum(-shift, 0)
+    return params
+
+
+def xnnpack_scales(scales, c_out: int) -> np.ndarray:
+    """XNNPACK's float32 scale per channel (``integer_xnnpack.conv_scales``), padded to whole panels."""
+    out = np.zeros(-(-c_out // PANEL) * PANEL, np.float32)
+    out[:c_out] = np.broadcast_to(np.asarray(scales, np.float32), (c_out,))
+    return out
+
+
+def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, clamp, out,
+                     rounding: str = "reference", scales=None):
+    """1x1 integer convolution: x [P, C_in] (uint8/int8) -> out [P, C_out] of the output type,
+    with ``packed = pack_pairs(w, w_zero_point)`` and ``params = requantization_params(...)``;
+    ``rounding`` "xnnpack" takes ``scales = xnnpack_scales(...)`` instead of the multipliers."""
+    pixels, c_in = x.shape
+    kp = c_in + c_in % 2
+    panels = -(-c_out // PANEL)
+    centred = np.zeros(pixels * kp, np.int16)
+    centre(x.reshape(-1), pixels, c_in, x_zero_point, kp, centred)
+    padded = np.empty(pixels * panels * PANEL, out.dtype)
+    scales = np.zeros(panels * PANEL, np.float32) if scales is None else scales
+    gemm_requantize(centred, pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding], out_zero_point,
+                    clamp[0], clamp[1], padded)
+    out[:] = padded.reshape(pixels, panels * PANEL)[:, :c_out]
+    return out

@@ -1,0 +1,207 @@
+"""Integer vectors for the Numba integer kernels: int16 pairs multiplied into int32 sums.
+
+The one operation that makes integer convolutions fast on x86 is ``pmaddwd``: sixteen int16
+products, summed in adjacent pairs into eight int32 lanes, in one instruction (twice the
+multiply-adds of an eight-lane float FMA).  It is written here in plain, portable LLVM IR --
+sign-extend, multiply, add the even lanes to the odd lanes -- a pattern LLVM's x86 backend turns
+into ``vpmaddwd`` under AVX2 (and into ordinary multiplies and adds elsewhere; same results).
+
+``I16x16`` is ``<16 x i16>`` and ``I32x8`` is ``<8 x i32>``, as simd.py's ``F32x8``.
+``requantize`` is TFLite's fixed-point rescaling of eight sums at once (``vpmuldq``,
+``vpsravd`` and friends under AVX2).  Loads and stores are unaligned, take a flat (1-D,
+C-contiguous) array and an element index, and are not bounds-checked.  Integer arithmetic is exact here (no overflow for |int16 products| summed in
+int32 over the channel counts of these networks), so no ordering caveat applies.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+from .simd import f32x8
+
+_I16, _I32 = ir.IntType(16), ir.IntType(32)
+_V16 = ir.VectorType(_I16, 16)
+_V8 = ir.VectorType(_I32, 8)
+_WIDE = ir.VectorType(_I32, 16)
+
+
+class I16x16Type(types.Type):
+    def __init__(self):
+        super().__init__(name="i16x16")
+
+
+class I32x8Type(types.Type):
+    def __init__(self):
+        super().__init__(name="i32x8")
+
+
+i16x16 = I16x16Type()
+i32x8 = I32x8Type()
+
+
+@register_model(I16x16Type)
+class _I16x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V16)
+
+
+@register_model(I32x8Type)
+class _I32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V8)
+
+
+def _flat(array, dtype) -> bool:
+    return isinstance(array, types.Array) and array.dtype == dtype and array.ndim == 1
+
+
+def _pointer(context, builder, array_type, array, index, to):
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.bitcast(builder.gep(data, [index]), to.as_pointer())
+
+
+def _loader(element, vector, vector_type, align: int, doc: str):
+    """An intrinsic ``load(array, index)``: a flat ``element`` array's lanes from ``index`` on."""
+    @intrinsic
+    def load(typingctx, array, index):
+        if not _flat(array, element):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], vector), align=align)
+        return vector_type(array, types.intp), codegen
+    load.__doc__ = doc
+    return load
+
+
+load_pairs = _loader(types.int16, _V16, i16x16, 2,
+                     "int16 array[index : index + 16] as a vector (eight channels, two taps each).")
+load = _loader(types.int32, _V8, i32x8, 4, "int32 array[index : index + 8] as a vector (per-channel parameters).")
+
+
+@intrinsic
+def splat_pair(typingctx, array, index):
+    """The int16 pair array[index], array[index + 1] repeated in all eight 32-bit slots."""
+    if not _flat(array, types.int16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        pair = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _I32), align=2)
+        v = builder.insert_element(ir.Constant(_V8, ir.Undefined), pair, ir.Constant(_I32, 0))
+        v = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+        return builder.bitcast(v, _V16)
+    return i16x16(array, types.intp), codegen
+
+
+@intrinsic
+def zeros(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_V8, [0] * 8)
+    return i32x8(), codegen
+
+
+@intrinsic
+def madd(typingctx, acc, a, b):
+    """acc + (a[2i] * b[2i] + a[2i+1] * b[2i+1]) in each int32 lane i (``pmaddwd``, then add)."""
+    def codegen(context, builder, sig, args):
+        products = builder.mul(builder.sext(args[1], _WIDE), builder.sext(args[2], _WIDE))
+        even = builder.shuffle_vector(products, products, ir.Constant(ir.VectorType(_I32, 8), list(range(0, 16, 2))))
+        odd = builder.shuffle_vector(products, products, ir.Constant(ir.VectorType(_I32, 8), list(range(1, 16, 2))))
+        return builder.add(args[0], builder.add(even, odd))
+    return i32x8(i32x8, i16x16, i16x16), codegen
+
+
+def _lanes(value):
+    return ir.Constant(_V8, [value] * 8)
+
+
+@intrinsic
+def requantize(typingctx, acc, bias, multiplier, left, right, zero_point, lo, hi, away):
+    """TFLite's requantization of eight int32 sums, lane by lane: (acc + bias) << left, the
+    doubling high multiply by ``multiplier`` (rounded, ties up), a rounding right shift by
+    ``right`` (ties away from zero if ``away`` is 1, up if 0: LiteRT's optimized kernels),
+    plus ``zero_point``, clamped to [lo, hi].  The 64-bit product is formed from sign-extended
+    halves (``vpmuldq``); its high word is taken with a logical shift and a truncation, which
+    equals the arithmetic shift's low 32 bits."""
+    def codegen(context, builder, sig, args):
+        acc, bias, multiplier, left, right = args[:5]
+        zero_point, lo, hi, away = (builder.trunc(a, _I32) for a in args[5:])
+        v64 = ir.VectorType(ir.IntType(64), 8)
+        lifted = builder.shl(builder.add(acc, bias), left)
+        product = builder.mul(builder.sext(lifted, v64), builder.sext(multiplier, v64))
+        negative = builder.icmp_signed("<", product, ir.Constant(v64, [0] * 8))
+        total = builder.add(product, builder.select(negative, ir.Constant(v64, [1 - (1 << 30)] * 8),
+                                                    ir.Constant(v64, [1 << 30] * 8)))
+        # truncate toward zero: add 2^31 - 1 to a negative total before shifting right by 31
+        total_negative = builder.icmp_signed("<", total, ir.Constant(v64, [0] * 8))
+        total = builder.add(total, builder.select(total_negative, ir.Constant(v64, [(1 << 31) - 1] * 8),
+                                                  ir.Constant(v64, [0] * 8)))
+        high = builder.trunc(builder.lshr(total, ir.Constant(v64, [31] * 8)), _V8)
+        mask = builder.sub(builder.shl(_lanes(1), right), _lanes(1))
+        negative_tie_bump = builder.and_(builder.zext(builder.icmp_signed("<", high, _lanes(0)), _V8),
+                                         _broadcast(builder, away))
+        threshold = builder.add(builder.ashr(mask, _lanes(1)), negative_tie_bump)
+        round_up = builder.zext(builder.icmp_signed(">", builder.and_(high, mask), threshold), _V8)
+        value = builder.add(builder.add(builder.ashr(high, right), round_up), _broadcast(builder, zero_point))
+        value = builder.select(builder.icmp_signed("<", value, _broadcast(builder, lo)), _broadcast(builder, lo), value)
+        return builder.select(builder.icmp_signed(">", value, _broadcast(builder, hi)), _broadcast(builder, hi), value)
+    return i32x8(i32x8, i32x8, i32x8, i32x8, i32x8, types.int64, types.int64, types.int64, types.int64), codegen
+
+
+@intrinsic
+def requantize_fp32(typingctx, acc, bias, scale, zero_point, lo, hi):
+    """XNNPACK's requantization of eight int32 sums: float32(acc + bias) * scale (a float32
+    vector, one scale per channel), clamped to [lo - zero_point, hi - zero_point] in float,
+    rounded to nearest with ties to even (``llvm.rint``), plus ``zero_point``."""
+    def codegen(context, builder, sig, args):
+        vf = ir.VectorType(ir.FloatType(), 8)
+        zero_point, lo, hi = (builder.trunc(a, _I32) for a in args[3:])
+        value = builder.fmul(builder.sitofp(builder.add(args[0], args[1]), vf), args[2])
+        low = builder.sitofp(_broadcast(builder, builder.sub(lo, zero_point)), vf)
+        high = builder.sitofp(_broadcast(builder, builder.sub(hi, zero_point)), vf)
+        value = builder.select(builder.fcmp_ordered("<", value, low), low, value)
+        value = builder.select(builder.fcmp_ordered(">", value, high), high, value)
+        rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf]), "llvm.rint.v8f32")
+        return builder.add(builder.fptosi(builder.call(rint, [value]), _V8), _broadcast(builder, zero_point))
+    return i32x8(i32x8, i32x8, f32x8, types.int64, types.int64, types.int64), codegen
+
+
+def _broadcast(builder, scalar):
+    v = builder.insert_element(ir.Constant(_V8, ir.Undefined), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+
+
+@intrinsic
+def store_bytes(typingctx, array, index, vector):
+    """uint8 or int8 array[index : index + 8] = the vector's lanes (already in the type's range)."""
+    if not (_flat(array, types.int8) or _flat(array, types.uint8)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v8 = ir.VectorType(ir.IntType(8), 8)
+        builder.store(builder.trunc(args[2], v8), _pointer(context, builder, sig.args[0], args[0], args[1], v8), align=1)
+        return context.get_dummy_value()
+    return types.void(array, types.intp, i32x8), codegen
+
+
+@intrinsic
+def load_widened(typingctx, array, index):
+    """int16 array[index : index + 8], sign-extended to eight int32 lanes."""
+    if not _flat(array, types.int16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v16 = ir.VectorType(_I16, 8)
+        return builder.sext(builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], v16), align=2), _V8)
+    return i32x8(array, types.intp), codegen
+
+
+@intrinsic
+def mul_add(typingctx, acc, a, b):
+    """acc + a * b in each int32 lane (``vpmulld``; the depthwise taps have no partner to pair)."""
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], builder.mul(args[1], args[2]))
+    return i32x8(i32x8, i32x8, i32x8), codegen

@@ -1,0 +1,311 @@
+"""The integer reference kernels (kernels/integer_reference.py, integer_softmax.py) on hand-worked
+cases and on exact arithmetic; whole graphs against LiteRT are in test_quantized_forward.py."""
+
+from fractions import Fraction
+import math
+
+import numpy as np
+import pytest
+
+from mobilenet_np import spec
+from mobilenet_np.kernels import integer_reference as iref
+from mobilenet_np.kernels import integer_softmax as isoft
+from mobilenet_np.kernels import reference as ref
+
+
+def round_half_away(value: Fraction) -> int:
+    return int(math.copysign(math.floor(abs(value) + Fraction(1, 2)), value))
+
+
+# --- fixed-point arithmetic ------------------------------------------------------------------
+
+@pytest.mark.parametrize("real, expected", [
+    (0.5, (1 << 30, 0)),                    # 0.5 = 2^30 * 2^(0 - 31)
+    (1.0, (1 << 30, 1)),                    # frexp(1) = 0.5 * 2^1
+    (0.75, (3 << 29, 0)),
+    (3.0, (3 << 29, 2)),                    # a multiplier above 1: positive (left) shift
+    (1 - 2.0 ** -40, (1 << 30, 1)),         # the significand rounds up to 2^31: renormalised
+    (2.0 ** -40, (0, 0)),                   # exponent below -31: zero
+    (0.0, (0, 0)),
+])
+def test_quantize_multiplier_hand_cases(real, expected):
+    assert iref.quantize_multiplier(real) == expected
+
+
+def test_quantize_multiplier_is_within_half_a_step(rng):
+    for real in rng.uniform(1e-6, 4.0, 200):
+        m, shift = iref.quantize_multiplier(float(real))
+        assert 1 << 30 <= m < 1 << 31
+        assert abs(Fraction(m) * Fraction(2) ** (shift - 31) - Fraction(float(real))) <= Fraction(2) ** (shift - 32)
+
+
+def test_doubling_high_mul_is_a_rounded_product(rng):
+    """SaturatingRoundingDoublingHighMul(a, b) = floor(a * b / 2^31 + 1/2): ties go up, so
+    -1.5 becomes -1; the one overflow (-2^31)^2 saturates."""
+    a = rng.integers(iref.INT32_MIN, iref.INT32_MAX, 500, endpoint=True)
+    b = rng.integers(iref.INT32_MIN, iref.INT32_MAX, 500, endpoint=True)
+    a = np.concatenate([a, [3 << 29, -(3 << 29), 1 << 30, iref.INT32_MIN, iref.INT32_MIN]])
+    b = np.concatenate([b, [1 << 31 - 1, 1 << 31 - 1, 3, iref.INT32_MIN, iref.INT32_MAX]])
+    got = iref.saturating_rounding_doubling_high_mul(a, b)
+    for ai, bi, g in zip(a.tolist(), b.tolist(), got.tolist()):
+        if ai == bi == iref.INT32_MIN:
+            assert g == iref.INT32_MAX
+        else:
+            assert g == math.floor(Fraction(ai * bi, 1 << 31) + Fraction(1, 2)), (ai, bi)
+
+
+def test_rounding_divide_by_pot_rounds_half_away_from_zero(rng):
+    x = np.concatenate([rng.integers(-(1 << 31), 1 << 31, 300), [6, -6, 5, -5, 7, -7, 0]])
+    for exponent in (0, 1, 2, 5, 13, 31):
+        got = iref.rounding_divide_by_pot(x, exponent)
+        want = [round_half_away(Fraction(int(v), 1 << exponent)) for v in x.tolist()]
+        assert got.tolist() == want
+
+
+def test_multiply_by_quantized_multiplier_rounds_twice():
+    """5 * 0.25 with multiplier 0.5 and a right shift of 1: the doubling high multiply rounds
+    2.5 up to 3, the shift rounds 1.5 up to 2 -- TFLite's answer, where one rounding gives 1."""
+    assert iref.multiply_by_quantized_multiplier(5, 1 << 30, -1) == 2
+    assert iref.multiply_by_quantized_multiplier(100, 1 << 30, 0) == 50
+    assert iref.multiply_by_quantized_multiplier(-3, 1 << 30, 0) == -1          # -1.5 rounds up
+    assert iref.multiply_by_quantized_multiplier(7, 3 << 29, 2) == 21            # 7 * 0.75 * 4
+
+
+def test_multiply_by_quantized_multiplier_is_within_one_of_the_real_product(rng):
+    x = rng.integers(-(1 << 20), 1 << 20, 300)
+    for real in (0.0031, 0.2, 0.99, 1.7):
+        m, shift = iref.quantize_multiplier(real)
+        exact = [Fraction(int(v)) * m * Fraction(2) ** (shift - 31) for v in x.tolist()]
+        got = iref.multiply_by_quantized_multiplier(x, m, shift)
+        assert max(abs(g - e) for g, e in zip(got.tolist(), exact)) <= 1
+
+
+def test_uint8_conv_multiplier_uses_the_float32_product():
+    """The legacy uint8 rule multiplies the two scales in float32 first; the int8 rule in double.
+    float32 keeps 24 bits and the significand has 31, so the two usually differ (here by 17)."""
+    input_scale, filter_scale, output_scale = np.float32(0.064059205), np.float32(0.027708884), np.float32(0.005056379)
+    per_tensor = iref.conv_multipliers(input_scale, [filter_scale], output_scale, per_tensor=True)
+    per_channel = iref.conv_multipliers(input_scale, [filter_scale], output_scale, per_tensor=False)
+    assert (int(per_tensor[0][0]), int(per_tensor[1][0])) == iref.quantize_multiplier(
+        float(input_scale * filter_scale) / float(output_scale))
+    assert (int(per_channel[0][0]), int(per_channel[1][0])) == iref.quantize_multiplier(
+        float(input_scale) * float(filter_scale) / float(output_scale))
+    assert per_channel[0][0] - per_tensor[0][0] == 17
+
+
+@pytest.mark.parametrize("activation, scale, zero_point, dtype, expected", [
+    ("RELU6", 6 / 255, 0, np.uint8, (0, 255)),          # q(6) = round(255.00001) = 255
+    ("RELU6", 0.05, -128, np.int8, (-128, -8)),         # q(6) = -128 + 120
+    ("RELU6", 0.01, 10, np.uint8, (10, 255)),           # q(6) = 610, clipped to the type
+    ("RELU", 0.1, -20, np.int8, (-20, 127)),
+    ("NONE", 0.1, -20, np.int8, (-128, 127)),
+])
+def test_activation_range(activation, scale, zero_point, dtype, expected):
+    assert iref.activation_range(activation, scale, zero_point, dtype) == expected
+
+
+# --- convolutions: the integer sums equal the float reference on the centred values ------------
+
+@pytest.mark.parametrize("size", [(7, 7), (9, 6), (8, 11)])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels", [(3, 5), (13, 7)])
+def test_conv_sums_equal_the_float_reference(rng, size, stride, channels):
+    """Sums below 2^24 are exact in float32, so the float reference kernels on (q - zp) must
+    give exactly the integer sums (kernel 3, SAME, odd sizes, channels not multiples of 8)."""
+    c_in, c_out = channels
+    x = rng.integers(0, 256, (2, *size, c_in)).astype(np.uint8)
+    w = rng.integers(0, 256, (3, 3, c_in, c_out)).astype(np.uint8)
+    bias = rng.integers(-5000, 5000, c_out).astype(np.int32)
+    (oh, top, bottom), (ow, left, right) = (spec.same_padding(s, 3, stride) for s in size)
+    pad = (top, bottom, left, right)
+    got = iref.conv2d_accumulate(x, 117, w, 131, bias, stride, pad, (oh, ow))
+    want = ref.conv2d((x.astype(np.float32) - 117), (w.astype(np.float32) - 131), stride, pad, (oh, ow)) + bias
+    assert np.array_equal(got, want.astype(np.int64))
+
+    dw = rng.integers(-127, 128, (3, 3, c_in, 1)).astype(np.int8)
+    got = iref.depthwise_conv2d_accumulate(x.view(np.int8), -3, dw, np.zeros(c_in, np.int64), bias[:1], stride,
+                                           pad, (oh, ow))
+    want = ref.depthwise_conv2d(x.view(np.int8).astype(np.float32) + 3, dw.astype(np.float32), stride, pad,
+                                (oh, ow)) + bias[0]
+    assert np.array_equal(got, want.astype(np.int64))
+
+
+def test_fully_connected_sums():
+    x = np.array([[1, 2, 3]], np.uint8)
+    w = np.array([[10, 11, 12], [0, 255, 7]], np.uint8)          # [units, K], TFLite's layout
+    got = iref.fully_connected_accumulate(x, 2, w, 10, np.array([100, -100], np.int32))
+    # unit 0: (-1)*0 + 0*1 + 1*2 + 100 = 102; unit 1: (-1)*(-10) + 0*245 + 1*(-3) - 100 = -93
+    assert got.tolist() == [[102, -93]]
+
+
+# --- pooling, add, mean, quantize --------------------------------------------------------------
+
+def test_average_pool_counts_only_pixels_inside_the_image():
+    x = np.arange(9, dtype=np.uint8).reshape(1, 3, 3, 1) * 10       # 0 10 20 / 30 40 50 / 60 70 80
+    out = iref.average_pool(x, (2, 2), (2, 2), (0, 1, 0, 1), (2, 2), (0, 255), np.uint8)
+    # windows: {0,10,30,40} -> 20; {20,50} -> 35; {60,70} -> 65; {80} -> 80
+    assert out[0, :, :, 0].tolist() == [[20, 35], [65, 80]]
+    y = np.array([-3, -2, 1, 2], np.int8).reshape(1, 2, 2, 1)        # sum -2, count 4: -0.5 -> -1
+    assert iref.average_pool(y, (2, 2), (1, 1), (0, 0, 0, 0), (1, 1), (-128, 127), np.int8).item() == -1
+
+
+def test_add_rescales_both_inputs():
+    """Equal input scales 0.1, output scale 0.2: every fixed-point step is exact, so the result is
+    the real sum / 0.2 rounded half away from zero."""
+    a = np.array([10, 20, 100, -100, -10], np.int8)
+    b = np.array([5, -20, 90, -100, -5], np.int8)
+    out = iref.add(a, 0.1, 0, b, 0.1, 0, 0.2, 0, (-128, 127), np.int8)
+    # 1.5 / 0.2 = 7.5 -> 8;  0;  19 / 0.2 = 95;  -20 / 0.2 = -100;  -1.5 / 0.2 = -7.5 -> -8
+    assert out.tolist() == [8, 0, 95, -100, -8]
+    # zero points: a real 0 on both sides stays at the output zero point; clamped to the range
+    assert iref.add(np.array([7], np.uint8), 0.1, 7, np.array([200], np.uint8), 0.05, 200,
+                    0.2, 128, (0, 255), np.uint8).tolist() == [128]
+    assert iref.add(np.array([127], np.int8), 0.5, 0, np.array([127], np.int8), 0.5, 0,
+                    0.1, 0, (-128, 127), np.int8).tolist() == [127]
+
+
+def test_mean_over_height_and_width():
+    x = np.array([1, 2, 3, 4], np.int8).reshape(1, 2, 2, 1)
+    assert iref.mean_hw(x, 0.5, 0, 0.5, 0, np.int8).item() == 3             # 2.5 -> 3
+    assert iref.mean_hw(-x, 0.5, 0, 0.5, 0, np.int8).item() == -3           # -2.5 -> -3
+    constant = np.full((2, 3, 3, 5), 7, np.int8)                             # 9 pixels: 1/9 is inexact
+    assert np.all(iref.mean_hw(constant, 0.5, 2, 0.5, 2, np.int8) == 7)
+    # a different output scale: mean of (q - 2) * 0.5 = 2.5, over 0.25 -> 10, plus zero point -1
+    assert np.all(iref.mean_hw(constant, 0.5, 2, 0.25, -1, np.int8) == 9)
+
+
+def test_optimized_kernels_round_ties_up():
+    """LiteRT's optimized kernels: the rounding shift sends ties toward +infinity, and MEAN takes
+    one multiplier for scale / count.  Mean of -1..-4 is -2.5: the reference gives -3, they -2."""
+    assert iref.rounding_divide_by_pot(np.array([6, -6, -7, -5]), 2, ties_up=True).tolist() == [2, -1, -2, -1]
+    assert iref.rounding_divide_by_pot(np.array([6, -6, -7, -5]), 2).tolist() == [2, -2, -2, -1]
+    x = np.array([1, 2, 3, 4], np.int8).reshape(1, 2, 2, 1)
+    assert iref.mean_hw_optimized(x, 0.5, 0, 0.5, 0, np.int8).item() == 3
+    assert iref.mean_hw_optimized(-x, 0.5, 0, 0.5, 0, np.int8).item() == -2
+    assert iref.mean_hw(-x, 0.5, 0, 0.5, 0, np.int8).item() == -3
+    # the zero point goes into a float32 bias: 7s with zero point 2 and equal scales stay 7
+    assert np.all(iref.mean_hw_optimized(np.full((1, 3, 3, 4), 7, np.int8), 0.5, 2, 0.5, 2, np.int8) == 7)
+
+
+def test_xnnpack_requantizes_in_float32_and_adds_with_its_own_multipliers():
+    """XNNPACK: float32(sum) * scale rounded half to even; ADD with 21-bit multipliers and one
+    arithmetic shift, ties up.  -1.5 / 0.2 = -7.5 is -7 there, -8 in TFLite's reference."""
+    from mobilenet_np.kernels import integer_xnnpack as ixnn
+
+    got = ixnn.requantize_fp32(np.array([5, 7, -5, 1000]), np.float32(0.5), 0, (-128, 127), np.int8)
+    assert got.tolist() == [2, 4, -2, 127]
+    a, b = np.array([10, -10, 100], np.int8), np.array([5, -5, 90], np.int8)
+    assert ixnn.add(a, 0.1, 0, b, 0.1, 0, 0.2, 0, (-128, 127), np.int8).tolist() == [8, -7, 95]
+    assert iref.add(a, 0.1, 0, b, 0.1, 0, 0.2, 0, (-128, 127), np.int8).tolist() == [8, -8, 95]
+
+
+def test_quantize_requantize_dequantize():
+    x = np.array([0.0, 0.125, -0.125, 0.375, 100.0], np.float32)
+    assert iref.quantize(x, 0.25, 3, np.int8).tolist() == [3, 4, 2, 5, 127]   # halves away from zero
+    assert iref.dequantize(np.array([3, 4, -128], np.int8), 0.25, 3).tolist() == [0.0, 0.25, -32.75]
+    q = np.array([-128, 0, 127], np.int8)
+    assert iref.requantize_tensor(q, 0.5, -128, 0.5, 0, np.uint8).tolist() == [0, 128, 255]
+    assert iref.requantize_tensor(q, 0.5, 0, 1.0, 0, np.int8).tolist() == [-64, 0, 64]    # 63.5 -> 64
+
+
+# --- softmax -------------------------------------------------------------------------------------
+
+def test_softmax_of_equal_logits_is_uniform():
+    """Four equal inputs: exp(0) = 1 in Q0.31, each 2^19 in the Q12.19 sum 2^21, so every
+    probability is 1/4 = 64/256 (and -128 + 64 for int8)."""
+    assert isoft.softmax(np.full((1, 4), 9, np.uint8), 1.0, 0.1, np.uint8).tolist() == [[64] * 4]
+    assert isoft.softmax(np.full((1, 4), -9, np.int8), 1.0, 0.1, np.int8).tolist() == [[-64] * 4]
+
+
+def test_fixed_point_exp_and_reciprocal():
+    a = np.linspace(-31.9, 0, 400)
+    raw = np.round(a * (1 << 26)).astype(np.int64)                       # Q5.26
+    got = isoft.exp_on_negative_values(raw) / 2.0 ** 31
+    # a 4th-order polynomial on [-1/4, 0): its truncation error, (1/8)^5 / 120 ~ 2.5e-7, dominates
+    assert np.max(np.abs(got - np.exp(raw / 2.0 ** 26))) < 3e-7
+    x = np.linspace(0, 0.999, 300)
+    raw = np.round(x * 2.0 ** 31).astype(np.int64)
+    got = isoft.one_over_one_plus_x(raw) / 2.0 ** 31
+    assert np.max(np.abs(got - 1 / (1 + raw / 2.0 ** 31))) < 1e-8
+
+
+def test_softmax_is_within_one_step_of_the_real_softmax(rng):
+    x = rng.integers(0, 256, (6, 1001)).astype(np.uint8)
+    scale = 0.1464572
+    got = isoft.softmax(x, 1.0, scale, np.uint8).astype(np.float64)
+    z = (x.astype(np.float64) - x.max(axis=1, keepdims=True)) * np.float64(np.float32(scale))
+    want = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True) * 256
+    assert np.max(np.abs(got - np.clip(want, 0, 255))) <= 1.0
+
+
+# --- the Numba integer 1x1 kernel against the reference ------------------------------------------
+
+@pytest.mark.parametrize("pixels, c_in, c_out", [(1, 1, 1), (7, 5, 13), (9, 16, 32), (37, 17, 40), (25, 160, 1001)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
+def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out, dtype, rounding):
+    """uint8 with per-tensor zero points (the QAT files), int8 with per-channel scales; odd pixel
+    counts (the 4-pixel tiles and the single-pixel rest), odd C_in, C_out not multiples of 16;
+    each of LiteRT's three requantizations."""
+    from mobilenet_np.kernels import integer_gemm as ig
+    from mobilenet_np.kernels import integer_xnnpack as ixnn
+
+    lo, hi = iref.DTYPE_RANGES[np.dtype(dtype)]
+    x = rng.integers(lo, hi, (pixels, c_in), endpoint=True).astype(dtype)
+    w = rng.integers(lo, hi, (c_in, c_out), endpoint=True).astype(dtype)
+    per_tensor = dtype == np.uint8
+    w_zero_point = 131 if per_tensor else np.zeros(c_out, np.int64)
+    x_zero_point = 117 if per_tensor else -5
+    bias = rng.integers(-30000, 30000, c_out).astype(np.int32)
+    filter_scales = rng.uniform(0.001, 0.02, 1 if per_tensor else c_out)
+    multiplier, shift = iref.conv_multipliers(0.02, filter_scales, 0.05, per_tensor)
+    clamp = iref.activation_range("RELU6", 0.05, 3 if per_tensor else -120, dtype)
+    acc = iref.conv2d_accumulate(x[None, :, None, :], x_zero_point, w[None, None], w_zero_point, bias,
+                                 1, (0, 0, 0, 0), (pixels, 1))
+    scales = ixnn.conv_scales(0.02, filter_scales, 0.05)
+    if rounding == "xnnpack":
+        want = ixnn.requantize_fp32(acc, scales, clamp[0], clamp, dtype).reshape(pixels, c_out)
+    else:
+        want = iref.requantize(acc, multiplier, shift, clamp[0], clamp, dtype,
+                               ties_up=rounding == "optimized").reshape(pixels, c_out)
+    params = ig.requantization_params(bias, multiplier, shift, c_out)
+    got = ig.pointwise_conv2d(x, x_zero_point, ig.pack_pairs(w, w_zero_point), params, c_out, clamp[0], clamp,
+                              np.empty((pixels, c_out), dtype), rounding, ig.xnnpack_scales(scales, c_out))
+    assert np.array_equal(got, want)
+    if want.size > 50:
+        assert len(np.unique(want)) > 2        # not all clamped: the requantization was exercised
+
+
+@pytest.mark.parametrize("size, stride, channels", [((7, 7), 1, 5), ((9, 6), 2, 13), ((8, 11), 2, 40),
+                                                    ((10, 10), 1, 64), ((5, 5), 1, 1)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
+def test_integer_depthwise_kernel_equals_the_reference(rng, size, stride, channels, dtype, rounding):
+    """Odd and non-square sizes, both strides (so SAME pads (1, 1) and (0, 1)), channel counts
+    not multiples of 8, both types, each of LiteRT's three requantizations."""
+    from mobilenet_np.kernels import integer_depthwise as idw
+    from mobilenet_np.kernels import integer_gemm as ig
+    from mobilenet_np.kernels import integer_xnnpack as ixnn
+
+    lo, hi = iref.DTYPE_RANGES[np.dtype(dtype)]
+    per_tensor = dtype == np.uint8
+    x = rng.integers(lo, hi, (2, *size, channels), endpoint=True).astype(dtype)
+    w = rng.integers(lo, hi, (3, 3, channels, 1), endpoint=True).astype(dtype)
+    w_zero_point = 131 if per_tensor else np.zeros(channels, np.int64)
+    x_zero_point = 117 if per_tensor else -5
+    bias = rng.integers(-3000, 3000, channels).astype(np.int32)
+    filter_scales = rng.uniform(0.001, 0.02, 1 if per_tensor else channels)
+    multiplier, shift = iref.conv_multipliers(0.02, filter_scales, 0.05, per_tensor)
+    (oh, top, bottom), (ow, left, right) = (spec.same_padding(s, 3, stride) for s in size)
+    pad = (top, bottom, left, right)
+    clamp = iref.activation_range("RELU6", 0.05, 3 if per_tensor else -120, dtype)
+    acc = iref.depthwise_conv2d_accumulate(x, x_zero_point, w, w_zero_point, bias, stride, pad, (oh, ow))
+    scales = ixnn.conv_scales(0.02, filter_scales, 0.05)
+    if rounding == "xnnpack":
+        want = ixnn.requantize_fp32(acc, scales, clamp[0], clamp, dtype)
+    else:
+        want = iref.requantize(acc, multiplier, shift, clamp[0], clamp, dtype, ties_up=rounding == "optimized")
+    got = idw.depthwise_conv2d(x, x_zero_point, idw.pack_depthwise(w, w_zero_point), 3, stride, pad, (oh, ow),
+                               ig.requantization_params(bias, multiplier, shift, channels), clamp[0], clamp,
+                               np.empty(want.shape, dtype), rounding, ig.xnnpack_scales(scales, channels))
+    assert np.array_equal(got, want)
