@@ -103,17 +103,3 @@ def test_reference_is_cross_correlation():
     out = ref.conv2d(x, w, 1, (1, 1, 1, 1), (5, 5))
     assert out[0, 2, 2, 0] == x[0, 1, 1, 0]
 
-
-def test_stale_jit_cache_is_dropped(tmp_path):
-    """Cache files written for other kernel sources are deleted before Numba can load them."""
-    from mobilenet_np.kernels import jit
-    stale = tmp_path / "fast.depthwise3x3-200.py311.nbi"
-    stale.write_bytes(b"old")
-    (tmp_path / jit._CACHE_STAMP).write_text("a digest of other sources")
-    jit._drop_stale_cache(tmp_path)
-    assert not stale.exists()
-    stamp = (tmp_path / jit._CACHE_STAMP).read_text()
-    kept = tmp_path / "fast.depthwise3x3-200.py311.1.nbc"
-    kept.write_bytes(b"current")
-    jit._drop_stale_cache(tmp_path)        # same sources: nothing is touched
-    assert kept.exists() and (tmp_path / jit._CACHE_STAMP).read_text() == stamp

@@ -252,3 +252,18 @@ def _pack(arrays: list[np.ndarray]) -> tuple[list[tuple[int, int]], np.ndarray]:
         packed[offset:offset + length] = a.reshape(-1)
     return spans, packed
 
+
+def warmup() -> None:
+    """Compile every compiled entry point of the engine, or load it from the kernel cache
+    (``kernels/cache.py``): the one-thread batch runner, the serial and the parallel plan
+    runners, and the pool.  For container images and fresh Dask nodes, so that their first
+    real call does not compile.  Runs a small V2 with constant weights; any size and weights
+    compile the same code."""
+    arch = spec.build("mobilenet_v2", 0.35)
+    tensors = {name: np.full(shape, 0.01, np.float32) for name, shape in arch.variables(0, folded=True).items()}
+    backend = NumbaBackend(arch, tensors, folded=True, epsilon=spec.TF_BATCHNORM_EPSILON)
+    geo = spec.geometry(arch, (32, 32))
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    backend._features_into(geo, x, 0, 1, 1, np.empty((1, arch.num_features), np.float32), False, 1)
+    backend.global_mean(backend.run(geo, x, parallel=False))
+    backend.run(geo, x, parallel=True, threads=1)
