@@ -227,11 +227,17 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_call_s": t3 - t
 
 
 def cold_start(paths: dict[str, Path], runs: int, nocache_runs: int) -> dict:
+    """Per model: a new process with the kernel cache warm (a folder of its own, filled first),
+    and with the cache disabled (every kernel compiled)."""
+    import shutil
+    import tempfile
     out = {}
+    kernel_home = tempfile.mkdtemp(prefix="mobilenet-np-cold-")
     for key, path in paths.items():
         entry = {}
         for label, cache, n in (("jit_cache_warm", "1", runs), ("jit_cache_disabled", "0", nocache_runs)):
-            env = {**os.environ, "MOBILENET_NP_JIT_CACHE": cache, "PYTHONPATH": _pythonpath()}
+            env = {**os.environ, "MOBILENET_NP_JIT_CACHE": cache, "PYTHONPATH": _pythonpath(),
+                   "MOBILENET_NP_HOME": kernel_home}
             if cache == "1":          # fill the cache first, untimed
                 subprocess.run([sys.executable, "-c", COLD_START, str(path)], env=env, check=True,
                                capture_output=True, cwd=REPO)
@@ -245,6 +251,7 @@ def cold_start(paths: dict[str, Path], runs: int, nocache_runs: int) -> dict:
             entry[label] = {"runs": samples, **{k: float(np.median([s[k] for s in samples])) for k in samples[0]}}
             log(f"cold start {key} {label}: {entry[label]['wall_s']:.2f} s wall")
         out[key] = entry
+    shutil.rmtree(kernel_home, ignore_errors=True)
     return out
 
 

@@ -7,7 +7,8 @@ import pytest
 from mobilenet_np import spec
 from mobilenet_np.kernels import reference as ref
 
-fast = pytest.importorskip("mobilenet_np.kernels.fast", reason="Numba is not installed")
+pytest.importorskip("numba", reason="Numba is not installed")
+from mobilenet_np.kernels import depthwise, gemm, plan, stem  # noqa: E402
 
 # widths cover every tail of the depthwise 4-pixel tiles (out widths 1..3 past a multiple of 4)
 SIZES = [(1, 7, 5), (2, 16, 16), (3, 33, 31), (1, 2, 3), (1, 40, 29), (1, 6, 10), (2, 3, 3)]
@@ -33,7 +34,7 @@ def test_depthwise(rng, n, h, w, stride, c, serial):
         expected = ref.depthwise_conv2d(x, wt, stride, pad, out_hw) + bias
         expected = ref.relu6(expected) if relu6 else expected
         got = np.empty((n, *out_hw, c), np.float32)
-        fast.depthwise_conv2d(x, np.ascontiguousarray(wt[:, :, :, 0]), bias, stride, pad[0], pad[2], relu6, got,
+        depthwise.depthwise_conv2d(x, np.ascontiguousarray(wt[:, :, :, 0]), bias, stride, pad[0], pad[2], relu6, got,
                               serial=serial)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -49,7 +50,7 @@ def test_full_conv(rng, n, h, w, stride, c_in, c_out, serial):
     out_hw, pad = _geometry(h, w, 3, stride)
     expected = ref.relu6(ref.conv2d(x, wt, stride, pad, out_hw) + bias)
     got = np.empty((n, *out_hw, c_out), np.float32)
-    fast.conv2d(x, fast.pack_pointwise(wt.reshape(-1, c_out)), fast.pad_bias(bias), fast.stem_taps(3, w, c_in),
+    stem.conv2d(x, gemm.pack_pointwise(wt.reshape(-1, c_out)), gemm.pad_bias(bias), stem.stem_taps(3, w, c_in),
                 3, stride, pad[0], pad[2], True, got, serial=serial)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-5)
 
@@ -66,7 +67,7 @@ def test_pointwise(rng, pixels, c_in, c_out, relu6, residual, serial):
     expected = ref.pointwise_conv2d(x, wt) + bias + (res if residual else 0)
     expected = ref.relu6(expected) if relu6 else expected
     got = np.empty((pixels, c_out), np.float32)
-    fast.pointwise_conv2d(x, fast.pack_pointwise(wt[0, 0]), fast.pad_bias(bias), relu6, res, residual, got,
+    gemm.pointwise_conv2d(x, gemm.pack_pointwise(wt[0, 0]), gemm.pad_bias(bias), relu6, res, residual, got,
                           serial=serial)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4 * np.sqrt(c_in / 8))
 
@@ -76,7 +77,7 @@ def test_pointwise(rng, pixels, c_in, c_out, relu6, residual, serial):
 def test_global_mean(rng, n, h, w, c):
     x = rng.uniform(0, 6, (n, h, w, c)).astype(np.float32)
     got = np.empty((n, c), np.float32)
-    fast.global_mean(x, got)
+    plan.global_mean(x, got)
     np.testing.assert_allclose(got, ref.global_mean(x), rtol=1e-6, atol=1e-6)
 
 
@@ -102,17 +103,3 @@ def test_reference_is_cross_correlation():
     out = ref.conv2d(x, w, 1, (1, 1, 1, 1), (5, 5))
     assert out[0, 2, 2, 0] == x[0, 1, 1, 0]
 
-
-def test_stale_jit_cache_is_dropped(tmp_path):
-    """Cache files written for other kernel sources are deleted before Numba can load them."""
-    from mobilenet_np.kernels import jit
-    stale = tmp_path / "fast.depthwise3x3-200.py311.nbi"
-    stale.write_bytes(b"old")
-    (tmp_path / jit._CACHE_STAMP).write_text("a digest of other sources")
-    jit._drop_stale_cache(tmp_path)
-    assert not stale.exists()
-    stamp = (tmp_path / jit._CACHE_STAMP).read_text()
-    kept = tmp_path / "fast.depthwise3x3-200.py311.1.nbc"
-    kept.write_bytes(b"current")
-    jit._drop_stale_cache(tmp_path)        # same sources: nothing is touched
-    assert kept.exists() and (tmp_path / jit._CACHE_STAMP).read_text() == stamp

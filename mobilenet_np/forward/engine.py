@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import spec
 from ..kernels import reference as ref
+from ..kernels import rows
 
 
 class NumbaBackend:
@@ -27,9 +28,9 @@ class NumbaBackend:
 
     def __init__(self, arch: spec.Architecture, tensors: dict[str, np.ndarray], folded: bool,
                  epsilon: float):
-        from ..kernels import fast  # imported here: the NumPy path must not need Numba
+        from ..kernels import gemm, plan  # imported here: the NumPy path must not need Numba
 
-        self._fast = fast
+        self._kernels = plan
         weights, biases = [], []
         for layer in arch.layers:
             names = arch.names(layer)
@@ -46,8 +47,8 @@ class NumbaBackend:
                 weights.append(np.ascontiguousarray(w[:, :, :, 0], np.float32).reshape(-1))
                 biases.append(np.ascontiguousarray(bias, np.float32))
             else:
-                weights.append(fast.pack_pointwise(w.reshape(-1, layer.out_depth).astype(np.float32)))
-                biases.append(fast.pad_bias(bias.astype(np.float32)))
+                weights.append(gemm.pack_pointwise(w.reshape(-1, layer.out_depth).astype(np.float32)))
+                biases.append(gemm.pad_bias(bias.astype(np.float32)))
         self._w_spans, self._weights = _pack(weights)
         self._b_spans, self._biases = _pack(biases)
         self._local = threading.local()      # plans and buffers per calling thread
@@ -72,27 +73,23 @@ class NumbaBackend:
         if entry is not None and entry[3] >= batch:
             return entry[:3]
         plan, taps = (entry[0], entry[1]) if entry is not None else self._plan_rows(geo)
-        fast = self._fast
-        size = batch * int(max(plan[:, fast.OP_OUT_H] * plan[:, fast.OP_OUT_W] * plan[:, fast.OP_OUT_C]))
+        size = batch * int(max(plan[:, rows.OP_OUT_H] * plan[:, rows.OP_OUT_W] * plan[:, rows.OP_OUT_C]))
         buffers = aligned_empty(3 * _round_up(size, ALIGN_FLOATS)).reshape(3, -1)
         cached[key] = (plan, taps, buffers, batch)
         return plan, taps, buffers
 
     def _plan_rows(self, geo: list[spec.LayerGeometry]):
-        """The plan rows (columns ``fast.OP_*``) and the stem's tap offsets.  Row 0 maps the
-        images to the network's range inside the stem's zero padding (``fast.KIND_INPUT``), so
-        that the stem reads every patch in place; then one row per layer."""
-        fast = self._fast
-        plan = np.zeros((len(geo) + 1, fast.PLAN_COLUMNS), np.int64)
+        """The plan rows (``kernels/rows.py``) and the stem's tap offsets.  Row 0 maps the
+        images to the network's range inside the stem's zero padding (kind "input"), so that
+        the stem reads every patch in place; then one row per layer."""
+        from ..kernels.stem import stem_taps
+
         first = geo[0]
         top, bottom, left, right = first.pad if first.layer.kind == "conv" else (0, 0, 0, 0)
         padded_hw = (first.in_hw[0] + top + bottom, first.in_hw[1] + left + right)
-        row = plan[0]
-        row[fast.OP_KIND] = fast.KIND_INPUT
-        row[[fast.OP_IN_H, fast.OP_IN_W, fast.OP_IN_C, fast.OP_OUT_H, fast.OP_OUT_W, fast.OP_OUT_C,
-             fast.OP_PAD_TOP, fast.OP_PAD_LEFT]] = [*first.in_hw, first.layer.in_depth, *padded_hw,
-                                                    first.layer.in_depth, top, left]
-        row[fast.OP_SRC], row[fast.OP_DST], row[fast.OP_RES] = fast.INPUT, 0, 0
+        depth = first.layer.in_depth
+        plan = [rows.plan_row("input", in_hw=first.in_hw, in_c=depth, out_hw=padded_hw, out_c=depth, pad_top=top,
+                              pad_left=left, src=rows.INPUT, dst=0)]
         taps, taps_at = [], 0
         current, block_input = 0, 0
         for i, g in enumerate(geo):
@@ -100,26 +97,20 @@ class NumbaBackend:
             if layer.block_start:
                 block_input = current
             dst = next(b for b in range(3) if b not in (current, block_input))
-            row = plan[i + 1]
-            row[fast.OP_KIND] = {"conv": fast.KIND_CONV, "depthwise": fast.KIND_DEPTHWISE,
-                                 "pointwise": fast.KIND_POINTWISE}[layer.kind]
             in_hw, pad = (padded_hw, (0, 0, 0, 0)) if i == 0 else (g.in_hw, g.pad)
-            row[[fast.OP_K, fast.OP_STRIDE, fast.OP_IN_H, fast.OP_IN_W, fast.OP_IN_C, fast.OP_OUT_H,
-                 fast.OP_OUT_W, fast.OP_OUT_C, fast.OP_PAD_TOP, fast.OP_PAD_LEFT]] = [
-                layer.kernel, layer.stride, *in_hw, layer.in_depth, *g.out_hw, layer.out_depth, pad[0], pad[2]]
-            row[fast.OP_RELU6] = layer.relu6
-            row[fast.OP_RESIDUAL] = layer.adds_residual
-            row[fast.OP_SRC], row[fast.OP_DST] = current, dst
-            row[fast.OP_RES] = block_input if layer.adds_residual else dst
-            row[[fast.OP_W, fast.OP_W_LEN]] = self._w_spans[i]
-            row[[fast.OP_B, fast.OP_B_LEN]] = self._b_spans[i]
+            tap_span = (0, 0)
             if layer.kind == "conv":
-                t = fast.stem_taps(layer.kernel, in_hw[1], layer.in_depth)
-                row[[fast.OP_TAPS, fast.OP_TAPS_LEN]] = taps_at, t.size
+                t = stem_taps(layer.kernel, in_hw[1], layer.in_depth)
+                tap_span = (taps_at, t.size)
                 taps.append(t)
                 taps_at += t.size
+            plan.append(rows.plan_row(
+                layer.kind, k=layer.kernel, stride=layer.stride, in_hw=in_hw, in_c=layer.in_depth, out_hw=g.out_hw,
+                out_c=layer.out_depth, pad_top=pad[0], pad_left=pad[2], relu6=layer.relu6,
+                residual=layer.adds_residual, src=current, dst=dst, res=block_input if layer.adds_residual else dst,
+                w=self._w_spans[i], b=self._b_spans[i], taps=tap_span))
             current = dst
-        return plan, (np.concatenate(taps) if taps else np.zeros(0, np.int64))
+        return np.stack(plan), (np.concatenate(taps) if taps else np.zeros(0, np.int64))
 
     def run(self, geo, x, on_layer=None, parallel: bool | None = None, threads: int | None = None):
         """Run every layer on images in [0, 1]; ``on_layer(i, y)``, if given, sees each output
@@ -133,7 +124,7 @@ class NumbaBackend:
         n = x.shape[0]
         plan, taps, buffers = self._plan(geo, n)
         xf = x.reshape(-1)
-        run_plan = self._fast.run_plan if parallel else self._fast.run_plan_serial
+        run_plan = self._kernels.run_plan if parallel else self._kernels.run_plan_serial
         if on_layer is None:
             run_plan(xf, buffers, plan, self._weights, self._biases, taps, n, parts)
         else:
@@ -144,11 +135,11 @@ class NumbaBackend:
 
     def _output(self, row, g: spec.LayerGeometry, n: int, buffers: np.ndarray) -> np.ndarray:
         size = n * g.out_elements
-        return buffers[row[self._fast.OP_DST], :size].reshape(n, *g.out_hw, g.layer.out_depth)
+        return buffers[row[rows.OP_DST], :size].reshape(n, *g.out_hw, g.layer.out_depth)
 
     def global_mean(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         out = np.empty((x.shape[0], x.shape[3]), np.float32) if out is None else out
-        self._fast.global_mean(x, out)
+        self._kernels.global_mean(x, out)
         return out
 
     def features(self, geo, x) -> np.ndarray:
@@ -194,7 +185,7 @@ class NumbaBackend:
                 self.global_mean(self.run(geo, x[at:end], parallel=True, threads=threads), out[at:end])
             return
         plan, taps, buffers = self._plan(geo, min(chunk, stop - start))
-        self._fast.run_batch_serial(x[start:stop].reshape(-1), stop - start, chunk, buffers, plan, self._weights,
+        self._kernels.run_batch_serial(x[start:stop].reshape(-1), stop - start, chunk, buffers, plan, self._weights,
                                     self._biases, taps, out[start:stop])
 
     def _thread_pool(self, threads: int):
@@ -261,3 +252,18 @@ def _pack(arrays: list[np.ndarray]) -> tuple[list[tuple[int, int]], np.ndarray]:
         packed[offset:offset + length] = a.reshape(-1)
     return spans, packed
 
+
+def warmup() -> None:
+    """Compile every compiled entry point of the engine, or load it from the kernel cache
+    (``kernels/cache.py``): the one-thread batch runner, the serial and the parallel plan
+    runners, and the pool.  For container images and fresh Dask nodes, so that their first
+    real call does not compile.  Runs a small V2 with constant weights; any size and weights
+    compile the same code."""
+    arch = spec.build("mobilenet_v2", 0.35)
+    tensors = {name: np.full(shape, 0.01, np.float32) for name, shape in arch.variables(0, folded=True).items()}
+    backend = NumbaBackend(arch, tensors, folded=True, epsilon=spec.TF_BATCHNORM_EPSILON)
+    geo = spec.geometry(arch, (32, 32))
+    x = np.zeros((1, 32, 32, 3), np.float32)
+    backend._features_into(geo, x, 0, 1, 1, np.empty((1, arch.num_features), np.float32), False, 1)
+    backend.global_mean(backend.run(geo, x, parallel=False))
+    backend.run(geo, x, parallel=True, threads=1)

@@ -8,7 +8,7 @@ Each output pixel then takes eight channels at a time: nine widened multiply-add
 ``<8 x i32>`` sum, requantized in registers (``integer_gemm.emit_bytes``) and stored as bytes.
 
 Deliberately simple: no tiling over pixels and no threads yet (the depthwise layers are about
-a tenth of MobileNet's multiply-adds); the float kernel's tiles (kernels/fast.py) are the model
+a tenth of MobileNet's multiply-adds); the float kernel's tiles (kernels/depthwise.py) are the model
 for a faster one.
 """
 

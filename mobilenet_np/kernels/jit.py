@@ -1,4 +1,4 @@
-"""The one place where Numba's compile options are chosen.
+"""The one place where Numba's compile options are chosen, and where compiling is announced.
 
 * ``nopython``/``nogil``: kernels hold no Python objects and release the GIL, so image decoding
   threads run beside inference.
@@ -11,55 +11,81 @@
   helper got an incref/decref pair that LLVM could not remove: two calls per GEMM tile, around
   which all twelve accumulators were spilled (the 1x1 layers with 16 input channels ran at
   half speed; measured in the change that turned it off).
-* ``cache``: compiled machine code is kept on disk beside the module (``__pycache__``) so a new
-  process does not recompile; set ``MOBILENET_NP_JIT_CACHE=0`` to measure a cold start without it.
-  Numba checks a cached function against its own source file only, not against the code it
-  inlines or calls from other files (``simd.py``, this file), and a stale entry can crash the
-  process.  So the cache is emptied whenever any kernel source or the Numba version changes
-  (``_drop_stale_cache``).
+* The cache: compiled machine code is kept in the user cache folder (``cache.py``), so a new
+  process does not recompile; ``MOBILENET_NP_JIT_CACHE=0`` turns it off (to measure a cold start).
+
+The first call of an entry point that is not in the cache compiles for tens of seconds, so it
+says so once, on the ``mobilenet_np.compile`` logger (a WARNING, which Python prints on stderr
+when logging is not configured): ``mobilenet-np: compiling kernels for this CPU (once, ...)``.
+``MOBILENET_NP_QUIET=1`` or ``quiet()`` silences it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import os
-from pathlib import Path
 
 import numba
+from numba.core import event
+
+from . import cache
 
 CACHE = os.environ.get("MOBILENET_NP_JIT_CACHE", "1") != "0"
-_HERE = Path(__file__).resolve().parent
-_CACHE_STAMP = "mobilenet_np_kernels.stamp"
+FASTMATH = {"contract"}
+_FOLDER = cache.usable_folder() if CACHE else None
+cache._Locator.FOLDER = _FOLDER
+
+announce = logging.getLogger("mobilenet_np.compile")
+if os.environ.get("MOBILENET_NP_QUIET", "") not in ("", "0"):
+    announce.setLevel(logging.ERROR)
+
+# The entry points whose cold compile takes seconds (a compile of anything else is short, or
+# part of one of these), and the estimate the message gives: everything, cold, on the 2-core
+# development machine.
+ENTRY_POINTS = ("run_batch_serial", "run_plan_serial", "run_plan")
+COMPILE_SECONDS = 60
 
 
-def _drop_stale_cache(folder: Path = _HERE / "__pycache__") -> None:
-    """Delete Numba cache files written for other kernel sources (best effort: a folder we
-    cannot write is left to Numba, which then keeps its cache elsewhere)."""
-    digest = hashlib.sha256(numba.__version__.encode())
-    for source in sorted(_HERE.glob("*.py")):
-        digest.update(source.name.encode() + source.read_bytes())
-    stamp = folder / _CACHE_STAMP
-    try:
-        if stamp.exists() and stamp.read_text() == digest.hexdigest():
-            return
-        folder.mkdir(exist_ok=True)
-        for stale in [*folder.glob("*.nbi"), *folder.glob("*.nbc")]:
-            stale.unlink(missing_ok=True)
-        tmp = folder / f".{_CACHE_STAMP}.{os.getpid()}"
-        tmp.write_text(digest.hexdigest())
-        os.replace(tmp, stamp)
-    except OSError:
+def quiet(on: bool = True) -> None:
+    """Silence (or restore) the one-line compile message."""
+    announce.setLevel(logging.ERROR if on else logging.NOTSET)
+
+
+class _Announcer(event.Listener):
+    """Logs one line, once per process, when an entry point of this package starts compiling
+    (Numba sends the event on a cache miss only)."""
+
+    def __init__(self):
+        self.said = False
+
+    def on_start(self, ev):
+        func = ev.data["dispatcher"].py_func
+        if not self.said and func.__name__ in ENTRY_POINTS and func.__module__.startswith(__package__):
+            self.said = True
+            where = f"cached in {_FOLDER}" if _FOLDER else "not cached"
+            announce.warning("mobilenet-np: compiling kernels for this CPU (once, about %d s; %s)",
+                             COMPILE_SECONDS, where)
+
+    def on_end(self, ev):
         pass
 
 
-if CACHE:
-    _drop_stale_cache()
-FASTMATH = {"contract"}
+event.register("numba:compile", _Announcer())
 
 
 def kernel(parallel: bool = False, inline: bool = False):
     """Decorator for every compiled kernel of the package.  ``inline``: a helper that is
     spliced into its callers at Numba-IR level (a real call would pass every array argument
     as a multi-word struct, which costs more than a small tile of work)."""
-    return numba.njit(nogil=True, cache=CACHE, fastmath=FASTMATH, error_model="numpy", _nrt=False,
-                      parallel=parallel, boundscheck=False, inline="always" if inline else "never")
+    jit = numba.njit(nogil=True, cache=False, fastmath=FASTMATH, error_model="numpy", _nrt=False,
+                     parallel=parallel, boundscheck=False, inline="always" if inline else "never")
+
+    def decorate(py_func):
+        dispatcher = jit(py_func)
+        if _FOLDER is not None:
+            try:
+                dispatcher._cache = cache.KernelCache(py_func)     # what cache=True does, in our folder
+            except RuntimeError:      # "no locator": the folder stopped being writable; run uncached
+                pass
+        return dispatcher
+    return decorate

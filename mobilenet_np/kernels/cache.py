@@ -1,0 +1,143 @@
+"""Where compiled kernels are kept between processes, and how a bad cache is survived.
+
+Numba's own ``cache=True`` writes beside the source (``__pycache__``), which breaks read-only
+installs, leaves files that ``pip uninstall`` does not remove, and makes ``import`` fail when no
+folder is writable.  Here every kernel gets a ``KernelCache`` instead, rooted in the user cache
+folder: ``$MOBILENET_NP_HOME/kernels``, else ``$XDG_CACHE_HOME/mobilenet-np/kernels``, else
+``~/.cache/mobilenet-np/kernels``, in a subfolder named by a digest of every kernel source, the
+Numba and the Python version.  Numba checks a cached function against its own source file only,
+not against the code it inlines from other files (``simd.py``, ``gemm.py``), and a stale entry
+can crash the process; the digest makes a changed source a different folder.
+
+* Unwritable folder: one warning, and the kernels compile without a cache (never an import error).
+* Corrupted, truncated or empty entry: one warning, the entry's files are removed and the
+  function is compiled again; a call never fails because of the cache.
+* Two processes compiling at once: Numba writes each file to a temporary name and renames it;
+  the read-modify-write of an index runs under a file lock, so that two processes never give
+  one data file to two signatures.
+
+This module does not decide what is compiled or when; ``jit.py`` uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numba
+from numba.core import caching
+
+log = logging.getLogger("mobilenet_np")
+_HERE = Path(__file__).resolve().parent
+
+
+def root() -> Path:
+    """The kernel cache folder for this user (not yet created)."""
+    home = os.environ.get("MOBILENET_NP_HOME")
+    if home:
+        return Path(home).expanduser() / "kernels"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "mobilenet-np" / "kernels"
+
+
+def sources_digest() -> str:
+    """A digest of every kernel source file, the Numba and the Python version."""
+    digest = hashlib.sha256(f"{numba.__version__} {sys.version}".encode())
+    for source in sorted(_HERE.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def usable_folder() -> Path | None:
+    """This process's cache folder, created and checked writable; None (after one warning) when
+    it cannot be, so that the kernels compile without a cache."""
+    folder = root() / sources_digest()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        log.warning("mobilenet-np: kernel cache folder %s is not writable (%s); compiling without a cache "
+                    "(set MOBILENET_NP_HOME to a writable folder)", folder, e.strerror or e)
+        return None
+    return folder
+
+
+class _Locator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
+    """Numba's locator protocol, pointing at ``FOLDER`` (set once by ``jit.py``)."""
+
+    FOLDER: Path | None = None
+
+    def __init__(self, py_func, py_file):
+        self._py_file = py_file
+        self._lineno = py_func.__code__.co_firstlineno
+
+    def get_cache_path(self):
+        return str(self.FOLDER)
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if cls.FOLDER is None:
+            return None
+        return super().from_function(py_func, py_file)
+
+
+class _Impl(caching.CompileResultCacheImpl):
+    _locator_classes = [_Locator]
+
+
+class KernelCache(caching.FunctionCache):
+    """A Numba function cache in ``_Locator.FOLDER`` that recovers from bad entries."""
+
+    _impl_class = _Impl
+
+    def load_overload(self, sig, target_context):
+        try:
+            return super().load_overload(sig, target_context)
+        except Exception as e:     # unpickling a damaged file can raise almost anything
+            self._drop(f"could not be read ({type(e).__name__}: {e})")
+            return None
+
+    def save_overload(self, sig, data):
+        try:
+            with self._locked():
+                super().save_overload(sig, data)
+        except Exception as e:     # e.g. a damaged index: the compiled code is still good
+            self._drop(f"could not be updated ({type(e).__name__}: {e})")
+            try:
+                with self._locked():
+                    super().save_overload(sig, data)
+            except Exception:
+                pass
+
+    def _files(self) -> list[Path]:
+        base = self._cache_file._index_name[:-len(".nbi")]
+        return sorted(Path(self._cache_path).glob(f"{base}.*"))
+
+    def _drop(self, why: str) -> None:
+        """Remove this function's index and data files, with one warning."""
+        log.warning("mobilenet-np: kernel cache entry %s %s; removed, compiling again",
+                    self._cache_file._index_name, why)
+        for path in self._files():
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """An exclusive lock on the cache folder (POSIX; elsewhere Numba's renames alone)."""
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        with open(os.path.join(self._cache_path, ".lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)

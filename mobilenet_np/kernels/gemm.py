@@ -1,0 +1,267 @@
+"""The 1x1 convolutions (about 90 % of the work) as a register-blocked GEMM, and its weight layout.
+
+``pointwise`` computes ``out[p, :] = act(x[p, :] @ W + bias (+ residual[p, :]))`` for every
+pixel p, a matrix product [pixels, C_in] x [C_in, C_out] with BatchNorm folded into W and bias
+and the epilogue fused.  A tile of 6 pixels x 16 output channels is accumulated in 12 vector
+registers over the whole C_in loop (``simd.py``), reading weights packed by ``pack_pointwise``
+so that each step loads one contiguous row.  The tile code (``_tile6``, ``_emit``, ``_fma2``) is
+shared with the stem (``stem.py``); ``_run`` and ``_all`` split a layer's tasks into runs for
+the threads, in every layer kernel.
+
+Each layer kernel takes its plan row (``rows.py``) for its sizes and flags, and comes in two
+forms over one compiled tile loop: ``pointwise_parallel`` hands each of Numba's threads a
+contiguous run of tiles, ``pointwise_serial`` runs them all on the calling thread without the
+parallel runtime.  The slow twin is ``reference.pointwise_conv2d`` (tests/test_kernels.py).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from . import simd
+from .jit import kernel
+from .rows import OP_IN_C, OP_IN_H, OP_IN_W, OP_OUT_C, OP_RELU6, OP_RESIDUAL, plan_row
+
+TILE_ROWS = 6        # pixels per GEMM micro-tile
+PANEL = 16           # output channels per micro-tile: two 8-lane vectors
+LANES = simd.LANES
+_DENSE = np.zeros(0, np.int64)     # "no tap table": the 1x1 case of _tile6
+
+
+# --- weight layouts (NumPy, once at load time) ----------------------------------------------
+
+def pack_pointwise(w: np.ndarray) -> np.ndarray:
+    """[C_in, C_out] -> panels [ceil(C_out/16), C_in, 16] (flattened), zero-padded, so that the
+    GEMM reads each step's 16 weights from one contiguous row."""
+    c_in, c_out = w.shape
+    panels = -(-c_out // PANEL)
+    padded = np.zeros((c_in, panels * PANEL), np.float32)
+    padded[:, :c_out] = w
+    return np.ascontiguousarray(padded.reshape(c_in, panels, PANEL).transpose(1, 0, 2)).reshape(-1)
+
+
+def pad_bias(bias: np.ndarray) -> np.ndarray:
+    """Bias zero-padded to whole panels (the GEMM loads it 16 at a time)."""
+    out = np.zeros(-(-bias.shape[0] // PANEL) * PANEL, np.float32)
+    out[:bias.shape[0]] = bias
+    return out
+
+
+# --- splitting a layer's tasks over threads -------------------------------------------------
+
+@kernel(inline=True)
+def _run(tasks, part, parts):
+    """Tasks of run ``part`` of ``parts``: contiguous, as equal as can be (a static prange's split)."""
+    return tasks * part // parts, tasks * (part + 1) // parts
+
+
+@kernel(inline=True)
+def _all(n):
+    """The range 0..n as two run-time integers: a literal 0 handed to a kernel would make Numba
+    compile a second, identical copy of it for that literal."""
+    return n - n, n
+
+
+# --- the GEMM micro-kernel -----------------------------------------------------------------
+
+@kernel(inline=True)
+def _emit(out, offset, lo, hi, columns, relu6, residual, add_residual):
+    """Finish one pixel's 16 accumulators: + residual, ReLU6, store the valid columns (whole
+    8-lane vectors where they fit, so that C_out = 8 or 24 does not fall to a scalar loop)."""
+    if columns >= LANES:
+        v = simd.add(lo, simd.load(residual, offset)) if add_residual else lo
+        simd.store(out, offset, simd.relu6(v) if relu6 else v)
+    if columns == PANEL:
+        v = simd.add(hi, simd.load(residual, offset + LANES)) if add_residual else hi
+        simd.store(out, offset + LANES, simd.relu6(v) if relu6 else v)
+    else:
+        for c in range(LANES if columns >= LANES else 0, columns):
+            s = simd.lane(lo, c) if c < LANES else simd.lane(hi, c - LANES)
+            if add_residual:
+                s += residual[offset + c]
+            if relu6:
+                s = min(max(s, np.float32(0.0)), np.float32(6.0))
+            out[offset + c] = s
+
+
+@kernel(inline=True)
+def _fma2(v, w0, w1, lo, hi):
+    """One input value (splat) times one 16-column weight row, into one pixel's two vectors."""
+    return simd.fma(v, w0, lo), simd.fma(v, w1, hi)
+
+
+@kernel(inline=True)
+def _tile6(x, x_at, row_step, taps, c_in, w, w_at, b0, b1, out, o_at, c_out, columns, relu6, residual,
+           add_residual):
+    """Six pixels x one 16-column panel (weights at w_at), summed over c_in steps.
+
+    Pixel r's k-th input is x[x_at + r*row_step + k] for a 1x1 conv (``taps`` empty: the
+    pixels' channel vectors are consecutive rows), or x[x_at + r*row_step + taps[k]] for the
+    stem, where ``taps`` lists the offsets of the 3x3xC_in patch in the unpadded input."""
+    dense = taps.shape[0] == 0
+    a00 = a10 = a20 = a30 = a40 = a50 = b0
+    a01 = a11 = a21 = a31 = a41 = a51 = b1
+    for k in range(c_in):
+        w0 = simd.load(w, w_at + k * PANEL)
+        w1 = simd.load(w, w_at + k * PANEL + LANES)
+        at = x_at + (k if dense else taps[k])
+        a00, a01 = _fma2(simd.splat_at(x, at), w0, w1, a00, a01)
+        a10, a11 = _fma2(simd.splat_at(x, at + row_step), w0, w1, a10, a11)
+        a20, a21 = _fma2(simd.splat_at(x, at + 2 * row_step), w0, w1, a20, a21)
+        a30, a31 = _fma2(simd.splat_at(x, at + 3 * row_step), w0, w1, a30, a31)
+        a40, a41 = _fma2(simd.splat_at(x, at + 4 * row_step), w0, w1, a40, a41)
+        a50, a51 = _fma2(simd.splat_at(x, at + 5 * row_step), w0, w1, a50, a51)
+    _emit(out, o_at, a00, a01, columns, relu6, residual, add_residual)
+    _emit(out, o_at + c_out, a10, a11, columns, relu6, residual, add_residual)
+    _emit(out, o_at + 2 * c_out, a20, a21, columns, relu6, residual, add_residual)
+    _emit(out, o_at + 3 * c_out, a30, a31, columns, relu6, residual, add_residual)
+    _emit(out, o_at + 4 * c_out, a40, a41, columns, relu6, residual, add_residual)
+    _emit(out, o_at + 5 * c_out, a50, a51, columns, relu6, residual, add_residual)
+
+
+@kernel(inline=True)
+def _tile1(x, x_at, c_in, w, w_at, b0, b1, out, o_at, columns, relu6, residual, add_residual):
+    """One pixel x one panel: the rows left over when the pixel count is not a multiple of 6."""
+    a0 = b0
+    a1 = b1
+    for k in range(c_in):
+        a0, a1 = _fma2(simd.splat_at(x, x_at + k), simd.load(w, w_at + k * PANEL),
+                       simd.load(w, w_at + k * PANEL + LANES), a0, a1)
+    _emit(out, o_at, a0, a1, columns, relu6, residual, add_residual)
+
+
+@kernel(inline=True)
+def _tile3w(x, x_at, c_in, w, w_at, bias, c0, out, o_at, c_out, relu6, residual, add_residual):
+    """Three pixels x two panels (32 columns from c0, the first panel full, weights at w_at and
+    w_at + c_in*16): the same twelve accumulators and FMAs per step as ``_tile6``, for the last
+    1-3 pixels of a group, where a 6-pixel tile would redo 3-5 pixels (a 3x3 layer at batch 1
+    has 9 pixels: 2 tiles of 6 rows, or 1.5 of this one, per 16 columns)."""
+    a00 = a10 = a20 = simd.load(bias, c0)
+    a01 = a11 = a21 = simd.load(bias, c0 + LANES)
+    a02 = a12 = a22 = simd.load(bias, c0 + PANEL)
+    a03 = a13 = a23 = simd.load(bias, c0 + PANEL + LANES)
+    next_panel = c_in * PANEL
+    for k in range(c_in):
+        at = w_at + k * PANEL
+        w0 = simd.load(w, at)
+        w1 = simd.load(w, at + LANES)
+        w2 = simd.load(w, at + next_panel)
+        w3 = simd.load(w, at + next_panel + LANES)
+        v = simd.splat_at(x, x_at + k)
+        a00, a01 = _fma2(v, w0, w1, a00, a01)
+        a02, a03 = _fma2(v, w2, w3, a02, a03)
+        v = simd.splat_at(x, x_at + c_in + k)
+        a10, a11 = _fma2(v, w0, w1, a10, a11)
+        a12, a13 = _fma2(v, w2, w3, a12, a13)
+        v = simd.splat_at(x, x_at + 2 * c_in + k)
+        a20, a21 = _fma2(v, w0, w1, a20, a21)
+        a22, a23 = _fma2(v, w2, w3, a22, a23)
+    columns = min(PANEL, c_out - c0 - PANEL)
+    _emit(out, o_at, a00, a01, PANEL, relu6, residual, add_residual)
+    _emit(out, o_at + PANEL, a02, a03, columns, relu6, residual, add_residual)
+    _emit(out, o_at + c_out, a10, a11, PANEL, relu6, residual, add_residual)
+    _emit(out, o_at + c_out + PANEL, a12, a13, columns, relu6, residual, add_residual)
+    _emit(out, o_at + 2 * c_out, a20, a21, PANEL, relu6, residual, add_residual)
+    _emit(out, o_at + 2 * c_out + PANEL, a22, a23, columns, relu6, residual, add_residual)
+
+
+@kernel(inline=True)
+def _gemm_task(g, j, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out):
+    """One tile of ``pointwise_tiles``: pixel group g (6 pixels) x weight panel j (16 channels).
+
+    The last group, when the pixel count is not a multiple of 6: with 1-3 pixels left, panels
+    run in pairs through ``_tile3w`` over the last 3 pixels (task j even does panels j and
+    j+1, task j+1 nothing); otherwise, and for an unpaired last panel, the last 6 pixels run
+    whole.  Either way a few pixels are recomputed to the same values, rather than run a
+    latency-bound pixel at a time."""
+    p0 = g * TILE_ROWS
+    c0 = j * PANEL
+    columns = min(PANEL, c_out - c0)
+    w_at = j * c_in * PANEL
+    b0 = simd.load(bias, c0)
+    b1 = simd.load(bias, c0 + LANES)
+    paired = False
+    if p0 + TILE_ROWS > pixels and pixels >= TILE_ROWS:
+        paired = pixels % TILE_ROWS <= 3 and (j % 2 == 1 or c0 + PANEL < c_out)
+        p0 = pixels - 3 if paired else pixels - TILE_ROWS
+    if paired:
+        if j % 2 == 0:
+            _tile3w(x, p0 * c_in, c_in, w, w_at, bias, c0, out, p0 * c_out + c0, c_out, relu6, residual,
+                    add_residual)
+    elif p0 + TILE_ROWS <= pixels:
+        _tile6(x, p0 * c_in, c_in, _DENSE, c_in, w, w_at, b0, b1, out, p0 * c_out + c0, c_out, columns,
+               relu6, residual, add_residual)
+    else:
+        for p in range(p0, pixels):
+            _tile1(x, p * c_in, c_in, w, w_at, b0, b1, out, p * c_out + c0, columns,
+                   relu6, residual, add_residual)
+
+
+@kernel(inline=True)
+def _gemm_tasks(pixels, c_out):
+    return -(-pixels // TILE_ROWS) * -(-c_out // PANEL)
+
+
+@kernel(inline=True)
+def _pixels(op, n_img):
+    return n_img * op[OP_IN_H] * op[OP_IN_W]
+
+
+@kernel()
+def pointwise_tiles(op, t0, t1, x, w, bias, residual, out, n_img):
+    """Tiles t0..t1-1 of the 1x1 layer ``op`` over ``n_img`` images, on the calling thread.
+
+    Visit order: consecutive tiles (one thread's run) keep the smaller operand in cache.  With
+    more output channels than pixels the weights are the bigger stream, so all pixels meet one
+    weight panel (16 columns x c_in, in L1) before the next panel.  The (group, panel) pair is
+    stepped, not divided out of t: two integer divisions per tile cost ~20 % at C_in = 16."""
+    pixels = _pixels(op, n_img)
+    c_in = op[OP_IN_C]
+    c_out = op[OP_OUT_C]
+    relu6 = op[OP_RELU6] != 0
+    add_residual = op[OP_RESIDUAL] != 0
+    panel_major = c_out > pixels
+    inner = -(-pixels // TILE_ROWS) if panel_major else -(-c_out // PANEL)
+    outer_at = t0 // inner
+    inner_at = t0 % inner
+    for _ in range(t0, t1):
+        g = inner_at if panel_major else outer_at
+        j = outer_at if panel_major else inner_at
+        _gemm_task(g, j, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out)
+        inner_at += 1
+        if inner_at == inner:
+            inner_at = 0
+            outer_at += 1
+
+
+@kernel(parallel=True)
+def pointwise_parallel(op, x, w, bias, residual, out, n_img, parts):
+    """The 1x1 layer ``op``: x flat [pixels, C_in] -> out flat [pixels, C_out] (``residual``
+    likewise), with ``w``/``bias`` from ``pack_pointwise``/``pad_bias``.  The (6 pixels x 16
+    channels) tiles are cut into ``parts`` contiguous runs for Numba's threads (give the thread
+    count: as a static ``prange`` over tiles would split them).  The runs call the serial
+    ``pointwise_tiles``, so that the tile code is compiled once, not twice.  (``parts`` is an
+    argument because a kernel that calls ``numba.get_num_threads`` cannot be cached.)"""
+    tasks = _gemm_tasks(_pixels(op, n_img), op[OP_OUT_C])
+    for part in prange(parts):
+        t0, t1 = _run(tasks, part, parts)
+        pointwise_tiles(op, t0, t1, x, w, bias, residual, out, n_img)
+
+
+@kernel()
+def pointwise_serial(op, x, w, bias, residual, out, n_img, parts):
+    """``pointwise_parallel`` on the calling thread alone (no parallel runtime; ``parts`` unused)."""
+    t0, t1 = _all(_gemm_tasks(_pixels(op, n_img), op[OP_OUT_C]))
+    pointwise_tiles(op, t0, t1, x, w, bias, residual, out, n_img)
+
+
+def pointwise_conv2d(x, w_packed, bias_padded, relu6, residual, add_residual, out, serial=False):
+    """1x1 convolution: x [P, C_in] -> out [P, C_out] (2-D views of NHWC buffers).  ``serial``:
+    the one-thread form of the kernel (as ``stem.conv2d`` and ``depthwise.depthwise_conv2d``)."""
+    pixels, c_in = x.shape
+    op = plan_row("pointwise", in_hw=(pixels, 1), in_c=c_in, out_hw=(pixels, 1), out_c=out.shape[1], relu6=relu6,
+                  residual=add_residual)
+    layer = pointwise_serial if serial else pointwise_parallel
+    layer(op, x.reshape(-1), w_packed, bias_padded, residual.reshape(-1), out.reshape(-1), 1, numba.get_num_threads())

@@ -1,0 +1,129 @@
+"""The stem: the network's one full 3x3 convolution (3 input channels), on the GEMM micro-kernel.
+
+Each output row is cut into 6-pixel tiles that run ``gemm._tile6`` on the input patches in
+place, through a table of the 27 offsets of a 3x3x3 patch (``stem_taps``): no im2col copy.  In
+the plan the images arrive already inside the stem's zero padding (the input row of
+``plan.py``), so no patch reaches outside; pixels whose patch does touch the padding (the stem
+called on its own, as the tests do) take ``_patch1``, which skips the taps outside the image.
+
+As the other layer kernels, it takes its plan row (``rows.py``) and comes in a parallel and a
+serial form over one compiled task loop.  The slow twin is ``reference.conv2d``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from . import simd
+from .gemm import LANES, PANEL, TILE_ROWS, _all, _emit, _fma2, _run, _tile6
+from .jit import kernel
+from .rows import (OP_IN_C, OP_IN_H, OP_IN_W, OP_K, OP_OUT_C, OP_OUT_H, OP_OUT_W, OP_PAD_LEFT, OP_PAD_TOP,
+                   OP_RELU6, OP_STRIDE, plan_row)
+
+
+def stem_taps(k: int, width: int, c_in: int) -> np.ndarray:
+    """Offsets of a k x k x C_in patch's elements from its top-left corner in an NHWC image of
+    the given width, in HWIO order (dy, dx, c): the rows of W.reshape(-1, C_out) they meet."""
+    dy, dx, c = np.meshgrid(np.arange(k), np.arange(k), np.arange(c_in), indexing="ij")
+    return ((dy * width + dx) * c_in + c).reshape(-1).astype(np.int64)
+
+
+@kernel(inline=True)
+def _patch1(x, n, iy0, ix0, height, width, c_in, k, w, w_at, b0, b1, out, o_at, columns, relu6):
+    """One output pixel of the stem whose patch reaches into the zero padding: taps outside the
+    image are skipped (adding zero), the rest summed in the same (dy, dx, c) order."""
+    a0 = b0
+    a1 = b1
+    for dy in range(k):
+        iy = iy0 + dy
+        for dx in range(k):
+            ix = ix0 + dx
+            if 0 <= iy < height and 0 <= ix < width:
+                at = ((n * height + iy) * width + ix) * c_in
+                for c in range(c_in):
+                    step = w_at + ((dy * k + dx) * c_in + c) * PANEL
+                    a0, a1 = _fma2(simd.splat_at(x, at + c), simd.load(w, step), simd.load(w, step + LANES), a0, a1)
+    _emit(out, o_at, a0, a1, columns, relu6, out, False)
+
+
+@kernel(inline=True)
+def _stem_task(t, x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
+               out, out_h, out_w, c_out):
+    """Task t of ``stem_tasks``: one output row x one 16-channel panel."""
+    panels = -(-c_out // PANEL)
+    steps = k * k * c_in
+    row = t // panels
+    j = t % panels
+    n = row // out_h
+    oy = row % out_h
+    c0 = j * PANEL
+    columns = min(PANEL, c_out - c0)
+    w_at = j * steps * PANEL
+    b0 = simd.load(bias, c0)
+    b1 = simd.load(bias, c0 + LANES)
+    iy0 = oy * stride - pad_top
+    # Output columns whose whole patch lies inside the image: [inside_lo, inside_hi).  They run
+    # in 6-pixel tiles, the last one shifted left to end at inside_hi (the overlap is recomputed
+    # to the same values); the pixels whose patch touches the padding take _patch1.
+    inside_lo = out_w
+    inside_hi = out_w
+    if iy0 >= 0 and iy0 + k <= height:
+        inside_lo = min(-(-pad_left // stride), out_w)
+        inside_hi = max(min((width - k + pad_left) // stride + 1, out_w), inside_lo)
+    if inside_hi - inside_lo < TILE_ROWS:
+        inside_lo = out_w
+        inside_hi = out_w
+    for ox0 in range(inside_lo, inside_hi, TILE_ROWS):
+        ox0 = min(ox0, inside_hi - TILE_ROWS)
+        x_at = ((n * height + iy0) * width + ox0 * stride - pad_left) * c_in
+        _tile6(x, x_at, stride * c_in, taps, steps, w, w_at, b0, b1, out, (row * out_w + ox0) * c_out + c0, c_out,
+               columns, relu6, out, False)
+    for ox in range(out_w):
+        if ox < inside_lo or ox >= inside_hi:
+            _patch1(x, n, iy0, ox * stride - pad_left, height, width, c_in, k, w, w_at, b0, b1,
+                    out, (row * out_w + ox) * c_out + c0, columns, relu6)
+
+
+@kernel(inline=True)
+def _stem_tasks(op, n_img):
+    return n_img * op[OP_OUT_H] * -(-op[OP_OUT_C] // PANEL)
+
+
+@kernel()
+def stem_tasks(op, t0, t1, x, taps, w, bias, out, n_img):
+    """Tasks t0..t1-1 (output row x 16-channel panel) of the stem row ``op``, on the calling thread."""
+    height, width, c_in, k, stride = op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], op[OP_K], op[OP_STRIDE]
+    pad_top, pad_left, relu6 = op[OP_PAD_TOP], op[OP_PAD_LEFT], op[OP_RELU6] != 0
+    out_h, out_w, c_out = op[OP_OUT_H], op[OP_OUT_W], op[OP_OUT_C]
+    for t in range(t0, t1):
+        _stem_task(t, x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
+                   out, out_h, out_w, c_out)
+
+
+@kernel(parallel=True)
+def stem_parallel(op, x, taps, w, bias, out, n_img, parts):
+    """Full k x k convolution (the stem), x flat [N, H, W, C_in] -> out flat [N, out_h, out_w,
+    c_out], ``taps`` from ``stem_taps``: the tasks in ``parts`` contiguous runs, as in
+    ``gemm.pointwise_parallel``."""
+    tasks = _stem_tasks(op, n_img)
+    for part in prange(parts):
+        t0, t1 = _run(tasks, part, parts)
+        stem_tasks(op, t0, t1, x, taps, w, bias, out, n_img)
+
+
+@kernel()
+def stem_serial(op, x, taps, w, bias, out, n_img, parts):
+    """``stem_parallel`` on the calling thread alone."""
+    t0, t1 = _all(_stem_tasks(op, n_img))
+    stem_tasks(op, t0, t1, x, taps, w, bias, out, n_img)
+
+
+def conv2d(x, w_packed, bias_padded, taps, k, stride, pad_top, pad_left, relu6, out, serial=False):
+    """Full k x k convolution (the stem); ``taps`` from ``stem_taps(k, W, C_in)``."""
+    n_img, height, width, c_in = x.shape
+    op = plan_row("conv", k=k, stride=stride, in_hw=(height, width), in_c=c_in, out_hw=out.shape[1:3],
+                  out_c=out.shape[3], pad_top=pad_top, pad_left=pad_left, relu6=relu6)
+    layer = stem_serial if serial else stem_parallel
+    layer(op, x.reshape(-1), taps, w_packed, bias_padded, out.reshape(-1), n_img, numba.get_num_threads())

@@ -1,0 +1,174 @@
+"""The kernel cache and the compile message, each in fresh processes with their own cache folder
+(``MOBILENET_NP_HOME``).  Only ``test_cold_then_warm_then_corrupted`` compiles a forward pass
+from nothing (tens of seconds); the others compile the pool, which takes a second or two."""
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba", reason="Numba is not installed")
+
+REPO = Path(__file__).resolve().parents[1]
+MESSAGE = "mobilenet-np: compiling kernels for this CPU"
+
+# Features of a small V2 at batch 3 on one thread and at batch 1 on two (the serial and the
+# parallel path), saved as .npy, after ``warmup()`` if asked; prints how many compiles the
+# calls themselves needed.
+FEATURES = """
+import sys, numpy as np, mobilenet_np as mnp
+from mobilenet_np.forward import engine
+from mobilenet_np.kernels import plan
+if sys.argv[2] == "warmup":
+    engine.warmup()
+model = mnp.build("mobilenet_v2", 0.35, 64, seed=5)
+x = np.random.default_rng(0).random((3, 64, 64, 3), dtype=np.float32)
+before = {f: sum(f.stats.cache_misses.values()) for f in (plan.run_batch_serial, plan.run_plan, plan.run_plan_serial)}
+np.save(sys.argv[1], np.concatenate([model(x, threads=1), model(x[:1], threads=2)]))
+print("compiled", sum(sum(f.stats.cache_misses.values()) - n for f, n in before.items()))
+"""
+
+# The pool into a contiguous and into a strided output: two signatures in one cache index.
+POOL = """
+import numpy as np
+from mobilenet_np.kernels import plan, reference
+x = np.random.default_rng(1).random((2, 5, 6, 16), dtype=np.float32)
+for out in (np.empty((2, 16), np.float32), np.empty((2, 32), np.float32)[:, ::2]):
+    plan.global_mean(x, out)
+    np.testing.assert_allclose(out, reference.global_mean(x), rtol=1e-6)
+print("hits", sum(plan.global_mean.stats.cache_hits.values()))
+"""
+
+
+def _run(code, home, *args, pythonpath=REPO, extra_env=None, check=True):
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("MOBILENET_NP_QUIET", "MOBILENET_NP_JIT_CACHE", "XDG_CACHE_HOME")}
+    env.update({"MOBILENET_NP_HOME": str(home), "PYTHONPATH": str(pythonpath), "NUMBA_NUM_THREADS": "2"},
+               **(extra_env or {}))
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=env, cwd=next(p for p in home.parents if p.is_dir()),
+                            capture_output=True, text=True, timeout=1800)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def _cache_files(home):
+    return sorted((home / "kernels").rglob("*.nb[ic]"))
+
+
+def test_cold_then_warm_then_corrupted(tmp_path):
+    """A cold process says it compiles (once) and ``warmup()`` fills the cache; a warm one is
+    silent, compiles nothing and gives the same features bit for bit; a truncated index and
+    an empty data file are removed with a warning and rebuilt, and the features are still the
+    same."""
+    home = tmp_path / "home"
+    cold = _run(FEATURES, home, tmp_path / "cold.npy", "warmup")
+    assert cold.stderr.count(MESSAGE) == 1 and "compiled 0" in cold.stdout, cold.stderr
+    files = _cache_files(home)
+    assert any(f.name.startswith("plan.run_batch_serial") for f in files)
+
+    warm = _run(FEATURES, home, tmp_path / "warm.npy", "-")
+    assert MESSAGE not in warm.stderr and "cache entry" not in warm.stderr, warm.stderr
+    assert "compiled 0" in warm.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "warm.npy"), np.load(tmp_path / "cold.npy"))
+
+    index = next(f for f in files if f.name.startswith("plan.run_batch_serial") and f.suffix == ".nbi")
+    index.write_bytes(index.read_bytes()[:7])
+    data = next(f for f in files if f.name.startswith("stem.stem_serial") and f.suffix == ".nbc")
+    data.write_bytes(b"")
+    fixed = _run(FEATURES, home, tmp_path / "fixed.npy", "-")
+    assert "kernel cache entry" in fixed.stderr and "removed, compiling again" in fixed.stderr, fixed.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "fixed.npy"), np.load(tmp_path / "cold.npy"))
+    again = _run(FEATURES, home, tmp_path / "again.npy", "-")
+    assert "cache entry" not in again.stderr and MESSAGE not in again.stderr, again.stderr
+
+
+def test_read_only_package_writes_nothing_beside_it(tmp_path):
+    """A package folder that is not writable works, and the cache goes to the user cache
+    folder: nothing is written into the package (as root, which chmod does not stop, this
+    still shows that nothing is even tried there)."""
+    site = tmp_path / "site"
+    shutil.copytree(REPO / "mobilenet_np", site / "mobilenet_np", ignore=shutil.ignore_patterns("__pycache__"))
+    before = sorted(p.relative_to(site) for p in site.rglob("*"))
+    os.system(f"chmod -R a-w {site}")
+    try:
+        home = tmp_path / "home"
+        result = _run(POOL, home, pythonpath=site, extra_env={"PYTHONDONTWRITEBYTECODE": "1"})
+        assert "hits 0" in result.stdout
+        assert sorted(p.relative_to(site) for p in site.rglob("*")) == before
+        assert any(f.name.startswith("plan.global_mean") for f in _cache_files(home))
+        warm = _run(POOL, home, pythonpath=site, extra_env={"PYTHONDONTWRITEBYTECODE": "1"})
+        assert "hits 2" in warm.stdout, warm.stdout
+    finally:
+        os.system(f"chmod -R u+w {site}")
+
+
+def test_unusable_cache_folder_falls_back_to_no_cache(tmp_path):
+    """A cache folder that cannot be created (here: below a file) gives one warning; import
+    and the kernels still work."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    result = _run(POOL, blocker / "home")
+    assert "is not writable" in result.stderr and "compiling without a cache" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "hits 0" in result.stdout
+
+
+def test_two_cold_processes_at_once(tmp_path):
+    """Two processes compiling into one empty cache both succeed, and a third finds both
+    signatures in it."""
+    home = tmp_path / "home"
+    env = {**os.environ, "MOBILENET_NP_HOME": str(home), "PYTHONPATH": str(REPO)}
+    env.pop("MOBILENET_NP_JIT_CACHE", None)
+    procs = [subprocess.Popen([sys.executable, "-c", POOL], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    assert "hits 2" in _run(POOL, home).stdout
+
+
+def test_compile_message_once_and_quiet(caplog):
+    """The announcer logs one line for the first entry point that compiles in a process, none
+    for later ones or for other kernels, and nothing once ``quiet()`` is on."""
+    from mobilenet_np.kernels import jit, plan
+
+    def start(announcer, dispatcher):
+        announcer.on_start(type("Event", (), {"data": {"dispatcher": dispatcher}}))
+
+    with caplog.at_level(logging.INFO, logger="mobilenet_np.compile"):
+        announcer = jit._Announcer()
+        start(announcer, plan.global_mean)
+        assert caplog.records == []
+        start(announcer, plan.run_plan)
+        start(announcer, plan.run_batch_serial)
+        where = f"cached in {jit._FOLDER}" if jit._FOLDER else "not cached"
+        assert [r.getMessage() for r in caplog.records] == [
+            f"{MESSAGE} (once, about {jit.COMPILE_SECONDS} s; {where})"]
+        caplog.clear()
+        jit.quiet()
+        try:
+            start(jit._Announcer(), plan.run_plan)
+        finally:
+            jit.quiet(False)
+        assert caplog.records == []
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"MOBILENET_NP_HOME": "/m", "XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/m/kernels"),
+    ({"XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/x/mobilenet-np/kernels"),
+    ({"HOME": "/h"}, "/h/.cache/mobilenet-np/kernels"),
+])
+def test_cache_folder_follows_the_environment(monkeypatch, env, expected):
+    from mobilenet_np.kernels import cache
+    for key in ("MOBILENET_NP_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert cache.root() == Path(expected)
