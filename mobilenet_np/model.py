@@ -67,8 +67,8 @@ class MobileNet:
         self.backend = backend_class(backend)(arch, tensors, folded, epsilon)
         self._geometries: dict[tuple[int, int], list[spec.LayerGeometry]] = {}
         if num_classes:
-            self._logits_w = np.ascontiguousarray(tensors[arch.logits_names.weights][0, 0])
-            self._logits_b = tensors[arch.logits_names.biases]
+            self.backend.set_classifier(np.ascontiguousarray(tensors[arch.logits_names.weights][0, 0]),
+                                        tensors[arch.logits_names.biases])
 
     @property
     def num_features(self) -> int:
@@ -162,14 +162,19 @@ class MobileNet:
         Always from the average-pooled features the classifier was trained on."""
         self._require_classifier()
         with _threads.limit(threads):
-            return self._classify(self._run(images, set(), check_range)[0])
+            return self.classify(self._run(images, set(), check_range)[0])
 
     def _require_classifier(self) -> None:
         if not self.num_classes:
             raise ValueError(f"{self.name} has no classifier (feature-vector weights only)")
 
-    def _classify(self, pooled: np.ndarray) -> np.ndarray:
-        return pooled @ self._logits_w + self._logits_b
+    def classify(self, features: np.ndarray) -> np.ndarray:
+        """Logits [N, num_classes] of average-pooled features [N, num_features] (what ``model(x)``
+        returns): ``logits(x)`` is ``classify(model(x))``.  Each row is computed on its own, so
+        it does not depend on the other rows of the batch or on any thread count."""
+        self._require_classifier()
+        return self.backend.logits(features)
+
 
     def endpoints(self, images, names=None, threads: int | None = None,
                   check_range: bool | None = None) -> dict[str, np.ndarray]:
@@ -191,7 +196,7 @@ class MobileNet:
         if self.arch.pool_endpoint in names:
             found[self.arch.pool_endpoint] = pooled[:, None, None, :].copy()
         if "Logits" in names or "Predictions" in names:
-            logits = self._classify(pooled)
+            logits = self.classify(pooled)
             found["Logits"] = logits
             shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
             found["Predictions"] = (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)

@@ -205,3 +205,35 @@ def test_threads_calling_one_model_at_once_get_their_own_results(rng):
         got = list(pool.map(model, batches * 3))
     for i, features in enumerate(got):
         np.testing.assert_array_equal(features, expected[i % len(batches)])
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_logits_do_not_depend_on_the_batch_or_on_other_callers_threads(rng, backend):
+    """Issue 13: BLAS's thread count is global to the process and its order of summation
+    changes with the batch size, so logits computed with it changed in the last bits when
+    another thread called with another thread count.  Each row is now summed on its own."""
+    import threading
+
+    model = mnp.build("mobilenet_v2", 0.35, 96, num_classes=1001, seed=2, backend=backend)
+    images = rng.random((6, 96, 96, 3), dtype=np.float32)
+    alone = np.concatenate([model.logits(images[i:i + 1], threads=1) for i in range(len(images))])
+    np.testing.assert_array_equal(model.logits(images, threads=2), alone)
+    np.testing.assert_array_equal(model.classify(model(images)), alone)
+    calls = 8 if backend == "numba" else 2
+    mismatches, errors = [], []
+
+    def caller(threads):
+        try:
+            for _ in range(calls):
+                got = model.logits(images, threads=threads)
+                if not np.array_equal(got, alone):
+                    mismatches.append(float(np.abs(got - alone).max()))
+        except Exception as exc:          # pragma: no cover - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=caller, args=(1 + k % 2,)) for k in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors and not mismatches, (errors, mismatches)

@@ -30,7 +30,7 @@ class NumbaBackend:
                  epsilon: float):
         from ..kernels import gemm, plan  # imported here: the NumPy path must not need Numba
 
-        self._kernels = plan
+        self._kernels, self._gemm = plan, gemm
         weights, biases = [], []
         for layer in arch.layers:
             names = arch.names(layer)
@@ -136,6 +136,23 @@ class NumbaBackend:
     def _output(self, row, g: spec.LayerGeometry, n: int, buffers: np.ndarray) -> np.ndarray:
         size = n * g.out_elements
         return buffers[row[rows.OP_DST], :size].reshape(n, *g.out_hw, g.layer.out_depth)
+
+    def set_classifier(self, w: np.ndarray, b: np.ndarray) -> None:
+        """The logits layer ([C, K] and [K]), packed for the GEMM kernel: a 1x1 convolution
+        over N "pixels", one per image."""
+        self._classifier = (self._gemm.pack_pointwise(np.asarray(w, np.float32)),
+                            self._gemm.pad_bias(np.asarray(b, np.float32)), int(np.shape(b)[0]))
+
+    def logits(self, pooled: np.ndarray) -> np.ndarray:
+        """Logits [N, K] of pooled features, on the calling thread with our own GEMM: each row
+        is summed on its own in a fixed order, so a row's logits do not depend on the batch it
+        came in or on any thread count (BLAS's order of summation changes with both, and its
+        thread count is global to the process)."""
+        packed, bias, classes = self._classifier
+        pooled = np.ascontiguousarray(pooled, np.float32)
+        out = np.empty((pooled.shape[0], classes), np.float32)
+        self._gemm.pointwise_conv2d(pooled, packed, bias, False, out, False, out, serial=True)
+        return out
 
     def global_mean(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         out = np.empty((x.shape[0], x.shape[3]), np.float32) if out is None else out

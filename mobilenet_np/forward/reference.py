@@ -80,6 +80,13 @@ class NumpyBackend:
     def global_mean(self, x: np.ndarray) -> np.ndarray:
         return ref.global_mean(x)
 
+    def set_classifier(self, w: np.ndarray, b: np.ndarray) -> None:
+        """The logits layer: its kernel as a matrix [C, K] and its biases [K]."""
+        self._classifier = (w, b)
+
+    def logits(self, pooled: np.ndarray) -> np.ndarray:
+        return ref.logits(pooled, *self._classifier).astype(np.float32)
+
     def features(self, geo, x) -> np.ndarray:
         """The pooled features [N, C] of a batch."""
         return self.global_mean(self.run(geo, x))

@@ -69,6 +69,13 @@ def global_mean(x):
     return x.mean(axis=(1, 2), dtype=np.float32)
 
 
+def logits(pooled, w, b):
+    """The classifier: pooled features [N, C] times its 1x1 kernel as a matrix [C, K], plus the
+    biases.  ``einsum`` without optimisation sums each row on its own, in index order, without
+    BLAS, whose order of summation changes with the batch size and the thread count."""
+    return np.einsum("nc,ck->nk", pooled, w, optimize=False) + b
+
+
 def fold_batch_norm(w, gamma, beta, mean, variance, epsilon, depthwise=False):
     """Fold inference BatchNorm into the preceding conv: w' = w * scale, b' = beta - mean * scale.
 

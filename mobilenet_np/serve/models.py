@@ -34,8 +34,7 @@ class ServedModel:
         self.state = "LOADING"
         self.error: str | None = None
         self.warmup_seconds: float | None = None
-        self._classifier = _classifier(model)
-        self.outputs = (FEATURES, LOGITS) if self._classifier else (FEATURES,)
+        self.outputs = (FEATURES, LOGITS) if model.num_classes else (FEATURES,)
         self._metrics = metrics
         self.batcher = Batcher(name, self._infer, max_batch=max_batch, timeout_s=timeout_s, capacity=capacity,
                                metrics=metrics)
@@ -84,32 +83,21 @@ class ServedModel:
 
     def _infer(self, batch: np.ndarray, items) -> list[dict]:
         features = self.model(batch, threads=self.threads)
-        results = []
+        wanted = [self.model.num_classes > 0 and (items is None or LOGITS in item.outputs)
+                  for item in (items or [None] * len(batch))]
+        # model.classify computes each row on its own: the same logits as the image alone
+        logits = self.model.classify(features[wanted]) if any(wanted) else None
+        results, row = [], 0
         for i in range(len(batch)):
             result = {FEATURES: features[i]}
-            if self._classifier and (items is None or LOGITS in items[i].outputs):
-                result[LOGITS] = self._logits(features[i : i + 1])[0]
+            if wanted[i]:
+                result[LOGITS] = logits[row]
+                row += 1
             results.append(result)
         return results
 
-    def _logits(self, pooled: np.ndarray) -> np.ndarray:
-        """The classifier on one image's features, as ``model.logits`` computes it for an image
-        alone.  Row by row on purpose: BLAS sums a [1, F] x [F, K] product in another order than
-        a [32, F] one, so batched logits would differ from the lone image's in the last bit."""
-        weights, biases = self._classifier
-        return pooled @ weights + biases
-
     def close(self) -> None:
         self.batcher.close()
-
-
-def _classifier(model):
-    """The classifier weights [F, K] and biases [K] of ``model`` (None without a classifier),
-    read from its tensors (``model.arch.logits_names``) as MobileNet.logits applies them."""
-    if not model.num_classes:
-        return None
-    names = model.arch.logits_names
-    return np.ascontiguousarray(model.tensors[names.weights][0, 0]), model.tensors[names.biases]
 
 
 def load_models(specs: list[tuple[str, str]], **options) -> dict[str, ServedModel]:
