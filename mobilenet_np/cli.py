@@ -78,6 +78,19 @@ def _profile(args) -> int:
     return 0
 
 
+def _warmup(args) -> int:
+    """Fill the kernel cache (the user cache folder), for container images and fresh Dask or
+    server nodes: their first call then loads the kernels in about a second."""
+    from .forward.engine import warmup
+    from .kernels import cache
+
+    started = time.perf_counter()
+    warmup()
+    if not args.quiet:
+        print(f"kernels ready in {time.perf_counter() - started:.1f} s (cache: {cache.root()})")
+    return EXIT_OK
+
+
 def _parity(args) -> int:
     from .parity import compare
     tf_version = _tf_version()      # first: without TensorFlow, say so before loading anything
@@ -361,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest scaled difference that passes (default 1e-4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random images (default 0)")
     p.set_defaults(func=_parity)
+    p = _command(sub, "warmup", "compile the kernels for this CPU now, or check that they are cached")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    p.set_defaults(func=_warmup)
     register_embed_commands(sub)
     serve.add_parser(sub)
     return parser
@@ -378,6 +394,9 @@ EXTRAS = {"tensorflow": "parity", "ai_edge_litert": "parity", "dask": "dask", "d
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        from .kernels import jit
+        jit.quiet()             # no "compiling kernels" line either
     try:
         return int(args.func(args) or 0)
     except ModuleNotFoundError as exc:

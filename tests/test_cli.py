@@ -264,3 +264,16 @@ def test_help_in_a_subprocess_is_clean():
     result = subprocess.run([sys.executable, "-m", "mobilenet_np", "--help"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "``" not in result.stdout and "--version" in result.stdout
+
+
+def test_warmup_fills_the_kernel_cache_and_quiet_silences_it():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MOBILENET_NP_QUIET", None)
+    loud = subprocess.run([sys.executable, "-m", "mobilenet_np", "warmup"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert loud.returncode == 0, loud.stderr
+    assert loud.stdout.startswith("kernels ready in ") and "cache:" in loud.stdout
+    # every entry point is now cached: a second run compiles nothing, and -q prints nothing
+    quiet = subprocess.run([sys.executable, "-m", "mobilenet_np", "warmup", "-q"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert quiet.returncode == 0 and quiet.stdout == "" and "compiling" not in quiet.stderr, quiet.stderr
