@@ -713,9 +713,9 @@ def test_accepted_header_versions(tmp_path):
         np.testing.assert_array_equal(CheckpointReader(prefix).get_tensor("w"), np.ones(2, np.float32))
 
 
-def test_compressed_table_is_unsupported(tmp_path):
-    prefix = _write_crafted(tmp_path / "m", {"w": np.zeros(2, np.float32)}, compression=1)
-    with pytest.raises(UnsupportedFormatError, match="snappy") as e:
+def test_zstd_compressed_table_is_unsupported(tmp_path):
+    prefix = _write_crafted(tmp_path / "m", {"w": np.zeros(2, np.float32)}, compression=2)
+    with pytest.raises(UnsupportedFormatError, match="zstd") as e:
         CheckpointReader(prefix)
     _one_line_naming(e.value, "m.index")
 
