@@ -111,10 +111,15 @@ def keras_names() -> dict[str, tuple[str, str]]:
 
 
 def write_keras_h5(path, rng) -> Path:
-    """A Keras 2 ``model.save`` file of SMALL (no classifier, no model config)."""
+    """A Keras 2 ``model.save`` file of SMALL (no classifier), with a short model config."""
     arch = spec.build(*SMALL)
     names = keras_names()
+    config = {"class_name": "Model", "config": {"layers": [
+        {"class_name": "InputLayer", "config": {"name": "input_1", "batch_input_shape": [None, 128, 128, 3]}},
+        {"class_name": "BatchNormalization", "config": {"name": "conv1_bn", "epsilon": spec.TF_BATCHNORM_EPSILON}},
+        {"class_name": "ReLU", "config": {"name": "conv1_relu", "max_value": 6.0}}]}}
     with h5py.File(path, "w") as f:
+        f.attrs.update({"keras_version": "2.2.4", "backend": "tensorflow", "model_config": json.dumps(config)})
         group = f.create_group("model_weights")
         for slim, value in random_tensors(arch, rng).items():
             layer, variable = names[slim]

@@ -171,9 +171,9 @@ def _read(f: h5py.File, file: str) -> SourceTensors:
             shape = (1, 1, *shape)                       # Dense kernel [C, K] -> 1x1 conv HWIO
         declared[slim] = Declared(shape)
     detect(declared, file)
+    notes = _check_config(f, file)
     tensors = {slim: np.asarray(dataset[()], dtype=np.float32).reshape(declared[slim].shape)
                for slim, dataset in placed.items()}
-    notes = _check_config(f, file)
     if logits in tensors:
         notes.append(f"Keras head with {tensors[logits].shape[-1]} classes and no background class, "
                      "kept as is: class k is line k + 1 of the 1001-line ImageNet labels file")
