@@ -104,7 +104,7 @@ def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, weights: s
     unless every check passes, and a failure part-way leaves no file behind."""
     src = open_source(src_path, weights)
     found = detect(src.tensors, str(src_path))
-    size = _input_size(input_size or src.input_size or _size_from_name(str(src_path)))
+    size = _input_size(input_size or _plausible(src.input_size) or _size_from_name(str(src_path)))
     from mobilenet_np._version import __version__
     attrs = {
         "architecture": found.architecture,
@@ -132,6 +132,13 @@ def _size_from_name(path: str) -> int:
     """TF-Slim names checkpoints by width and resolution (mobilenet_v1_0.5_160.ckpt); 224 else."""
     m = re.search(r"_(\d{2,3})(?:_quant)?(?:\.ckpt|\.tflite|\.h5|$|/)", os.path.basename(path.rstrip("/")) + "/")
     return int(m.group(1)) if m and int(m.group(1)) >= spec.MIN_INPUT_SIZE else 224
+
+
+def _plausible(size: tuple[int, int] | None) -> tuple[int, int] | None:
+    """A source's declared input size, if a weights file could record it (else None: the
+    size then comes from the file name, or is 224)."""
+    ok = size and all(spec.MIN_INPUT_SIZE <= s <= weights_file.MAX_INPUT_SIZE for s in size)
+    return size if ok else None
 
 
 def _input_size(input_size) -> tuple[int, int]:
