@@ -326,3 +326,23 @@ def test_implausible_declared_input_size_is_not_recorded(tmp_path, rng):
     _save(model_json, model)
     convert(model_json, tmp_path / "out.h5")
     assert weights_file.read(tmp_path / "out.h5").attrs["default_input_size"] == [224, 224]
+
+
+@pytest.mark.parametrize("where", ["const_shape", "dilations", "placeholder"])
+def test_tfjs_infinite_numbers_in_the_graph_are_clear_errors(tmp_path, rng, where):
+    """The fuzz campaign's OverflowError: int(float('inf')) on a JSON Infinity."""
+    model_json = write_tfjs(tmp_path / "model", rng)
+    model = _manifest(model_json)
+    nodes = model["modelTopology"]["node"]
+    if where == "const_shape":
+        nodes[1]["attr"]["value"]["tensor"]["tensorShape"]["dim"][0]["size"] = float("inf")
+    elif where == "dilations":
+        nodes[3]["attr"]["dilations"]["list"]["i"][0] = float("inf")
+    else:
+        nodes[0]["attr"]["shape"]["shape"]["dim"][1]["size"] = float("inf")
+    _save(model_json, model)
+    if where == "placeholder":                      # an unreadable input size is just not recorded
+        assert open_source(model_json).input_size is None
+    else:
+        with pytest.raises(CorruptFileError, match="model.json: attr .* is malformed"):
+            open_source(model_json)

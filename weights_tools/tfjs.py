@@ -185,7 +185,7 @@ class _Graph:
     def _attr(self, node: dict, key: str, read):
         try:
             return read(node.get("attr", {}).get(key, {}))
-        except (AttributeError, TypeError, ValueError) as err:   # binascii.Error is a ValueError
+        except (AttributeError, TypeError, ValueError, OverflowError) as err:   # binascii.Error is a ValueError
             raise CorruptFileError(f"{self.model_json}: attr {key!r} of node {node['name']!r} is "
                                    f"malformed ({err})") from None
 
@@ -311,7 +311,7 @@ def _input_size(model: dict) -> tuple[int, int] | None:
             try:
                 dims = node.get("attr", {}).get("shape", {}).get("shape", {}).get("dim", [])
                 sizes = [int(d.get("size", -1)) for d in dims]
-            except (AttributeError, TypeError, ValueError):
+            except (AttributeError, TypeError, ValueError, OverflowError):
                 return None                  # an unreadable placeholder shape: no size declared
             if len(sizes) == 4 and min(sizes[1:3]) > 0:
                 return sizes[1], sizes[2]
