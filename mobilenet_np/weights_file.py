@@ -132,11 +132,16 @@ def write(path: str | os.PathLike, tensors: dict[str, np.ndarray], attrs: dict) 
     check_values(tensors, str(path))
 
     def write_h5(tmp: str) -> None:
-        with h5py.File(tmp, "w") as f:
+        # Checksums everywhere: HDF5 1.10's file format checksums the superblock and object
+        # headers (libver "v110"), and the Fletcher-32 filter each tensor's one chunk, so a
+        # damaged byte anywhere is refused on read instead of read as another value.
+        with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
             for key, value in full.items():
                 f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
             for name in sorted(tensors):
-                f.create_dataset(name, data=np.ascontiguousarray(tensors[name], dtype=np.float32))
+                value = np.ascontiguousarray(tensors[name], dtype=np.float32)
+                checked = {"chunks": value.shape, "fletcher32": True} if value.size else {}
+                f.create_dataset(name, data=value, **checked)
 
     write_atomically(path, write_h5)
 

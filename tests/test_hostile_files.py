@@ -253,8 +253,10 @@ def test_damaged_weights_file_structure_is_a_clear_error(tmp_path, rng, capsys):
     """Flipped bytes in HDF5 object headers make h5py raise RuntimeError/KeyError/OSError."""
     path = write_weights_file(tmp_path / "w.h5", rng)
     data = bytearray(path.read_bytes())
-    # Damage every B-tree, heap and symbol-table signature: visiting the groups must fail cleanly.
-    signatures = [at for at in range(len(data) - 4) if data[at:at + 4] in (b"TREE", b"HEAP", b"SNOD")]
+    # Damage every object header, B-tree, heap and symbol-table signature (old and new HDF5
+    # layouts): opening or visiting the groups must fail cleanly.
+    names = (b"OHDR", b"OCHK", b"TREE", b"HEAP", b"SNOD", b"BTHD", b"BTLF", b"FRHP", b"FHDB")
+    signatures = [at for at in range(len(data) - 4) if data[at:at + 4] in names]
     assert signatures
     for at in signatures:
         data[at] ^= 0xFF
@@ -346,3 +348,20 @@ def test_tfjs_infinite_numbers_in_the_graph_are_clear_errors(tmp_path, rng, wher
     else:
         with pytest.raises(CorruptFileError, match="model.json: attr .* is malformed"):
             open_source(model_json)
+
+
+def test_weights_files_carry_checksums_so_a_flipped_value_is_refused(tmp_path, rng):
+    """Written with HDF5 metadata checksums and Fletcher-32 per tensor: one flipped bit in a
+    tensor's bytes, or in its object header, is refused instead of read as another value."""
+    path = write_weights_file(tmp_path / "w.h5", rng)
+    name = "MobilenetV1/Conv2d_5_pointwise/weights"
+    with h5py.File(path) as f:
+        assert f[name].fletcher32 and f.libver[0] == "v110"
+        offset = f[name].id.get_chunk_info(0).byte_offset
+    original = path.read_bytes()
+    for at in (offset + 100, offset + 4 * 1024):
+        data = bytearray(original)
+        data[at] ^= 0x10
+        path.write_bytes(bytes(data))
+        with pytest.raises(CorruptFileError, match="w.h5: damaged HDF5 file"):
+            weights_file.read(path)
