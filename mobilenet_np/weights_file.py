@@ -240,7 +240,8 @@ def stored_in_file(dataset, where: str) -> None:
 def hdf5_datasets(group, where: str) -> dict:
     """Every dataset below ``group`` by relative path, each checked by ``stored_in_file``.
     A damaged object header makes h5py's visit fail with RuntimeError or KeyError; that is a
-    damaged file, reported as such."""
+    damaged file, reported as such.  Callers run ``check_layout`` once the shapes are known
+    to be the architecture's."""
     import h5py
 
     found = {}
@@ -255,6 +256,33 @@ def hdf5_datasets(group, where: str) -> dict:
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise CorruptFileError(f"{where}: damaged HDF5 structure ({exc})") from None
     return found
+
+
+def check_layout(datasets, where: str) -> None:
+    """Where each dataset's bytes lie must make sense: inside the file, no two datasets on the
+    same bytes, and data present at all.  Files without checksums (Keras .h5, older weights
+    files) would otherwise read a damaged data address as other bytes of the file, or as the
+    fill value, silently.  Run only after the shapes are checked: the storage size of a
+    chunked dataset walks its chunk index, which a hostile shape can make astronomically long."""
+    datasets = list(datasets)
+    if not datasets:
+        return
+    file_size = datasets[0].file.id.get_filesize()
+    spans = []
+    for dataset in datasets:
+        size = dataset.id.get_storage_size()
+        if size == 0 and dataset.size:
+            raise CorruptFileError(f"{where}: dataset {dataset.name} has no data stored")
+        offset = dataset.id.get_offset()              # None unless contiguous
+        if offset is not None:
+            if offset + size > file_size:
+                raise CorruptFileError(f"{where}: dataset {dataset.name} lies past the end of the file "
+                                       "(truncated or damaged)")
+            spans.append((offset, offset + size, dataset.name))
+    spans.sort()
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise CorruptFileError(f"{where}: datasets {first} and {second} share bytes; the file is damaged")
 
 
 def open_hdf5(path: str | os.PathLike, what: str = "file"):
@@ -309,6 +337,7 @@ def _checked_datasets(f, attrs: dict, path: str) -> dict:
     tensors = hdf5_datasets(f, path)
     arch = spec.build(attrs["architecture"], float(attrs["depth_multiplier"]))
     check_tensors(arch, tensors, int(attrs["num_classes"]), bool(attrs["batchnorm_folded"]), path)
+    check_layout(tensors.values(), path)
     return tensors
 
 

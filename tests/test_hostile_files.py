@@ -143,15 +143,21 @@ def test_a_fifo_as_a_tfjs_shard_does_not_hang(tmp_path, rng):
 
 # --- shapes before data ---------------------------------------------------------------------
 
+def _huge_dataset(f, name, shape):
+    """A dataset declaring ``shape`` with one small chunk actually stored (a few bytes on disk)."""
+    chunk = (1,) * (len(shape) - 1) + (8,)
+    f.create_dataset(name, shape=shape, dtype="<f4", chunks=chunk)[(0,) * (len(shape) - 1) + (slice(0, 8),)] = 1
+
+
 @pytest.mark.parametrize("shape", [(31000, 32000), (100000, 100000), (3, 3, 3, 2**40)])
 def test_keras_huge_declared_kernel_is_refused_before_reading(tmp_path, rng, shape):
     path = write_keras_h5(tmp_path / "k.h5", rng)
     with h5py.File(path, "r+") as f:
         del f["model_weights/conv1/conv1/kernel:0"]
-        f.create_dataset("model_weights/conv1/conv1/kernel:0", shape=shape, dtype="<f4", chunks=True)
+        _huge_dataset(f, "model_weights/conv1/conv1/kernel:0", shape)
     assert os.path.getsize(path) < 4 << 20
     start = time.perf_counter()
-    with pytest.raises(ArchitectureError, match=r"k.h5: .*Conv2d_0/weights has shape"):
+    with time_limit(60), pytest.raises(ArchitectureError, match=r"k.h5: .*Conv2d_0/weights has shape"):
         open_source(path)
     assert time.perf_counter() - start < 10         # it took 33 s when the data was read first
     tracemalloc.start()
@@ -168,8 +174,9 @@ def test_weights_file_huge_declared_dataset_is_refused_before_reading(tmp_path, 
     path = write_weights_file(tmp_path / "w.h5", rng)
     with h5py.File(path, "r+") as f:
         del f["MobilenetV1/Conv2d_1_pointwise/weights"]
-        f.create_dataset("MobilenetV1/Conv2d_1_pointwise/weights", shape=(1, 1, 8, 2**34), dtype="<f4", chunks=True)
-    with pytest.raises(ArchitectureError, match="w.h5: .*Conv2d_1_pointwise/weights has shape"):
+        _huge_dataset(f, "MobilenetV1/Conv2d_1_pointwise/weights", (1, 1, 8, 2**34))
+    # time_limit: the storage size of this chunked dataset walks 2^31 chunk slots (a hang).
+    with time_limit(30), pytest.raises(ArchitectureError, match="w.h5: .*Conv2d_1_pointwise/weights has shape"):
         weights_file.read(path)
 
 
@@ -365,3 +372,31 @@ def test_weights_files_carry_checksums_so_a_flipped_value_is_refused(tmp_path, r
         path.write_bytes(bytes(data))
         with pytest.raises(CorruptFileError, match="w.h5: damaged HDF5 file"):
             weights_file.read(path)
+
+
+@pytest.mark.parametrize("damage", ["past_the_end", "overlap", "unallocated"])
+def test_hdf5_data_addresses_that_make_no_sense_are_refused(tmp_path, rng, damage):
+    """Keras files carry no checksums: a damaged data address must not read other bytes of
+    the file (or the fill value) as weights."""
+    path = write_keras_h5(tmp_path / "k.h5", rng)
+    name = "model_weights/conv_pw_3/conv_pw_3/kernel:0"
+    with h5py.File(path, "r+") as f:
+        if damage == "unallocated":
+            shape = f[name].shape
+            del f[name]
+            f.create_dataset(name, shape=shape, dtype="<f4")          # declared, never written
+            offset = size = None
+        else:
+            offset, size = f[name].id.get_offset(), f[name].id.get_storage_size()
+            other = f["model_weights/conv_pw_2/conv_pw_2/kernel:0"].id.get_offset()
+    if damage != "unallocated":
+        data = bytearray(path.read_bytes())
+        new = len(data) - 16 if damage == "past_the_end" else other + 4
+        at = bytes(data).find(offset.to_bytes(8, "little"))       # the address in the layout message
+        assert at > 0 and size
+        data[at:at + 8] = new.to_bytes(8, "little")
+        path.write_bytes(bytes(data))
+    # HDF5 itself refuses some addresses past the end when it opens the dataset.
+    problem = {"past_the_end": "(lies past the end|invalid dataset size)", "overlap": "share bytes", "unallocated": "no data stored"}[damage]
+    with pytest.raises(CorruptFileError, match=f"k.h5: .*{problem}"):
+        open_source(path)

@@ -22,7 +22,7 @@ import numpy as np
 
 from mobilenet_np import spec
 from mobilenet_np.errors import ArchitectureError, CorruptFileError, UnsupportedFormatError, WeightsError
-from mobilenet_np.weights_file import hdf5_datasets, open_hdf5
+from mobilenet_np.weights_file import check_layout, hdf5_datasets, open_hdf5
 from weights_tools.recognise import Declared, detect
 from weights_tools.source import SourceTensors
 
@@ -171,6 +171,7 @@ def _read(f: h5py.File, file: str) -> SourceTensors:
             shape = (1, 1, *shape)                       # Dense kernel [C, K] -> 1x1 conv HWIO
         declared[slim] = Declared(shape)
     detect(declared, file)
+    check_layout(placed.values(), file)
     notes = _check_config(f, file)
     tensors = {slim: np.asarray(dataset[()], dtype=np.float32).reshape(declared[slim].shape)
                for slim, dataset in placed.items()}
