@@ -10,6 +10,7 @@ reads them back with every shape checked; it does not know how foreign formats a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -282,7 +283,7 @@ def check_layout(datasets, where: str) -> None:
                                        "(truncated or damaged)")
             spans.append((offset, offset + size, dataset.name))
     spans.sort()
-    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
         if start < end:
             raise CorruptFileError(f"{where}: datasets {first} and {second} share bytes; the file is damaged")
 

@@ -95,12 +95,12 @@ JSON_OPS = st.lists(st.tuples(st.integers(0, 1 << 20), JSON_VALUES), min_size=1,
 
 
 def random_json_value(rnd: random.Random, depth: int = 0):
-    kind = rnd.randrange(8 if depth < 2 else 5)
-    return [None, rnd.random() < 0.5, rnd.randint(-(2**70), 2**70),
-            rnd.choice([float("nan"), float("inf"), -1.0, 1e308, 0.5]), rnd.choice(["", "x", "float32", "../x"]),
-            [random_json_value(rnd, depth + 1) for _ in range(rnd.randint(0, 3))],
-            {rnd.choice(["dtype", "shape", "name", "paths", "x"]): random_json_value(rnd, depth + 1)},
-            [[[[]]]] * rnd.randint(1, 3)][kind]
+    makers = [lambda: None, lambda: rnd.random() < 0.5, lambda: rnd.randint(-(2**70), 2**70),
+              lambda: rnd.choice([float("nan"), float("inf"), -1.0, 1e308, 0.5]),
+              lambda: rnd.choice(["", "x", "float32", "../x"]), lambda: [[[[]]]] * rnd.randint(1, 3),
+              lambda: [random_json_value(rnd, depth + 1) for _ in range(rnd.randint(0, 3))],
+              lambda: {rnd.choice(["dtype", "shape", "name", "paths", "x"]): random_json_value(rnd, depth + 1)}]
+    return rnd.choice(makers if depth < 2 else makers[:6])()
 
 
 def random_json_ops(rnd: random.Random) -> list[tuple]:
