@@ -240,8 +240,22 @@ def stored_in_file(dataset, where: str) -> None:
                                      "(external or virtual storage); refused")
 
 
+def standard_float(dataset, where: str) -> None:
+    """Refuse a floating-point dataset whose HDF5 type is not a standard IEEE one: a damaged
+    datatype message (say, its exponent bias) makes HDF5 convert every value wrongly, and
+    no data checksum sees it, since the stored bytes are intact."""
+    import h5py
+
+    if dataset.dtype.kind == "f" and not any(dataset.id.get_type().equal(t) for t in (
+            h5py.h5t.IEEE_F16LE, h5py.h5t.IEEE_F16BE, h5py.h5t.IEEE_F32LE, h5py.h5t.IEEE_F32BE,
+            h5py.h5t.IEEE_F64LE, h5py.h5t.IEEE_F64BE)):
+        raise CorruptFileError(f"{where}: dataset {dataset.name} has a non-standard floating-point "
+                               "type (a damaged datatype?); refused")
+
+
 def hdf5_datasets(group, where: str) -> dict:
-    """Every dataset below ``group`` by relative path, each checked by ``stored_in_file``.
+    """Every dataset below ``group`` by relative path, each checked by ``stored_in_file`` and
+    ``standard_float``.
     A damaged object header makes h5py's visit fail with RuntimeError or KeyError; that is a
     damaged file, reported as such.  Callers run ``check_layout`` once the shapes are known
     to be the architecture's."""
@@ -252,6 +266,7 @@ def hdf5_datasets(group, where: str) -> dict:
     def visit(name, obj):
         if isinstance(obj, h5py.Dataset):
             stored_in_file(obj, where)
+            standard_float(obj, where)
             found[name] = obj
 
     try:

@@ -400,3 +400,20 @@ def test_hdf5_data_addresses_that_make_no_sense_are_refused(tmp_path, rng, damag
     problem = {"past_the_end": "(lies past the end|invalid dataset size)", "overlap": "share bytes", "unallocated": "no data stored"}[damage]
     with pytest.raises(CorruptFileError, match=f"k.h5: .*{problem}"):
         open_source(path)
+
+
+def test_a_damaged_float_type_is_refused(tmp_path, rng):
+    """The fuzz campaign's one silent change in a checksummed weights file: a flipped byte in a
+    datatype message (the exponent bias) scaled every value by 2^46, with the data intact."""
+    path = write_weights_file(tmp_path / "w.h5", rng)
+    name = "MobilenetV1/Conv2d_7_depthwise/BatchNorm/moving_variance"
+    with h5py.File(path, "r+") as f:
+        value = f[name][()]
+        del f[name]
+        odd = h5py.h5t.IEEE_F32LE.copy()
+        odd.set_ebias(81)
+        space = h5py.h5s.create_simple(value.shape)
+        dataset = h5py.h5d.create(f.id, name.encode(), odd, space)    # the low-level API keeps the type
+        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, value)
+    with pytest.raises(CorruptFileError, match=f"w.h5: dataset /{name} has a non-standard floating-point type"):
+        weights_file.read(path)
