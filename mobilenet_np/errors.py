@@ -27,6 +27,11 @@ class MissingFileError(WeightsError, FileNotFoundError):
     """A file that the source needs (a shard, a weights file) is absent."""
 
 
+class DownloadError(WeightsError, ConnectionError):
+    """A registry download failed: unreachable, stalled, too slow, too large or cut short.
+    The message names the URL actually used (the mirror, when one is set)."""
+
+
 class ImageError(ValueError):
     """An image file cannot be decoded: empty, truncated, not an image, or a decompression bomb.
     The message is ``"<path>: <reason>"``; both parts are also attributes."""

@@ -5,20 +5,40 @@ multiplier x 100, input size.  ``resolve(name)`` returns a converted file from t
 directory (``$MOBILENET_NP_HOME``, default ``~/.cache/mobilenet-np``); when there is none it
 downloads the official TF-Slim archive, checks it, converts it and caches the result.  The
 download base can be redirected with ``$MOBILENET_NP_MIRROR`` (a local copy, or a test server).
+
+Downloads have a stall timeout and an overall timeout, archives a bound on their size and on
+what they expand to; only the checkpoint's own ``.index`` and ``.data-*`` members are
+extracted, each at most once.  Work happens in a ``.download-<pid>-*`` folder of the cache,
+removed on any failure; one left by a killed process is removed by the next run.  Errors name
+the URL actually used (the mirror, when set).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-V1_BASE = "http://download.tensorflow.org/models/mobilenet_v1_2018_02_22/"
+from .errors import CorruptFileError, DownloadError, WeightsError
+
+# Limits on a download (seconds; $MOBILENET_NP_STALL_TIMEOUT / $MOBILENET_NP_DOWNLOAD_TIMEOUT
+# override them) and on what an archive may hold.  The largest official archive (V2 1.4/224)
+# is about 90 MB and its checkpoint about 50 MB, far below these bounds.
+STALL_TIMEOUT = 60.0            # no byte for this long: the download is given up
+DOWNLOAD_TIMEOUT = 1800.0       # the whole download must finish within this
+MAX_ARCHIVE_BYTES = 1 << 30
+MAX_EXTRACTED_BYTES = 2 << 30
+CHUNK = 1 << 16
+
+V1_BASE = "https://download.tensorflow.org/models/mobilenet_v1_2018_02_22/"
 V2_BASE = "https://storage.googleapis.com/mobilenet_v2/checkpoints/"
 
 V1_WIDTHS = {25: "0.25", 50: "0.5", 75: "0.75", 100: "1.0"}
@@ -90,50 +110,136 @@ def resolve(name: str, weights: str = "ema", progress: bool = True) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+    remove_stale_downloads(target.parent)
+    url = download_url(entry)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".download-{os.getpid()}-") as tmp:
         archive = Path(tmp) / entry.archive_name
-        _download(download_url(entry), archive, progress, entry, target)
-        prefix = _extract_checkpoint(archive, Path(tmp) / "x", entry)
+        _download(url, archive, progress, entry, target)
+        prefix = _extract_checkpoint(archive, Path(tmp) / "x", entry, url)
         from weights_tools.convert import convert
-        found = convert(prefix, target, weights=weights, input_size=entry.input_size, model_name=name)
+        converted = Path(tmp) / "converted.h5"
+        try:
+            found = convert(prefix, converted, weights=weights, input_size=entry.input_size, model_name=name)
+        except WeightsError as exc:
+            raise type(exc)(f"archive from {url}: {exc}") from None
         if (found.architecture, found.depth_multiplier) != (entry.architecture, entry.depth_multiplier):
-            target.unlink()
-            raise RuntimeError(f"{entry.url}: holds {found.describe()}, not {name}")
+            raise CorruptFileError(f"{url}: holds {found.describe()}, not {name}")
+        os.replace(converted, target)
     return target
 
 
-def _download(url: str, dest: Path, progress: bool, entry: Entry, target: Path) -> None:
+def remove_stale_downloads(folder: Path, max_age: float = 24 * 3600) -> list[Path]:
+    """Remove the ``.download-<pid>-*`` work folders of processes that no longer run (killed
+    mid-download or mid-extraction), and unnamed ones older than ``max_age`` seconds."""
+    removed = []
+    for path in folder.glob(".download-*"):
+        match = re.fullmatch(r"\.download-(\d+)-.*", path.name)
+        if match:
+            stale = not _process_alive(int(match[1]))
+        else:
+            try:
+                stale = time.time() - path.stat().st_mtime > max_age
+            except FileNotFoundError:
+                continue
+        if stale and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(dest, "wb") as out:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:           # it exists, under another user
+        return True
+    return True
+
+
+def _seconds(variable: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(variable, default))
+    except ValueError:
+        raise ValueError(f"${variable} must be a number of seconds, got {os.environ[variable]!r}") from None
+    if not value > 0:
+        raise ValueError(f"${variable} must be positive, got {value}")
+    return value
+
+
+def _download(url: str, dest: Path, progress: bool, entry: Entry, target: Path) -> None:
+    """Fetch ``url`` into ``dest``: no more than MAX_ARCHIVE_BYTES, no stall longer than the
+    stall timeout, all of it within the overall timeout, and exactly Content-Length bytes."""
+    stall = _seconds("MOBILENET_NP_STALL_TIMEOUT", STALL_TIMEOUT)
+    overall = _seconds("MOBILENET_NP_DOWNLOAD_TIMEOUT", DOWNLOAD_TIMEOUT)
+    deadline = time.monotonic() + overall
+    written = 0
+    try:
+        with urllib.request.urlopen(url, timeout=stall) as resp, open(dest, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0) or None
+            if total is not None and total > MAX_ARCHIVE_BYTES:
+                raise DownloadError(f"{url}: the archive is {total} bytes, more than the {MAX_ARCHIVE_BYTES} allowed")
             from tqdm import tqdm
             with tqdm(total=total, unit="B", unit_scale=True, desc=entry.archive_name,
                       disable=not progress or None) as bar:
-                for chunk in iter(lambda: resp.read(1 << 16), b""):
+                # read1 returns what one receive brings, so a server that trickles bytes
+                # cannot keep a read waiting past the deadline.
+                while chunk := resp.read1(CHUNK):
                     out.write(chunk)
+                    written += len(chunk)
                     bar.update(len(chunk))
-            if total is not None and dest.stat().st_size != total:
-                raise OSError(f"download of {url} stopped after {dest.stat().st_size} of {total} bytes")
-    except (urllib.error.URLError, OSError) as exc:
-        raise ConnectionError(
+                    if written > MAX_ARCHIVE_BYTES:
+                        raise DownloadError(f"{url}: more than {MAX_ARCHIVE_BYTES} bytes; not a MobileNet archive")
+                    if time.monotonic() > deadline:
+                        raise DownloadError(f"{url}: download not finished after {overall:g} s "
+                                            "($MOBILENET_NP_DOWNLOAD_TIMEOUT)")
+        if total is not None and written != total:
+            raise DownloadError(f"{url}: download stopped after {written} of {total} bytes")
+    except (urllib.error.URLError, OSError, DownloadError) as exc:
+        if isinstance(exc, TimeoutError) or "timed out" in str(exc):
+            exc = f"no data for {stall:g} s ($MOBILENET_NP_STALL_TIMEOUT)"
+        raise DownloadError(
             f"cannot download {entry.name} from {url} ({exc}). Offline? Get {entry.url} by other means, "
             f"then run: weights-tools convert <extracted>/{entry.checkpoint} {target} "
             f"--input-size {entry.input_size}") from None
 
 
-def _extract_checkpoint(archive: Path, into: Path, entry: Entry) -> Path:
-    """Unpack the checkpoint files (only those) from the archive and return the prefix."""
+def _checkpoint_member(name: str, entry: Entry) -> bool:
+    """The members the converter needs: the checkpoint's index and its data shards."""
+    base = os.path.basename(name)
+    return base == f"{entry.checkpoint}.index" or re.fullmatch(
+        re.escape(entry.checkpoint) + r"\.data-\d{5}-of-\d{5}", base) is not None
+
+
+def _extract_checkpoint(archive: Path, into: Path, entry: Entry, url: str) -> Path:
+    """Unpack the checkpoint files (only those, each once, within MAX_EXTRACTED_BYTES) from the
+    archive and return the prefix.  Errors name ``url``, where the archive came from."""
     try:
         with tarfile.open(archive) as tar:
-            members = [m for m in tar.getmembers()
-                       if m.isfile() and os.path.basename(m.name).startswith(entry.checkpoint)]
-            if not members:
-                raise RuntimeError(f"{archive.name}: no {entry.checkpoint}.* files in the archive")
+            members = [m for m in tar.getmembers() if m.isfile() and _checkpoint_member(m.name, entry)]
+            bases = [os.path.basename(m.name) for m in members]
+            twice = sorted({b for b in bases if bases.count(b) > 1})
+            if twice:
+                raise CorruptFileError(f"{url}: the archive holds {', '.join(twice)} more than once; refused")
+            if f"{entry.checkpoint}.index" not in bases:
+                raise CorruptFileError(f"{url}: no {entry.checkpoint}.index in the archive")
+            if sum(m.size for m in members) > MAX_EXTRACTED_BYTES:
+                raise CorruptFileError(f"{url}: the checkpoint files expand to more than "
+                                       f"{MAX_EXTRACTED_BYTES} bytes; refused")
             into.mkdir(parents=True)
-            for m in members:
-                src = tar.extractfile(m)
-                with open(into / os.path.basename(m.name), "wb") as out:
-                    shutil.copyfileobj(src, out)
-    except tarfile.TarError as exc:
-        raise RuntimeError(f"{archive.name}: not a readable .tgz archive ({exc})") from None
+            for m, base in zip(members, bases, strict=True):
+                with tar.extractfile(m) as src, open(into / base, "wb") as out:
+                    _copy_at_most(src, out, m.size, url)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise CorruptFileError(f"{url}: not a readable .tgz archive ({type(exc).__name__}: {exc})") from None
     return into / entry.checkpoint
+
+
+def _copy_at_most(src, out, size: int, url: str) -> None:
+    """Copy a member, refusing more bytes than its header declared."""
+    left = size
+    while chunk := src.read(min(CHUNK, left + 1)):
+        left -= len(chunk)
+        if left < 0:
+            raise CorruptFileError(f"{url}: an archive member holds more than its declared {size} bytes")
+        out.write(chunk)

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from conftest import shared_path
 from mobilenet_np.errors import (ArchitectureError, CorruptFileError, MissingFileError,
                                  UnsupportedFormatError, WeightsError)
-from weights_tools import tflite as tflite_module
+from weights_tools import tflite_schema as tflite_module
 from weights_tools.keras_h5 import read_keras_h5
 from weights_tools.tfjs import read_tfjs_graph
 from weights_tools.tflite import read_tflite

@@ -11,65 +11,22 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mobilenet_np import spec, weights_file
-from mobilenet_np.errors import ArchitectureError, MissingFileError, UnsupportedFormatError
+from mobilenet_np.errors import UnsupportedFormatError
 
+from .recognise import Detected, detect
 from .source import SourceTensors
+
+__all__ = ["Detected", "WEIGHT_CHOICES", "convert", "detect", "open_source", "select_checkpoint_weights"]
 
 WEIGHT_CHOICES = ("raw", "ema")
 EMA_SUFFIX = "/ExponentialMovingAverage"
 # Checkpoint tensors that are training state, not model: optimizer slots and the step counter.
 _TRAINING_STATE = re.compile(r"(/RMSProp(_1)?|/Momentum|/Adam(_1)?)$|^global_step$")
-
-
-@dataclass
-class Detected:
-    architecture: str
-    depth_multiplier: float
-    num_classes: int
-    folded: bool
-
-    def describe(self) -> str:
-        head = f"{self.num_classes} classes" if self.num_classes else "no classifier"
-        fold = "BatchNorm folded" if self.folded else "BatchNorm unfolded"
-        return f"{self.architecture} depth multiplier {self.depth_multiplier:g}, {head}, {fold}"
-
-
-def detect(tensors: dict[str, np.ndarray], where: str) -> Detected:
-    """Recognise the network from its tensor names and shapes, or say why none fits."""
-    scopes = {name.split("/", 1)[0] for name in tensors}
-    matches = [a for a, s in spec.SCOPES.items() if s in scopes]
-    if len(matches) != 1:
-        raise ArchitectureError(f"{where}: no MobilenetV1/ or MobilenetV2/ tensors found "
-                                f"(top-level scopes: {', '.join(sorted(scopes)[:5]) or 'none'})")
-    name = matches[0]
-    scope = spec.SCOPES[name]
-    folded = not any("/BatchNorm/" in k for k in tensors)
-    logits = tensors.get(f"{scope}/{spec.LOGITS_SCOPE}/weights")
-    num_classes = int(logits.shape[-1]) if logits is not None and logits.ndim == 4 else 0
-    closest = None
-    for multiplier in spec.PUBLISHED_MULTIPLIERS[name] + _other_multipliers(name):
-        arch = spec.build(name, multiplier)
-        problems = weights_file.mismatches(arch, tensors, num_classes, folded)
-        if not problems:
-            return Detected(name, multiplier, num_classes, folded)
-        if closest is None or len(problems) < len(closest[1]):
-            closest = (arch, problems)
-    # Report against the nearest width: its few differences are the ones worth reading.
-    raise ArchitectureError(weights_file.describe_mismatch(closest[0], num_classes, closest[1], where))
-
-
-def _other_multipliers(name: str) -> tuple[float, ...]:
-    """Unpublished widths, in steps of 0.01 up to 3: the depth rules are not invertible from one
-    shape, so each candidate is built and checked whole.  Two multipliers that give the same
-    shapes give the same network, so the first that fits is as good as any."""
-    published = spec.PUBLISHED_MULTIPLIERS[name]
-    return tuple(m for m in (k / 100 for k in range(5, 301)) if m not in published)
 
 
 def select_checkpoint_weights(names: list[str], read, choice: str, where: str) -> SourceTensors:
@@ -109,8 +66,14 @@ def select_checkpoint_weights(names: list[str], read, choice: str, where: str) -
 
 
 def open_source(path: str | os.PathLike, weights: str = "ema") -> SourceTensors:
-    """Read any supported source into TF-Slim names (the reader is chosen by what ``path`` is)."""
-    path = str(path)
+    """Read any supported source into TF-Slim names (the reader is chosen by what ``path`` is),
+    with every value checked (``weights_file.check_values``: float, finite, variances >= 0)."""
+    src = _read_source(str(path), weights)
+    weights_file.check_values(src.tensors, str(path))
+    return src
+
+
+def _read_source(path: str, weights: str) -> SourceTensors:
     p = Path(path)
     lower = path.lower()
     if lower.endswith(".tflite"):
@@ -132,8 +95,7 @@ def open_source(path: str | os.PathLike, weights: str = "ema") -> SourceTensors:
 
 
 def _require_file(path: str) -> None:
-    if not os.path.isfile(path):
-        raise MissingFileError(f"{path}: no such file")
+    weights_file.require_regular_file(path)
 
 
 def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, weights: str = "ema",
@@ -142,7 +104,7 @@ def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, weights: s
     unless every check passes, and a failure part-way leaves no file behind."""
     src = open_source(src_path, weights)
     found = detect(src.tensors, str(src_path))
-    size = _input_size(input_size or src.input_size or _size_from_name(str(src_path)))
+    size = _input_size(input_size or _plausible(src.input_size) or _size_from_name(str(src_path)))
     from mobilenet_np._version import __version__
     attrs = {
         "architecture": found.architecture,
@@ -170,6 +132,13 @@ def _size_from_name(path: str) -> int:
     """TF-Slim names checkpoints by width and resolution (mobilenet_v1_0.5_160.ckpt); 224 else."""
     m = re.search(r"_(\d{2,3})(?:_quant)?(?:\.ckpt|\.tflite|\.h5|$|/)", os.path.basename(path.rstrip("/")) + "/")
     return int(m.group(1)) if m and int(m.group(1)) >= spec.MIN_INPUT_SIZE else 224
+
+
+def _plausible(size: tuple[int, int] | None) -> tuple[int, int] | None:
+    """A source's declared input size, if a weights file could record it (else None: the
+    size then comes from the file name, or is 224)."""
+    ok = size and all(spec.MIN_INPUT_SIZE <= s <= weights_file.MAX_INPUT_SIZE for s in size)
+    return size if ok else None
 
 
 def _input_size(input_size) -> tuple[int, int]:

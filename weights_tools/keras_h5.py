@@ -15,48 +15,69 @@ place; those are refused with the names that did not map.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from mobilenet_np.errors import ArchitectureError, CorruptFileError, UnsupportedFormatError
-from mobilenet_np.weights_file import open_hdf5
+from mobilenet_np import spec
+from mobilenet_np.errors import ArchitectureError, CorruptFileError, UnsupportedFormatError, WeightsError
+from mobilenet_np.weights_file import check_layout, hdf5_datasets, open_hdf5
+from weights_tools.recognise import Declared, detect
 from weights_tools.source import SourceTensors
 
-TF_BATCHNORM_EPSILON = 1e-3
-BATCHNORM_VARIABLES = {"gamma", "beta", "moving_mean", "moving_variance"}
+BATCHNORM_VARIABLES = set(spec.BATCHNORM_STATS)
+LOGITS = spec.ConvLayer(spec.LOGITS_SCOPE, "pointwise", 1, 1, 0, 0, relu6=False)
 
-# keras.applications layer name -> TF-Slim scope, one table per network; group "bn" marks the
-# BatchNormalization layer that follows a conv.
-V1_LAYERS = [(re.compile(r"conv1(?P<bn>_bn)?"), lambda m: "Conv2d_0"),
-             (re.compile(r"conv_dw_(\d+)(?P<bn>_bn)?"), lambda m: f"Conv2d_{m[1]}_depthwise"),
-             (re.compile(r"conv_pw_(\d+)(?P<bn>_bn)?"), lambda m: f"Conv2d_{m[1]}_pointwise"),
-             (re.compile(r"conv_preds"), lambda m: "Logits/Conv2d_1c_1x1")]
-V2_LAYERS = [(re.compile(r"(?P<bn>bn_)?Conv1"), lambda m: "Conv"),
-             (re.compile(r"expanded_conv_(depthwise|project)(?P<bn>_BN)?"), lambda m: f"expanded_conv/{m[1]}"),
-             (re.compile(r"block_(\d+)_(expand|depthwise|project)(?P<bn>_BN)?"),
-              lambda m: f"expanded_conv_{m[1]}/{m[2]}"),
-             (re.compile(r"Conv_1(?P<bn>_bn)?"), lambda m: "Conv_1"),
-             (re.compile(r"predictions"), lambda m: "Logits/Conv2d_1c_1x1")]
-NETWORKS = {"MobilenetV1": V1_LAYERS, "MobilenetV2": V2_LAYERS}
-LOGITS_SCOPE = "Logits/Conv2d_1c_1x1"
+
+def _v1_keras_names(scope: str) -> tuple[str, str]:
+    """keras.applications MobileNet's (conv, BatchNorm) layer names for a TF-Slim V1 scope:
+    Conv2d_0 -> conv1, conv1_bn; Conv2d_3_depthwise -> conv_dw_3, conv_dw_3_bn."""
+    if scope == "Conv2d_0":
+        return "conv1", "conv1_bn"
+    index, kind = scope.split("_")[1:3]
+    name = f"conv_{'dw' if kind == 'depthwise' else 'pw'}_{index}"
+    return name, f"{name}_bn"
+
+
+def _v2_keras_names(scope: str) -> tuple[str, str]:
+    """keras.applications MobileNetV2's names: Conv -> Conv1, bn_Conv1; expanded_conv/depthwise ->
+    expanded_conv_depthwise(_BN); expanded_conv_5/expand -> block_5_expand(_BN); Conv_1 -> Conv_1(_bn)."""
+    if scope == "Conv":
+        return "Conv1", "bn_Conv1"
+    if scope == "Conv_1":
+        return "Conv_1", "Conv_1_bn"
+    block, op = scope.split("/")
+    name = f"expanded_conv_{op}" if block == "expanded_conv" else f"block_{block.rsplit('_', 1)[1]}_{op}"
+    return name, f"{name}_BN"
+
+
+def _keras_layers(name: str, names_of, logits: str) -> dict[str, tuple[spec.ConvLayer, bool]]:
+    """Keras layer name -> (the spec layer it holds, whether it is that layer's BatchNorm), for
+    every layer of the architecture (the width does not change names) and the classifier."""
+    table = {logits: (LOGITS, False)}
+    for layer in spec.build(name, 1.0).layers:
+        conv, bn = names_of(layer.scope)
+        table[conv], table[bn] = (layer, False), (layer, True)
+    return table
+
+
+NETWORKS = {spec.SCOPES["mobilenet_v1"]: _keras_layers("mobilenet_v1", _v1_keras_names, "conv_preds"),
+            spec.SCOPES["mobilenet_v2"]: _keras_layers("mobilenet_v2", _v2_keras_names, "predictions")}
 
 
 def _slim_name(net: str, layer: str, variable: str) -> str | None:
     """TF-Slim name of dataset ``variable`` of Keras layer ``layer``, or None if it has no place."""
-    for pattern, scope_of in NETWORKS[net]:
-        match = pattern.fullmatch(layer)
-        if match is None:
-            continue
-        scope = scope_of(match)
-        if match.groupdict().get("bn"):
-            return f"{net}/{scope}/BatchNorm/{variable}" if variable in BATCHNORM_VARIABLES else None
-        if variable in ("kernel", "depthwise_kernel"):     # Keras 2 says depthwise_kernel, Keras 3 kernel
-            return f"{net}/{scope}/{'depthwise_weights' if 'depthwise' in scope else 'weights'}"
-        if variable == "bias" and scope == LOGITS_SCOPE:
-            return f"{net}/{scope}/biases"
+    if layer not in NETWORKS[net]:
+        return None
+    conv, is_bn = NETWORKS[net][layer]
+    names = spec.tensor_names(net, conv.scope, conv.weight_name)
+    if is_bn:
+        return f"{net}/{conv.scope}/BatchNorm/{variable}" if variable in BATCHNORM_VARIABLES else None
+    if variable in ("kernel", "depthwise_kernel"):     # Keras 2 says depthwise_kernel, Keras 3 kernel
+        return names.weights
+    if variable == "bias" and conv is LOGITS:
+        return names.biases
     return None
 
 
@@ -72,16 +93,11 @@ def _weights_group(f: h5py.File, file: str) -> h5py.Group:
                                  "not a Keras HDF5 weights file")
 
 
-def _datasets(group: h5py.Group) -> list[tuple[str, str, h5py.Dataset]]:
-    """(layer, variable, dataset) for every dataset: ``<layer>/.../<variable>[:0]``."""
-    found = []
-
-    def visit(path: str, obj) -> None:
-        if isinstance(obj, h5py.Dataset):
-            parts = path.split("/")
-            found.append((parts[0], parts[-1].split(":")[0], obj))
-    group.visititems(visit)
-    return found
+def _datasets(group: h5py.Group, file: str) -> list[tuple[str, str, h5py.Dataset]]:
+    """(layer, variable, dataset) for every dataset: ``<layer>/.../<variable>[:0]``; each one
+    stored in the file itself (``hdf5_datasets`` refuses external and virtual storage)."""
+    return [(path.split("/")[0], path.split("/")[-1].split(":")[0], obj)
+            for path, obj in hdf5_datasets(group, file).items()]
 
 
 def _check_config(f: h5py.File, file: str) -> list[str]:
@@ -94,7 +110,7 @@ def _check_config(f: h5py.File, file: str) -> list[str]:
     except (ValueError, KeyError, TypeError) as err:
         raise CorruptFileError(f"{file}: unreadable model_config attribute ({err})") from None
     bad_eps = [layer["config"]["name"] for layer in layers if layer.get("class_name") == "BatchNormalization"
-               and layer["config"].get("epsilon") != TF_BATCHNORM_EPSILON]
+               and layer["config"].get("epsilon") != spec.TF_BATCHNORM_EPSILON]
     if bad_eps:
         raise ArchitectureError(f"{file}: BatchNorm layers {bad_eps} do not use epsilon 1e-3")
     activations = sorted({_activation_name(layer) for layer in layers} - {None, "softmax"})
@@ -117,34 +133,48 @@ def read_keras_h5(path: str | Path) -> SourceTensors:
     with open_hdf5(file) as f:
         try:
             return _read(f, file)
-        except OSError as err:                      # HDF5 raises OSError on damaged datasets
-            raise CorruptFileError(f"{file}: cannot read a dataset ({err})") from None
+        except WeightsError:
+            raise
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError, UnicodeDecodeError, RecursionError) as err:
+            # h5py raises these on damaged object headers, attributes and datasets.
+            raise CorruptFileError(f"{file}: damaged Keras HDF5 file ({type(err).__name__}: {err})") from None
 
 
 def _read(f: h5py.File, file: str) -> SourceTensors:
-    datasets = _datasets(_weights_group(f, file))
+    datasets = _datasets(_weights_group(f, file), file)
     layers = {layer for layer, _, _ in datasets}
-    nets = [net for net, table in NETWORKS.items()
-            if any(p.fullmatch(layer) for p, _ in table for layer in layers)]
+    nets = [net for net, table in NETWORKS.items() if layers & set(table)]
     if len(nets) != 1:
         raise ArchitectureError(f"{file}: layer names match {nets or 'neither'} of keras.applications "
                                 "MobileNet / MobileNetV2")
     net = nets[0]
-    tensors: dict[str, np.ndarray] = {}
+    logits = spec.tensor_names(net, spec.LOGITS_SCOPE).weights
+    placed: dict[str, h5py.Dataset] = {}
     unmapped = []
     for layer, variable, dataset in datasets:
         slim = _slim_name(net, layer, variable)
-        if slim is None or slim in tensors:
+        if slim is None or slim in placed:
             unmapped.append(dataset.name)
-            continue
-        value = np.asarray(dataset[()], dtype=np.float32)
-        if slim.endswith(f"{LOGITS_SCOPE}/weights") and value.ndim == 2:
-            value = value.reshape(1, 1, *value.shape)        # Dense kernel [C, K] -> 1x1 conv HWIO
-        tensors[slim] = value
+        else:
+            placed[slim] = dataset
     if unmapped:
-        raise ArchitectureError(f"{file}: datasets with no (or a second) place in {net}: {unmapped}")
+        raise ArchitectureError(f"{file}: datasets with no place (or a second one) in {net}: {unmapped}")
+    # Every declared shape and dtype is checked against the architecture before any data is read,
+    # so no damaged or hostile shape can size an allocation.
+    declared = {}
+    for slim, dataset in placed.items():
+        if dataset.dtype.kind != "f":
+            raise ArchitectureError(f"{file}: dataset {dataset.name} has dtype {dataset.dtype}; "
+                                    "weights must be floating point")
+        shape = dataset.shape
+        if slim == logits and len(shape) == 2:
+            shape = (1, 1, *shape)                       # Dense kernel [C, K] -> 1x1 conv HWIO
+        declared[slim] = Declared(shape)
+    detect(declared, file)
+    check_layout(placed.values(), file)
     notes = _check_config(f, file)
-    logits = f"{net}/{LOGITS_SCOPE}/weights"
+    tensors = {slim: np.asarray(dataset[()], dtype=np.float32).reshape(declared[slim].shape)
+               for slim, dataset in placed.items()}
     if logits in tensors:
         notes.append(f"Keras head with {tensors[logits].shape[-1]} classes and no background class, "
                      "kept as is: class k is line k + 1 of the 1001-line ImageNet labels file")

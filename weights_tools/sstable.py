@@ -11,9 +11,10 @@ the block.
 
 :func:`read_table` verifies all of it and returns every (key, value) pair in order.
 
-Deliberately not here: compression (TensorFlow writes checkpoint indexes uncompressed
-and so do we refuse anything else), seeking by key, filter blocks, block caches, and
-writing.  The whole index is parsed from one ``bytes`` object; reading the file is the
+Blocks may be Snappy-compressed (trailer type 1): older TensorFlow builds compressed
+index blocks when that saved at least 1/8, and ``snappy.py`` decodes them, bounded.
+Deliberately not here: other compressions (zstd is refused), seeking by key, filter
+blocks, block caches, and writing.  The whole index is parsed from one ``bytes`` object; reading the file is the
 caller's job.
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from mobilenet_np.errors import CorruptFileError, UnsupportedFormatError
 
-from . import crc32c
+from . import crc32c, snappy
 from .protowire import WireFormatError, read_varint
 
 __all__ = ["FOOTER_SIZE", "TABLE_MAGIC", "read_table"]
@@ -30,8 +31,11 @@ TABLE_MAGIC = 0xDB4775248B80FB57  # LevelDB's table magic number, stored little-
 FOOTER_SIZE = 48  # two handles of at most 20 bytes each, zero padding, 8-byte magic
 _HANDLES_SIZE = FOOTER_SIZE - 8
 _TRAILER_SIZE = 5
-_NO_COMPRESSION = 0
-_COMPRESSION_NAMES = {1: "snappy", 2: "zstd"}
+_NO_COMPRESSION, _SNAPPY = 0, 1
+_COMPRESSION_NAMES = {2: "zstd"}
+# Snappy's densest element (a 3-byte copy of 64 bytes) expands about 21-fold; a block that
+# claims more than this per compressed byte is damaged, and no allocation follows its claim.
+_MAX_SNAPPY_EXPANSION = 24
 # Prefix compression lets a small block expand into many long keys; real checkpoint
 # indexes stay far below this ratio, so a file that exceeds it is hostile or damaged.
 _MAX_KEY_BYTES_PER_FILE_BYTE = 64
@@ -42,7 +46,7 @@ def read_table(data: bytes, path: str) -> list[tuple[bytes, bytes]]:
 
     Raises :class:`CorruptFileError` for any damage (truncation, bad magic, checksum
     mismatch, handles out of range, malformed blocks, keys out of order) and
-    :class:`UnsupportedFormatError` for compressed blocks.
+    :class:`UnsupportedFormatError` for blocks compressed other than with Snappy.
     """
     return _TableParser(data, path).entries()
 
@@ -133,10 +137,14 @@ class _TableParser:
                 f"(stored 0x{stored:08x}, computed 0x{computed:08x})"
             )
         kind = self.data[end]
+        if kind == _SNAPPY:
+            return snappy.decompress(self.data[offset:end], _MAX_SNAPPY_EXPANSION * size + 64,
+                                     f"{self.path}: {what}")
         if kind != _NO_COMPRESSION:
             name = _COMPRESSION_NAMES.get(kind, f"unknown type {kind}")
             raise UnsupportedFormatError(
-                f"{self.path}: {what} is compressed ({name}); only uncompressed checkpoint indexes are supported"
+                f"{self.path}: {what} is compressed ({name}); only uncompressed and Snappy-compressed "
+                "checkpoint indexes are supported"
             )
         return self.data[offset:end]
 

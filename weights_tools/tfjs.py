@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 from pathlib import Path
 
@@ -24,9 +25,11 @@ import numpy as np
 
 from mobilenet_np.errors import (ArchitectureError, CorruptFileError, MissingFileError,
                                  UnsupportedFormatError)
+from mobilenet_np.weights_file import read_regular_file, require_regular_file
 from weights_tools.source import SourceTensors
 
 # Manifest dtypes as stored (after any quantization) and the NumPy dtype of each.
+MAX_DIM = 1 << 16                      # far above any MobileNet channel count (1280 * 3)
 STORED_DTYPES = {"float32": np.dtype("<f4"), "int32": np.dtype("<i4"), "uint8": np.dtype("u1"),
                  "uint16": np.dtype("<u2"), "float16": np.dtype("<f2")}
 KERNEL_NAME = re.compile(r"^module/(MobilenetV[12])/(.+)/(weights|depthwise_weights)$")
@@ -44,13 +47,10 @@ def _model_json_path(model_dir_or_model_json: str | Path) -> Path:
 
 def load_model_json(model_json: Path) -> dict:
     """The parsed model.json, refusing anything that is not a TF.js graph model."""
-    try:
-        text = model_json.read_bytes()
-    except FileNotFoundError:
-        raise MissingFileError(f"{model_json}: no such file") from None
+    text = read_regular_file(model_json, "TF.js model.json")
     try:
         model = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:   # deep nesting: RecursionError
         raise CorruptFileError(f"{model_json}: not valid JSON ({err})") from None
     if not isinstance(model, dict) or not isinstance(model.get("modelTopology"), dict):
         raise UnsupportedFormatError(f"{model_json}: no modelTopology object; not a TF.js model")
@@ -67,12 +67,21 @@ def _spec_layout(spec, model_json: Path) -> tuple[str, tuple[int, ...], np.dtype
     try:
         name, shape, dtype = spec["name"], tuple(spec["shape"]), spec["dtype"]
         quant = spec.get("quantization")
-        stored = quant["dtype"] if quant else dtype
-    except (KeyError, TypeError):
-        raise CorruptFileError(f"{model_json}: malformed weightsManifest entry {spec!r}") from None
-    if not isinstance(name, str) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise CorruptFileError(f"{model_json}: weight {name!r} has a bad name or shape {list(shape)}")
-    if dtype not in ("float32", "int32") or stored not in STORED_DTYPES:
+        if quant is not None and not isinstance(quant, dict):
+            raise TypeError("quantization is not an object")
+        stored = quant["dtype"] if quant is not None else dtype
+    except (KeyError, TypeError, AttributeError):
+        raise CorruptFileError(f"{model_json}: malformed weightsManifest entry {str(spec)[:200]}") from None
+    if not isinstance(name, str) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                            for d in shape):
+        raise CorruptFileError(f"{model_json}: weight {name!r} has a bad name or shape {list(shape)[:8]}")
+    # No MobileNet tensor has more than 4 dimensions or a dimension past MAX_DIM; checked before
+    # any size is computed or any shard is read.
+    if len(shape) > 4 or any(d > MAX_DIM for d in shape):
+        raise ArchitectureError(f"{model_json}: weight {name!r} declares shape {list(shape)[:8]}, "
+                                "which no MobileNet tensor has")
+    if not isinstance(dtype, str) or not isinstance(stored, str) or dtype not in ("float32", "int32") \
+            or stored not in STORED_DTYPES:
         raise UnsupportedFormatError(f"{model_json}: weight {name!r} has dtype {dtype!r} stored as "
                                      f"{stored!r}; supported: float32/int32, optionally quantized to "
                                      "uint8/uint16/float16")
@@ -106,15 +115,12 @@ def read_manifest_weights(model_json: Path, model: dict) -> dict[str, np.ndarray
             raise CorruptFileError(f"{model_json}: a weightsManifest group lacks paths or weights")
         layouts = [_spec_layout(spec, model_json) for spec in group["weights"]]
         sizes = [int(np.prod(shape, dtype=object)) * stored.itemsize for _, shape, stored, _ in layouts]
-        shards = [model_json.parent / p for p in group["paths"]]
-        missing = [str(s) for s in shards if not s.is_file()]
-        if missing:
-            raise MissingFileError(f"{missing[0]}: weight shard listed in {model_json} is missing")
+        shards = [shard_path(model_json, p) for p in group["paths"]]
         actual = sum(s.stat().st_size for s in shards)
         if actual != sum(sizes):
             raise CorruptFileError(f"{', '.join(map(str, shards))}: the shards hold {actual} bytes but "
                                    f"{model_json} describes {sum(sizes)}; truncated or wrong shard")
-        data = b"".join(s.read_bytes() for s in shards)
+        data = b"".join(read_regular_file(s, "weight shard") for s in shards)
         offset = 0
         for (name, shape, stored, quant), size, spec in zip(layouts, sizes, group["weights"], strict=True):
             raw = np.frombuffer(data, dtype=stored, count=size // stored.itemsize, offset=offset)
@@ -123,6 +129,26 @@ def read_manifest_weights(model_json: Path, model: dict) -> dict[str, np.ndarray
             weights[name] = _decode(raw, spec["dtype"], quant, name, model_json).reshape(shape)
             offset += size
     return weights
+
+
+def shard_path(model_json: Path, name: str) -> Path:
+    """A shard listed in model.json, which must be a regular file inside the model's folder:
+    no absolute path, no '..', and no symlink that leads out of it (realpath is checked)."""
+    folder = model_json.parent
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or ".." in parts or "\\" in name or "\x00" in name:
+        raise CorruptFileError(f"{model_json}: weight shard path {name!r} leaves the model folder; "
+                               "only files inside it may be read")
+    path = folder / name
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    if os.path.commonpath([real, root]) != root:
+        raise CorruptFileError(f"{model_json}: weight shard {name!r} is a link that leaves the model "
+                               "folder; only files inside it may be read")
+    try:
+        require_regular_file(path, "weight shard")
+    except MissingFileError:
+        raise MissingFileError(f"{path}: weight shard listed in {model_json} is missing") from None
+    return path
 
 
 def _input_name(ref: str) -> str:
@@ -159,7 +185,7 @@ class _Graph:
     def _attr(self, node: dict, key: str, read):
         try:
             return read(node.get("attr", {}).get(key, {}))
-        except (AttributeError, TypeError, ValueError) as err:   # binascii.Error is a ValueError
+        except (AttributeError, TypeError, ValueError, OverflowError) as err:   # binascii.Error is a ValueError
             raise CorruptFileError(f"{self.model_json}: attr {key!r} of node {node['name']!r} is "
                                    f"malformed ({err})") from None
 
@@ -280,10 +306,13 @@ def read_tfjs_graph(model_dir_or_model_json: str | Path) -> SourceTensors:
 
 def _input_size(model: dict) -> tuple[int, int] | None:
     """(height, width) of the graph's image placeholder, when the graph fixes it."""
-    for node in model.get("modelTopology", {}).get("node", []):
+    for node in model["modelTopology"]["node"]:
         if node.get("op") == "Placeholder":
-            dims = node.get("attr", {}).get("shape", {}).get("shape", {}).get("dim", [])
-            sizes = [int(d.get("size", -1)) for d in dims]
+            try:
+                dims = node.get("attr", {}).get("shape", {}).get("shape", {}).get("dim", [])
+                sizes = [int(d.get("size", -1)) for d in dims]
+            except (AttributeError, TypeError, ValueError, OverflowError):
+                return None                  # an unreadable placeholder shape: no size declared
             if len(sizes) == 4 and min(sizes[1:3]) > 0:
                 return sizes[1], sizes[2]
     return None
