@@ -36,7 +36,7 @@ from int8_models import int8_tflite, invoke, litert
 from mobilenet_np.forward.quantized import KERNELS, QuantizedGraph
 from mobilenet_np.kernels import integer_reference as iref
 from mobilenet_np.preprocess import preprocess
-from weights_tools.tflite import ACTIVATION_NAMES, OP_NAMES
+from weights_tools.tflite_schema import ACTIVATION_NAMES, OP_NAMES
 
 UINT8_DIR = ("weights", "mobilenet_v1_050_160", "tflite_uint8_quant")
 UINT8_FILES = ("mobilenet_v1_0.5_160_quant.coral.tflite", "mobilenet_v1_0.5_160_quant.jevois.tflite")
