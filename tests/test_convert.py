@@ -158,3 +158,18 @@ def test_parity_command_reports_every_endpoint(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "layer_7/depthwise_output" in out and "global_pool" in out and "Logits" in out
     assert "72 of 72 endpoints within 0.0001" in out      # 69 layer endpoints + pool, Logits, Predictions
+
+
+def test_weights_tools_cli_help_version_and_an_unwritable_output(tmp_path, capsys, shared):
+    """Clean help, a version, a "did you mean", and an output that cannot be written named as
+    itself (not a temporary file) with exit status 2, apart from unusable inputs (1)."""
+    with pytest.raises(SystemExit) as info:
+        weights_tools_main(["--version"])
+    assert info.value.code == 0 and "mobilenet-np" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        weights_tools_main(["convrt", "a", "b"])
+    assert info.value.code == 2 and "did you mean 'convert'" in capsys.readouterr().err
+    source = shared("weights", "mobilenet_v1_025_160", "tflite_float", "mobilenet_v1_0.25_160.jevois.tflite")
+    assert weights_tools_main(["convert", str(source), str(tmp_path / "nodir" / "x.h5")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'nodir' / 'x.h5'}: folder" in err and ".tmp" not in err and err.count("\n") == 1

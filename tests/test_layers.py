@@ -18,7 +18,7 @@ PACKAGES = ("mobilenet_np", "weights_tools")
 
 # Lowest first.  A module may import modules of its own layer or of the layers before it.
 LAYERS = [
-    ("base", ["mobilenet_np._version", "mobilenet_np.errors", "mobilenet_np.atomic"]),
+    ("base", ["mobilenet_np._version", "mobilenet_np.errors", "mobilenet_np.atomic", "mobilenet_np.argparsing"]),
     ("architecture", ["mobilenet_np.spec", "mobilenet_np.tables", "mobilenet_np.weights_file"]),
     ("readers", ["weights_tools", "weights_tools.*"]),
     ("kernels", ["mobilenet_np.kernels", "mobilenet_np.kernels.*"]),
@@ -27,7 +27,7 @@ LAYERS = [
                "mobilenet_np.load", "mobilenet_np.names", "mobilenet_np.endpoint_names", "mobilenet_np.data_config"]),
     ("application", ["mobilenet_np.argparsing", "mobilenet_np.inputs", "mobilenet_np.pipeline",
                      "mobilenet_np.journal", "mobilenet_np.outputs",
-                     "mobilenet_np.labels", "mobilenet_np.parity", "mobilenet_np.distributed", "mobilenet_np.cli",
+                     "mobilenet_np.labels", "mobilenet_np.parity", "mobilenet_np.distributed", "mobilenet_np.image_commands", "mobilenet_np.cli",
                      "mobilenet_np.serve", "mobilenet_np.serve.*", "mobilenet_np", "mobilenet_np.__main__"]),
 ]
 # weights_tools reads foreign formats for the model layer; it sees only the architecture below it.

@@ -1,18 +1,20 @@
-"""``weights-tools``: inspect a weight source, convert it to a mobilenet-np weights file, verify one.
+"""weights-tools: inspect a weight source, convert it to a mobilenet-np weights file, verify it.
 
-Exit status 0 on success, 1 with a one-line reason on stderr when the input is unusable,
-2 for a usage error (argparse's own convention).
+Exit status 0 on success, 1 with a one-line reason on stderr when the input is unusable
+(damaged, not a MobileNet, a format we do not read), 2 for any other failure (an output
+that cannot be written) and for usage errors (argparse's own convention).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import numpy as np
 
 from mobilenet_np import weights_file
+from mobilenet_np._version import __version__
+from mobilenet_np.argparsing import SuggestingParser
 from mobilenet_np.errors import WeightsError
 
 from .convert import WEIGHT_CHOICES, convert, detect, open_source
@@ -59,24 +61,28 @@ def _verify(args) -> None:
         print(format_table(wf.architecture, tuple(wf.attrs["default_input_size"]), int(wf.attrs["num_classes"])))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="weights-tools", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> SuggestingParser:
+    parser = SuggestingParser(prog="weights-tools", description=__doc__.split("\n")[0].partition(": ")[2].capitalize(),
+                              epilog="exit status: 0 success, 1 unusable input, 2 other failure or usage error")
+    parser.add_argument("--version", action="version", version=f"weights-tools (mobilenet-np) {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of these; weights-tools COMMAND --help for its options")
     p = sub.add_parser("inspect", help="list a source's tensors, what was recognised and what is ignored")
     p.add_argument("source", help="checkpoint prefix or directory, TF-Hub module dir, .tflite, model.json, Keras .h5")
     p.add_argument("--weights", choices=WEIGHT_CHOICES, default="ema",
                    help="for checkpoints: raw variables or their ExponentialMovingAverage shadows (default ema)")
     p.set_defaults(func=_inspect)
     p = sub.add_parser("convert", help="write a mobilenet-np weights file (HDF5)")
-    p.add_argument("source")
-    p.add_argument("output")
+    p.add_argument("source", help="checkpoint prefix or directory, TF-Hub module dir, .tflite, model.json, Keras .h5")
+    p.add_argument("output", help="the weights file to write (.h5), replaced whole or not at all")
     p.add_argument("--weights", choices=WEIGHT_CHOICES, default="ema",
                    help="for checkpoints: raw variables or their ExponentialMovingAverage shadows (default ema)")
     p.add_argument("--input-size", type=int, default=None,
                    help="default input size recorded in the file (default: from the source or its name, else 224)")
     p.set_defaults(func=_convert)
-    p = sub.add_parser("verify", help="check a weights file: format version, every shape; print its attributes")
-    p.add_argument("file")
+    p = sub.add_parser("verify", help="check a weights file (format, attributes, storage, every shape and value); "
+                                      "print its attributes")
+    p.add_argument("file", help="a mobilenet-np weights file (.h5)")
     p.add_argument("--table", action="store_true", help="also print the layer table")
     p.set_defaults(func=_verify)
     return parser
@@ -86,11 +92,16 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (WeightsError, OSError, ValueError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"weights-tools: error: {message}", file=sys.stderr)
-        return 1
+    except WeightsError as exc:
+        return _fail(exc, 1)
+    except (OSError, ValueError, KeyError) as exc:
+        return _fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc, 2)
     return 0
+
+
+def _fail(message, status: int) -> int:
+    print(f"weights-tools: error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":
