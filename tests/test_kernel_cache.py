@@ -51,7 +51,8 @@ def _run(code, home, *args, pythonpath=REPO, extra_env=None, check=True):
            if key not in ("MOBILENET_NP_QUIET", "MOBILENET_NP_JIT_CACHE", "XDG_CACHE_HOME")}
     env.update({"MOBILENET_NP_HOME": str(home), "PYTHONPATH": str(pythonpath), "NUMBA_NUM_THREADS": "2"},
                **(extra_env or {}))
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=env, cwd=next(p for p in home.parents if p.is_dir()),
+    cwd = next(p for p in home.parents if p.is_dir())
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=env, cwd=cwd,
                             capture_output=True, text=True, timeout=1800)
     if check:
         assert result.returncode == 0, result.stderr

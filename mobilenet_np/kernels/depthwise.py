@@ -23,15 +23,6 @@ from .rows import OP_IN_C, OP_IN_H, OP_IN_W, OP_OUT_H, OP_OUT_W, OP_PAD_LEFT, OP
 
 
 @kernel(inline=True)
-def _col(xf, at, ix, width, checked):
-    """The 8 channels of one input column, or zeros for a column in the padding (only tiles that
-    touch the left or right edge are ``checked``)."""
-    if checked and not (0 <= ix < width):
-        return simd.zeros()
-    return simd.load(xf, at)
-
-
-@kernel(inline=True)
 def _tap_row(w, dy, chans, c):
     """The weights of tap row dy (dx = 0, 1, 2) for channels c..c+7."""
     return (simd.load(w, (dy * 3) * chans + c), simd.load(w, (dy * 3 + 1) * chans + c),
@@ -55,35 +46,35 @@ def _tile4(xf, at, ix0, width, chans, line, stride, w, c, dy0, dy1, b, checked):
     for dy in range(dy0, dy1):
         r = at + dy * line
         wa, wb, wc = _tap_row(w, dy, chans, c)
-        x = _col(xf, r, ix0, width, checked)
+        x = simd.load_inside(xf, r, ix0, width, checked)
         a0 = simd.fma(x, wa, a0)
         if stride == 1:
-            x = _col(xf, r + chans, ix0 + 1, width, checked)
+            x = simd.load_inside(xf, r + chans, ix0 + 1, width, checked)
             a0 = simd.fma(x, wb, a0)
             a1 = simd.fma(x, wa, a1)
-            a0, a1, a2 = _feed3(_col(xf, r + 2 * chans, ix0 + 2, width, checked), wa, wb, wc, a0, a1, a2)
-            a1, a2, a3 = _feed3(_col(xf, r + 3 * chans, ix0 + 3, width, checked), wa, wb, wc, a1, a2, a3)
-            x = _col(xf, r + 4 * chans, ix0 + 4, width, checked)
+            a0, a1, a2 = _feed3(simd.load_inside(xf, r + 2 * chans, ix0 + 2, width, checked), wa, wb, wc, a0, a1, a2)
+            a1, a2, a3 = _feed3(simd.load_inside(xf, r + 3 * chans, ix0 + 3, width, checked), wa, wb, wc, a1, a2, a3)
+            x = simd.load_inside(xf, r + 4 * chans, ix0 + 4, width, checked)
             a2 = simd.fma(x, wc, a2)
             a3 = simd.fma(x, wb, a3)
-            a3 = simd.fma(_col(xf, r + 5 * chans, ix0 + 5, width, checked), wc, a3)
+            a3 = simd.fma(simd.load_inside(xf, r + 5 * chans, ix0 + 5, width, checked), wc, a3)
         else:
             # Stride 2: an even column is the last tap of one pixel and the first of the next;
             # an odd column the middle tap of one pixel.
-            a0 = simd.fma(_col(xf, r + chans, ix0 + 1, width, checked), wb, a0)
-            x = _col(xf, r + 2 * chans, ix0 + 2, width, checked)
+            a0 = simd.fma(simd.load_inside(xf, r + chans, ix0 + 1, width, checked), wb, a0)
+            x = simd.load_inside(xf, r + 2 * chans, ix0 + 2, width, checked)
             a0 = simd.fma(x, wc, a0)
             a1 = simd.fma(x, wa, a1)
-            a1 = simd.fma(_col(xf, r + 3 * chans, ix0 + 3, width, checked), wb, a1)
-            x = _col(xf, r + 4 * chans, ix0 + 4, width, checked)
+            a1 = simd.fma(simd.load_inside(xf, r + 3 * chans, ix0 + 3, width, checked), wb, a1)
+            x = simd.load_inside(xf, r + 4 * chans, ix0 + 4, width, checked)
             a1 = simd.fma(x, wc, a1)
             a2 = simd.fma(x, wa, a2)
-            a2 = simd.fma(_col(xf, r + 5 * chans, ix0 + 5, width, checked), wb, a2)
-            x = _col(xf, r + 6 * chans, ix0 + 6, width, checked)
+            a2 = simd.fma(simd.load_inside(xf, r + 5 * chans, ix0 + 5, width, checked), wb, a2)
+            x = simd.load_inside(xf, r + 6 * chans, ix0 + 6, width, checked)
             a2 = simd.fma(x, wc, a2)
             a3 = simd.fma(x, wa, a3)
-            a3 = simd.fma(_col(xf, r + 7 * chans, ix0 + 7, width, checked), wb, a3)
-            a3 = simd.fma(_col(xf, r + 8 * chans, ix0 + 8, width, checked), wc, a3)
+            a3 = simd.fma(simd.load_inside(xf, r + 7 * chans, ix0 + 7, width, checked), wb, a3)
+            a3 = simd.fma(simd.load_inside(xf, r + 8 * chans, ix0 + 8, width, checked), wc, a3)
     return a0, a1, a2, a3
 
 
@@ -97,20 +88,20 @@ def _tile8(xf, at, ix0, width, chans, line, w, c, dy0, dy1, b, checked):
     for dy in range(dy0, dy1):
         r = at + dy * line
         wa, wb, wc = _tap_row(w, dy, chans, c)
-        a0 = simd.fma(_col(xf, r, ix0, width, checked), wa, a0)
-        x = _col(xf, r + chans, ix0 + 1, width, checked)
+        a0 = simd.fma(simd.load_inside(xf, r, ix0, width, checked), wa, a0)
+        x = simd.load_inside(xf, r + chans, ix0 + 1, width, checked)
         a0 = simd.fma(x, wb, a0)
         a1 = simd.fma(x, wa, a1)
-        a0, a1, a2 = _feed3(_col(xf, r + 2 * chans, ix0 + 2, width, checked), wa, wb, wc, a0, a1, a2)
-        a1, a2, a3 = _feed3(_col(xf, r + 3 * chans, ix0 + 3, width, checked), wa, wb, wc, a1, a2, a3)
-        a2, a3, a4 = _feed3(_col(xf, r + 4 * chans, ix0 + 4, width, checked), wa, wb, wc, a2, a3, a4)
-        a3, a4, a5 = _feed3(_col(xf, r + 5 * chans, ix0 + 5, width, checked), wa, wb, wc, a3, a4, a5)
-        a4, a5, a6 = _feed3(_col(xf, r + 6 * chans, ix0 + 6, width, checked), wa, wb, wc, a4, a5, a6)
-        a5, a6, a7 = _feed3(_col(xf, r + 7 * chans, ix0 + 7, width, checked), wa, wb, wc, a5, a6, a7)
-        x = _col(xf, r + 8 * chans, ix0 + 8, width, checked)
+        a0, a1, a2 = _feed3(simd.load_inside(xf, r + 2 * chans, ix0 + 2, width, checked), wa, wb, wc, a0, a1, a2)
+        a1, a2, a3 = _feed3(simd.load_inside(xf, r + 3 * chans, ix0 + 3, width, checked), wa, wb, wc, a1, a2, a3)
+        a2, a3, a4 = _feed3(simd.load_inside(xf, r + 4 * chans, ix0 + 4, width, checked), wa, wb, wc, a2, a3, a4)
+        a3, a4, a5 = _feed3(simd.load_inside(xf, r + 5 * chans, ix0 + 5, width, checked), wa, wb, wc, a3, a4, a5)
+        a4, a5, a6 = _feed3(simd.load_inside(xf, r + 6 * chans, ix0 + 6, width, checked), wa, wb, wc, a4, a5, a6)
+        a5, a6, a7 = _feed3(simd.load_inside(xf, r + 7 * chans, ix0 + 7, width, checked), wa, wb, wc, a5, a6, a7)
+        x = simd.load_inside(xf, r + 8 * chans, ix0 + 8, width, checked)
         a6 = simd.fma(x, wc, a6)
         a7 = simd.fma(x, wb, a7)
-        a7 = simd.fma(_col(xf, r + 9 * chans, ix0 + 9, width, checked), wc, a7)
+        a7 = simd.fma(simd.load_inside(xf, r + 9 * chans, ix0 + 9, width, checked), wc, a7)
     return a0, a1, a2, a3, a4, a5, a6, a7
 
 
@@ -123,11 +114,6 @@ def _pixel(xf, at, ix0, width, chans, line, w, c, dy0, dy1, b):
             acc = simd.fma(simd.load(xf, at + dy * line + dx * chans), simd.load(w, (dy * 3 + dx) * chans + c),
                            acc)
     return acc
-
-
-@kernel(inline=True)
-def _store(out, at, v, relu6):
-    simd.store(out, at, simd.relu6(v) if relu6 else v)
 
 
 @kernel(inline=True)
@@ -157,14 +143,14 @@ def _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_
             a0, a1, a2, a3, a4, a5, a6, a7 = _tile8(xf, at0 + c, ix0, width, chans, line, w, c, dy0, dy1, b,
                                                     not inside)
             o_at = o_at0 + c
-            _store(of, o_at, a0, relu6)
-            _store(of, o_at + chans, a1, relu6)
-            _store(of, o_at + 2 * chans, a2, relu6)
-            _store(of, o_at + 3 * chans, a3, relu6)
-            _store(of, o_at + 4 * chans, a4, relu6)
-            _store(of, o_at + 5 * chans, a5, relu6)
-            _store(of, o_at + 6 * chans, a6, relu6)
-            _store(of, o_at + 7 * chans, a7, relu6)
+            simd.store_act(of, o_at, a0, relu6)
+            simd.store_act(of, o_at + chans, a1, relu6)
+            simd.store_act(of, o_at + 2 * chans, a2, relu6)
+            simd.store_act(of, o_at + 3 * chans, a3, relu6)
+            simd.store_act(of, o_at + 4 * chans, a4, relu6)
+            simd.store_act(of, o_at + 5 * chans, a5, relu6)
+            simd.store_act(of, o_at + 6 * chans, a6, relu6)
+            simd.store_act(of, o_at + 7 * chans, a7, relu6)
         ox += 8
     while ox < out_w:
         keep = min(4, out_w - ox)
@@ -174,7 +160,7 @@ def _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_
         o_at0 = (row * out_w + ox) * chans
         if keep == 1:
             for c in range(0, vector_chans, LANES):
-                _store(of, o_at0 + c, _pixel(xf, at0 + c, ix0, width, chans, line, w, c, dy0, dy1,
+                simd.store_act(of, o_at0 + c, _pixel(xf, at0 + c, ix0, width, chans, line, w, c, dy0, dy1,
                                              simd.load(bias, c)), relu6)
             break
         inside = keep == 4 and ix0 >= 0 and ix0 + 3 * stride + 2 < width
@@ -182,12 +168,12 @@ def _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_
             b = simd.load(bias, c)
             a0, a1, a2, a3 = _tile4(xf, at0 + c, ix0, width, chans, line, stride, w, c, dy0, dy1, b, not inside)
             o_at = o_at0 + c
-            _store(of, o_at, a0, relu6)
-            _store(of, o_at + chans, a1, relu6)
+            simd.store_act(of, o_at, a0, relu6)
+            simd.store_act(of, o_at + chans, a1, relu6)
             if keep > 2:
-                _store(of, o_at + 2 * chans, a2, relu6)
+                simd.store_act(of, o_at + 2 * chans, a2, relu6)
             if keep > 3:
-                _store(of, o_at + 3 * chans, a3, relu6)
+                simd.store_act(of, o_at + 3 * chans, a3, relu6)
         ox += 4
     for ox in range(out_w):
         ix0 = ox * stride - pad_left

@@ -54,6 +54,12 @@ def _llvm_call(builder, name, args):
     return builder.call(fn, args)
 
 
+def _relu6(builder, v):
+    zero = ir.Constant(_VEC, [0.0] * LANES)
+    six = ir.Constant(_VEC, [6.0] * LANES)
+    return _llvm_call(builder, "llvm.minnum.v8f32", [_llvm_call(builder, "llvm.maxnum.v8f32", [v, zero]), six])
+
+
 def _is_flat_f32(array) -> bool:
     return isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 1
 
@@ -79,6 +85,50 @@ def store(typingctx, array, index, vector):
         builder.store(args[2], _vector_pointer(context, builder, sig.args[0], args[0], args[1]), align=4)
         return context.get_dummy_value()
     return types.void(array, types.intp, f32x8), codegen
+
+
+@intrinsic
+def load_inside(typingctx, array, index, ix, width, checked):
+    """array[index : index + 8], or zeros when ``checked`` and ix lies outside [0, width) (a
+    column in a convolution's zero padding; nothing is read then).  An intrinsic rather than an
+    inlined helper: it lowers in place, where each inlined call site costs the compiler a pass
+    over the helper's code."""
+    if not _is_flat_f32(array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arr, at, col, width_, check = args
+        col = context.cast(builder, col, sig.args[2], types.intp)
+        width_ = context.cast(builder, width_, sig.args[3], types.intp)
+        inside = builder.and_(builder.icmp_signed(">=", col, ir.Constant(col.type, 0)),
+                              builder.icmp_signed("<", col, width_))
+        read = builder.or_(builder.not_(check), inside)
+        zero = ir.Constant(_VEC, [0.0] * LANES)
+        with builder.if_else(read) as (then, otherwise):
+            with then:
+                loaded = builder.load(_vector_pointer(context, builder, sig.args[0], arr, at), align=4)
+                then_block = builder.basic_block
+            with otherwise:
+                else_block = builder.basic_block
+        out = builder.phi(_VEC)
+        out.add_incoming(loaded, then_block)
+        out.add_incoming(zero, else_block)
+        return out
+    return f32x8(array, types.intp, ix, width, types.boolean), codegen
+
+
+@intrinsic
+def store_act(typingctx, array, index, vector, relu6):
+    """array[index : index + 8] = relu6(vector) if ``relu6`` else vector (an intrinsic, as
+    ``load_inside``)."""
+    if not _is_flat_f32(array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        value = builder.select(args[3], _relu6(builder, args[2]), args[2])
+        builder.store(value, _vector_pointer(context, builder, sig.args[0], args[0], args[1]), align=4)
+        return context.get_dummy_value()
+    return types.void(array, types.intp, f32x8, types.boolean), codegen
 
 
 @intrinsic
@@ -122,9 +172,7 @@ def add(typingctx, a, b):
 def relu6(typingctx, a):
     """min(max(a, 0), 6) in every lane (NaN lanes become 0 or 6, as maxnum/minnum define)."""
     def codegen(context, builder, sig, args):
-        zero = ir.Constant(_VEC, [0.0] * LANES)
-        six = ir.Constant(_VEC, [6.0] * LANES)
-        return _llvm_call(builder, "llvm.minnum.v8f32", [_llvm_call(builder, "llvm.maxnum.v8f32", [args[0], zero]), six])
+        return _relu6(builder, args[0])
     return f32x8(f32x8), codegen
 
 
