@@ -34,17 +34,14 @@ Deliberately not here: decoding, batching and the output formats (``pipeline.py`
 a cluster (any Dask deployment works; only ``--dask local[:N]`` starts one), and retry
 policy (Dask reruns the tasks of a dead worker; ``distributed.scheduler.allowed-failures``).
 
-This module is longer than 400 lines because the client side (partitions, resume, the dataset
-folder) and the worker side (the plugin, one partition's task, its Parquet file) share one
-partition-file contract (names, footer, identity); apart, each half would import the other's
-private names.
+The dataset folder's files (partition files, footers, manifest, reading it back) are
+``dataset.py``'s; this module schedules the partitions and runs them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -56,31 +53,26 @@ from typing import NamedTuple
 
 try:
     import distributed
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from . import dataset          # pyarrow
 except ImportError as exc:
     raise ImportError(f"embedding on Dask needs the 'dask' extra: pip install 'mobilenet-np[dask]' ({exc})") from exc
 
 from . import threads as _threads
-from .atomic import write_atomically
 from ._version import __version__
 from .errors import ImageError
-from .inputs import Item, collect_inputs, text_path
+from .inputs import Item, collect_inputs
 from .journal import run_identity
 from .load import from_file, load
 from .model import MobileNet
-from .outputs import H5_SUFFIXES, NPY_SUFFIX, check_output_path, write_lines, write_output
-from .pipeline import EmbedResult, concatenate, progress_bar, run_batches
+from .outputs import H5_SUFFIXES, NPY_SUFFIX, check_output_path, write_output
+from .pipeline import concatenate, progress_bar, run_batches
 
 #: Inputs per task: the unit of retry and of --resume.  Each partition costs about 50 ms on the
 #: 2-core development machine (task round trip, Parquet file, the decoding pipeline refilling),
 #: under 1 % of the seconds 1000 images take (benchmarks/results/dask.md).
 DEFAULT_PARTITION_SIZE = 1000
 
-MANIFEST = "_manifest.json"
-FAILURES = "_failures.jsonl"
-FOOTER_KEY = b"mobilenet_np"
-FORMAT_NAME, FORMAT_VERSION = "mobilenet-np embeddings", 1
 STAGING_SUFFIX = ".parts"
 
 
@@ -208,26 +200,26 @@ def _embed_to_output(client, model, job, partitions, output, resume, bar) -> Dat
     single_file = output.lower().endswith(H5_SUFFIXES + (NPY_SUFFIX,))
     folder = os.path.abspath(output + STAGING_SUFFIX if single_file else output)  # as the workers see it
     job = dataclasses.replace(job, folder=folder)
-    _prepare_folder(folder, resume)
+    dataset.prepare_folder(folder, resume)
     identities = [_partition_identity(model, job.preset, k, items) for k, items in enumerate(partitions)]
-    done = {k for k, items in enumerate(partitions) if resume and _finished(folder, k, items, identities[k])}
+    done = {k for k, items in enumerate(partitions) if resume and dataset.finished(folder, k, items, identities[k])}
     bar.update(sum(len(partitions[k]) for k in done))
     todo = {k: items for k, items in enumerate(partitions) if k not in done}
     _run(client, model, job, todo, identities, bar)
-    rows, failures = _check_partitions(folder, partitions, identities)
+    rows, failures = dataset.check_partitions(folder, partitions, identities)
     summary = DatasetSummary(output, rows, failures, len(partitions), len(done), sum(map(len, todo.values())))
-    _remove_leftovers(folder, len(partitions))
+    dataset.remove_leftovers(folder, len(partitions))
     attrs = {"model": model.name, "weights_sha256": model.weights_sha256, "preset": job.preset,
              "package_version": __version__}
     if not rows:  # as the local embed: no output
-        _clear_dataset(folder)
+        dataset.clear_dataset(folder)
         with contextlib.suppress(OSError):
             os.rmdir(folder)
     elif single_file:
-        write_output(output, _Gathered(folder, len(partitions), job.width, rows, failures), attrs)
+        write_output(output, dataset.Gathered(folder, len(partitions), job.width, rows, failures), attrs)
         shutil.rmtree(folder)
     else:
-        _write_manifest(folder, model, attrs, summary)
+        dataset.write_manifest(folder, model, attrs, summary)
     return summary
 
 
@@ -328,118 +320,5 @@ def _embed_partition(k: int, items: list[Item], identity: dict, job: _Job):
         result = concatenate(batches, job.width)
         if job.folder is None:
             return result
-        _write_partition(job.folder, k, result, identity, job.width)
+        dataset.write_partition(job.folder, k, result, identity, job.width)
         return None
-
-
-def _write_partition(folder: str, k: int, result: EmbedResult, identity: dict, width: int) -> None:
-    """``part-<k>.parquet``, written under a name of its own then renamed (a rerun of the task
-    after a kill replaces it; a reader never sees half a file)."""
-    features = pa.FixedSizeListArray.from_arrays(pa.array(result.features.reshape(-1), pa.float32()), width)
-    footer = {"identity": identity, "failures": [[text_path(p), reason] for p, reason in result.failures]}
-    table = pa.table({"path": pa.array([text_path(p) for p in result.paths], pa.string()), "features": features})
-    table = table.replace_schema_metadata({FOOTER_KEY: json.dumps(footer)})
-    write_atomically(_partition_path(folder, k), lambda tmp: pq.write_table(table, tmp))
-
-
-# --- the dataset folder ----------------------------------------------------------------------
-
-
-def _partition_path(folder: str, k: int) -> str:
-    return os.path.join(folder, f"part-{k:05d}.parquet")
-
-
-def _footer(path: str):
-    """(footer dict, row count) of a partition file, or None if it is missing or unreadable."""
-    try:
-        meta = pq.read_metadata(path)
-        return json.loads(meta.metadata[FOOTER_KEY]), meta.num_rows
-    except (OSError, pa.ArrowException, KeyError, TypeError, ValueError):
-        return None
-
-
-def _finished(folder: str, k: int, items: list[Item], identity: dict):
-    """(rows, failures) of partition k if its file is intact and holds exactly these inputs
-    embedded by this model and preset, else None."""
-    found = _footer(_partition_path(folder, k))
-    if found is None:
-        return None
-    footer, rows = found
-    failures = [tuple(f) for f in footer.get("failures", [])]
-    if footer.get("identity") != identity or rows + len(failures) != len(items):
-        return None
-    return rows, failures
-
-
-def _check_partitions(folder, partitions, identities) -> tuple[int, list[tuple[str, str]]]:
-    """Rows and failures of the finished dataset, after checking every partition once more."""
-    rows, failures = 0, []
-    for k, items in enumerate(partitions):
-        finished = _finished(folder, k, items, identities[k])
-        if finished is None:
-            raise RuntimeError(f"{_partition_path(folder, k)} is missing or does not match after the run; "
-                               "was the folder changed meanwhile?")
-        rows += finished[0]
-        failures += finished[1]
-    return rows, failures
-
-
-def _prepare_folder(folder: str, resume: bool) -> None:
-    os.makedirs(folder, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(folder, MANIFEST))  # incomplete from here until it is rewritten
-    if not resume:
-        _clear_dataset(folder)
-
-
-def _our_files(folder: str):
-    """(path, name) of the files in ``folder`` that runs write: partitions, their temporary
-    files, the failures file and the manifest."""
-    for entry in os.scandir(folder):
-        name = entry.name
-        partition = name.startswith("part-") and name.endswith(".parquet")
-        temporary = name.startswith(".part-") and name.endswith(".tmp")
-        if partition or temporary or name in (MANIFEST, FAILURES):
-            yield entry.path, name
-
-
-def _clear_dataset(folder: str) -> None:
-    """Remove the files a run writes (and nothing else) from ``folder``."""
-    for path, _ in list(_our_files(folder)):
-        os.remove(path)
-
-
-def _remove_leftovers(folder: str, count: int) -> None:
-    """Temporary files of killed tasks, and partitions beyond ``count`` from an earlier run."""
-    keep = {os.path.basename(_partition_path(folder, k)) for k in range(count)} | {MANIFEST, FAILURES}
-    for path, name in list(_our_files(folder)):
-        if name not in keep:
-            os.remove(path)
-
-
-def _write_manifest(folder: str, model: MobileNet, attrs: dict, summary: DatasetSummary) -> None:
-    lines = (json.dumps({"path": p, "error": reason}, ensure_ascii=False) for p, reason in summary.failures)
-    write_atomically(os.path.join(folder, FAILURES), lambda tmp: write_lines(tmp, lines))
-    manifest = {
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, **attrs,
-        "input_size": list(model.input_size), "num_features": model.num_features,
-        "columns": {"path": "string", "features": f"fixed_size_list<float32>[{model.num_features}]"},
-        "rows": summary.rows, "failed": len(summary.failures), "failures_file": FAILURES,
-        "partitions": [os.path.basename(_partition_path(folder, k)) for k in range(summary.partitions)],
-    }
-    text = json.dumps(manifest, indent=1) + "\n"
-    write_atomically(os.path.join(folder, MANIFEST), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-class _Gathered:
-    """The finished partitions read back in order, through the part of ``Journal``'s interface
-    that ``write_output`` uses (``rows``, ``width``, ``failures``, ``batches()``)."""
-
-    def __init__(self, folder: str, count: int, width: int, rows: int, failures: list):
-        self.folder, self.count, self.width, self.rows, self.failures = folder, count, width, rows, failures
-
-    def batches(self):
-        for k in range(self.count):
-            table = pq.read_table(_partition_path(self.folder, k))
-            flat = table.column("features").combine_chunks().flatten().to_numpy()
-            yield EmbedResult(table.column("path").to_pylist(), flat.reshape(-1, self.width), [])

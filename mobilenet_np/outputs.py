@@ -191,17 +191,23 @@ def _write_npz(tmp: str, journal, attrs: dict) -> None:
 def _write_parquet(tmp: str, journal, attrs: dict) -> None:
     """Columns ``path`` (string) and ``features`` (fixed-size list of the dtype), as the Dask
     dataset's part files; provenance and failures in the schema metadata."""
+    batches = list(journal.batches())
+    failures = [[text_path(p), reason] for p, reason in journal.failures]
+    write_parquet(tmp, _paths(batches), _stacked(batches, journal), PARQUET_METADATA_KEY,
+                  {"attrs": attrs, "failures": failures})
+
+
+def write_parquet(path: str, paths: list[str], features: np.ndarray, key, metadata: dict) -> None:
+    """One Parquet file of embeddings: ``path`` (string) and ``features`` (a fixed-size list of
+    the rows' dtype, float32 or float16), with ``metadata`` as JSON under ``key`` in the schema.
+    The single-file output and the Dask dataset's part files are both written by this."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    batches = list(journal.batches())
-    values = _stacked(batches, journal)
-    kind = pa.float16() if journal.dtype == "float16" else pa.float32()
-    features = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), kind), journal.width)
-    table = pa.table({"path": pa.array(_paths(batches), pa.string()), "features": features})
-    failures = [[text_path(p), reason] for p, reason in journal.failures]
-    metadata = {PARQUET_METADATA_KEY: json.dumps({"attrs": attrs, "failures": failures})}
-    pq.write_table(table.replace_schema_metadata(metadata), tmp)
+    kind = pa.float16() if features.dtype == np.float16 else pa.float32()
+    column = pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1), kind), features.shape[1])
+    table = pa.table({"path": pa.array(paths, pa.string()), "features": column})
+    pq.write_table(table.replace_schema_metadata({key: json.dumps(metadata)}), path)
 
 
 def _stacked(batches, journal) -> np.ndarray:
