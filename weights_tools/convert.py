@@ -20,6 +20,7 @@ from mobilenet_np.errors import UnsupportedFormatError
 
 from .recognise import Detected, detect
 from .source import SourceTensors
+from .tflite_quantized import is_quantized, read_quantized_tflite
 
 __all__ = ["Detected", "WEIGHT_CHOICES", "convert", "detect", "open_source", "select_checkpoint_weights"]
 
@@ -99,9 +100,11 @@ def _require_file(path: str) -> None:
 
 
 def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, weights: str = "ema",
-            input_size: int | tuple[int, int] | None = None, model_name: str | None = None) -> Detected:
+            input_size: int | tuple[int, int] | None = None, model_name: str | None = None,
+            dequantize: bool = False) -> Detected:
     """Convert one source to a weights file; returns what was recognised.  Nothing is written
-    unless every check passes, and a failure part-way leaves no file behind."""
+    unless every check passes, and a failure part-way leaves no file behind.  A quantized
+    .tflite stays quantized (a version-2 file) unless ``dequantize``."""
     src = open_source(src_path, weights)
     found = detect(src.tensors, str(src_path))
     size = _input_size(input_size or _plausible(src.input_size) or _size_from_name(str(src_path)))
@@ -124,6 +127,12 @@ def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, weights: s
     }
     if model_name:
         attrs["model_name"] = model_name
+    if src.source_format == "tflite" and not dequantize and is_quantized(src_path):
+        tensors, activations, extra = read_quantized_tflite(src_path, found.architecture, found.depth_multiplier)
+        attrs["notes"] = [n for n in src.notes if not n.startswith("dequantized")] + [
+            "kept quantized: the integer weights and every activation's quantization of the .tflite"]
+        weights_file.write_quantized(out_path, tensors, activations, {**attrs, **extra})
+        return found
     weights_file.write(out_path, src.tensors, attrs)
     return found
 
