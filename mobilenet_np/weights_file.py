@@ -116,7 +116,7 @@ def write_quantized(path: str | os.PathLike, tensors: dict[str, v2.QuantizedTens
 
     path = Path(path)
     full = {**attrs, "format": FORMAT_NAME, "format_version": v2.FORMAT_VERSION, "batchnorm_folded": True}
-    _check_v2(full, tensors, activations, str(path))
+    check_quantized_file(full, tensors, activations, str(path))
 
     def write_h5(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:      # the metadata layout of ``write``, for the same reason
@@ -127,7 +127,8 @@ def write_quantized(path: str | os.PathLike, tensors: dict[str, v2.QuantizedTens
     write_atomically(path, write_h5)
 
 
-def _check_v2(attrs: dict, tensors: dict, activations: dict, where: str) -> spec.Architecture:
+def check_quantized_file(attrs: dict, tensors: dict, activations: dict, where: str) -> spec.Architecture:
+    """Every check of a version-2 model (attributes, names, shapes, values), as ``read`` makes them."""
     check_attrs(attrs, where)
     v2.check_v2_attrs(attrs, where)
     arch = spec.build(attrs["architecture"], float(attrs["depth_multiplier"]))
@@ -179,7 +180,7 @@ def read(path: str | os.PathLike) -> WeightsFile | v2.QuantizedWeightsFile:
                 raise
             raise CorruptFileError(f"{path}: damaged HDF5 file ({type(exc).__name__}: {exc})") from None
     if attrs["format_version"] == v2.FORMAT_VERSION:
-        _check_v2(attrs, quantized, activations, path)
+        check_quantized_file(attrs, quantized, activations, path)
         return v2.QuantizedWeightsFile(path, quantized, activations, attrs)
     check_values(arrays, path)
     return WeightsFile(path, arrays, attrs)
