@@ -345,3 +345,16 @@ def test_quantized_model_save_load_and_backends_agree(coral_model, tmp_path):
     assert again.quantized and again.attrs["format_version"] == 2
     assert np.array_equal(again(x), coral_model(x))
     assert np.array_equal(again.logits(x), coral_model.logits(x))
+
+
+def test_fully_connected_logits_compute_what_the_1x1_logits_conv_computes(case, tmp_path):
+    """logits_op FULLY_CONNECTED (Keras-style heads) builds an FC op on the same integers; with
+    the multiplier rules of both ops alike for these files, the logits must be the same bytes."""
+    _, path, x = case
+    qw = weights_file.read(path)
+    weights_file.write_quantized(tmp_path / "fc.h5", qw.tensors, qw.activations, {**qw.attrs, "logits_op": "FULLY_CONNECTED"})
+    conv, fc = mnp.load(path, backend="numpy"), mnp.load(tmp_path / "fc.h5", backend="numpy")
+    assert ig.tfl.FULLY_CONNECTED in [op.opcode for op in fc.graph(x.shape[1:3]).sub.operators]
+    assert np.array_equal(fc.logits(x[:2]), conv.logits(x[:2]))
+    assert np.array_equal(fc.endpoints(x[:2], "Predictions")["Predictions"][0],
+                          conv.endpoints(x[:2], "Predictions")["Predictions"][0])
