@@ -180,7 +180,27 @@ def _replace(name, values):
     return edit
 
 
+def _odd_integer_type(f):
+    """The bias rewritten with an int32 type of 16 bits' precision at offset 4: HDF5 would
+    convert every value wrongly, with the data checksum intact."""
+    values, attrs = f[BIAS][()], dict(f[BIAS].attrs)
+    del f[BIAS]
+    tid = h5py.h5t.STD_I32LE.copy()
+    tid.set_precision(16)
+    tid.set_offset(4)
+    h5py.h5d.create(f.id, BIAS.encode(), tid, h5py.h5s.create_simple(values.shape))
+    f[BIAS].id.write(h5py.h5s.ALL, h5py.h5s.ALL, values)
+    f[BIAS].attrs.update(attrs)
+
+
 MALFORMED = {
+    "odd integer type": (_odd_integer_type, CorruptFileError, "non-standard integer type"),
+    "keep dims": (_set_attr(None, "global_pool_keep_dims", "yes"), CorruptFileError, "global_pool_keep_dims"),
+    "string scale": (_set_attr(KERNEL, "scale", "0.1"), CorruptFileError, "scale of <U3"),
+    "dataset in activations": (lambda f: f.create_dataset("activations/Logits/x", data=[1]), ArchitectureError,
+                               "unknown tensor activations/Logits/x"),
+    "softmax without classes": (lambda f: f.attrs.update({"num_classes": 0}), CorruptFileError,
+                                "output_op='SOFTMAX' is not NONE for a model without a classifier"),
     "quantization": (_set_attr(None, "quantization", "int4"), CorruptFileError, "quantization='int4'"),
     "pool op": (_set_attr(None, "global_pool_op", "MAX_POOL_2D"), CorruptFileError, "global_pool_op"),
     "logits op": (lambda f: f.attrs.__delitem__("logits_op"), CorruptFileError, "logits_op"),
