@@ -378,3 +378,14 @@ def test_fully_connected_logits_compute_what_the_1x1_logits_conv_computes(case, 
     assert np.array_equal(fc.logits(x[:2]), conv.logits(x[:2]))
     assert np.array_equal(fc.endpoints(x[:2], "Predictions")["Predictions"][0],
                           conv.endpoints(x[:2], "Predictions")["Predictions"][0])
+
+
+def test_cli_embed_and_classify_run_a_quantized_model(coral_model, coral_v2, tmp_path, capsys):
+    from mobilenet_np.cli import main as cli_main
+    parrot = shared_path("images", "coral_parrot.jpg")
+    assert cli_main(["classify", "--model", str(coral_v2), str(parrot)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"{parrot}\tmacaw ("), line
+    assert cli_main(["embed", "--model", str(coral_v2), str(parrot), "-o", str(tmp_path / "f.npy")]) == 0
+    features = np.load(tmp_path / "f.npy")
+    assert np.array_equal(features, coral_model(coral_model.preprocess(parrot)[None]))
