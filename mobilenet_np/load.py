@@ -17,13 +17,19 @@ from pathlib import Path
 from . import names, registry, spec, weights_file
 from .errors import UnknownSourceError
 from .model import MobileNet
+from .quantized_model import QuantizedMobileNet
+from .weights_file_v2 import QuantizedWeightsFile
 
 
 def load(source: str | os.PathLike, backend: str = "numba", weights: str = "ema", *, pooling: str | None = "avg",
-         check_range: bool = True) -> MobileNet:
+         check_range: bool = True, dequantize: bool = False) -> MobileNet:
     """A model from any source (see the module notes).  ``weights``: for checkpoints, the raw
     or the EMA (``ExponentialMovingAverage``) values of each variable.  ``pooling`` and
-    ``check_range`` set the model's attributes of those names (see ``MobileNet``)."""
+    ``check_range`` set the model's attributes of those names (see ``MobileNet``).
+
+    A version-2 (quantized) weights file or a quantized .tflite gives a ``QuantizedMobileNet``
+    (``model.quantized`` is True), which computes in integers exactly as LiteRT does;
+    ``dequantize=True`` runs a quantized .tflite's dequantized weights in float instead."""
     key = os.fspath(source)
     options = {"backend": backend, "pooling": pooling, "check_range": check_range}
     exists = os.path.exists(key) or os.path.exists(key + ".index")       # a checkpoint prefix
@@ -36,13 +42,16 @@ def load(source: str | os.PathLike, backend: str = "numba", weights: str = "ema"
         raise _unknown(key)
     if os.path.isfile(key) and weights_file.is_weights_file(key):
         return from_file(key, **options)
-    return from_source(key, weights=weights, **options)
+    return from_source(key, weights=weights, dequantize=dequantize, **options)
 
 
 def from_file(path: str | os.PathLike, backend: str = "numba", input_size=None, **options) -> MobileNet:
     """Load a mobilenet-np weights file (see docs/weights-format.md)."""
     wf = weights_file.read(path)
     size = input_size or tuple(wf.attrs["default_input_size"])
+    if isinstance(wf, QuantizedWeightsFile):
+        return QuantizedMobileNet(wf, input_size=size, backend=backend, name=str(wf.attrs.get("model_name") or Path(path).stem),
+                                  weights_sha256=weights_file.file_sha256(path), **options)
     return MobileNet(wf.architecture, wf.tensors, num_classes=int(wf.attrs["num_classes"]),
                      folded=bool(wf.attrs["batchnorm_folded"]), input_size=size, backend=backend,
                      name=str(wf.attrs.get("model_name") or Path(path).stem),
@@ -50,9 +59,16 @@ def from_file(path: str | os.PathLike, backend: str = "numba", input_size=None, 
                      default_preset=str(wf.attrs.get("default_preset", "hub")), **options)
 
 
-def from_source(path: str, backend: str = "numba", weights: str = "ema", **options) -> MobileNet:
+def from_source(path: str, backend: str = "numba", weights: str = "ema", dequantize: bool = False,
+                **options) -> MobileNet:
     """Read a foreign weight source with ``weights_tools`` and build the model in memory."""
-    from weights_tools.convert import detect, open_source
+    from weights_tools.convert import detect, open_source, read_quantized
+
+    quantized = None if dequantize else read_quantized(path)
+    if quantized is not None:
+        return QuantizedMobileNet(quantized, input_size=tuple(quantized.attrs["default_input_size"]), backend=backend,
+                                  name=os.path.basename(path.rstrip("/")),
+                                  weights_sha256=weights_file.file_sha256(path), **options)
 
     src = open_source(path, weights)
     found = detect(src.tensors, path)

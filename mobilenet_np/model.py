@@ -43,6 +43,8 @@ class MobileNet:
     ranges deliberately.  Both are plain attributes, also set by ``mnp.load``.
     """
 
+    quantized = False               # True for QuantizedMobileNet (quantized_model.py)
+
     def __init__(self, arch: spec.Architecture, tensors: dict[str, np.ndarray], *, num_classes: int,
                  folded: bool, input_size: tuple[int, int], backend: str = "numba",
                  name: str | None = None, weights_sha256: str | None = None, attrs: dict | None = None,

@@ -19,12 +19,13 @@ PACKAGES = ("mobilenet_np", "weights_tools")
 # Lowest first.  A module may import modules of its own layer or of the layers before it.
 LAYERS = [
     ("base", ["mobilenet_np._version", "mobilenet_np.errors", "mobilenet_np.atomic", "mobilenet_np.argparsing"]),
-    ("architecture", ["mobilenet_np.spec", "mobilenet_np.tables", "mobilenet_np.weights_file"]),
+    ("architecture", ["mobilenet_np.spec", "mobilenet_np.tables", "mobilenet_np.weights_file",
+                      "mobilenet_np.weights_common", "mobilenet_np.weights_file_v2"]),
     ("readers", ["weights_tools", "weights_tools.*"]),
     ("kernels", ["mobilenet_np.kernels", "mobilenet_np.kernels.*"]),
     ("forward", ["mobilenet_np.forward", "mobilenet_np.forward.*", "mobilenet_np.threads"]),
     ("model", ["mobilenet_np.model", "mobilenet_np.preprocess", "mobilenet_np.registry",
-               "mobilenet_np.load", "mobilenet_np.names", "mobilenet_np.endpoint_names", "mobilenet_np.data_config"]),
+               "mobilenet_np.load", "mobilenet_np.quantized_model", "mobilenet_np.names", "mobilenet_np.endpoint_names", "mobilenet_np.data_config"]),
     ("application", ["mobilenet_np.argparsing", "mobilenet_np.inputs", "mobilenet_np.pipeline",
                      "mobilenet_np.journal", "mobilenet_np.outputs",
                      "mobilenet_np.labels", "mobilenet_np.parity", "mobilenet_np.dataset", "mobilenet_np.distributed", "mobilenet_np.image_commands", "mobilenet_np.cli", "mobilenet_np.calibrate",

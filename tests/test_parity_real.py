@@ -104,8 +104,9 @@ def test_v1_050_quantized_top1_is_in_our_top5(tmp_path, photos, copy):
     quantized in the original, so the logits differ; the classes must still agree."""
     path = shared_path(*V1_050_QUANT, f"mobilenet_v1_0.5_160_quant.{copy}.tflite")
     out = tmp_path / "quant.h5"
-    convert(path, out)
+    convert(path, out, dequantize=True)            # the float (version-1) file of its weights
     model = mnp.load(out)
+    assert not model.quantized
     assert (model.arch.depth_multiplier, model.num_features, model.num_classes) == (0.5, 512, 1001)
     from PIL import Image
     uint8 = np.stack([np.asarray(Image.open(p).convert("RGB").resize((160, 160), Image.BILINEAR))

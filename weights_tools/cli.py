@@ -44,8 +44,10 @@ def _inspect(args) -> None:
 
 
 def _convert(args) -> None:
-    found = convert(args.source, args.output, weights=args.weights, input_size=args.input_size)
-    print(f"wrote {args.output}: {found.describe()}")
+    found = convert(args.source, args.output, weights=args.weights, input_size=args.input_size,
+                    dequantize=args.dequantize)
+    kept = weights_file.read(args.output).attrs.get("quantization")
+    print(f"wrote {args.output}: {found.describe()}" + (f", quantized ({kept}, format version 2)" if kept else ""))
 
 
 def _verify(args) -> None:
@@ -79,6 +81,9 @@ def build_parser() -> SuggestingParser:
                    help="for checkpoints: raw variables or their ExponentialMovingAverage shadows (default ema)")
     p.add_argument("--input-size", type=int, default=None,
                    help="default input size recorded in the file (default: from the source or its name, else 224)")
+    p.add_argument("--dequantize", action="store_true",
+                   help="a quantized .tflite: write its dequantized weights as a float (version-1) file "
+                        "instead of keeping it quantized (version 2)")
     p.set_defaults(func=_convert)
     p = sub.add_parser("verify", help="check a weights file (format, attributes, storage, every shape and value); "
                                       "print its attributes")

@@ -16,12 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from mobilenet_np import spec, weights_file
+from mobilenet_np.weights_file_v2 import FORMAT_VERSION, QuantizedWeightsFile
 from mobilenet_np.errors import UnsupportedFormatError
 
 from .recognise import Detected, detect
 from .source import SourceTensors
+from .tflite_quantized import is_quantized, read_quantized_tflite
 
-__all__ = ["Detected", "WEIGHT_CHOICES", "convert", "detect", "open_source", "select_checkpoint_weights"]
+__all__ = ["Detected", "WEIGHT_CHOICES", "convert", "detect", "open_source", "read_quantized",
+           "select_checkpoint_weights"]
 
 WEIGHT_CHOICES = ("raw", "ema")
 EMA_SUFFIX = "/ExponentialMovingAverage"
@@ -99,11 +102,46 @@ def _require_file(path: str) -> None:
 
 
 def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, weights: str = "ema",
-            input_size: int | tuple[int, int] | None = None, model_name: str | None = None) -> Detected:
+            input_size: int | tuple[int, int] | None = None, model_name: str | None = None,
+            dequantize: bool = False) -> Detected:
     """Convert one source to a weights file; returns what was recognised.  Nothing is written
-    unless every check passes, and a failure part-way leaves no file behind."""
+    unless every check passes, and a failure part-way leaves no file behind.  A quantized
+    .tflite stays quantized (a version-2 file) unless ``dequantize``."""
     src = open_source(src_path, weights)
     found = detect(src.tensors, str(src_path))
+    attrs = _attrs(src_path, src, found, input_size, model_name)
+    quantized = None if dequantize else _quantized(src_path, src, found, attrs)
+    if quantized is not None:
+        weights_file.write_quantized(out_path, quantized.tensors, quantized.activations, quantized.attrs)
+    else:
+        weights_file.write(out_path, src.tensors, attrs)
+    return found
+
+
+def read_quantized(src_path: str | os.PathLike, input_size=None) -> QuantizedWeightsFile | None:
+    """A quantized .tflite as the version-2 model it converts to, in memory and checked as a
+    file would be; None for any other source (``mnp.load`` runs those in float)."""
+    if not str(src_path).lower().endswith(".tflite"):
+        return None
+    src = open_source(src_path)
+    found = detect(src.tensors, str(src_path))
+    return _quantized(src_path, src, found, _attrs(src_path, src, found, input_size, None))
+
+
+def _quantized(src_path, src: SourceTensors, found: Detected, attrs: dict) -> QuantizedWeightsFile | None:
+    if src.source_format != "tflite" or not is_quantized(src_path):
+        return None
+    tensors, activations, extra = read_quantized_tflite(src_path, found.architecture, found.depth_multiplier)
+    notes = [n for n in src.notes if not n.startswith("dequantized")] + [
+        "kept quantized: the integer weights and every activation's quantization of the .tflite"]
+    attrs = {**attrs, **extra, "notes": notes, "format": weights_file.FORMAT_NAME,
+             "format_version": FORMAT_VERSION, "batchnorm_folded": True}
+    weights_file.check_quantized_file(attrs, tensors, activations, str(src_path))
+    return QuantizedWeightsFile(str(src_path), tensors, activations, attrs)
+
+
+def _attrs(src_path, src: SourceTensors, found: Detected, input_size, model_name) -> dict:
+    """The root attributes of the converted file (docs/weights-format.md)."""
     size = _input_size(input_size or _plausible(src.input_size) or _size_from_name(str(src_path)))
     from mobilenet_np._version import __version__
     attrs = {
@@ -124,8 +162,7 @@ def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, weights: s
     }
     if model_name:
         attrs["model_name"] = model_name
-    weights_file.write(out_path, src.tensors, attrs)
-    return found
+    return attrs
 
 
 def _size_from_name(path: str) -> int:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 # of the flatbuffer reader (forward/quantized.py and quantized_engine.py import this module only).
 from weights_tools.tflite_schema import (ACTIVATION_NAMES, ADD, AVERAGE_POOL_2D, CONV_2D,  # noqa: F401
                                          DEPTHWISE_CONV_2D, DEQUANTIZE, MEAN, OP_NAMES, QUANTIZE, RESHAPE,
-                                         SOFTMAX, SQUEEZE, TENSOR_DTYPES, Model, Tensor, _Buffer, parse_model)
+                                         SOFTMAX, SQUEEZE, TENSOR_DTYPES, Model, Tensor, _Buffer, parse_model,
+                                         read_model_bytes)
 
 FULLY_CONNECTED = 9
 # Per operator code: the options fields we read, as (name, field number, struct format, default).

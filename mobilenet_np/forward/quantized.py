@@ -1,7 +1,8 @@
-"""The integer forward pass: a quantized .tflite graph run op by op with the integer reference kernels.
+"""The integer forward pass: a quantized graph run op by op with the integer reference kernels.
 
-``QuantizedGraph(path)`` reads a uint8 (Google's QAT MobileNets) or int8 (the TFLite converter's
-full-integer quantization) .tflite file; ``graph.run(x)`` takes the quantized input as LiteRT
+``QuantizedGraph(source)`` runs an ``IntegerGraph`` (``integer_graph.py``), given as such or
+built from a version-2 weights file or from a uint8 (Google's QAT MobileNets) or int8 (the
+TFLite converter's full-integer quantization) .tflite file; ``graph.run(x)`` takes the quantized input as LiteRT
 does (uint8 or int8 NHWC, any batch) and returns the graph's outputs, byte for byte what
 LiteRT's reference kernels give (or, with ``kernels=``, its optimized builtin kernels or its
 default XNNPACK delegate).  The op sequence is the graph's own: each operator is one call to a
@@ -15,18 +16,18 @@ ops a MobileNet does not contain (``OPS`` lists those it does).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from .. import spec
+from .. import spec, weights_file
+from .. import weights_file_v2 as v2
 from ..errors import UnsupportedFormatError
 from ..kernels import integer_reference as iref
 from ..kernels import integer_softmax
 from ..kernels import integer_xnnpack as ixnn
 from weights_tools import tflite_ops as tfl
+from . import integer_graph as ig
 
-PADDING_VALID = 1
+PADDING_VALID = ig.PADDING_VALID
 
 
 KERNELS = ("reference", "optimized", "xnnpack")
@@ -45,18 +46,14 @@ class QuantizedGraph:
     the ops it does not take (SOFTMAX) run as the optimized kernels do.
     """
 
-    def __init__(self, path: str | Path, kernels: str = "reference"):
+    def __init__(self, source, kernels: str = "reference"):
         if kernels not in KERNELS:
             raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
         self.kernels = kernels
         self.optimized = kernels in ("optimized", "xnnpack")
-        self.file = str(path)
-        graph = tfl.read_graph(Path(path).read_bytes(), self.file)
-        if len(graph.model.subgraphs) != 1:
-            raise UnsupportedFormatError(f"{self.file}: {len(graph.model.subgraphs)} subgraphs; expected 1")
-        self.model = graph.model
-        self.sub = graph.model.subgraphs[0]
-        self.options = graph.options
+        self.sub = _integer_graph(source)
+        self.file = self.sub.file
+        self.options = self.sub.options
         unknown = sorted({tfl.OP_NAMES.get(op.opcode, str(op.opcode)) for op in self.sub.operators
                           if op.opcode not in OPS})
         if unknown:
@@ -69,11 +66,11 @@ class QuantizedGraph:
 
     # --- tensors ---------------------------------------------------------------------------
 
-    def tensor(self, index: int) -> tfl.Tensor:
+    def tensor(self, index: int) -> ig.Tensor:
         return self.sub.tensors[index]
 
     def dtype(self, index: int) -> np.dtype:
-        return tfl.TENSOR_DTYPES[self.tensor(index).type]
+        return self.tensor(index).dtype
 
     def scale(self, index: int) -> float:
         """The per-tensor scale, as the float32 TFLite stores."""
@@ -84,13 +81,7 @@ class QuantizedGraph:
 
     def constant(self, index: int) -> np.ndarray | None:
         """The stored value of a constant tensor (weights, bias, shape, axes), else None."""
-        if index < 0:
-            return None
-        t = self.tensor(index)
-        data = self.model.buffers[t.buffer]
-        if len(data) == 0:
-            return None
-        return np.frombuffer(data, tfl.TENSOR_DTYPES[t.type]).reshape(t.shape)
+        return None if index < 0 else self.tensor(index).data
 
     @property
     def input_index(self) -> int:
@@ -151,6 +142,19 @@ class QuantizedGraph:
 
 
 # --- one function per operator: (graph, op, options, input values) -> output values -----------
+
+def _integer_graph(source) -> ig.IntegerGraph:
+    """An ``IntegerGraph`` as given, or built from a .tflite or a version-2 weights file."""
+    if isinstance(source, ig.IntegerGraph):
+        return source
+    if weights_file.is_weights_file(source):
+        qw = weights_file.read(source)
+        if not isinstance(qw, v2.QuantizedWeightsFile):
+            raise UnsupportedFormatError(f"{source}: a float (version-1) weights file; the integer path "
+                                         "runs quantized (version-2) files")
+        return ig.from_weights(qw, tuple(qw.attrs["default_input_size"]))
+    return ig.from_tflite(source)
+
 
 def _out(graph: QuantizedGraph, op):
     k = op.outputs[0]
