@@ -13,9 +13,10 @@ per-tensor with its ``_experimental_disable_per_channel``), calibrated on the sa
 Measures, against the float model on the evaluation images: top-1 agreement (classifier only), the
 cosine similarity of the pooled features (min and mean) and of the logits.
 
-The int8 models run on the integer reference kernels (kernels/integer_reference.py): ours with
-``int8_forward`` below, the converter's .tflite with ``forward/quantized.py`` (LiteRT's reference
-semantics, bit-exact to LiteRT in tests/test_quantized_forward.py).
+Both int8 models run with LiteRT's reference-kernel semantics (kernels/integer_reference.py,
+bit-exact to LiteRT in tests/test_quantized_forward.py): ours as ``QuantizedMobileNet`` (the
+version-2 model in memory, exactly what `weights-tools quantize` writes), the converter's .tflite
+with ``forward/quantized.py``.
 """
 
 from __future__ import annotations
@@ -35,53 +36,244 @@ OUT = REPO / "benchmarks" / "results" / "quantize.md"
 SYNTHETIC_SEED, SYNTHETIC_IMAGES = 20261201, 16
 
 
-# --- our int8 model on the integer reference kernels -----------------------------------------
+# --- our int8 model ----------------------------------------------------------------------------
 
-def int8_forward(qm, arch, images: np.ndarray) -> dict:
-    """Run a ``weights_tools.quantize.QuantizedModel`` on [N, H, W, 3] images in [0, 1] with the
-    integer reference kernels, as TFLite's reference kernels would run the same integers:
-    returns the dequantized ``features`` [N, C] and, with a classifier, ``logits`` [N, K]."""
-    from mobilenet_np import spec
-    from mobilenet_np.kernels import integer_reference as iref
-    from weights_tools.quantize import add_name
-
-    acts = qm.activations
-
-    def params(name):
-        return float(acts[name]["scale"]), int(acts[name]["zero_point"])
-
-    x = iref.quantize(images * np.float32(2) - np.float32(1), *params("input"), np.int8)
-    current, block_input = "input", None
-    for g in spec.geometry(arch, images.shape[1:3]):
-        layer = g.layer
-        if layer.block_start:
-            block_input = (x, current)
-        names = arch.names(layer)
-        x = _conv(qm, names, layer.weight_name, x, params(current), params(layer.scope), layer.stride if layer.kernel > 1 else 1,
-                  g.pad if layer.kernel > 1 else (0, 0, 0, 0), g.out_hw, layer.kind == "depthwise")
-        current = layer.scope
-        if layer.adds_residual:
-            (b, b_name), out = block_input, add_name(layer)
-            x = iref.add(x, *params(current), b, *params(b_name), *params(out), (-128, 127), np.int8)
-            current = out
-    pooled = iref.mean_hw(x, *params(current), *params("global_pool"), np.int8)
-    out = {"features": iref.dequantize(pooled, *params("global_pool"))}
-    if "Logits" in acts:
-        names = arch.logits_names
-        logits = _conv(qm, names, "weights", pooled[:, None, None, :], params("global_pool"), params("Logits"),
-                       1, (0, 0, 0, 0), (1, 1), False)[:, 0, 0, :]
-        out["logits"] = iref.dequantize(logits, *params("Logits"))
+def int8_outputs(qw, images: np.ndarray, backend: str = "numba") -> dict:
+    """Our quantized model (a ``weights_file_v2.QuantizedWeightsFile``) run by ``QuantizedMobileNet``
+    (the integer kernels, equal to LiteRT's reference kernels): dequantized features and logits."""
+    from mobilenet_np.quantized_model import QuantizedMobileNet
+    model = QuantizedMobileNet(qw, input_size=tuple(images.shape[1:3]), backend=backend)
+    out = {"features": model(images)}
+    if model.num_classes:
+        out["logits"] = model.logits(images)
     return out
 
 
-def _conv(qm, names, _, x, in_params, out_params, stride, pad, out_hw, depthwise):
+# --- the converter's int8 model ---------------------------------------------------------------
+
+def converter_tflite(model, images: np.ndarray, per_channel: bool) -> bytes:
+    """The TFLite converter's full-integer int8 model of ``model`` (input the [-1, 1] image, int8
+    in and out; logits out with a classifier, else the pooled features), calibrated on ``images``
+    in [0, 1] one at a time, as tests/int8_models.py builds it but with these images."""
+    import contextlib
+    import io
+    import warnings
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(REPO / "tests"))
+    import tensorflow as tf
+    from int8_models import tf_network
+
+    def calibration():
+        for image in images:
+            yield [(image[None] * np.float32(2) - np.float32(1)).astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([tf_network(model, images.shape[1:3])])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = calibration
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    if not per_channel:
+        converter._experimental_disable_per_channel = True
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return converter.convert()
+
+
+def converter_forward(path, images: np.ndarray, num_classes: int) -> dict:
+    """The converter's model run with LiteRT's reference semantics (forward/quantized.py)."""
+    from mobilenet_np.forward.quantized import QuantizedGraph
     from mobilenet_np.kernels import integer_reference as iref
-    w, attrs = qm.tensors[names.weights], qm.tensor_attrs[names.weights]
-    accumulate = iref.depthwise_conv2d_accumulate if depthwise else iref.conv2d_accumulate
-    acc = accumulate(x, in_params[1], w, 0, qm.tensors[names.biases], stride, pad, out_hw)
-    multiplier, shift = iref.conv_multipliers(in_params[0], attrs["scale"], out_params[0], per_tensor=False)
-    if attrs["scale"].size == 1:
-        multiplier = np.repeat(multiplier, acc.shape[-1])
-        shift = np.repeat(shift, acc.shape[-1])
-    clamp = iref.activation_range(attrs["fused_activation"], *out_params, np.int8)
-    return iref.requantize(acc, multiplier, shift, out_params[1], clamp, np.int8)
+    graph = QuantizedGraph(path)
+    k_in = graph.input_index
+    x = iref.quantize(images * np.float32(2) - np.float32(1), graph.scale(k_in), graph.zero_point(k_in), np.int8)
+    pool = graph.endpoint_tensors()["global_pool"]
+    seen = {}
+    outputs = graph.run(x, on_op=lambda i, op, y: seen.update({op.outputs[0]: y}) if op.outputs[0] == pool else None)
+    k_out = graph.sub.outputs[0]
+    out = {"features": iref.dequantize(seen[pool], graph.scale(pool), graph.zero_point(pool)).reshape(len(images), -1)}
+    if num_classes:
+        out["logits"] = iref.dequantize(outputs[0], graph.scale(k_out), graph.zero_point(k_out)).reshape(len(images), -1)
+    return out
+
+
+def converter_params(path, arch) -> dict:
+    """The converter's (scale, zero point) per activation name that has a TF-Slim endpoint, and its
+    int8 weights (in our layouts) and int32 biases per layer: for comparing the two quantizers' choices."""
+    from mobilenet_np.forward.quantized import QuantizedGraph
+    from weights_tools import tflite_ops as tfl
+    from weights_tools.quantize import add_name
+    graph = QuantizedGraph(path)
+    ops = graph.sub.operators
+    convs = [op for op in ops if op.opcode in (tfl.CONV_2D, tfl.DEPTHWISE_CONV_2D)]
+    acts, weights, biases = {"input": graph.input_index}, {}, {}
+    adds = {k: op.outputs[0] for op in ops if op.opcode == tfl.ADD for k in op.inputs}
+    for op, layer in zip(convs, arch.layers):
+        acts[layer.scope] = op.outputs[0]
+        if layer.adds_residual:
+            acts[add_name(layer)] = adds[op.outputs[0]]
+        w = graph.constant(op.inputs[1])
+        weights[arch.names(layer).weights] = w.transpose(1, 2, 3, 0)
+        biases[arch.names(layer).biases] = graph.constant(op.inputs[2])
+    acts["global_pool"] = graph.endpoint_tensors()["global_pool"]
+    return ({name: (graph.scale(k), graph.zero_point(k)) for name, k in acts.items()}, weights, biases)
+
+
+# --- measurements ---------------------------------------------------------------------------
+
+def photo_paths() -> list[Path]:
+    return sorted(p for p in (SHARED / "images").iterdir() if p.is_file())
+
+
+def views(paths, size) -> np.ndarray:
+    """Three views of each photo, [3 * len(paths), H, W, 3] in [0, 1]: the whole image (hub
+    preset, undrafted), its mirror image, and TF-Slim's 0.875 central crop."""
+    from mobilenet_np.preprocess import preprocess
+    out = []
+    for p in paths:
+        whole = preprocess(str(p), size, "hub", draft=False)
+        out += [whole, whole[:, ::-1], preprocess(str(p), size, "slim")]
+    return np.stack(out).astype(np.float32)
+
+
+def synthetic(size, n=SYNTHETIC_IMAGES, seed=SYNTHETIC_SEED) -> np.ndarray:
+    """Seeded synthetic calibration images: half uniform noise, half smooth random colour fields
+    (8x8 noise upsampled bilinearly), all in [0, 1]."""
+    from mobilenet_np.preprocess import preprocess
+    rng = np.random.default_rng(seed)
+    noise = rng.uniform(0, 1, (n // 2, *size, 3)).astype(np.float32)
+    smooth = [preprocess(rng.uniform(0, 1, (8, 8, 3)).astype(np.float32), size, "hub") for _ in range(n - n // 2)]
+    return np.concatenate([noise, np.clip(np.stack(smooth), 0, 1)]).astype(np.float32)
+
+
+def cosine(a, b) -> np.ndarray:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+
+
+def compare(reference: dict, quantized: dict) -> dict:
+    row = {"cos_min": float(cosine(reference["features"], quantized["features"]).min()),
+           "cos_mean": float(cosine(reference["features"], quantized["features"]).mean())}
+    if "logits" in reference:
+        row["top1"] = float(np.mean(reference["logits"].argmax(1) == quantized["logits"].argmax(1)))
+        row["top1_n"] = len(reference["logits"])
+        top5 = np.argsort(-quantized["logits"], axis=1)[:, :5]
+        row["in_top5"] = float(np.mean([t in five for t, five in zip(reference["logits"].argmax(1), top5)]))
+        row["logits_cos_min"] = float(cosine(reference["logits"], quantized["logits"]).min())
+    return row
+
+
+def float_outputs(model, images) -> dict:
+    out = {"features": model(images)}
+    if model.num_classes:
+        out["logits"] = model.logits(images)
+    return out
+
+
+MODELS = (("V1 0.25/160 (jevois float .tflite, 1001 classes)", "mobilenet_v1_025_160/tflite_float/mobilenet_v1_0.25_160.jevois.tflite"),
+          ("V2 0.5/96 (TF.js feature vector)", "mobilenet_v2_050_96/tfjs_graph_feature_vector/model.json"))
+
+
+def splits(paths, size):
+    """(label, calibration images, evaluation images): halves of the photos, and synthetic images."""
+    a, b = paths[0::2], paths[1::2]
+    return [(f"photos A ({len(a)}) -> views of B ({3 * len(b)})", views(a, size)[0::3], views(b, size)),
+            (f"photos B ({len(b)}) -> views of A ({3 * len(a)})", views(b, size)[0::3], views(a, size)),
+            (f"synthetic ({SYNTHETIC_IMAGES}, seed {SYNTHETIC_SEED}) -> views of all ({3 * len(paths)})",
+             synthetic(size), views(paths, size))]
+
+
+def measure(label, source, work: Path, log=print) -> list[dict]:
+    import mobilenet_np as mnp
+    from mobilenet_np.calibrate import quantize_float_model
+    from weights_tools.convert import convert
+    h5 = work / (Path(source).parent.parent.name + ".h5")
+    convert(str(SHARED / "weights" / source), str(h5))
+    model = mnp.load(str(h5))
+    size = tuple(model.input_size)
+    rows = []
+    for split, calib, evaluation in splits(photo_paths(), size):
+        reference = float_outputs(model, evaluation)
+        for per_channel in (True, False):
+            kind = "per-channel" if per_channel else "per-tensor"
+            t0 = time.perf_counter()
+            qm = quantize_float_model(model, calib, per_channel)
+            t_ours = time.perf_counter() - t0
+            ours = int8_outputs(qm, evaluation)
+            t0 = time.perf_counter()
+            tfl_path = work / f"{h5.stem}-{kind}.tflite"
+            tfl_path.write_bytes(converter_tflite(model, calib, per_channel))
+            t_conv = time.perf_counter() - t0
+            theirs = converter_forward(tfl_path, evaluation, model.num_classes)
+            acts, weights, _ = converter_params(tfl_path, model.arch)
+            same_zp = sum(qm.activations[n].zero_point == zp for n, (_, zp) in acts.items())
+            scale_diff = max(abs(qm.activations[n].scale / s - 1) for n, (s, _) in acts.items())
+            w_equal = np.mean(np.concatenate([(qm.tensors[n].values == w).reshape(-1) for n, w in weights.items()]))
+            w_maxdiff = max(int(np.abs(qm.tensors[n].values.astype(int) - w).max()) for n, w in weights.items())
+            row = {"model": label, "split": split, "weights": kind, "calib_n": len(calib),
+                   "ours": compare(reference, ours), "converter": compare(reference, theirs),
+                   "features_equal": float(np.mean(ours["features"] == theirs["features"])),
+                   "zp_equal": f"{same_zp}/{len(acts)}", "scale_rel_diff": scale_diff,
+                   "weights_equal": float(w_equal), "weights_maxdiff": w_maxdiff,
+                   "t_ours": t_ours, "t_converter": t_conv}
+            log(f"{label} | {split} | {kind}: ours {row['ours']}, converter {row['converter']}, "
+                f"params zp {row['zp_equal']} scale {scale_diff:.2e} weights {w_equal:.4f} (max diff {w_maxdiff})",
+                file=sys.stderr)
+            rows.append(row)
+    return rows
+
+
+def _fmt(r: dict) -> str:
+    top1 = (f"{r['top1'] * r['top1_n']:.0f}/{r['top1_n']} ({r['in_top5'] * r['top1_n']:.0f})"
+            if "top1" in r else "-")
+    logits = f"{r['logits_cos_min']:.4f}" if "logits_cos_min" in r else "-"
+    return f"{top1} | {r['cos_min']:.4f} / {r['cos_mean']:.4f} | {logits}"
+
+
+def report(rows: list[dict], seconds: float) -> str:
+    lines = [
+        "# Post-training int8 quantization: `weights-tools quantize` against the float model and the TFLite converter",
+        "",
+        "Regenerate: `PYTHONPATH=$PWD python -m benchmarks.quantize_report` "
+        f"(this run: {seconds:.0f} s on the shared 2-core VM).  How it is measured: see the module "
+        "docstring of benchmarks/quantize_report.py.  Columns: top-1 agreement with the float model "
+        "(classifier only), cosine similarity of the pooled features to the float model's (min / mean "
+        "over the evaluation images), min cosine of the logits; then how the two int8 models compare: "
+        "the fraction of dequantized features that are *equal*, activation zero points equal, the largest "
+        "relative difference of an activation scale, the fraction of int8 weights equal and the largest "
+        "difference of one.",
+        "",
+        "Images: the 9 photos of ../shared/images sorted by name, A = positions 0, 2, 4, 6, 8 and B = 1, 3, 5, 7; "
+        "calibration uses each photo once (whole image, hub preset); evaluation uses three views of each "
+        "photo (whole, mirrored, TF-Slim 0.875 central crop) so no calibration photo is in its evaluation set.",
+        "",
+        "| model | calibration -> evaluation | weights | ours: top-1 | ours: feature cos min / mean | ours: logits cos min "
+        "| converter: top-1 | converter: feature cos min / mean | converter: logits cos min "
+        "| features equal | zero points equal | max scale diff | weights equal (max diff) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['split']} | {r['weights']} | {_fmt(r['ours'])} | {_fmt(r['converter'])} "
+                     f"| {r['features_equal']:.3f} | {r['zp_equal']} | {r['scale_rel_diff']:.1e} "
+                     f"| {r['weights_equal']:.4f} ({r['weights_maxdiff']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--models", default="v1,v2", help="v1, v2 or both")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="quantize-report-") as work:
+        for key, (label, source) in zip(("v1", "v2"), MODELS):
+            if key in args.models.split(","):
+                rows += measure(label, source, Path(work))
+    Path(args.out).write_text(report(rows, time.perf_counter() - start))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

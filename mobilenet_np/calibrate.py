@@ -21,6 +21,7 @@ import sys
 import numpy as np
 
 from . import spec
+from . import weights_file_v2 as v2
 from .errors import ImageError, MissingFileError, WeightsError
 from .inputs import IMAGE_EXTENSIONS
 from weights_tools import quantize as q
@@ -95,8 +96,10 @@ def load_images(paths: list[str], size: tuple[int, int], preset: str) -> np.ndar
     return np.stack([preprocess(p, size, preset, draft=False) for p in paths])
 
 
-def quantize_float_model(model, images: np.ndarray, per_channel: bool, provenance: dict | None = None) -> q.QuantizedModel:
-    """Calibrate ``model`` (a float MobileNet) on ``images`` and quantize it."""
+def quantize_float_model(model, images: np.ndarray, per_channel: bool, provenance: dict | None = None,
+                         projection: str = "add") -> v2.QuantizedWeightsFile:
+    """Calibrate ``model`` (a float MobileNet) on ``images`` and quantize it: the version-2 model
+    in memory (``QuantizedMobileNet(qw, input_size=...)`` runs it, ``write_quantized`` saves it)."""
     from ._version import __version__
     ranges = calibration_ranges(model, images)
     attrs = {"architecture": model.arch.name, "depth_multiplier": float(model.arch.depth_multiplier),
@@ -106,10 +109,10 @@ def quantize_float_model(model, images: np.ndarray, per_channel: bool, provenanc
              "weights_choice": "n/a", "source_format": "mobilenet-np", "source_files": [],
              **{k: v for k, v in model.attrs.items() if k not in ("format", "format_version")},
              "converter_version": __version__}
-    return q.quantize_model(model.arch, model.tensors, attrs, ranges, per_channel, provenance)
+    return q.quantize_model(model.arch, model.tensors, attrs, ranges, per_channel, provenance, projection)
 
 
-def quantize_file(source: str, output: str, calibration: str, per_channel: bool, log=print) -> q.QuantizedModel:
+def quantize_file(source: str, output: str, calibration: str, per_channel: bool, log=print) -> v2.QuantizedWeightsFile:
     """``weights-tools quantize``: the v1 file ``source`` to the v2 file ``output``."""
     from . import weights_file
     from .load import from_file
@@ -122,6 +125,7 @@ def quantize_file(source: str, output: str, calibration: str, per_channel: bool,
         f" ({'per-channel' if per_channel else 'per-tensor'} weights)", file=sys.stderr)
     images = load_images(paths, size, model.default_preset)
     provenance = {"method": "min-max", "images_dir": os.path.abspath(calibration), "images": len(paths),
+                  "files": [os.path.basename(p) for p in paths],
                   "input_size": list(size), "preset": model.default_preset, "per_channel": bool(per_channel),
                   "float_file": {"name": os.path.basename(source), "sha256": weights_file.file_sha256(source)}}
     qm = quantize_float_model(model, images, per_channel, provenance)
@@ -132,10 +136,10 @@ def quantize_file(source: str, output: str, calibration: str, per_channel: bool,
     return qm
 
 
-def write_quantized(path: str, qm: q.QuantizedModel) -> None:
-    """Write a version-2 file (the writer of the int8file branch)."""
+def write_quantized(path: str, qw: v2.QuantizedWeightsFile) -> None:
+    """Write a version-2 file, atomically, after every check a reader makes."""
     from . import weights_file
-    weights_file.write_quantized(path, qm)
+    weights_file.write_quantized(path, qw.tensors, qw.activations, qw.attrs)
 
 
 # --- the console script ---------------------------------------------------------------------

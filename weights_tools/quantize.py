@@ -9,14 +9,18 @@ a model quantized here can be compared with the converter's:
   integer nearest to where 0.0 falls, taken from whichever end of the range gives the smaller
   rounding error, clamped to [-128, 127] (``activation_params``);
 * weights int8, symmetric, narrow range [-127, 127]: scale = max |w| / 127, per output channel
-  (``per_channel``) or for the whole tensor; zero point 0 (``weight_scales``);
+  (``per_channel``) or for the whole tensor, dead channels widened to |w| 5e-7; zero point 0
+  (``weight_scales``);
 * biases int32 with scale s_in * s_w[c] and zero point 0 (``quantize_bias``);
 * BatchNorm folded into the kernels and biases first (``fold_batchnorm``), ReLU6 kept as the
   layer's fused activation (a clamp in the integer domain);
+* V2's linear projections that feed a residual add take the add's output parameters
+  (``projection="add"``, what the converter does; ``"own"`` gives them their own calibrated range);
 * the softmax output has TFLite's fixed parameters, scale 1/256 and zero point -128.
 
-``quantize_model`` assembles the whole model: integer tensors with their per-dataset attributes,
-the activation parameters by name, and the root attributes.  It computes nothing on images: the
+``quantize_model`` assembles the whole model in the in-memory form of a version-2 file
+(``weights_file_v2.QuantizedWeightsFile``: integer tensors with their scales, zero points, axes and
+fused activations, the activation parameters by name, and the root attributes).  It computes nothing on images: the
 calibration that measures the ranges runs the float model and lives in the application layer
 (``mobilenet_np/calibrate.py``).  Pure NumPy; it imports only the architecture layer.
 """
@@ -24,15 +28,16 @@ calibration that measures the ranges runs the float model and lives in the appli
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from mobilenet_np import spec
+from mobilenet_np import weights_file_v2 as v2
+from mobilenet_np.weights_file_v2 import residual_add_name as add_name
 
 INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_MAX = 127                      # narrow range: -127..127, so that -w is representable
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+NEAR_ZERO = 1e-6                      # the converter's narrowest weight range (see weight_scales)
 SOFTMAX_SCALE, SOFTMAX_ZERO_POINT = 1.0 / 256.0, -128
 QUANTIZATION = "int8-per-channel"     # the v2 `quantization` attribute: int8 rules for multipliers
 
@@ -68,25 +73,38 @@ def activation_params(rmin: float, rmax: float, qmin: int = INT8_MIN, qmax: int 
 
 def weight_scales(w: np.ndarray, axis: int | None) -> np.ndarray:
     """Symmetric int8 scales: max |w| / 127 over each slice along ``axis`` (the output channel),
-    or over the whole tensor (``axis`` None, one scale).  An all-zero slice gets scale 1.0
-    (its integers are 0 whatever the scale)."""
+    or over the whole tensor (``axis`` None, one scale).
+
+    A slice whose range [min(w, 0), max(w, 0)] is at most ``NEAR_ZERO`` wide (a dead channel:
+    real V2 weights have channels of |w| ~ 1e-20 with biases ~ 0.1) is first widened to at least
+    [-NEAR_ZERO / 2, NEAR_ZERO / 2], as the converter does: otherwise its scale, and with it the
+    bias scale s_in * s_w, would be so small that the bias overflows int32.
+    """
     w = np.asarray(w, np.float64)
-    if axis is None:
-        peak = np.array([np.max(np.abs(w)) if w.size else 0.0])
-    else:
-        peak = np.max(np.abs(np.moveaxis(w, axis, -1)).reshape(-1, w.shape[axis]), axis=0)
-    return np.where(peak > 0, peak / WEIGHT_MAX, 1.0).astype(np.float32)
+    slices = w.reshape(1, -1) if axis is None else np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+    low = np.minimum(slices.min(axis=1, initial=0.0), 0.0)
+    high = np.maximum(slices.max(axis=1, initial=0.0), 0.0)
+    narrow = high - low <= NEAR_ZERO
+    low = np.where(narrow, np.minimum(low, -NEAR_ZERO / 2), low)
+    high = np.where(narrow, np.maximum(high, NEAR_ZERO / 2), high)
+    return (np.maximum(-low, high) / WEIGHT_MAX).astype(np.float32)
 
 
 def quantize_weights(w: np.ndarray, scales: np.ndarray, axis: int | None) -> np.ndarray:
-    """int8 weights round(w / scale), halves away from zero, clamped to [-127, 127]."""
-    w = np.asarray(w, np.float64)
-    scales = np.asarray(scales, np.float64)
-    if axis is not None:
+    """int8 weights round(w / scale), halves away from zero, clamped to [-127, 127], computed in
+    float32 as the converter does: per channel by dividing by each scale; per tensor (``axis``
+    None) as TFLite's symmetric tensor quantizer does, multiplying by 127 / max |w| (the two
+    differ on about 1 weight in 10,000); ``scales`` are ``weight_scales(w, axis)``'s."""
+    w = np.asarray(w, np.float32)
+    if axis is None:
+        peak = np.float32(scales.reshape(-1)[0]) * np.float32(WEIGHT_MAX) if not w.size else np.max(np.abs(w))
+        peak = max(peak, np.float32(NEAR_ZERO / 2))
+        ratio = w * (np.float32(WEIGHT_MAX) / np.float32(peak))
+    else:
         shape = [1] * w.ndim
         shape[axis] = -1
-        scales = scales.reshape(shape)
-    q = _round_half_away(w / scales)
+        ratio = w / np.asarray(scales, np.float32).reshape(shape)
+    q = np.sign(ratio) * np.floor(np.abs(ratio) + np.float32(0.5))
     return np.clip(q, -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8)
 
 
@@ -95,18 +113,20 @@ def quantize_bias(b: np.ndarray, input_scale, w_scales) -> tuple[np.ndarray, np.
     b = np.asarray(b, np.float64)
     scales = (np.float64(np.float32(input_scale)) * np.asarray(w_scales, np.float32).astype(np.float64))
     scales = np.broadcast_to(scales, b.shape).astype(np.float32)
-    q = _round_half_away(b / scales.astype(np.float64))
+    q = _round_half_away(np.float32(b) / scales)
     return np.clip(q, INT32_MIN, INT32_MAX).astype(np.int32), scales
 
 
 def fold_batchnorm(w: np.ndarray, gamma, beta, mean, variance, epsilon: float, depthwise: bool):
-    """BatchNorm folded into the conv: w * gamma / sqrt(var + eps) per output channel, and the
-    bias beta - mean * gamma / sqrt(var + eps).  Returned as float32 (weights, bias)."""
-    factor = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(variance, np.float64) + epsilon)
-    w = np.asarray(w, np.float64)
+    """BatchNorm folded into the conv, in float32 as TensorFlow folds it: the factor
+    gamma * (1 / sqrt(var + eps)) multiplies each output channel of the kernel, and the bias is
+    beta - mean * factor.  Returned as float32 (weights, bias)."""
+    f32 = np.float32
+    factor = np.asarray(gamma, f32) * (f32(1.0) / np.sqrt(np.asarray(variance, f32) + f32(epsilon)))
+    w = np.asarray(w, f32)
     folded = w * (factor.reshape(1, 1, -1, 1) if depthwise else factor.reshape(1, 1, 1, -1))
-    bias = np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * factor
-    return folded.astype(np.float32), bias.astype(np.float32)
+    bias = np.asarray(beta, f32) - np.asarray(mean, f32) * factor
+    return folded.astype(f32), bias.astype(f32)
 
 
 def _round_half_away(x):
@@ -116,40 +136,13 @@ def _round_half_away(x):
 
 # --- names -----------------------------------------------------------------------------------
 
-def add_name(layer: spec.ConvLayer) -> str:
-    """The activation name of a V2 residual add's output: ``expanded_conv_4/add``."""
-    return f"{layer.scope.rsplit('/', 1)[0]}/add"
-
-
 def activation_names(arch: spec.Architecture, num_classes: int) -> list[str]:
-    """Every activation tensor a version-2 file names, in the network's order: ``input``, each
-    conv's output (V2 projections before their add), each ``<block>/add``, ``global_pool`` and,
-    with a classifier, ``Logits`` (``Predictions`` has fixed parameters, not a calibrated range)."""
-    names = ["input"]
-    for layer in arch.layers:
-        names.append(layer.scope)
-        if layer.adds_residual:
-            names.append(add_name(layer))
-    names.append("global_pool")
-    if num_classes:
-        names.append("Logits")
-    return names
+    """The activations whose range calibration measures: every name of a version-2 file
+    (``weights_file_v2.activation_names``) but ``Predictions``, whose parameters are fixed."""
+    return v2.activation_names(arch, num_classes, "NONE")
 
 
 # --- the whole model -------------------------------------------------------------------------
-
-@dataclass
-class QuantizedModel:
-    """A quantized MobileNet in the terms of format version 2: integer ``tensors`` under their
-    TF-Slim names, each dataset's attributes (``tensor_attrs``: scale, zero_point,
-    quantized_axis, fused_activation), ``activations`` {name: {scale, zero_point, dtype}}, and
-    the root ``attrs``."""
-
-    tensors: dict[str, np.ndarray]
-    tensor_attrs: dict[str, dict]
-    activations: dict[str, dict]
-    attrs: dict = field(default_factory=dict)
-
 
 def float_layers(arch: spec.Architecture, tensors: dict, folded: bool, epsilon: float) -> list[tuple]:
     """Per layer (float32 kernel, float32 bias), BatchNorm folded when the file has it unfolded."""
@@ -165,35 +158,50 @@ def float_layers(arch: spec.Architecture, tensors: dict, folded: bool, epsilon: 
     return out
 
 
+PROJECTIONS = ("add", "own")
+
+
 def quantize_model(arch: spec.Architecture, tensors: dict, attrs: dict, ranges: dict[str, tuple[float, float]],
-                   per_channel: bool, provenance: dict | None = None) -> QuantizedModel:
+                   per_channel: bool, provenance: dict | None = None, projection: str = "add",
+                   path: str = "<quantized in memory>") -> v2.QuantizedWeightsFile:
     """The int8 model of a float one.  ``tensors``/``attrs``: a version-1 file's; ``ranges``:
     the calibrated [min, max] of every name in ``activation_names``; ``provenance``: stored as the
-    root attribute ``calibration`` (what calibrated it)."""
+    root attribute ``calibration`` (what calibrated it); ``projection``: the parameters of a V2
+    projection that feeds a residual add, "add" (the add's, as the TFLite converter chooses them)
+    or "own" (its own calibrated range).  The result is what ``weights_file.read`` gives for a
+    version-2 file (``path`` names it in messages): ``weights_file.write_quantized`` writes it,
+    ``QuantizedMobileNet`` runs it."""
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
     num_classes = int(attrs.get("num_classes", 0))
     missing = [n for n in activation_names(arch, num_classes) if n not in ranges]
     if missing:
         raise ValueError(f"no calibrated range for activation(s) {', '.join(missing)}")
     acts = {name: _activation(*ranges[name]) for name in activation_names(arch, num_classes)}
+    if projection == "add":
+        for layer in arch.layers:
+            if layer.adds_residual:
+                acts[layer.scope] = acts[add_name(layer)]
     epsilon = float(attrs.get("batchnorm_epsilon", spec.TF_BATCHNORM_EPSILON))
     folded = bool(attrs.get("batchnorm_folded", False))
-    out_tensors, out_attrs = {}, {}
+    out_tensors = {}
     previous = "input"
     for layer, (w, b) in zip(arch.layers, float_layers(arch, tensors, folded, epsilon)):
         names = arch.names(layer)
         axis = 2 if layer.kind == "depthwise" else 3
         activation = "RELU6" if layer.relu6 else "NONE"
-        _quantize_conv(out_tensors, out_attrs, names, w, b, axis, per_channel, acts[previous]["scale"], activation)
+        _quantize_conv(out_tensors, names, w, b, axis, per_channel, acts[previous].scale, activation)
         previous = add_name(layer) if layer.adds_residual else layer.scope
     if num_classes:
         names = arch.logits_names
-        _quantize_conv(out_tensors, out_attrs, names, np.asarray(tensors[names.weights], np.float32),
+        _quantize_conv(out_tensors, names, np.asarray(tensors[names.weights], np.float32),
                        np.asarray(tensors[names.biases], np.float32), 3, per_channel,
-                       acts["global_pool"]["scale"], "NONE")
-        acts["Predictions"] = {"scale": np.float32(SOFTMAX_SCALE), "zero_point": SOFTMAX_ZERO_POINT, "dtype": "int8"}
+                       acts["global_pool"].scale, "NONE")
+        acts["Predictions"] = v2.ActivationQuantization(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT, "int8")
     root = {k: v for k, v in attrs.items() if k not in ("format", "format_version")}
-    root.update({"format_version": 2, "batchnorm_folded": True, "quantization": QUANTIZATION,
-                 "per_channel": bool(per_channel), "global_pool_op": "MEAN",
+    root.update({"format": "mobilenet-np-weights", "format_version": v2.FORMAT_VERSION, "batchnorm_folded": True,
+                 "quantization": QUANTIZATION,
+                 "per_channel": bool(per_channel), "residual_projection": projection, "global_pool_op": "MEAN",
                  "output_op": "SOFTMAX" if num_classes else "NONE"})
     if num_classes:
         root.update({"logits_op": "CONV_2D", "softmax_beta": 1.0})
@@ -203,28 +211,18 @@ def quantize_model(arch: spec.Architecture, tensors: dict, attrs: dict, ranges: 
     root["notes"] = notes
     if provenance is not None:
         root["calibration"] = dict(provenance)
-    return QuantizedModel(out_tensors, out_attrs, acts, root)
+    return v2.QuantizedWeightsFile(path, out_tensors, acts, root)
 
 
-def _activation(rmin: float, rmax: float) -> dict:
+def _activation(rmin: float, rmax: float) -> v2.ActivationQuantization:
     scale, zero_point = activation_params(rmin, rmax)
-    return {"scale": scale, "zero_point": int(zero_point), "dtype": "int8"}
+    return v2.ActivationQuantization(float(scale), int(zero_point), "int8")
 
 
-def _quantize_conv(tensors, attrs, names: spec.TensorNames, w, b, axis, per_channel, input_scale, activation):
+def _quantize_conv(tensors, names: spec.TensorNames, w, b, axis, per_channel, input_scale, activation):
     scales = weight_scales(w, axis if per_channel else None)
-    tensors[names.weights] = quantize_weights(w, scales, axis if per_channel else None)
-    attrs[names.weights] = {"scale": scales, "zero_point": np.zeros(scales.shape, np.int32),
-                            "quantized_axis": axis, "fused_activation": activation}
+    zeros = np.zeros(scales.shape, np.int32)
+    tensors[names.weights] = v2.QuantizedTensor(quantize_weights(w, scales, axis if per_channel else None),
+                                                scales, zeros, axis, activation)
     q_bias, bias_scales = quantize_bias(b, input_scale, scales)
-    tensors[names.biases] = q_bias
-    attrs[names.biases] = {"scale": bias_scales, "zero_point": np.zeros(bias_scales.shape, np.int32)}
-
-
-def dequantize_weights(q: np.ndarray, scales: np.ndarray, axis: int) -> np.ndarray:
-    """The float kernel an int8 one stands for (for error measurements): q * scale per channel."""
-    scales = np.asarray(scales, np.float32)
-    shape = [1] * q.ndim
-    if scales.size > 1:
-        shape[axis] = -1
-    return (q.astype(np.float32) * scales.reshape(shape)).astype(np.float32)
+    tensors[names.biases] = v2.QuantizedTensor(q_bias, bias_scales, np.zeros(bias_scales.shape, np.int32), 0, None)
