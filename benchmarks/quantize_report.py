@@ -192,32 +192,40 @@ def measure(label, source, work: Path, log=print) -> list[dict]:
     model = mnp.load(str(h5))
     size = tuple(model.input_size)
     rows = []
+    variants = [("per-channel", True, "add"), ("per-tensor", False, "add")]
+    if any(layer.adds_residual for layer in model.arch.layers):
+        variants.append(("per-channel, projections' own ranges", True, "own"))
     for split, calib, evaluation in splits(photo_paths(), size):
         reference = float_outputs(model, evaluation)
-        for per_channel in (True, False):
-            kind = "per-channel" if per_channel else "per-tensor"
+        converted = {}
+        for kind, per_channel, projection in variants:
             t0 = time.perf_counter()
-            qm = quantize_float_model(model, calib, per_channel)
+            qm = quantize_float_model(model, calib, per_channel, projection=projection)
             t_ours = time.perf_counter() - t0
             ours = int8_outputs(qm, evaluation)
-            t0 = time.perf_counter()
-            tfl_path = work / f"{h5.stem}-{kind}.tflite"
-            tfl_path.write_bytes(converter_tflite(model, calib, per_channel))
-            t_conv = time.perf_counter() - t0
-            theirs = converter_forward(tfl_path, evaluation, model.num_classes)
-            acts, weights, _ = converter_params(tfl_path, model.arch)
+            if per_channel not in converted:
+                t0 = time.perf_counter()
+                tfl_path = work / f"{h5.stem}-{per_channel}.tflite"
+                tfl_path.write_bytes(converter_tflite(model, calib, per_channel))
+                t_conv = time.perf_counter() - t0
+                converted[per_channel] = (converter_forward(tfl_path, evaluation, model.num_classes),
+                                          converter_params(tfl_path, model.arch), t_conv)
+            theirs, (acts, weights, biases), t_conv = converted[per_channel]
             same_zp = sum(qm.activations[n].zero_point == zp for n, (_, zp) in acts.items())
             scale_diff = max(abs(qm.activations[n].scale / s - 1) for n, (s, _) in acts.items())
             w_equal = np.mean(np.concatenate([(qm.tensors[n].values == w).reshape(-1) for n, w in weights.items()]))
             w_maxdiff = max(int(np.abs(qm.tensors[n].values.astype(int) - w).max()) for n, w in weights.items())
+            b_diff = np.concatenate([qm.tensors[n].values.astype(np.int64) - b for n, b in biases.items()])
             row = {"model": label, "split": split, "weights": kind, "calib_n": len(calib),
                    "ours": compare(reference, ours), "converter": compare(reference, theirs),
                    "features_equal": float(np.mean(ours["features"] == theirs["features"])),
                    "zp_equal": f"{same_zp}/{len(acts)}", "scale_rel_diff": scale_diff,
                    "weights_equal": float(w_equal), "weights_maxdiff": w_maxdiff,
+                   "bias_equal": float(np.mean(b_diff == 0)), "bias_maxdiff": int(np.abs(b_diff).max()),
                    "t_ours": t_ours, "t_converter": t_conv}
             log(f"{label} | {split} | {kind}: ours {row['ours']}, converter {row['converter']}, "
-                f"params zp {row['zp_equal']} scale {scale_diff:.2e} weights {w_equal:.4f} (max diff {w_maxdiff})",
+                f"params zp {row['zp_equal']} scale {scale_diff:.2e} weights {w_equal:.4f} (max diff {w_maxdiff}) "
+                f"biases {row['bias_equal']:.4f} (max diff {row['bias_maxdiff']}); {t_ours:.1f} s vs converter {t_conv:.1f} s",
                 file=sys.stderr)
             rows.append(row)
     return rows
@@ -241,7 +249,8 @@ def report(rows: list[dict], seconds: float) -> str:
         "over the evaluation images), min cosine of the logits; then how the two int8 models compare: "
         "the fraction of dequantized features that are *equal*, activation zero points equal, the largest "
         "relative difference of an activation scale, the fraction of int8 weights equal and the largest "
-        "difference of one.",
+        "difference of one, the same for the int32 biases.  Top-1 cells: agreeing images / images "
+        "(in parentheses: images whose float top-1 is among the int8 model's top 5).",
         "",
         "Images: the 9 photos of ../shared/images sorted by name, A = positions 0, 2, 4, 6, 8 and B = 1, 3, 5, 7; "
         "calibration uses each photo once (whole image, hub preset); evaluation uses three views of each "
@@ -249,13 +258,13 @@ def report(rows: list[dict], seconds: float) -> str:
         "",
         "| model | calibration -> evaluation | weights | ours: top-1 | ours: feature cos min / mean | ours: logits cos min "
         "| converter: top-1 | converter: feature cos min / mean | converter: logits cos min "
-        "| features equal | zero points equal | max scale diff | weights equal (max diff) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| features equal | zero points equal | max scale diff | weights equal (max diff) | biases equal (max diff) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['model']} | {r['split']} | {r['weights']} | {_fmt(r['ours'])} | {_fmt(r['converter'])} "
                      f"| {r['features_equal']:.3f} | {r['zp_equal']} | {r['scale_rel_diff']:.1e} "
-                     f"| {r['weights_equal']:.4f} ({r['weights_maxdiff']}) |")
+                     f"| {r['weights_equal']:.4f} ({r['weights_maxdiff']}) | {r['bias_equal']:.4f} ({r['bias_maxdiff']}) |")
     return "\n".join(lines) + "\n"
 
 

@@ -97,7 +97,7 @@ def load_images(paths: list[str], size: tuple[int, int], preset: str) -> np.ndar
 
 
 def quantize_float_model(model, images: np.ndarray, per_channel: bool, provenance: dict | None = None,
-                         projection: str = "add") -> v2.QuantizedWeightsFile:
+                         projection: str = "union") -> v2.QuantizedWeightsFile:
     """Calibrate ``model`` (a float MobileNet) on ``images`` and quantize it: the version-2 model
     in memory (``QuantizedMobileNet(qw, input_size=...)`` runs it, ``write_quantized`` saves it)."""
     from ._version import __version__

@@ -134,16 +134,28 @@ def test_calibration_ranges_are_the_float_models_min_and_max(rng):
     assert ranges["expanded_conv_2/project"] != ranges["expanded_conv_2/add"]
 
 
-def test_residual_projections_take_the_adds_parameters_or_their_own(rng):
+def test_a_bias_too_large_for_its_scale_raises_the_weight_scale():
+    """|b| / (s_in * s_w) above 2^30 (real V2 0.5's first conv: |w| 2e-20, bias -2.0, s_in 2/255)
+    raises s_w to |b| / (s_in * 2^30), as the converter does, so the bias is 2^30 steps."""
+    scales = q.bias_safe_scales(np.float32([1e-7, 1e-9]), np.float32([0.5, -2.0]), np.float32(2 / 255))
+    assert scales[0] == np.float32(1e-7)
+    assert scales[1] == np.float32(2.0 / (np.float32(2 / 255) * 2.0 ** 30))
+    bias, _ = q.quantize_bias(np.float32([0.5, -2.0]), np.float32(2 / 255), scales)
+    assert abs(int(bias[1]) + 2 ** 30) <= 1
+
+
+def test_residual_projections_cover_the_adds_range_or_only_their_own(rng):
     model = mnp.build("mobilenet_v2", 0.35, 64, num_classes=0, seed=2, backend="numpy")
     images = rng.uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
     ranges = calibrate.calibration_ranges(model, images)
     converter_like = calibrate.quantize_float_model(model, images, True)
     own = calibrate.quantize_float_model(model, images, True, projection="own")
+    (p_lo, p_hi), (a_lo, a_hi) = ranges["expanded_conv_2/project"], ranges["expanded_conv_2/add"]
+    assert converter_like.activations["expanded_conv_2/project"].scale == q.activation_params(
+        min(p_lo, a_lo), max(p_hi, a_hi))[0]
+    assert own.activations["expanded_conv_2/project"].scale == q.activation_params(p_lo, p_hi)[0]
     for acts in (converter_like.activations, own.activations):
-        assert acts["expanded_conv_2/add"].scale == q.activation_params(*ranges["expanded_conv_2/add"])[0]
-    assert converter_like.activations["expanded_conv_2/project"] == converter_like.activations["expanded_conv_2/add"]
-    assert own.activations["expanded_conv_2/project"].scale == q.activation_params(*ranges["expanded_conv_2/project"])[0]
+        assert acts["expanded_conv_2/add"].scale == q.activation_params(a_lo, a_hi)[0]
     # a projection without an add keeps its own range either way
     assert converter_like.activations["expanded_conv_1/project"] == own.activations["expanded_conv_1/project"]
     with pytest.raises(ValueError, match="projection"):

@@ -14,8 +14,8 @@ a model quantized here can be compared with the converter's:
 * biases int32 with scale s_in * s_w[c] and zero point 0 (``quantize_bias``);
 * BatchNorm folded into the kernels and biases first (``fold_batchnorm``), ReLU6 kept as the
   layer's fused activation (a clamp in the integer domain);
-* V2's linear projections that feed a residual add take the add's output parameters
-  (``projection="add"``, what the converter does; ``"own"`` gives them their own calibrated range);
+* a V2 linear projection that feeds a residual add is quantized over the union of its own range
+  and the add's (``projection="union"``, what the converter does; ``"own"``: its range alone);
 * the softmax output has TFLite's fixed parameters, scale 1/256 and zero point -128.
 
 ``quantize_model`` assembles the whole model in the in-memory form of a version-2 file
@@ -37,6 +37,7 @@ from mobilenet_np.weights_file_v2 import residual_add_name as add_name
 INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_MAX = 127                      # narrow range: -127..127, so that -w is representable
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+BIAS_LIMIT = float(1 << 30)            # the largest |bias| in steps of s_in * s_w (see bias_safe_scales)
 NEAR_ZERO = 1e-6                      # the converter's narrowest weight range (see weight_scales)
 SOFTMAX_SCALE, SOFTMAX_ZERO_POINT = 1.0 / 256.0, -128
 QUANTIZATION = "int8-per-channel"     # the v2 `quantization` attribute: int8 rules for multipliers
@@ -113,8 +114,16 @@ def quantize_bias(b: np.ndarray, input_scale, w_scales) -> tuple[np.ndarray, np.
     b = np.asarray(b, np.float64)
     scales = (np.float64(np.float32(input_scale)) * np.asarray(w_scales, np.float32).astype(np.float64))
     scales = np.broadcast_to(scales, b.shape).astype(np.float32)
-    q = _round_half_away(np.float32(b) / scales)
+    q = _round_half_away(b / scales.astype(np.float64))
     return np.clip(q, INT32_MIN, INT32_MAX).astype(np.int32), scales
+
+
+def bias_safe_scales(scales: np.ndarray, b: np.ndarray, input_scale) -> np.ndarray:
+    """Weight scales raised where the bias would not fit in +-2^30 steps of s_in * s_w: there
+    s_w = |b| / (s_in * 2^30), as the converter adjusts them (real V2 0.5's first conv has a
+    channel of |w| 2e-20 with a bias of -2.0; its weights quantize to 0 either way)."""
+    needed = np.abs(np.asarray(b, np.float64)) / (float(np.float32(input_scale)) * BIAS_LIMIT)
+    return np.maximum(np.asarray(scales, np.float64), needed).astype(np.float32)
 
 
 def fold_batchnorm(w: np.ndarray, gamma, beta, mean, variance, epsilon: float, depthwise: bool):
@@ -158,17 +167,17 @@ def float_layers(arch: spec.Architecture, tensors: dict, folded: bool, epsilon: 
     return out
 
 
-PROJECTIONS = ("add", "own")
+PROJECTIONS = ("union", "own")
 
 
 def quantize_model(arch: spec.Architecture, tensors: dict, attrs: dict, ranges: dict[str, tuple[float, float]],
-                   per_channel: bool, provenance: dict | None = None, projection: str = "add",
+                   per_channel: bool, provenance: dict | None = None, projection: str = "union",
                    path: str = "<quantized in memory>") -> v2.QuantizedWeightsFile:
     """The int8 model of a float one.  ``tensors``/``attrs``: a version-1 file's; ``ranges``:
     the calibrated [min, max] of every name in ``activation_names``; ``provenance``: stored as the
     root attribute ``calibration`` (what calibrated it); ``projection``: the parameters of a V2
-    projection that feeds a residual add, "add" (the add's, as the TFLite converter chooses them)
-    or "own" (its own calibrated range).  The result is what ``weights_file.read`` gives for a
+    projection that feeds a residual add, "union" (over its range and the add's, as the TFLite
+    converter chooses them) or "own" (its own calibrated range).  The result is what ``weights_file.read`` gives for a
     version-2 file (``path`` names it in messages): ``weights_file.write_quantized`` writes it,
     ``QuantizedMobileNet`` runs it."""
     if projection not in PROJECTIONS:
@@ -177,11 +186,13 @@ def quantize_model(arch: spec.Architecture, tensors: dict, attrs: dict, ranges: 
     missing = [n for n in activation_names(arch, num_classes) if n not in ranges]
     if missing:
         raise ValueError(f"no calibrated range for activation(s) {', '.join(missing)}")
-    acts = {name: _activation(*ranges[name]) for name in activation_names(arch, num_classes)}
-    if projection == "add":
+    ranges = dict(ranges)
+    if projection == "union":
         for layer in arch.layers:
             if layer.adds_residual:
-                acts[layer.scope] = acts[add_name(layer)]
+                (p_lo, p_hi), (a_lo, a_hi) = ranges[layer.scope], ranges[add_name(layer)]
+                ranges[layer.scope] = (min(p_lo, a_lo), max(p_hi, a_hi))
+    acts = {name: _activation(*ranges[name]) for name in activation_names(arch, num_classes)}
     epsilon = float(attrs.get("batchnorm_epsilon", spec.TF_BATCHNORM_EPSILON))
     folded = bool(attrs.get("batchnorm_folded", False))
     out_tensors = {}
@@ -220,9 +231,17 @@ def _activation(rmin: float, rmax: float) -> v2.ActivationQuantization:
 
 
 def _quantize_conv(tensors, names: spec.TensorNames, w, b, axis, per_channel, input_scale, activation):
-    scales = weight_scales(w, axis if per_channel else None)
-    zeros = np.zeros(scales.shape, np.int32)
-    tensors[names.weights] = v2.QuantizedTensor(quantize_weights(w, scales, axis if per_channel else None),
-                                                scales, zeros, axis, activation)
+    if per_channel:
+        scales = bias_safe_scales(weight_scales(w, axis), b, input_scale)
+        values = quantize_weights(w, scales, axis)
+    else:
+        scales = weight_scales(w, None)
+        raised = bias_safe_scales(np.repeat(scales, len(b)), b, input_scale).max()
+        if raised > scales[0]:          # a raised tensor scale: divide by it, channel by channel
+            scales = np.float32([raised])
+            values = quantize_weights(w, np.repeat(scales, w.shape[axis]), axis)
+        else:
+            values = quantize_weights(w, scales, None)
+    tensors[names.weights] = v2.QuantizedTensor(values, scales, np.zeros(scales.shape, np.int32), axis, activation)
     q_bias, bias_scales = quantize_bias(b, input_scale, scales)
     tensors[names.biases] = v2.QuantizedTensor(q_bias, bias_scales, np.zeros(bias_scales.shape, np.int32), 0, None)
