@@ -164,7 +164,8 @@ def build_parser():
     p.add_argument("--calibration", required=True, metavar="IMAGES_DIR",
                    help="folder of images to calibrate activation ranges on")
     p.add_argument("--per-channel", action="store_true",
-                   help="one weight scale per output channel (default: one per tensor)")
+                   help="one weight scale per output channel, as MobileNets need (default: one per tensor, "
+                        "which loses most of their accuracy: benchmarks/results/quantize.md)")
     p.set_defaults(func=_run_quantize)
     return parser
 

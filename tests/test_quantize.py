@@ -278,3 +278,26 @@ def test_the_command_end_to_end(float_file, tmp_path, capsys, rng):
     # a quantized file is not quantized again
     assert calibrate.main(["quantize", str(out), str(tmp_path / "qq.h5"), "--calibration", str(images)]) == 1
     assert "already quantized" in capsys.readouterr().err
+
+
+# --- real weights -------------------------------------------------------------------------------
+
+def test_real_v1_025_classifier_agrees_with_its_float_model(shared, tmp_path):
+    """Real V1 0.25/160 (the float jevois .tflite), per-channel, calibrated on seeded synthetic
+    images only, evaluated on the 9 photos of ../shared/images.  Measured in this setup: feature
+    cosine min 0.950, top-1 agreement 7 of 9, float top-1 within the int8 top 5 on 8 of 9 (per-tensor
+    weights: cosine 0.23, 0 of 9, 0 of 9).  A 0.25-wide classifier's top-1 margins are small, so
+    the bounds leave room (cosine 0.9, top-1 at least half, top 5 at least 7 of 9); a broken
+    scale, zero point or bias anywhere drops all three to about what per-tensor weights give."""
+    from benchmarks.quantize_report import photo_paths, views
+    from weights_tools.convert import convert
+    source = shared("weights", "mobilenet_v1_025_160", "tflite_float", "mobilenet_v1_0.25_160.jevois.tflite")
+    h5 = tmp_path / "v1_025_160.h5"
+    convert(str(source), str(h5))
+    model = mnp.load(str(h5))
+    qm = calibrate.quantize_float_model(model, synthetic((160, 160)), per_channel=True)
+    photos = views(photo_paths(), (160, 160))[0::3]
+    row = compare({"features": model(photos), "logits": model.logits(photos)}, int8_outputs(qm, photos))
+    assert row["cos_min"] > 0.9, row
+    assert row["in_top5"] >= 7 / 9, row
+    assert row["top1"] >= 0.5, row

@@ -11,7 +11,8 @@ a model quantized here can be compared with the converter's:
 * weights int8, symmetric, narrow range [-127, 127]: scale = max |w| / 127, per output channel
   (``per_channel``) or for the whole tensor, dead channels widened to |w| 5e-7; zero point 0
   (``weight_scales``);
-* biases int32 with scale s_in * s_w[c] and zero point 0 (``quantize_bias``);
+* biases int32 with scale s_in * s_w[c] and zero point 0 (``quantize_bias``); where a bias would
+  exceed 2^30 steps, the weight scale is raised until it does not (``bias_safe_scales``);
 * BatchNorm folded into the kernels and biases first (``fold_batchnorm``), ReLU6 kept as the
   layer's fused activation (a clamp in the integer domain);
 * a V2 linear projection that feeds a residual add is quantized over the union of its own range
@@ -20,14 +21,15 @@ a model quantized here can be compared with the converter's:
 
 ``quantize_model`` assembles the whole model in the in-memory form of a version-2 file
 (``weights_file_v2.QuantizedWeightsFile``: integer tensors with their scales, zero points, axes and
-fused activations, the activation parameters by name, and the root attributes).  It computes nothing on images: the
-calibration that measures the ranges runs the float model and lives in the application layer
-(``mobilenet_np/calibrate.py``).  Pure NumPy; it imports only the architecture layer.
+fused activations, the activation parameters by name, and the root attributes).  It computes
+nothing on images: the calibration that measures the ranges runs the float model and lives in the
+application layer (``mobilenet_np/calibrate.py``).  Pure NumPy; it imports only the architecture layer.
 """
 
 from __future__ import annotations
 
 import math
+
 import numpy as np
 
 from mobilenet_np import spec
@@ -177,8 +179,8 @@ def quantize_model(arch: spec.Architecture, tensors: dict, attrs: dict, ranges: 
     the calibrated [min, max] of every name in ``activation_names``; ``provenance``: stored as the
     root attribute ``calibration`` (what calibrated it); ``projection``: the parameters of a V2
     projection that feeds a residual add, "union" (over its range and the add's, as the TFLite
-    converter chooses them) or "own" (its own calibrated range).  The result is what ``weights_file.read`` gives for a
-    version-2 file (``path`` names it in messages): ``weights_file.write_quantized`` writes it,
+    converter chooses them) or "own" (its own calibrated range).  The result is what
+    ``weights_file.read`` gives for a version-2 file (``path`` names it in messages): ``weights_file.write_quantized`` writes it,
     ``QuantizedMobileNet`` runs it."""
     if projection not in PROJECTIONS:
         raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
