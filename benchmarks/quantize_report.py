@@ -306,8 +306,9 @@ def _findings(rows: list[dict]) -> list[str]:
         f"{max(r['bias_maxdiff'] for r in channel + tensor)} step(s) (those steps come from activation scales that "
         f"differ by at most {max(r['scale_rel_diff'] for r in channel + tensor):.1e}: the converter calibrates with "
         "TensorFlow's float kernels, we with ours).  Ours and the converter's int8 features have cosine >= "
-        f"{min(r['vs_converter_cos_min'] for r in channel + tensor):.4f} with each other, so agreement with the "
-        "float model is the same for both, image by image.  Reproducing the converter took four rules beyond the "
+        f"{min(r['vs_converter_cos_min'] for r in channel + tensor):.4f} with each other, and the same top-1 on "
+        f"{_count(channel + tensor, 'vs_converter_top1')} classifier evaluations (all runs).  Reproducing the "
+        "converter took five rules beyond the "
         "textbook ones (weights_tools/quantize.py): BatchNorm folded and weights divided in float32; per-tensor "
         "weights multiplied by 127 / max|w|; dead channels (|w| ~ 1e-20 in real V2 0.5) widened to |w| 5e-7; "
         "a weight scale raised where the bias would exceed 2^30 steps; and a residual projection quantized over "
@@ -343,9 +344,21 @@ def _findings(rows: list[dict]) -> list[str]:
                    f" of {len(pairs)} runs, on the min in {sum(o['ours']['cos_min'] > c['ours']['cos_min'] for o, c in pairs)}"
                    f" of {len(pairs)}: the difference is within the noise of so few images, so the command keeps "
                    "the converter's rule (comparable results).")
-    out.append("* Calibration on seeded synthetic images does about as well as on the other half of the photos here; "
-               "the calibration sets are small (4-16 images), as the shared photos are few.")
+    for model in sorted({r["model"] for r in channel}):
+        synth = [r["ours"]["cos_mean"] for r in channel if r["model"] == model and r["split"].startswith("synthetic")]
+        photo = [r["ours"]["cos_mean"] for r in channel if r["model"] == model and r["split"].startswith("photos")]
+        out.append(f"* Calibration, {model.split(' (')[0]} per-channel: mean feature cosine "
+                   f"{np.mean(synth):.4f} calibrated on synthetic images, {np.mean(photo):.4f} on half of the photos "
+                   "(evaluated on different sets; the calibration sets are small, 4-16 images, as the shared photos "
+                   "are few).")
     return out
+
+
+def _count(rows, key) -> str:
+    """'agreeing of total' over the rows with a classifier, from per-row shares."""
+    rows = [r for r in rows if r[key] is not None]
+    agree = sum(round(r[key] * r["ours"]["top1_n"]) for r in rows)
+    return f"{agree} of {sum(r['ours']['top1_n'] for r in rows)}"
 
 
 def main(argv=None) -> int:

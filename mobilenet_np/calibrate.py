@@ -20,11 +20,12 @@ import sys
 
 import numpy as np
 
+from weights_tools import quantize as q
+
 from . import spec
 from . import weights_file_v2 as v2
 from .errors import ImageError, MissingFileError, WeightsError
 from .inputs import IMAGE_EXTENSIONS
-from weights_tools import quantize as q
 
 BATCH = 8
 

@@ -8,13 +8,25 @@ the bounds on their agreement with the float model come from benchmarks/results/
 from __future__ import annotations
 
 import importlib.util
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:            # benchmarks/ is a folder of the repo, not an installed package
+    sys.path.insert(0, str(REPO))
+
 import mobilenet_np as mnp
-from benchmarks.quantize_report import compare, converter_params, converter_tflite, int8_outputs, synthetic
+from benchmarks.quantize_report import (
+    compare,
+    converter_params,
+    converter_tflite,
+    int8_outputs,
+    synthetic,
+)
 from mobilenet_np import calibrate
 from mobilenet_np.kernels import reference as ref
 from weights_tools import quantize as q
@@ -289,14 +301,14 @@ def test_real_v1_025_classifier_agrees_with_its_float_model(shared, tmp_path):
     weights: cosine 0.23, 0 of 9, 0 of 9).  A 0.25-wide classifier's top-1 margins are small, so
     the bounds leave room (cosine 0.9, top-1 at least half, top 5 at least 7 of 9); a broken
     scale, zero point or bias anywhere drops all three to about what per-tensor weights give."""
-    from benchmarks.quantize_report import photo_paths, views
+    from benchmarks.quantize_report import views
     from weights_tools.convert import convert
     source = shared("weights", "mobilenet_v1_025_160", "tflite_float", "mobilenet_v1_0.25_160.jevois.tflite")
     h5 = tmp_path / "v1_025_160.h5"
     convert(str(source), str(h5))
     model = mnp.load(str(h5))
     qm = calibrate.quantize_float_model(model, synthetic((160, 160)), per_channel=True)
-    photos = views(photo_paths(), (160, 160))[0::3]
+    photos = views(sorted(p for p in shared("images").iterdir() if p.is_file()), (160, 160))[0::3]
     row = compare({"features": model(photos), "logits": model.logits(photos)}, int8_outputs(qm, photos))
     assert row["cos_min"] > 0.9, row
     assert row["in_top5"] >= 7 / 9, row
