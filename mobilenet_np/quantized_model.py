@@ -26,7 +26,6 @@ from . import endpoint_names, spec, threads as _threads, weights_file
 from . import weights_file_v2 as v2
 from .forward import integer_graph as ig
 from .forward.quantized import QuantizedGraph
-from .forward.quantized_engine import FastQuantizedGraph
 from .kernels import integer_reference as iref
 from .model import MobileNet, _check_values, _refuse_undecoded
 
@@ -77,7 +76,9 @@ class QuantizedMobileNet(MobileNet):
         """The integer graph at one input size, built once per size."""
         hw = tuple(int(v) for v in hw)
         if hw not in self._graphs:
-            cls = FastQuantizedGraph if self.backend_name == "numba" else QuantizedGraph
+            cls = QuantizedGraph
+            if self.backend_name == "numba":          # imported here: backend="numpy" runs without Numba
+                from .forward.quantized_engine import FastQuantizedGraph as cls
             self._graphs[hw] = cls(ig.from_weights(self.qw, hw), self.kernels)
         return self._graphs[hw]
 

@@ -193,9 +193,11 @@ def read_bounded(read, path, size: int):
 
 
 def convertible(path):
-    """What convert does before writing: read, check values, recognise."""
-    from weights_tools.convert import detect, open_source
+    """What convert does before writing: read, check values, recognise; for a quantized .tflite
+    also read the integers and quantization a version-2 file keeps."""
+    from weights_tools.convert import detect, open_source, read_quantized
 
     src = open_source(path)
     detect(src.tensors, str(path))
+    read_quantized(path)
     return src.tensors

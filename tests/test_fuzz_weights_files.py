@@ -53,3 +53,37 @@ def test_hdf5_attribute_mutations(originals, tmp_path, kind, examples):
             mnp.load(str(path), backend="numpy")    # what verify accepts, load accepts (issue 13)
 
     check()
+
+
+# --- version-2 (quantized) weights files ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def quantized_original(tmp_path_factory):
+    from conftest import shared_path
+    from weights_tools.convert import convert
+    out = tmp_path_factory.mktemp("quantized") / "q.h5"
+    convert(shared_path("weights", "mobilenet_v1_050_160", "tflite_uint8_quant",
+                        "mobilenet_v1_0.5_160_quant.jevois.tflite"), out)
+    return out
+
+
+@fuzz(100)
+@given(ops=BYTE_OPS)
+def test_quantized_weights_file_byte_mutations(quantized_original, tmp_path, ops):
+    data = quantized_original.read_bytes()
+    path = tmp_path / "mutated_quantized.h5"
+    path.write_bytes(mutate(data, ops))
+    read_bounded(weights_file.read, path, len(data))
+
+
+def test_quantized_weights_file_attribute_mutations(quantized_original, tmp_path):
+    @fuzz(100)
+    @given(ops=ATTR_OPS)
+    def check(ops):
+        path = tmp_path / "mutated_quantized.h5"
+        shutil.copyfile(quantized_original, path)
+        mutate_h5_attrs(path, ops)
+        if read_bounded(weights_file.read, path, path.stat().st_size) is not None:
+            mnp.load(str(path), backend="numpy")    # what verify accepts, load accepts
+
+    check()

@@ -180,7 +180,27 @@ def _replace(name, values):
     return edit
 
 
+def _odd_integer_type(f):
+    """The bias rewritten with an int32 type of 16 bits' precision at offset 4: HDF5 would
+    convert every value wrongly, with the data checksum intact."""
+    values, attrs = f[BIAS][()], dict(f[BIAS].attrs)
+    del f[BIAS]
+    tid = h5py.h5t.STD_I32LE.copy()
+    tid.set_precision(16)
+    tid.set_offset(4)
+    h5py.h5d.create(f.id, BIAS.encode(), tid, h5py.h5s.create_simple(values.shape))
+    f[BIAS].id.write(h5py.h5s.ALL, h5py.h5s.ALL, values)
+    f[BIAS].attrs.update(attrs)
+
+
 MALFORMED = {
+    "odd integer type": (_odd_integer_type, CorruptFileError, "non-standard integer type"),
+    "keep dims": (_set_attr(None, "global_pool_keep_dims", "yes"), CorruptFileError, "global_pool_keep_dims"),
+    "string scale": (_set_attr(KERNEL, "scale", "0.1"), CorruptFileError, "scale of <U3"),
+    "dataset in activations": (lambda f: f.create_dataset("activations/Logits/x", data=[1]), ArchitectureError,
+                               "unknown tensor activations/Logits/x"),
+    "softmax without classes": (lambda f: f.attrs.update({"num_classes": 0}), CorruptFileError,
+                                "output_op='SOFTMAX' is not NONE for a model without a classifier"),
     "quantization": (_set_attr(None, "quantization", "int4"), CorruptFileError, "quantization='int4'"),
     "pool op": (_set_attr(None, "global_pool_op", "MAX_POOL_2D"), CorruptFileError, "global_pool_op"),
     "logits op": (lambda f: f.attrs.__delitem__("logits_op"), CorruptFileError, "logits_op"),
@@ -345,3 +365,27 @@ def test_quantized_model_save_load_and_backends_agree(coral_model, tmp_path):
     assert again.quantized and again.attrs["format_version"] == 2
     assert np.array_equal(again(x), coral_model(x))
     assert np.array_equal(again.logits(x), coral_model.logits(x))
+
+
+def test_fully_connected_logits_compute_what_the_1x1_logits_conv_computes(case, tmp_path):
+    """logits_op FULLY_CONNECTED (Keras-style heads) builds an FC op on the same integers; with
+    the multiplier rules of both ops alike for these files, the logits must be the same bytes."""
+    _, path, x = case
+    qw = weights_file.read(path)
+    weights_file.write_quantized(tmp_path / "fc.h5", qw.tensors, qw.activations, {**qw.attrs, "logits_op": "FULLY_CONNECTED"})
+    conv, fc = mnp.load(path, backend="numpy"), mnp.load(tmp_path / "fc.h5", backend="numpy")
+    assert ig.tfl.FULLY_CONNECTED in [op.opcode for op in fc.graph(x.shape[1:3]).sub.operators]
+    assert np.array_equal(fc.logits(x[:2]), conv.logits(x[:2]))
+    assert np.array_equal(fc.endpoints(x[:2], "Predictions")["Predictions"][0],
+                          conv.endpoints(x[:2], "Predictions")["Predictions"][0])
+
+
+def test_cli_embed_and_classify_run_a_quantized_model(coral_model, coral_v2, tmp_path, capsys):
+    from mobilenet_np.cli import main as cli_main
+    parrot = shared_path("images", "coral_parrot.jpg")
+    assert cli_main(["classify", "--model", str(coral_v2), str(parrot)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"{parrot}\tmacaw ("), line
+    assert cli_main(["embed", "--model", str(coral_v2), str(parrot), "-o", str(tmp_path / "f.npy")]) == 0
+    features = np.load(tmp_path / "f.npy")
+    assert np.array_equal(features, coral_model(coral_model.preprocess(parrot)[None]))

@@ -21,7 +21,7 @@ from mobilenet_np import spec
 from mobilenet_np import weights_file_v2 as v2
 from mobilenet_np.errors import ArchitectureError, UnsupportedFormatError
 from weights_tools import tflite_ops as tfl
-from weights_tools.tflite_schema import INT8, PADDING_SAME, TENSOR_DTYPES, UINT8, read_model_bytes
+from weights_tools.tflite_schema import INT8, INT32, PADDING_SAME, TENSOR_DTYPES, UINT8, read_model_bytes
 
 HINT = "convert with --dequantize for a float file"
 
@@ -75,6 +75,8 @@ def read_quantized_tflite(path, architecture: str, depth_multiplier: float) -> t
     graph = tfl.read_graph(read_model_bytes(path), file)
     model, sub = graph.model, graph.model.subgraphs[0]
     arch = spec.build(architecture, depth_multiplier)
+    if len(sub.inputs) != 1 or not 0 <= sub.inputs[0] < len(sub.tensors):
+        raise UnsupportedFormatError(f"{file}: the graph has {len(sub.inputs)} inputs; expected one ({HINT})")
     layers = list(arch.layers)
     tensors, activations, extra = {}, {"input": _activation(sub, sub.inputs[0], file, "the input")}, {}
     dtypes = {TENSOR_DTYPES[sub.tensors[sub.inputs[0]].type].name}
@@ -89,6 +91,8 @@ def read_quantized_tflite(path, architecture: str, depth_multiplier: float) -> t
     for index, op in enumerate(sub.operators):
         if current not in op.inputs[:1]:
             raise refuse(index, op, "does not take the previous operator's output")
+        if len(op.outputs) != 1 or op.outputs[0] < 0:
+            raise refuse(index, op, "does not have one output")
         if op.opcode in (tfl.CONV_2D, tfl.DEPTHWISE_CONV_2D) and stage == "backbone" and layers:
             layer = layers.pop(0)
             if layer.block_start:
@@ -114,7 +118,9 @@ def read_quantized_tflite(path, architecture: str, depth_multiplier: float) -> t
                         or options["activation"] != "NONE":
                     raise refuse(index, op, "is not a global average pool (window = the whole map, VALID)")
             else:
-                if sorted(int(a) % 4 for a in _constant(model, sub.tensors[op.inputs[1]]).reshape(-1)) != [1, 2]:
+                axes = sub.tensors[op.inputs[1]] if len(op.inputs) == 2 and op.inputs[1] >= 0 else None
+                if axes is None or axes.type != INT32 or len(model.buffers[axes.buffer]) != 8 \
+                        or sorted(int(a) % 4 for a in np.frombuffer(model.buffers[axes.buffer], np.int32)) != [1, 2]:
                     raise refuse(index, op, "is not a mean over height and width")
                 extra["global_pool_keep_dims"] = bool(options["keep_dims"])
             extra["global_pool_op"] = tfl.OP_NAMES[op.opcode]
