@@ -313,3 +313,15 @@ def test_real_v1_025_classifier_agrees_with_its_float_model(shared, tmp_path):
     assert row["cos_min"] > 0.9, row
     assert row["in_top5"] >= 7 / 9, row
     assert row["top1"] >= 0.5, row
+
+
+def test_the_console_script_has_quantize():
+    """pyproject's weights-tools entry point is the parser with quantize added (weights_tools
+    itself may not import the forward pass that calibration runs)."""
+    import importlib
+    import tomllib
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["weights-tools"]
+    module, _, function = target.partition(":")
+    assert getattr(importlib.import_module(module), function) is calibrate.main
+    commands = next(a for a in calibrate.build_parser()._actions if a.dest == "command").choices
+    assert {"inspect", "convert", "verify", "quantize"} <= set(commands)
