@@ -28,7 +28,7 @@ LAYERS = [
                "mobilenet_np.load", "mobilenet_np.quantized_model", "mobilenet_np.names", "mobilenet_np.endpoint_names", "mobilenet_np.data_config"]),
     ("application", ["mobilenet_np.argparsing", "mobilenet_np.inputs", "mobilenet_np.pipeline",
                      "mobilenet_np.journal", "mobilenet_np.outputs",
-                     "mobilenet_np.labels", "mobilenet_np.parity", "mobilenet_np.dataset", "mobilenet_np.distributed", "mobilenet_np.image_commands", "mobilenet_np.cli",
+                     "mobilenet_np.labels", "mobilenet_np.parity", "mobilenet_np.dataset", "mobilenet_np.distributed", "mobilenet_np.image_commands", "mobilenet_np.cli", "mobilenet_np.calibrate",
                      "mobilenet_np.serve", "mobilenet_np.serve.*", "mobilenet_np", "mobilenet_np.__main__"]),
 ]
 # weights_tools reads foreign formats for the model layer; it sees only the architecture below it.

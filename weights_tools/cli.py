@@ -94,7 +94,13 @@ def build_parser() -> SuggestingParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser(), argv)
+
+
+def run(parser, argv=None) -> int:
+    """Parse ``argv`` with ``parser`` and run the command: the exit statuses of the module notes.
+    (The console script passes a parser with ``quantize`` added: mobilenet_np/calibrate.py.)"""
+    args = parser.parse_args(argv)
     try:
         args.func(args)
     except WeightsError as exc:
