@@ -17,8 +17,8 @@ What happens (details in benchmarks/README.md):
    before each engine's block, warm-up calls excluded, every call timed on its own.
    ``--family`` adds five more models (``peers.FAMILY``), timed against LiteRT and ONNX Runtime
    only, summed up as speed ratios.  In the worker with T >= 2, the **contended** part times us,
-   LiteRT and ONNX Runtime at the largest batch with a busy loop on one pinned CPU, alternating
-   with quiet rounds (``Burner``).  The per-layer profile is set against the SGEMM peak.
+   LiteRT and ONNX Runtime at each batch with a busy loop on one pinned CPU, alternating with
+   quiet rounds (``Burner``).  The per-layer profile is set against the SGEMM peak.
 3. Cold start (new process: import, load an HDF5 weights file, first inference) with Numba's
    on-disk cache warm and disabled, and peak RSS of a process doing batch-32 inference.
 4. ``results/results.json`` (raw), ``results/results.md`` (tables), ``results/chart.png``.
@@ -220,11 +220,10 @@ class Burner:
 
 
 def contended(cfg: dict, cpus: list[int], rng: random.Random) -> list[dict]:
-    """Throughput of ours and the main peers at the largest batch, with and without a busy loop
-    pinned to the worker's last CPU; rounds alternate the two states (order shuffled)."""
+    """Throughput of ours and the main peers at each batch, with and without a busy loop pinned
+    to the worker's last CPU; rounds alternate the two states (order shuffled)."""
     from benchmarks import peers
     threads, params = cfg["threads"], cfg["params"]
-    batch = max(cfg["batches"])
     engine_ids = [e for e in cfg["engines"] if e in CONTENDED_ENGINES]
     out = []
     burner = Burner(cpus[-1])
@@ -233,32 +232,38 @@ def contended(cfg: dict, cpus: list[int], rng: random.Random) -> list[dict]:
             if key not in peers.SEED_MODELS:
                 continue
             model = peers.build_model(key)
-            x = peers.images(model, batch)
-            entry = {"model": key, "model_label": peers.MODELS[key].label, "batch": batch, "threads": threads,
-                     "burner_cpu": burner.cpu, "engines": {}}
-            log(f"[T={threads}] {entry['model_label']} batch {batch}: contended vs quiet")
-            runs = load_engines(model, key, batch, threads, engine_ids, cfg["export_errors"], entry["engines"], x)
-            times = {state: {eid: [] for eid in runs} for state in ("quiet", "contended")}
-            blocks = {state: {eid: [] for eid in runs} for state in ("quiet", "contended")}
-            for _ in range(params["rounds"]):
-                states = ["quiet", "contended"]
-                rng.shuffle(states)
-                for state in states:
-                    burner.resume() if state == "contended" else burner.pause()
-                    time_round(runs, x, batch, params, rng, times[state], blocks[state])
-                burner.pause()
-            for eid in runs:
-                e = entry["engines"][eid]
-                for state in times:
-                    e[state] = summarize(times[state][eid], batch, blocks[state][eid])
-                e["retained"] = e["contended"]["images_per_s"] / e["quiet"]["images_per_s"]
-                log(f"  {eid:<20} quiet {e['quiet']['images_per_s']:8.1f} img/s, contended "
-                    f"{e['contended']['images_per_s']:8.1f} img/s: {e['retained']:.2f} retained")
-            out.append(entry)
-            del runs
+            for batch in cfg["batches"]:
+                out.append(_contended_cell(model, key, batch, threads, params, engine_ids, cfg["export_errors"],
+                                           burner, rng))
     finally:
         burner.close()
     return out
+
+
+def _contended_cell(model, key, batch, threads, params, engine_ids, export_errors, burner, rng) -> dict:
+    from benchmarks import peers
+    x = peers.images(model, batch)
+    entry = {"model": key, "model_label": peers.MODELS[key].label, "batch": batch, "threads": threads,
+             "burner_cpu": burner.cpu, "engines": {}}
+    log(f"[T={threads}] {entry['model_label']} batch {batch}: contended vs quiet")
+    runs = load_engines(model, key, batch, threads, engine_ids, export_errors, entry["engines"], x)
+    times = {state: {eid: [] for eid in runs} for state in ("quiet", "contended")}
+    blocks = {state: {eid: [] for eid in runs} for state in ("quiet", "contended")}
+    for _ in range(params["rounds"]):
+        states = ["quiet", "contended"]
+        rng.shuffle(states)
+        for state in states:
+            burner.resume() if state == "contended" else burner.pause()
+            time_round(runs, x, batch, params, rng, times[state], blocks[state])
+        burner.pause()
+    for eid in runs:
+        e = entry["engines"][eid]
+        for state in times:
+            e[state] = summarize(times[state][eid], batch, blocks[state][eid])
+        e["retained"] = e["contended"]["images_per_s"] / e["quiet"]["images_per_s"]
+        log(f"  {eid:<20} quiet {e['quiet']['images_per_s']:8.1f} img/s, contended "
+            f"{e['contended']['images_per_s']:8.1f} img/s: {e['retained']:.2f} retained")
+    return entry
 
 
 def worker(cfg: dict) -> dict:
@@ -837,7 +842,7 @@ def main(argv=None) -> int:
         for threads in thread_counts:
             cfg = {"threads": threads, "models": models, "batches": batches, "engines": engine_ids,
                    "params": params, "export_errors": export_errors,
-                   "contended": "contended" not in skip and threads >= 2 and max(batches) > 1,
+                   "contended": "contended" not in skip and threads >= 2,
                    "result_path": str(Path(tmp) / f"worker-{threads}.json")}
             cfg_path = Path(tmp) / f"worker-{threads}-cfg.json"
             cfg_path.write_text(json.dumps(cfg))
