@@ -65,7 +65,16 @@ class ModelConfig:
 MODELS = {
     "v1": ModelConfig("v1", "mobilenet_v1", 0.5, 160),
     "v2": ModelConfig("v2", "mobilenet_v2", 0.5, 96),
+    # the rest of the family (``run.py --family``): same seed, same exports, fewer engines
+    "v1_100_224": ModelConfig("v1_100_224", "mobilenet_v1", 1.0, 224),
+    "v2_100_224": ModelConfig("v2_100_224", "mobilenet_v2", 1.0, 224),
+    "v2_140_224": ModelConfig("v2_140_224", "mobilenet_v2", 1.4, 224),
+    "v1_025_128": ModelConfig("v1_025_128", "mobilenet_v1", 0.25, 128),
+    "v2_035_96": ModelConfig("v2_035_96", "mobilenet_v2", 0.35, 96),
 }
+SEED_MODELS = ("v1", "v2")
+FAMILY = ("v1_100_224", "v2_100_224", "v2_140_224", "v1_025_128", "v2_035_96")
+FAMILY_ENGINES = ("numba", "litert", "onnxruntime")     # the family is timed against these only
 
 
 def build_model(key: str, backend: str = "numba") -> mnp.MobileNet:

@@ -1,7 +1,8 @@
 """Measure mobilenet-np against every installed peer engine on the same weights.
 
-    python -m benchmarks.run [--quick] [--models v1,v2] [--batches 1,32] [--threads 1,2] [--repeats N]
-                             [--engines numba,onnxruntime,...] [--skip coldstart,memory,profile] [--out DIR]
+    python -m benchmarks.run [--quick] [--models v1,v2] [--family] [--batches 1,32] [--threads 1,2]
+                             [--repeats N] [--engines numba,onnxruntime,...]
+                             [--skip coldstart,memory,profile,contended,chart] [--out DIR]
 
 What happens (details in benchmarks/README.md):
 
@@ -14,6 +15,10 @@ What happens (details in benchmarks/README.md):
    (max |diff| <= 1e-4, or the engine is not timed), then times the engines **interleaved**:
    ``rounds`` rounds, engine order shuffled each round with a fixed seed, a short sleep
    before each engine's block, warm-up calls excluded, every call timed on its own.
+   ``--family`` adds five more models (``peers.FAMILY``), timed against LiteRT and ONNX Runtime
+   only, summed up as speed ratios.  In the worker with T >= 2, the **contended** part times us,
+   LiteRT and ONNX Runtime at each batch with a busy loop on one pinned CPU, alternating with
+   quiet rounds (``Burner``).  The per-layer profile is set against the SGEMM peak.
 3. Cold start (new process: import, load an HDF5 weights file, first inference) with Numba's
    on-disk cache warm and disabled, and peak RSS of a process doing batch-32 inference.
 4. ``results/results.json`` (raw), ``results/results.md`` (tables), ``results/chart.png``.
@@ -30,6 +35,7 @@ import json
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -127,6 +133,139 @@ def configure_threads(threads: int, engine_ids: list[str]) -> dict:
 _BLAS_LIMIT = None
 
 
+def time_round(runs: dict, x: np.ndarray, batch: int, params: dict, rng: random.Random,
+               times: dict, blocks: dict) -> None:
+    """One interleaved round: every engine once, in a shuffled order, as a block of warm-up
+    calls then timed calls (each call timed on its own), appended to ``times`` / ``blocks``."""
+    order = list(runs)
+    rng.shuffle(order)
+    calls = params["calls"][0 if batch == 1 else 1]
+    warmup = params["warmup"][0 if batch == 1 else 1]
+    for eid in order:
+        fn = runs[eid]
+        n = params["numpy_calls"] if eid == "numpy" else calls
+        time.sleep(params["sleep"])          # let the previous engine's threads stop spinning
+        for _ in range(warmup if eid != "numpy" else 1):
+            fn(x)
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn(x)
+            times[eid].append(time.perf_counter() - t0)
+        blocks[eid].append(n)
+
+
+def model_engines(key: str, engine_ids: list[str]) -> list[str]:
+    """The engines timed on a model: all of them on the seed models, fewer on the family."""
+    from benchmarks import peers
+    return engine_ids if key not in peers.FAMILY else [e for e in engine_ids if e in peers.FAMILY_ENGINES]
+
+
+def load_engines(model, key: str, batch: int, threads: int, engine_ids: list[str], export_errors: dict,
+                 entries: dict, x: np.ndarray) -> dict:
+    """{engine id: run function} for the engines that load and agree with ``model(x)``; each
+    engine's entry (label, settings, status, load time, max diff) goes into ``entries``."""
+    from benchmarks import peers
+    runs = {}
+    for eid in engine_ids:
+        engine = peers.ENGINES[eid]
+        entry = entries.setdefault(eid, {"label": engine.label, "settings": engine.settings(threads, batch)})
+        if engine.batch1_only and batch != 1:
+            entry["status"] = "batch 1 only"
+            continue
+        if eid in export_errors.get(key, {}):
+            entry["status"] = export_errors[key][eid]
+            continue
+        try:
+            t0 = time.perf_counter()
+            fn = engine.load(model, batch, threads)
+            entry["load_s"] = time.perf_counter() - t0
+            entry["max_abs_diff"] = peers.check(fn, model, batch, engine.label)
+            fn(x)
+        except Exception as exc:  # noqa: BLE001  (a failing engine is reported, not timed)
+            entry["status"] = f"not timed: {type(exc).__name__}: {exc}"
+            log(f"  {eid}: {entry['status']}")
+            continue
+        entry["status"] = "ok"
+        runs[eid] = fn
+    return runs
+
+
+# --- contention: a busy loop on one of the worker's CPUs -------------------------------------
+
+BURN = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nprint('ready', flush=True)\nwhile True:\n    pass\n"
+CONTENDED_ENGINES = ("numba", "litert", "onnxruntime")
+
+
+class Burner:
+    """A separate process spinning on one CPU, paused (SIGSTOP) and resumed (SIGCONT) between
+    timing blocks, so contended and quiet blocks alternate in the same minutes."""
+
+    def __init__(self, cpu: int):
+        self.cpu = cpu
+        self.proc = subprocess.Popen([sys.executable, "-S", "-c", BURN, str(cpu)], stdout=subprocess.PIPE,
+                                     text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the CPU-burning process did not start")
+        self.pause()
+
+    def pause(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def contended(cfg: dict, cpus: list[int], rng: random.Random) -> list[dict]:
+    """Throughput of ours and the main peers at each batch, with and without a busy loop pinned
+    to the worker's last CPU; rounds alternate the two states (order shuffled)."""
+    from benchmarks import peers
+    threads, params = cfg["threads"], cfg["params"]
+    engine_ids = [e for e in cfg["engines"] if e in CONTENDED_ENGINES]
+    out = []
+    burner = Burner(cpus[-1])
+    try:
+        for key in cfg["models"]:
+            if key not in peers.SEED_MODELS:
+                continue
+            model = peers.build_model(key)
+            for batch in cfg["batches"]:
+                out.append(_contended_cell(model, key, batch, threads, params, engine_ids, cfg["export_errors"],
+                                           burner, rng))
+    finally:
+        burner.close()
+    return out
+
+
+def _contended_cell(model, key, batch, threads, params, engine_ids, export_errors, burner, rng) -> dict:
+    from benchmarks import peers
+    x = peers.images(model, batch)
+    entry = {"model": key, "model_label": peers.MODELS[key].label, "batch": batch, "threads": threads,
+             "burner_cpu": burner.cpu, "engines": {}}
+    log(f"[T={threads}] {entry['model_label']} batch {batch}: contended vs quiet")
+    runs = load_engines(model, key, batch, threads, engine_ids, export_errors, entry["engines"], x)
+    times = {state: {eid: [] for eid in runs} for state in ("quiet", "contended")}
+    blocks = {state: {eid: [] for eid in runs} for state in ("quiet", "contended")}
+    for _ in range(params["rounds"]):
+        states = ["quiet", "contended"]
+        rng.shuffle(states)
+        for state in states:
+            burner.resume() if state == "contended" else burner.pause()
+            time_round(runs, x, batch, params, rng, times[state], blocks[state])
+        burner.pause()
+    for eid in runs:
+        e = entry["engines"][eid]
+        for state in times:
+            e[state] = summarize(times[state][eid], batch, blocks[state][eid])
+        e["retained"] = e["contended"]["images_per_s"] / e["quiet"]["images_per_s"]
+        log(f"  {eid:<20} quiet {e['quiet']['images_per_s']:8.1f} img/s, contended "
+            f"{e['contended']['images_per_s']:8.1f} img/s: {e['retained']:.2f} retained")
+    return entry
+
+
 def worker(cfg: dict) -> dict:
     threads = cfg["threads"]
     cpus = pin(threads)
@@ -147,47 +286,12 @@ def worker(cfg: dict) -> dict:
             x = peers.images(model, batch)
             config = {"model": key, "model_label": mcfg.label, "batch": batch, "threads": threads, "engines": {},
                       "loadavg_before": os.getloadavg()}
-            runs = {}
-            for eid in engine_ids:
-                engine = peers.ENGINES[eid]
-                entry = config["engines"].setdefault(eid, {"label": engine.label,
-                                                           "settings": engine.settings(threads, batch)})
-                if engine.batch1_only and batch != 1:
-                    entry["status"] = "batch 1 only"
-                    continue
-                if eid in cfg["export_errors"].get(key, {}):
-                    entry["status"] = cfg["export_errors"][key][eid]
-                    continue
-                try:
-                    t0 = time.perf_counter()
-                    fn = engine.load(model, batch, threads)
-                    entry["load_s"] = time.perf_counter() - t0
-                    entry["max_abs_diff"] = peers.check(fn, model, batch, engine.label)
-                    fn(x)
-                except Exception as exc:  # noqa: BLE001  (a failing engine is reported, not timed)
-                    entry["status"] = f"not timed: {type(exc).__name__}: {exc}"
-                    log(f"  {eid}: {entry['status']}")
-                    continue
-                entry["status"] = "ok"
-                runs[eid] = fn
+            runs = load_engines(model, key, batch, threads, model_engines(key, engine_ids), cfg["export_errors"],
+                                config["engines"], x)
             times = {eid: [] for eid in runs}
             blocks = {eid: [] for eid in runs}
-            order = list(runs)
-            calls = params["calls"][0 if batch == 1 else 1]
-            warmup = params["warmup"][0 if batch == 1 else 1]
             for _ in range(params["rounds"]):
-                rng.shuffle(order)
-                for eid in order:
-                    fn = runs[eid]
-                    n = params["numpy_calls"] if eid == "numpy" else calls
-                    time.sleep(params["sleep"])          # let the previous engine's threads stop spinning
-                    for _ in range(warmup if eid != "numpy" else 1):
-                        fn(x)
-                    for _ in range(n):
-                        t0 = time.perf_counter()
-                        fn(x)
-                        times[eid].append(time.perf_counter() - t0)
-                    blocks[eid].append(n)
+                time_round(runs, x, batch, params, rng, times, blocks)
             for eid in runs:
                 config["engines"][eid]["stats"] = summarize(times[eid], batch, blocks[eid])
                 config["engines"][eid]["times_ms"] = [round(t * 1e3, 5) for t in times[eid]]
@@ -203,6 +307,8 @@ def worker(cfg: dict) -> dict:
             out["profiles"][key] = [{**r, "out_shape": list(r["out_shape"])} for r in rows]
         import numba
         out["numba_threading_layer"] = numba.threading_layer()
+    if cfg.get("contended") and len(cpus) >= 2:
+        out["contended"] = contended(cfg, cpus, rng)
     return out
 
 
@@ -478,10 +584,14 @@ def write_markdown(results: dict, path: Path) -> None:
             lines.append(f"| {results['labels'].get(eid, eid)} | " + " | ".join(cells) + " |")
         lines.append("")
 
+    lines += family_lines(results) + contended_lines(results)
     if results.get("profiles"):
         from mobilenet_np.tables import format_profile
         lines += ["## Per-layer profile of mobilenet-np (numba), batch 1", "",
-                  "`model.profile(x)`: median per layer over the repeats, in the pinned worker process.", ""]
+                  "`model.profile(x)`: median per layer over the repeats, in the pinned worker process. "
+                  "Each layer is timed from the previous layer's end, as a separate compiled call, so "
+                  "dispatch is included and the sum is above a real forward pass.", ""]
+        lines += profile_peak_lines(results)
         for threads, profiles in results["profiles"].items():
             for key, rows in profiles.items():
                 rows = [{**r, "out_shape": tuple(r["out_shape"])} for r in rows]
@@ -493,12 +603,107 @@ def write_markdown(results: dict, path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
+SGEMM_PEAK_GMACS = 48.0          # this CPU's SGEMM peak per core, GMAC/s (issue 16)
+
+
+def family_lines(results: dict) -> list[str]:
+    """Speed against LiteRT per model and (batch, threads): LiteRT's median time over ours at
+    the same batch, so above 1 we are faster, for latency and throughput alike."""
+    family = results.get("family") or []
+    if not family:
+        return []
+    configs = results["configs"]
+    cols = sorted({(c["batch"], c["threads"]) for c in configs})
+    keys = list(dict.fromkeys(c["model"] for c in configs))
+    lines = ["## The family: speed against LiteRT + XNNPACK", "",
+             "LiteRT's median time / ours, same batch and threads (above 1: we are faster; at batch 1 it is "
+             "the inverse of the latency ratio of the tables above, at batch 32 the throughput ratio). "
+             "In brackets, the same against ONNX Runtime. The seed models are repeated for comparison.", "",
+             "| model | " + " | ".join(f"b{b} {t}T" for b, t in cols) + " |", "|---|" + "---|" * len(cols)]
+    for key in keys:
+        cells = []
+        for b, t in cols:
+            c = next((c for c in configs if c["model"] == key and c["batch"] == b and c["threads"] == t), None)
+            cells.append(_speed_cell(c))
+        lines.append(f"| {results['model_labels'][key]} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _speed_cell(config) -> str:
+    def ms(eid):
+        s = (config or {}).get("engines", {}).get(eid, {}).get("stats")
+        return s["median_ms"] if s else None
+    ours, lite, ort = ms(OURS), ms("litert"), ms("onnxruntime")
+    if ours is None:
+        return "—"
+    text = f"{lite / ours:.2f}" if lite else "—"
+    return text + (f" ({ort / ours:.2f})" if ort else "")
+
+
+def contended_lines(results: dict) -> list[str]:
+    entries = results.get("contended") or []
+    if not entries:
+        return []
+    lines = ["## Under contention: throughput with a busy loop on one of the worker's CPUs", "",
+             "A separate process spins on the last pinned CPU. It is paused (SIGSTOP) and resumed (SIGCONT) "
+             "so that quiet and contended rounds alternate, in a shuffled order, within the same minutes. "
+             "'Retained' is contended / quiet throughput (medians). The goal is that ours keeps at least "
+             "LiteRT's share.", "",
+             "| model | engine | quiet img/s (IQR ms) | contended img/s (IQR ms) | retained | ours retained / its |",
+             "|---|---|---|---|---|---|"]
+    for entry in entries:
+        ours = entry["engines"].get(OURS, {}).get("retained")
+        label = f"{entry['model_label']} b{entry['batch']} {entry['threads']}T"
+        for eid, e in entry["engines"].items():
+            if "retained" not in e:
+                lines.append(f"| {label} | {e['label']} | — | — | — | {e.get('status', '')} |")
+                continue
+            q, c = e["quiet"], e["contended"]
+            rel = "(ours)" if eid == OURS else (f"{ours / e['retained']:.2f}" if ours else "")
+            lines.append(f"| {label} | {e['label']} | {q['images_per_s']:.0f} ({_fmt_ms(q['q1_ms'])}–"
+                         f"{_fmt_ms(q['q3_ms'])}) | {c['images_per_s']:.0f} ({_fmt_ms(c['q1_ms'])}–"
+                         f"{_fmt_ms(c['q3_ms'])}) | {e['retained']:.2f} | {rel} |")
+    return lines + [""]
+
+
+def profile_peak_lines(results: dict) -> list[str]:
+    """Per model and thread count: each op kind's time share and GMAC/s as a % of the SGEMM
+    peak of the cores it ran on (SGEMM_PEAK_GMACS per core)."""
+    table = []
+    kinds: list[str] = []
+    for threads, profiles in results["profiles"].items():
+        for key, rows in profiles.items():
+            total = sum(r["ms"] for r in rows)
+            peak = SGEMM_PEAK_GMACS * int(threads)
+            by_kind: dict[str, list[float]] = {}
+            for r in rows:
+                if r["macs"]:
+                    by_kind.setdefault(r["op"], [0.0, 0.0])
+                    by_kind[r["op"]][0] += r["ms"]
+                    by_kind[r["op"]][1] += r["macs"]
+            kinds += [k for k in by_kind if k not in kinds]
+            table.append((results["model_labels"][key], threads, total, peak, by_kind))
+    lines = [f"Against the SGEMM peak of {SGEMM_PEAK_GMACS:g} GMAC/s per core (x threads); per op kind: "
+             "share of the time, GMAC/s, % of peak.", "",
+             "| model | T | total ms | all: GMAC/s (% peak) | " + " | ".join(kinds) + " |",
+             "|---|---|---|---|" + "---|" * len(kinds)]
+    for label, threads, total, peak, by_kind in table:
+        macs = sum(m for _, m in by_kind.values())
+        cells = []
+        for k in kinds:
+            ms, m = by_kind.get(k, (0.0, 0.0))
+            cells.append(f"{ms / total:.0%}, {m / ms / 1e6:.1f} ({m / ms / 1e6 / peak:.0%})" if ms else "")
+        lines.append(f"| {label} | {threads} | {total:.3f} | {macs / total / 1e6:.1f} ({macs / total / 1e6 / peak:.0%}) | "
+                     + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def write_chart(results: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    configs = results["configs"]
+    configs = [c for c in results["configs"] if c["model"] not in results.get("family", [])]   # seed models
     keys = list(dict.fromkeys((c["model"], c["batch"]) for c in configs))
     engines = list(dict.fromkeys(e for c in configs for e, v in c["engines"].items() if v.get("stats")))
     fig, axes = plt.subplots(1, len(keys), figsize=(max(9.0, 4.2 * len(keys) + 1), 5.0), squeeze=False)
@@ -568,7 +773,11 @@ def parse_args(argv):
     ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 12, --quick 2)")
     ap.add_argument("--engines", default=os.environ.get("MOBILENET_NP_BENCH_ENGINES", ""),
                     help="comma-separated engine ids (default: all installed; env MOBILENET_NP_BENCH_ENGINES)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: coldstart, memory, profile, chart")
+    ap.add_argument("--family", action="store_true",
+                    help="also time the rest of the family (V1 1.0_224, V2 1.0_224, V2 1.4_224, V1 0.25_128, "
+                         "V2 0.35_96) against LiteRT and ONNX Runtime")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated parts to skip: coldstart, memory, profile, contended, chart")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default benchmarks/results)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -591,6 +800,8 @@ def main(argv=None) -> int:
     skip = set(csv(args.skip))
     params["profile"] = "profile" not in skip
     models = csv(args.models)
+    if args.family:
+        models += [m for m in peers.FAMILY if m not in models]
     for m in models:
         if m not in peers.MODELS:
             raise SystemExit(f"unknown model {m!r}; choose from {', '.join(peers.MODELS)}")
@@ -617,8 +828,10 @@ def main(argv=None) -> int:
     for key in models:
         model = peers.build_model(key)
         t0 = time.perf_counter()
-        export_errors[key] = peers.export_all(model, engine_ids)
+        export_errors[key] = peers.export_all(model, model_engines(key, engine_ids))
         log(f"exports for {key}: {time.perf_counter() - t0:.1f} s; failures: {export_errors[key] or 'none'}")
+        if key in peers.FAMILY:          # cold start and memory: the seed models only
+            continue
         h5 = peers.cache_dir(model) / "weights.h5"
         if not h5.exists():
             model.save(h5)
@@ -629,6 +842,7 @@ def main(argv=None) -> int:
         for threads in thread_counts:
             cfg = {"threads": threads, "models": models, "batches": batches, "engines": engine_ids,
                    "params": params, "export_errors": export_errors,
+                   "contended": "contended" not in skip and threads >= 2,
                    "result_path": str(Path(tmp) / f"worker-{threads}.json")}
             cfg_path = Path(tmp) / f"worker-{threads}-cfg.json"
             cfg_path.write_text(json.dumps(cfg))
@@ -649,14 +863,16 @@ def main(argv=None) -> int:
         "model_labels": {k: peers.MODELS[k].label for k in peers.MODELS},
         "labels": {e.id: e.label for e in peers.ENGINES.values()} | {"baseline": "baseline (no engine)"},
         "skipped_engines": skipped, "export_errors": export_errors,
-        "workers": [{k: v for k, v in w.items() if k not in ("configs", "profiles")} for w in workers],
+        "workers": [{k: v for k, v in w.items() if k not in ("configs", "profiles", "contended")} for w in workers],
         "configs": [c for w in workers for c in w["configs"]],
         "profiles": {str(w["threads"]): w["profiles"] for w in workers if w.get("profiles")},
+        "contended": [c for w in workers for c in w.get("contended", [])],
+        "family": [m for m in models if m in peers.FAMILY],
     }
     if "coldstart" not in skip:
         results["cold_start"] = cold_start(h5_paths, params["cold_runs"], params["cold_nocache_runs"])
     if "memory" not in skip:
-        results["memory"] = peak_memory(models, engine_ids, params["memory_calls"])
+        results["memory"] = peak_memory(list(h5_paths), engine_ids, params["memory_calls"])
     results["engine_source_sha256"] = {"start": fingerprint, "end": engine_fingerprint()}
     results["notes"] = notes(results) + [f"{e} not run: {why}" for e, why in skipped.items()]
     if fingerprint != results["engine_source_sha256"]["end"]:

@@ -64,3 +64,75 @@ def test_quick_run_writes_report(tmp_path):
     report = (tmp_path / "results.md").read_text()
     assert "mobilenet-np (numba)" in report and "V2 0.5_96, batch 1" in report
     assert (tmp_path / "results.json").exists()
+
+
+def test_family_models_are_the_issue_s_five():
+    from benchmarks import peers
+
+    want = {("mobilenet_v1", 1.0, 224), ("mobilenet_v2", 1.0, 224), ("mobilenet_v2", 1.4, 224),
+            ("mobilenet_v1", 0.25, 128), ("mobilenet_v2", 0.35, 96)}
+    got = {(peers.MODELS[k].architecture, peers.MODELS[k].depth_multiplier, peers.MODELS[k].input_size)
+           for k in peers.FAMILY}
+    assert got == want
+    assert not set(peers.FAMILY) & set(peers.SEED_MODELS)
+    for key in peers.FAMILY:           # every Keras name is distinct at every width, so the export can fill them
+        cfg = peers.MODELS[key]
+        names = [peers.keras_names(cfg.architecture, layer.scope)
+                 for layer in spec.build(cfg.architecture, cfg.depth_multiplier).layers]
+        assert len(set(names)) == len(names)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")     # utime + stime
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_burner_spins_only_when_resumed():
+    import time
+
+    from benchmarks import run
+
+    burner = run.Burner(sorted(os.sched_getaffinity(0))[-1])
+    try:
+        before = _cpu_seconds(burner.proc.pid)
+        time.sleep(0.3)
+        paused = _cpu_seconds(burner.proc.pid) - before
+        burner.resume()
+        time.sleep(0.5)
+        burner.pause()
+        resumed = _cpu_seconds(burner.proc.pid) - before - paused
+    finally:
+        burner.close()
+    assert paused <= 0.02
+    assert resumed >= 0.1                  # spinning (on a shared machine it may get less than the whole CPU)
+    assert burner.proc.poll() is not None
+
+
+def _stats(ms: float, batch: int) -> dict:
+    return {"median_ms": ms, "images_per_s": batch / (ms / 1e3), "q1_ms": ms, "q3_ms": ms}
+
+
+def test_report_sections_compute_ratios_and_peak_shares():
+    from benchmarks import run
+
+    configs = [{"model": m, "batch": b, "threads": 1, "engines": {
+        "numba": {"stats": _stats(ours, b)}, "litert": {"stats": _stats(2 * ours, b)}}}
+        for m, b, ours in (("v2", 1, 1.0), ("v2_035_96", 32, 10.0))]
+    results = {"family": ["v2_035_96"], "configs": configs,
+               "model_labels": {"v2": "V2 0.5_96", "v2_035_96": "V2 0.35_96"}}
+    family = "\n".join(run.family_lines(results))
+    assert "| V2 0.5_96 | 2.00 | — |" in family and "| V2 0.35_96 | — | 2.00 |" in family
+
+    engines = {"numba": {"label": "ours", "quiet": _stats(10.0, 32), "contended": _stats(20.0, 32), "retained": 0.5},
+               "litert": {"label": "LiteRT", "quiet": _stats(10.0, 32), "contended": _stats(12.5, 32),
+                          "retained": 0.8}}
+    contended = "\n".join(run.contended_lines({"contended": [
+        {"model_label": "V2 0.5_96", "batch": 32, "threads": 2, "engines": engines}]}))
+    assert "| 0.50 | (ours) |" in contended and "| 0.80 | 0.62 |" in contended
+
+    # 2 threads, one 1x1 layer of 9.6 M MACs in 0.1 ms: 96 GMAC/s, the whole 2 x 48 GMAC/s peak
+    rows = [{"op": "pointwise", "macs": 9_600_000, "ms": 0.1}, {"op": "mean", "macs": 0, "ms": 0.1}]
+    peak = "\n".join(run.profile_peak_lines({"profiles": {"2": {"v2": rows}}, "model_labels": results["model_labels"]}))
+    assert f"{run.SGEMM_PEAK_GMACS:g} GMAC/s per core" in peak
+    assert "| V2 0.5_96 | 2 | 0.200 | 48.0 (50%) | 50%, 96.0 (100%) |" in peak
