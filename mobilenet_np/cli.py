@@ -69,7 +69,9 @@ def _warmup(args) -> int:
 def _parity(args) -> int:
     from .parity import compare
     tf_version = _tf_version()      # first: without TensorFlow, say so before loading anything
-    model = load_model(args, args.source, backend=args.backend, weights=args.weights)
+    # A quantized .tflite is compared in float (its dequantized weights), as before format version 2;
+    # a version-2 file has no float weights and is refused by compare.
+    model = load_model(args, args.source, backend=args.backend, weights=args.weights, dequantize=True)
     if args.images:
         images = np.stack([model.preprocess(p, args.preset) for p in args.images])
     else:
