@@ -248,12 +248,40 @@ def test_bad_inputs_give_one_clear_line(float_file, tmp_path, capsys, rng):
     broken.mkdir()
     (broken / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     cases.append(([str(float_file), str(out), "--calibration", str(broken)], "a.png"))
+    tflite = tmp_path / "model.tflite"
+    tflite.write_bytes(b"TFL3 not a weights file")
+    cases.append(([str(tflite), str(out), "--calibration", str(broken)], "model.tflite: not a mobilenet-np weights "
+                                                                         "file; quantize reads a float one"))
     for argv, message in cases:
         assert calibrate.main(["quantize", *argv]) == 1, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("weights-tools: error: ") and message in err[-1], (argv, err)
         assert "Traceback" not in "\n".join(err)
         assert not out.exists()
+    # an output in a missing folder is refused before the calibration runs (exit 2: not the input's fault)
+    images = _write_images(tmp_path / "calib", 1, rng)
+    assert calibrate.main(["quantize", str(float_file), str(tmp_path / "no" / "q.h5"), "--calibration",
+                           str(images)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"weights-tools: error: {tmp_path / 'no' / 'q.h5'}: folder {tmp_path / 'no'} does not exist"]
+
+
+def test_per_tensor_weights_warn_about_depthwise_convs(float_file, tmp_path, capsys, rng):
+    images = _write_images(tmp_path / "calib", 1, rng)
+    for flags, warned in (([], True), (["--per-channel"], False)):
+        assert calibrate.main(["quantize", str(float_file), str(tmp_path / "q.h5"), "--calibration", str(images),
+                               *flags]) == 0
+        err = capsys.readouterr().err
+        assert (calibrate.PER_TENSOR_WARNING in err) is warned, (flags, err)
+        assert "add --per-channel" in calibrate.PER_TENSOR_WARNING
+
+
+def test_python_m_weights_tools_quantize_points_to_the_command(capsys):
+    """weights_tools may not import the forward pass, so its own entry point names the one that has quantize."""
+    from weights_tools import cli
+    assert cli.main(["quantize", "in.h5", "out.h5", "--calibration", "images"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "python -m mobilenet_np.calibrate quantize" in err[0], err
 
 
 def test_the_command_end_to_end(float_file, tmp_path, capsys, rng):

@@ -94,7 +94,14 @@ def build_parser() -> SuggestingParser:
 
 
 def main(argv=None) -> int:
-    return run(build_parser(), argv)
+    """``python -m weights_tools``: the commands of this package.  ``quantize`` runs the float
+    model, which this layer may not import; it is in the ``weights-tools`` console script
+    (``mobilenet_np.calibrate.main``), and this points there."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["quantize"]:
+        return _fail("quantize runs the float model, so it is not in python -m weights_tools: use the "
+                     "weights-tools command or python -m mobilenet_np.calibrate quantize", 2)
+    return run(build_parser(), args)
 
 
 def run(parser, argv=None) -> int:
