@@ -54,13 +54,16 @@ def _profile(args) -> int:
 
 
 def _warmup(args) -> int:
-    """Fill the kernel cache (the user cache folder), for container images and fresh Dask or
-    server nodes: their first call then loads the kernels in about a second."""
+    """Fill the kernel cache (the user cache folder) with the float and the integer kernels, for
+    container images and fresh Dask or server nodes: their first call then loads the kernels in
+    about a second."""
     from .forward.engine import warmup
     from .kernels import cache
+    from .quantized_model import warm_up_integer_kernels
 
     started = time.perf_counter()
     warmup()
+    warm_up_integer_kernels()           # quantized (version-2) models' kernels, int8 and uint8
     if not args.quiet:
         print(f"kernels ready in {time.perf_counter() - started:.1f} s (cache: {cache.root()})")
     return EXIT_OK

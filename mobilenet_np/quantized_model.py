@@ -210,3 +210,35 @@ class QuantizedMobileNet(MobileNet):
         """Write this model as a version-2 weights file (atomically)."""
         attrs = {k: v for k, v in self.attrs.items() if k not in ("format", "format_version")}
         weights_file.write_quantized(path, self.qw.tensors, self.qw.activations, attrs)
+
+
+def warm_up_integer_kernels(threads: int | None = None) -> None:
+    """Compile the integer kernels (or load them from the kernel cache) for both kinds of
+    version-2 model: an int8 one as ``weights-tools quantize`` makes (MEAN pool) and a uint8 one
+    as the QAT .tflite files hold (AVERAGE_POOL_2D).  ``mobilenet-np warmup`` runs it after the
+    float kernels.  A small V2 (convs, residual adds, logits, softmax) with constant weights;
+    any size and weights compile the same code."""
+    from weights_tools import quantize as q
+    arch = spec.build("mobilenet_v2", 0.35)
+    tensors = {name: np.full(shape, 0.01, np.float32) for name, shape in arch.variables(2, folded=True).items()}
+    ranges = {name: (-1.0, 6.0) for name in q.activation_names(arch, 2)}
+    attrs = {"architecture": arch.name, "depth_multiplier": arch.depth_multiplier, "default_input_size": [32, 32],
+             "num_classes": 2, "labels_offset": 0, "input_range": "[-1, 1]", "batchnorm_folded": True,
+             "batchnorm_epsilon": spec.TF_BATCHNORM_EPSILON, "weights_choice": "n/a", "source_format": "mobilenet-np",
+             "source_files": [], "converter_version": "warm-up"}
+    int8 = q.quantize_model(arch, tensors, attrs, ranges, per_channel=True, path="<warm-up>")
+    for qw in (int8, _as_uint8(q.quantize_model(arch, tensors, attrs, ranges, per_channel=False, path="<warm-up>"))):
+        with _threads.limit(threads):
+            QuantizedMobileNet(qw, input_size=(32, 32)).warm_up()
+
+
+def _as_uint8(qw: v2.QuantizedWeightsFile) -> v2.QuantizedWeightsFile:
+    """The uint8 model of an int8 per-tensor one: the same reals, every integer and zero point + 128."""
+    def shift(t: v2.QuantizedTensor) -> v2.QuantizedTensor:
+        if t.values.dtype != np.int8:
+            return t                                    # int32 biases stay
+        return v2.QuantizedTensor((t.values.astype(np.int16) + 128).astype(np.uint8), t.scale,
+                                  t.zero_point + 128, t.quantized_axis, t.fused_activation)
+    acts = {name: v2.ActivationQuantization(a.scale, a.zero_point + 128, "uint8") for name, a in qw.activations.items()}
+    attrs = {**qw.attrs, "quantization": "uint8-per-tensor", "global_pool_op": "AVERAGE_POOL_2D"}
+    return v2.QuantizedWeightsFile(qw.path, {n: shift(t) for n, t in qw.tensors.items()}, acts, attrs)
