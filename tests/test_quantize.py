@@ -266,6 +266,20 @@ def test_bad_inputs_give_one_clear_line(float_file, tmp_path, capsys, rng):
     assert err == [f"weights-tools: error: {tmp_path / 'no' / 'q.h5'}: folder {tmp_path / 'no'} does not exist"]
 
 
+def test_ctrl_c_leaves_no_output_and_no_traceback(float_file, tmp_path, capsys, rng, monkeypatch):
+    images = _write_images(tmp_path / "calib", 1, rng)
+    out = tmp_path / "q.h5"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(calibrate, "calibration_ranges", interrupted)
+    assert calibrate.main(["quantize", str(float_file), str(out), "--calibration", str(images)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "weights-tools: error: interrupted; no output was written" and "Traceback" not in "\n".join(err)
+    assert sorted(tmp_path.iterdir()) == sorted([float_file, images])       # no output, no temporary file
+
+
 def test_per_tensor_weights_warn_about_depthwise_convs(float_file, tmp_path, capsys, rng):
     images = _write_images(tmp_path / "calib", 1, rng)
     for flags, warned in (([], True), (["--per-channel"], False)):
