@@ -367,3 +367,18 @@ def test_the_console_script_has_quantize():
     assert getattr(importlib.import_module(module), function) is calibrate.main
     commands = next(a for a in calibrate.build_parser()._actions if a.dest == "command").choices
     assert {"inspect", "convert", "verify", "quantize"} <= set(commands)
+
+
+def test_convert_of_a_weights_file_says_there_is_nothing_to_convert(float_file, tmp_path, capsys, rng):
+    """Before, a mobilenet-np file given to convert was read as a Keras .h5 ("no model_weights group")."""
+    from weights_tools import cli
+    int8 = tmp_path / "int8.h5"
+    assert calibrate.main(["quantize", str(float_file), str(int8), "--calibration",
+                           str(_write_images(tmp_path / "calib", 1, rng)), "--per-channel"]) == 0
+    capsys.readouterr()
+    for source, flags in ((float_file, []), (int8, ["--dequantize"])):
+        assert cli.main(["convert", str(source), str(tmp_path / "out.h5"), *flags]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"weights-tools: error: {source}: already a mobilenet-np weights file, nothing to convert "
+                       "(weights-tools verify checks it and shows its format version)"]
+        assert not (tmp_path / "out.h5").exists()
