@@ -30,6 +30,9 @@ from .kernels import integer_reference as iref
 from .model import MobileNet, _check_values, _refuse_undecoded
 
 ENDPOINT_TENSORS = {"Logits": "Logits/reshape", "Predictions": "Predictions"}
+# Root attributes that only describe the integer model (dropped by ``dequantized``).
+V2_ONLY_ATTRS = ("format", "format_version", "quantization", "global_pool_op", "global_pool_keep_dims", "logits_op",
+                 "output_op", "softmax_beta", "per_channel", "residual_projection", "calibration")
 
 
 class QuantizedMobileNet(MobileNet):
@@ -206,6 +209,17 @@ class QuantizedMobileNet(MobileNet):
         """Build the graph at the input size and run one image (compiles the kernels)."""
         self(np.zeros((1, *self.input_size, 3), np.uint8))
 
+    def dequantized(self) -> MobileNet:
+        """The float model of the stored weights, real = scale * (q - zero point) in float64 then
+        float32 (BatchNorm folded): what ``mnp.load(tflite, dequantize=True)`` and ``weights-tools
+        convert --dequantize`` give for the .tflite such a file came from.  Its activations are
+        float, so its outputs are close to the integer path's, not equal."""
+        attrs = {k: v for k, v in self.attrs.items() if k not in V2_ONLY_ATTRS}
+        return MobileNet(self.arch, {name: _dequantize(t) for name, t in self.qw.tensors.items()},
+                         num_classes=self.num_classes, folded=True, input_size=self.input_size,
+                         backend=self.backend_name, name=self.name, weights_sha256=self.weights_sha256, attrs=attrs,
+                         default_preset=self.default_preset, pooling=self.pooling, check_range=self.check_range)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write this model as a version-2 weights file (atomically)."""
         attrs = {k: v for k, v in self.attrs.items() if k not in ("format", "format_version")}
@@ -242,3 +256,13 @@ def _as_uint8(qw: v2.QuantizedWeightsFile) -> v2.QuantizedWeightsFile:
     acts = {name: v2.ActivationQuantization(a.scale, a.zero_point + 128, "uint8") for name, a in qw.activations.items()}
     attrs = {**qw.attrs, "quantization": "uint8-per-tensor", "global_pool_op": "AVERAGE_POOL_2D"}
     return v2.QuantizedWeightsFile(qw.path, {n: shift(t) for n, t in qw.tensors.items()}, acts, attrs)
+
+
+def _dequantize(t: v2.QuantizedTensor) -> np.ndarray:
+    """scale * (values - zero point), per tensor or along ``quantized_axis``, as the .tflite reader
+    dequantizes (exact in float64, one rounding to float32)."""
+    shape = [1] * t.values.ndim
+    if t.scale.size > 1:
+        shape[t.quantized_axis] = t.scale.size
+    scale, zero_point = t.scale.astype(np.float64).reshape(shape), t.zero_point.astype(np.float64).reshape(shape)
+    return (scale * (t.values.astype(np.float64) - zero_point)).astype(np.float32)

@@ -244,3 +244,21 @@ def test_quantized_models_are_part_of_the_public_api(tmp_path, rng):
     assert loaded_int8(images).shape == loaded_float(images).shape
     with pytest.raises(ValueError, match="int8: parity compares a float model with TensorFlow; this model is quantized"):
         parity.compare(loaded_int8, images)
+
+
+def test_load_dequantize_of_a_v2_file_is_the_float_model_of_its_tflite(shared, tmp_path, rng):
+    """``mnp.load(v2_file, dequantize=True)`` (ignored before) gives the float model of the stored
+    integers: bit for bit what ``weights-tools convert --dequantize`` makes of the .tflite itself."""
+    from weights_tools.convert import convert
+    tflite = shared("weights", "mobilenet_v1_050_160", "tflite_uint8_quant", "mobilenet_v1_0.5_160_quant.coral.tflite")
+    convert(str(tflite), str(tmp_path / "v2.h5"))
+    convert(str(tflite), str(tmp_path / "v1.h5"), dequantize=True)
+    kept, want = mnp.load(str(tmp_path / "v2.h5")), mnp.load(str(tmp_path / "v1.h5"))
+    got = mnp.load(str(tmp_path / "v2.h5"), dequantize=True)
+    assert kept.quantized and not got.quantized and type(got) is mnp.MobileNet
+    assert set(got.tensors) == set(want.tensors)
+    for name, tensor in want.tensors.items():
+        np.testing.assert_array_equal(got.tensors[name], tensor, err_msg=name)
+    x = rng.random((2, 160, 160, 3), dtype=np.float32)
+    np.testing.assert_array_equal(got.logits(x), want.logits(x))
+    assert got.labels_offset == want.labels_offset == 1

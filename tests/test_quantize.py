@@ -380,5 +380,6 @@ def test_convert_of_a_weights_file_says_there_is_nothing_to_convert(float_file, 
         assert cli.main(["convert", str(source), str(tmp_path / "out.h5"), *flags]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"weights-tools: error: {source}: already a mobilenet-np weights file, nothing to convert "
-                       "(weights-tools verify checks it and shows its format version)"]
+                       "(weights-tools verify checks it; mnp.load(FILE, dequantize=True).save(OUT) makes a float "
+                       "file of a quantized one)"]
         assert not (tmp_path / "out.h5").exists()
