@@ -4,6 +4,9 @@
     model = mnp.load("mobilenet_v2_050_96")      # a registry name, a weights file, or any source
     features = model(images)                      # [N, 96, 96, 3] in [0, 1] -> [N, 1280]
 
+A version-2 (int8/uint8) weights file or a quantized .tflite loads as a ``QuantizedMobileNet``
+(``model.quantized`` is True; False for float models), computed in integers as LiteRT does.
+
 The package is built in layers, each importing only those below it (docs/architecture.md):
 architecture (``spec``, ``weights_file``) -> kernels -> forward -> model (``model``, ``load``,
 ``registry``) -> application (``pipeline``, ``cli``, ``distributed``).  This file is the facade.
@@ -17,8 +20,9 @@ from .load import load
 from .model import MobileNet, build
 from .pipeline import embed, iter_embed
 from .names import list_models
+from .quantized_model import QuantizedMobileNet
 
-__all__ = ["MobileNet", "WeightsError", "build", "embed", "embed_on_dask", "iter_embed", "list_models", "load",
+__all__ = ["MobileNet", "QuantizedMobileNet", "WeightsError", "build", "embed", "embed_on_dask", "iter_embed", "list_models", "load",
            "__version__"]
 
 

@@ -29,6 +29,13 @@ from .inputs import IMAGE_EXTENSIONS
 
 BATCH = 8
 
+# Per-tensor stays the default (the issue's syntax, and the TFLite converter's own per-tensor option
+# exists), but a depthwise conv's channels span ranges too far apart for one scale: the int8 model's
+# features keep cosine 0.15-0.31 with the float model's (benchmarks/results/quantize.md).
+PER_TENSOR_WARNING = ("weights-tools: warning: per-tensor weights make MobileNets' depthwise convs lose most of "
+                      "their accuracy (feature cosine 0.15-0.31, benchmarks/results/quantize.md); "
+                      "add --per-channel")
+
 
 class RangeRecorder:
     """Running min/max per activation name."""
@@ -117,11 +124,19 @@ def quantize_file(source: str, output: str, calibration: str, per_channel: bool,
     """``weights-tools quantize``: the v1 file ``source`` to the v2 file ``output``."""
     from . import weights_file
     from .load import from_file
+    if os.path.isfile(source) and not weights_file.is_weights_file(source):
+        raise WeightsError(f"{source}: not a mobilenet-np weights file; quantize reads a float one (.h5): "
+                           "make it with weights-tools convert first")
     model = from_file(source, backend="numba")
     if int(model.attrs.get("format_version", 1)) != 1:
         raise WeightsError(f"{source}: already quantized (format version {model.attrs.get('format_version')})")
     paths = image_files(calibration)
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):             # before the calibration, not after it
+        raise FileNotFoundError(f"{output}: folder {folder} does not exist")
     size = tuple(model.input_size)
+    if not per_channel and any(layer.kind == "depthwise" for layer in model.arch.layers):
+        log(PER_TENSOR_WARNING, file=sys.stderr)
     log(f"calibrating {model.name} on {len(paths)} image(s) from {calibration} at {size[0]}x{size[1]}"
         f" ({'per-channel' if per_channel else 'per-tensor'} weights)", file=sys.stderr)
     images = load_images(paths, size, model.default_preset)

@@ -54,13 +54,16 @@ def _profile(args) -> int:
 
 
 def _warmup(args) -> int:
-    """Fill the kernel cache (the user cache folder), for container images and fresh Dask or
-    server nodes: their first call then loads the kernels in about a second."""
+    """Fill the kernel cache (the user cache folder) with the float and the integer kernels, for
+    container images and fresh Dask or server nodes: their first call then loads the kernels in
+    about a second."""
     from .forward.engine import warmup
     from .kernels import cache
+    from .quantized_model import warm_up_integer_kernels
 
     started = time.perf_counter()
     warmup()
+    warm_up_integer_kernels()           # quantized (version-2) models' kernels, int8 and uint8
     if not args.quiet:
         print(f"kernels ready in {time.perf_counter() - started:.1f} s (cache: {cache.root()})")
     return EXIT_OK
@@ -69,7 +72,9 @@ def _warmup(args) -> int:
 def _parity(args) -> int:
     from .parity import compare
     tf_version = _tf_version()      # first: without TensorFlow, say so before loading anything
-    model = load_model(args, args.source, backend=args.backend, weights=args.weights)
+    # A quantized .tflite is compared in float (its dequantized weights), as before format version 2;
+    # a version-2 file has no float weights and is refused by compare.
+    model = load_model(args, args.source, backend=args.backend, weights=args.weights, dequantize=True)
     if args.images:
         images = np.stack([model.preprocess(p, args.preset) for p in args.images])
     else:

@@ -29,7 +29,8 @@ def load(source: str | os.PathLike, backend: str = "numba", weights: str = "ema"
 
     A version-2 (quantized) weights file or a quantized .tflite gives a ``QuantizedMobileNet``
     (``model.quantized`` is True), which computes in integers exactly as LiteRT does;
-    ``dequantize=True`` runs a quantized .tflite's dequantized weights in float instead."""
+    ``dequantize=True`` runs the dequantized weights of a quantized .tflite or version-2 file in
+    float instead."""
     key = os.fspath(source)
     options = {"backend": backend, "pooling": pooling, "check_range": check_range}
     exists = os.path.exists(key) or os.path.exists(key + ".index")       # a checkpoint prefix
@@ -41,7 +42,8 @@ def load(source: str | os.PathLike, backend: str = "numba", weights: str = "ema"
     if not exists:
         raise _unknown(key)
     if os.path.isfile(key) and weights_file.is_weights_file(key):
-        return from_file(key, **options)
+        model = from_file(key, **options)
+        return model.dequantized() if dequantize and model.quantized else model
     return from_source(key, weights=weights, dequantize=dequantize, **options)
 
 

@@ -76,7 +76,11 @@ def compare(model, images01: np.ndarray) -> list[dict]:
     """Run TensorFlow and ``model`` on the same images; one row per endpoint, in network order:
     name, shape, max absolute difference, and that difference relative to max(1, TensorFlow's
     largest magnitude) -- absolute for ReLU6 outputs in [0, 6], relative for the unbounded linear
-    projections and logits."""
+    projections and logits.  A quantized model is refused (ValueError): TensorFlow's float graph
+    is no reference for its integers, which equal LiteRT's (tests/test_weights_v2.py)."""
+    if getattr(model, "quantized", False):
+        raise ValueError(f"{model.name}: parity compares a float model with TensorFlow; this model is quantized "
+                         "(format version 2). Compare its float original, or a .tflite source (run dequantized)")
     expected = tf_endpoints(model.arch, model.tensors, images01, model.num_classes)
     got = model.endpoints(images01, list(expected))
     rows = []

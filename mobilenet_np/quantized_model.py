@@ -30,6 +30,9 @@ from .kernels import integer_reference as iref
 from .model import MobileNet, _check_values, _refuse_undecoded
 
 ENDPOINT_TENSORS = {"Logits": "Logits/reshape", "Predictions": "Predictions"}
+# Root attributes that only describe the integer model (dropped by ``dequantized``).
+V2_ONLY_ATTRS = ("format", "format_version", "quantization", "global_pool_op", "global_pool_keep_dims", "logits_op",
+                 "output_op", "softmax_beta", "per_channel", "residual_projection", "calibration")
 
 
 class QuantizedMobileNet(MobileNet):
@@ -206,7 +209,60 @@ class QuantizedMobileNet(MobileNet):
         """Build the graph at the input size and run one image (compiles the kernels)."""
         self(np.zeros((1, *self.input_size, 3), np.uint8))
 
+    def dequantized(self) -> MobileNet:
+        """The float model of the stored weights, real = scale * (q - zero point) in float64 then
+        float32 (BatchNorm folded): what ``mnp.load(tflite, dequantize=True)`` and ``weights-tools
+        convert --dequantize`` give for the .tflite such a file came from.  Its activations are
+        float, so its outputs are close to the integer path's, not equal."""
+        attrs = {k: v for k, v in self.attrs.items() if k not in V2_ONLY_ATTRS}
+        return MobileNet(self.arch, {name: _dequantize(t) for name, t in self.qw.tensors.items()},
+                         num_classes=self.num_classes, folded=True, input_size=self.input_size,
+                         backend=self.backend_name, name=self.name, weights_sha256=self.weights_sha256, attrs=attrs,
+                         default_preset=self.default_preset, pooling=self.pooling, check_range=self.check_range)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write this model as a version-2 weights file (atomically)."""
         attrs = {k: v for k, v in self.attrs.items() if k not in ("format", "format_version")}
         weights_file.write_quantized(path, self.qw.tensors, self.qw.activations, attrs)
+
+
+def warm_up_integer_kernels(threads: int | None = None) -> None:
+    """Compile the integer kernels (or load them from the kernel cache) for both kinds of
+    version-2 model: an int8 one as ``weights-tools quantize`` makes (MEAN pool) and a uint8 one
+    as the QAT .tflite files hold (AVERAGE_POOL_2D).  ``mobilenet-np warmup`` runs it after the
+    float kernels.  A small V2 (convs, residual adds, logits, softmax) with constant weights;
+    any size and weights compile the same code."""
+    from weights_tools import quantize as q
+    arch = spec.build("mobilenet_v2", 0.35)
+    tensors = {name: np.full(shape, 0.01, np.float32) for name, shape in arch.variables(2, folded=True).items()}
+    ranges = {name: (-1.0, 6.0) for name in q.activation_names(arch, 2)}
+    attrs = {"architecture": arch.name, "depth_multiplier": arch.depth_multiplier, "default_input_size": [32, 32],
+             "num_classes": 2, "labels_offset": 0, "input_range": "[-1, 1]", "batchnorm_folded": True,
+             "batchnorm_epsilon": spec.TF_BATCHNORM_EPSILON, "weights_choice": "n/a", "source_format": "mobilenet-np",
+             "source_files": [], "converter_version": "warm-up"}
+    int8 = q.quantize_model(arch, tensors, attrs, ranges, per_channel=True, path="<warm-up>")
+    for qw in (int8, _as_uint8(q.quantize_model(arch, tensors, attrs, ranges, per_channel=False, path="<warm-up>"))):
+        with _threads.limit(threads):
+            QuantizedMobileNet(qw, input_size=(32, 32)).warm_up()
+
+
+def _as_uint8(qw: v2.QuantizedWeightsFile) -> v2.QuantizedWeightsFile:
+    """The uint8 model of an int8 per-tensor one: the same reals, every integer and zero point + 128."""
+    def shift(t: v2.QuantizedTensor) -> v2.QuantizedTensor:
+        if t.values.dtype != np.int8:
+            return t                                    # int32 biases stay
+        return v2.QuantizedTensor((t.values.astype(np.int16) + 128).astype(np.uint8), t.scale,
+                                  t.zero_point + 128, t.quantized_axis, t.fused_activation)
+    acts = {name: v2.ActivationQuantization(a.scale, a.zero_point + 128, "uint8") for name, a in qw.activations.items()}
+    attrs = {**qw.attrs, "quantization": "uint8-per-tensor", "global_pool_op": "AVERAGE_POOL_2D"}
+    return v2.QuantizedWeightsFile(qw.path, {n: shift(t) for n, t in qw.tensors.items()}, acts, attrs)
+
+
+def _dequantize(t: v2.QuantizedTensor) -> np.ndarray:
+    """scale * (values - zero point), per tensor or along ``quantized_axis``, as the .tflite reader
+    dequantizes (exact in float64, one rounding to float32)."""
+    shape = [1] * t.values.ndim
+    if t.scale.size > 1:
+        shape[t.quantized_axis] = t.scale.size
+    scale, zero_point = t.scale.astype(np.float64).reshape(shape), t.zero_point.astype(np.float64).reshape(shape)
+    return (scale * (t.values.astype(np.float64) - zero_point)).astype(np.float32)

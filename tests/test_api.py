@@ -226,3 +226,39 @@ def test_two_folders_holding_the_same_name_stay_apart(v2, rng, tmp_path, monkeyp
     assert mnp.embed("a", model=v2, progress=False).paths == ["x.jpg"]      # one folder: relative to it
     absolute = mnp.embed([tmp_path / "a", tmp_path / "b"], model=v2, progress=False)
     assert absolute.paths == [f"{tmp_path}/a/x.jpg", f"{tmp_path}/b/x.jpg"]
+
+
+def test_quantized_models_are_part_of_the_public_api(tmp_path, rng):
+    """``mnp.QuantizedMobileNet`` is exported; ``quantized`` is False on float models and True on
+    what ``mnp.load`` gives for a version-2 file; TensorFlow parity refuses the quantized one."""
+    from mobilenet_np import calibrate, parity
+    assert "QuantizedMobileNet" in mnp.__all__ and issubclass(mnp.QuantizedMobileNet, mnp.MobileNet)
+    float_model = mnp.build("mobilenet_v1", 0.25, 64, num_classes=3, seed=6, backend="numpy")
+    images = rng.random((3, 64, 64, 3), dtype=np.float32)
+    float_path, int8_path = tmp_path / "float.h5", tmp_path / "int8.h5"
+    float_model.save(float_path)
+    calibrate.write_quantized(int8_path, calibrate.quantize_float_model(float_model, images, per_channel=True))
+    loaded_float, loaded_int8 = mnp.load(str(float_path), backend="numpy"), mnp.load(str(int8_path), backend="numpy")
+    assert loaded_float.quantized is False and not isinstance(loaded_float, mnp.QuantizedMobileNet)
+    assert loaded_int8.quantized is True and isinstance(loaded_int8, mnp.QuantizedMobileNet)
+    assert loaded_int8(images).shape == loaded_float(images).shape
+    with pytest.raises(ValueError, match="int8: parity compares a float model with TensorFlow; this model is quantized"):
+        parity.compare(loaded_int8, images)
+
+
+def test_load_dequantize_of_a_v2_file_is_the_float_model_of_its_tflite(shared, tmp_path, rng):
+    """``mnp.load(v2_file, dequantize=True)`` (ignored before) gives the float model of the stored
+    integers: bit for bit what ``weights-tools convert --dequantize`` makes of the .tflite itself."""
+    from weights_tools.convert import convert
+    tflite = shared("weights", "mobilenet_v1_050_160", "tflite_uint8_quant", "mobilenet_v1_0.5_160_quant.coral.tflite")
+    convert(str(tflite), str(tmp_path / "v2.h5"))
+    convert(str(tflite), str(tmp_path / "v1.h5"), dequantize=True)
+    kept, want = mnp.load(str(tmp_path / "v2.h5")), mnp.load(str(tmp_path / "v1.h5"))
+    got = mnp.load(str(tmp_path / "v2.h5"), dequantize=True)
+    assert kept.quantized and not got.quantized and type(got) is mnp.MobileNet
+    assert set(got.tensors) == set(want.tensors)
+    for name, tensor in want.tensors.items():
+        np.testing.assert_array_equal(got.tensors[name], tensor, err_msg=name)
+    x = rng.random((2, 160, 160, 3), dtype=np.float32)
+    np.testing.assert_array_equal(got.logits(x), want.logits(x))
+    assert got.labels_offset == want.labels_offset == 1

@@ -173,3 +173,43 @@ def test_cache_folder_follows_the_environment(monkeypatch, env, expected):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert cache.root() == Path(expected)
+
+
+# Quantized models other than the warm-up's (V1, not V2; per-channel int8 and per-tensor uint8;
+# another size and batch), with random weights: they must find every integer kernel cached.
+QUANTIZED = """
+import numpy as np
+from mobilenet_np import spec
+from mobilenet_np.quantized_model import QuantizedMobileNet, _as_uint8
+from weights_tools import quantize as q
+rng = np.random.default_rng(3)
+arch = spec.build("mobilenet_v1", 0.25)
+tensors = {n: rng.normal(0, 0.1, s).astype(np.float32) for n, s in arch.variables(5, folded=True).items()}
+ranges = {n: (-2.0, 6.0) for n in q.activation_names(arch, 5)}
+attrs = {"architecture": arch.name, "depth_multiplier": 0.25, "default_input_size": [48, 40], "num_classes": 5,
+         "batchnorm_folded": True}
+models = [q.quantize_model(arch, tensors, attrs, ranges, per_channel=True),
+          _as_uint8(q.quantize_model(arch, tensors, attrs, ranges, per_channel=False))]
+x = rng.random((2, 48, 40, 3), dtype=np.float32)
+for qw in models:
+    model = QuantizedMobileNet(qw, input_size=(48, 40))
+    print(qw.attrs["quantization"], model.logits(x).shape)
+import sys
+from numba.core.dispatcher import Dispatcher
+kernels = {id(f): f for name, m in list(sys.modules.items()) if name.startswith("mobilenet_np.kernels.integer")
+           for f in vars(m).values() if isinstance(f, Dispatcher)}
+print("integer kernels run", sum(bool(f.signatures) for f in kernels.values()),
+      "compiled", sum(sum(f.stats.cache_misses.values()) for f in kernels.values()))
+"""
+
+
+def test_warm_up_covers_the_integer_kernels(tmp_path):
+    """``warm_up_integer_kernels`` (run by ``mobilenet-np warmup``) leaves nothing for an int8 or a
+    uint8 model to compile."""
+    home = tmp_path / "home"
+    _run("from mobilenet_np.quantized_model import warm_up_integer_kernels; warm_up_integer_kernels()", home)
+    assert any("integer" in f.name for f in _cache_files(home))
+    after = _run(QUANTIZED, home)
+    assert "int8-per-channel (2, 5)" in after.stdout and "uint8-per-tensor (2, 5)" in after.stdout, after.stdout
+    ran, compiled = (int(n) for n in after.stdout.split("integer kernels run ")[1].split(" compiled "))
+    assert ran >= 3 and compiled == 0, after.stdout

@@ -248,12 +248,54 @@ def test_bad_inputs_give_one_clear_line(float_file, tmp_path, capsys, rng):
     broken.mkdir()
     (broken / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     cases.append(([str(float_file), str(out), "--calibration", str(broken)], "a.png"))
+    tflite = tmp_path / "model.tflite"
+    tflite.write_bytes(b"TFL3 not a weights file")
+    cases.append(([str(tflite), str(out), "--calibration", str(broken)], "model.tflite: not a mobilenet-np weights "
+                                                                         "file; quantize reads a float one"))
     for argv, message in cases:
         assert calibrate.main(["quantize", *argv]) == 1, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("weights-tools: error: ") and message in err[-1], (argv, err)
         assert "Traceback" not in "\n".join(err)
         assert not out.exists()
+    # an output in a missing folder is refused before the calibration runs (exit 2: not the input's fault)
+    images = _write_images(tmp_path / "calib", 1, rng)
+    assert calibrate.main(["quantize", str(float_file), str(tmp_path / "no" / "q.h5"), "--calibration",
+                           str(images)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"weights-tools: error: {tmp_path / 'no' / 'q.h5'}: folder {tmp_path / 'no'} does not exist"]
+
+
+def test_ctrl_c_leaves_no_output_and_no_traceback(float_file, tmp_path, capsys, rng, monkeypatch):
+    images = _write_images(tmp_path / "calib", 1, rng)
+    out = tmp_path / "q.h5"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(calibrate, "calibration_ranges", interrupted)
+    assert calibrate.main(["quantize", str(float_file), str(out), "--calibration", str(images)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "weights-tools: error: interrupted; no output was written" and "Traceback" not in "\n".join(err)
+    assert sorted(tmp_path.iterdir()) == sorted([float_file, images])       # no output, no temporary file
+
+
+def test_per_tensor_weights_warn_about_depthwise_convs(float_file, tmp_path, capsys, rng):
+    images = _write_images(tmp_path / "calib", 1, rng)
+    for flags, warned in (([], True), (["--per-channel"], False)):
+        assert calibrate.main(["quantize", str(float_file), str(tmp_path / "q.h5"), "--calibration", str(images),
+                               *flags]) == 0
+        err = capsys.readouterr().err
+        assert (calibrate.PER_TENSOR_WARNING in err) is warned, (flags, err)
+        assert "add --per-channel" in calibrate.PER_TENSOR_WARNING
+
+
+def test_python_m_weights_tools_quantize_points_to_the_command(capsys):
+    """weights_tools may not import the forward pass, so its own entry point names the one that has quantize."""
+    from weights_tools import cli
+    assert cli.main(["quantize", "in.h5", "out.h5", "--calibration", "images"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "python -m mobilenet_np.calibrate quantize" in err[0], err
 
 
 def test_the_command_end_to_end(float_file, tmp_path, capsys, rng):
@@ -325,3 +367,19 @@ def test_the_console_script_has_quantize():
     assert getattr(importlib.import_module(module), function) is calibrate.main
     commands = next(a for a in calibrate.build_parser()._actions if a.dest == "command").choices
     assert {"inspect", "convert", "verify", "quantize"} <= set(commands)
+
+
+def test_convert_of_a_weights_file_says_there_is_nothing_to_convert(float_file, tmp_path, capsys, rng):
+    """Before, a mobilenet-np file given to convert was read as a Keras .h5 ("no model_weights group")."""
+    from weights_tools import cli
+    int8 = tmp_path / "int8.h5"
+    assert calibrate.main(["quantize", str(float_file), str(int8), "--calibration",
+                           str(_write_images(tmp_path / "calib", 1, rng)), "--per-channel"]) == 0
+    capsys.readouterr()
+    for source, flags in ((float_file, []), (int8, ["--dequantize"])):
+        assert cli.main(["convert", str(source), str(tmp_path / "out.h5"), *flags]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"weights-tools: error: {source}: already a mobilenet-np weights file, nothing to convert "
+                       "(weights-tools verify checks it; mnp.load(FILE, dequantize=True).save(OUT) makes a float "
+                       "file of a quantized one)"]
+        assert not (tmp_path / "out.h5").exists()

@@ -2,7 +2,8 @@
 
 Exit status 0 on success, 1 with a one-line reason on stderr when the input is unusable
 (damaged, not a MobileNet, a format we do not read), 2 for any other failure (an output
-that cannot be written) and for usage errors (argparse's own convention).
+that cannot be written) and for usage errors (argparse's own convention), 130 when
+interrupted (Ctrl-C; outputs are written whole or not at all).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from mobilenet_np import weights_file
 from mobilenet_np._version import __version__
 from mobilenet_np.argparsing import SuggestingParser
-from mobilenet_np.errors import WeightsError
+from mobilenet_np.errors import EXIT_INTERRUPTED, WeightsError
 
 from .convert import WEIGHT_CHOICES, convert, detect, open_source
 
@@ -65,7 +66,8 @@ def _verify(args) -> None:
 
 def build_parser() -> SuggestingParser:
     parser = SuggestingParser(prog="weights-tools", description=__doc__.split("\n")[0].partition(": ")[2].capitalize(),
-                              epilog="exit status: 0 success, 1 unusable input, 2 other failure or usage error")
+                              epilog="exit status: 0 success, 1 unusable input, 2 other failure or usage error, "
+                                     "130 interrupted")
     parser.add_argument("--version", action="version", version=f"weights-tools (mobilenet-np) {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 help="one of these; weights-tools COMMAND --help for its options")
@@ -94,7 +96,14 @@ def build_parser() -> SuggestingParser:
 
 
 def main(argv=None) -> int:
-    return run(build_parser(), argv)
+    """``python -m weights_tools``: the commands of this package.  ``quantize`` runs the float
+    model, which this layer may not import; it is in the ``weights-tools`` console script
+    (``mobilenet_np.calibrate.main``), and this points there."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["quantize"]:
+        return _fail("quantize runs the float model, so it is not in python -m weights_tools: use the "
+                     "weights-tools command or python -m mobilenet_np.calibrate quantize", 2)
+    return run(build_parser(), args)
 
 
 def run(parser, argv=None) -> int:
@@ -107,6 +116,8 @@ def run(parser, argv=None) -> int:
         return _fail(exc, 1)
     except (OSError, ValueError, KeyError) as exc:
         return _fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc, 2)
+    except KeyboardInterrupt:
+        return _fail("interrupted; no output was written", EXIT_INTERRUPTED)
     return 0
 
 

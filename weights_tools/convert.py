@@ -107,6 +107,10 @@ def convert(src_path: str | os.PathLike, out_path: str | os.PathLike, weights: s
     """Convert one source to a weights file; returns what was recognised.  Nothing is written
     unless every check passes, and a failure part-way leaves no file behind.  A quantized
     .tflite stays quantized (a version-2 file) unless ``dequantize``."""
+    if os.path.isfile(src_path) and weights_file.is_weights_file(src_path):
+        raise UnsupportedFormatError(f"{src_path}: already a mobilenet-np weights file, nothing to convert "
+                                     "(weights-tools verify checks it; mnp.load(FILE, dequantize=True).save(OUT) "
+                                     "makes a float file of a quantized one)")
     src = open_source(src_path, weights)
     found = detect(src.tensors, str(src_path))
     attrs = _attrs(src_path, src, found, input_size, model_name)
