@@ -19,6 +19,7 @@ import numpy as np
 from .. import spec
 from ..kernels import reference as ref
 from ..kernels import rows
+from .choice import Chooser
 
 
 class NumbaBackend:
@@ -57,6 +58,10 @@ class NumbaBackend:
         self._threads = numba.get_num_threads
         self._pool = None                     # (size, executor) for batch chunks, made on first use
         self._pool_lock = threading.Lock()
+        # Small batches on several threads: split each layer or run on one thread, by the
+        # recent times of both (``choice.py``).  False: always split (the old behaviour).
+        self.adaptive = True
+        self._choice = Chooser()
 
     def _plan(self, geo: list[spec.LayerGeometry], batch: int):
         """For one input size: the plan rows, the stem's patch offsets, and three activation
@@ -187,6 +192,12 @@ class NumbaBackend:
                 at += size
             pool = self._thread_pool(threads)
             list(pool.map(lambda c: self._features_into(geo, x, *c, c[1] - c[0], out, False, 1), chunks))
+        elif threads > 1 and self.adaptive:
+            # Each layer split over the threads, or the whole batch on this thread: whichever
+            # has been faster lately (``choice.py``; the split loses when a core is busy).
+            self._choice.run((geo[0].in_hw, n, threads), (
+                lambda: self._features_into(geo, x, 0, n, chunk, out, True, threads),
+                lambda: self._features_into(geo, x, 0, n, chunk, out, False, 1)))
         else:
             self._features_into(geo, x, 0, n, chunk, out, threads > 1, threads)
         return out

@@ -1,0 +1,98 @@
+"""Choosing, call by call, the faster of two ways to run the same work (issue 16).
+
+A small batch on 2 threads splits every layer across the threads: about 50 parallel regions per
+image, each ending in a join.  On a quiet machine that is the fastest way; when another process
+keeps one of the two cores busy, every join waits for the descheduled thread's next time slice,
+and a 1 ms image took 50-800 ms when measured.  Running the whole batch on the calling thread
+does not wait on anyone.  The two ways give identical results (the same per-tile arithmetic),
+so the engine may take either: it times the calls and takes the one that has been faster
+lately, and now and then tries the other one again, because the load changes.
+
+``Chooser`` keeps that record per key (input size, batch, threads) and per calling thread, so
+that threads calling one model at once need no lock.  Its clock is an argument, so that a test
+can make one way look slow without timing anything.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+WINDOW = 4          # recent calls per way that make its estimate (their mean: a way that is
+                    # fast half the time and 50x slower otherwise must lose to a steady one)
+PROBE_FIRST = 16    # calls between tries of the way not chosen, at first and after a close race
+PROBE_MOST = 256    # ... doubling each time a try loses, up to this many calls
+
+
+class _Record:
+    __slots__ = ("times", "choice", "calls", "next_probe", "interval")
+
+    def __init__(self, ways: int):
+        self.times: list[list[float]] = [[] for _ in range(ways)]
+        self.choice = 0
+        self.calls = 0
+        self.next_probe = 1         # the second call tries the other way
+        self.interval = PROBE_FIRST
+
+
+def _estimate(times: list[float]) -> float:
+    return sum(times) / len(times) if times else float("inf")
+
+
+class Chooser:
+    """Which of two ways to run the next call for a key, and what the calls cost.  Way 0 is
+    the preferred one (taken until the other is known to be faster)."""
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
+        self._local = threading.local()
+
+    def _record(self, key) -> _Record:
+        records = getattr(self._local, "records", None)
+        if records is None:
+            records = self._local.records = {}
+        record = records.get(key)
+        if record is None:
+            if len(records) >= 16:      # a few input sizes and batches at a time
+                records.clear()
+            record = records[key] = _Record(2)
+        return record
+
+    def run(self, key, ways):
+        """Run one of ``ways`` (two callables taking no argument, doing the same work), time it,
+        and return its result."""
+        record = self._record(key)
+        way = record.choice
+        probing = record.calls >= record.next_probe
+        if probing:
+            way = 1 - way
+        start = self.clock()
+        result = ways[way]()
+        self._update(record, way, self.clock() - start, probing)
+        return result
+
+    def chosen(self, key) -> int:
+        """The way the next ordinary (not probing) call for ``key`` takes on this thread."""
+        return self._record(key).choice
+
+    @staticmethod
+    def _update(record: _Record, way: int, seconds: float, probing: bool) -> None:
+        times = record.times[way]
+        times.append(seconds)
+        if len(times) > WINDOW:
+            del times[0]
+        record.calls += 1
+        before = record.choice
+        if probing:
+            # A losing try makes the next one wait twice as long: under load a try of the
+            # split way can cost hundreds of times a call (measured: 800 ms against 1.2 ms).
+            # A winning try keeps the pace (one fast call of a way that is slow half the time
+            # must not bring the tries back to every 16th call).
+            if seconds >= _estimate(record.times[before]):
+                record.interval = min(2 * record.interval, PROBE_MOST)
+            record.next_probe = record.calls + record.interval
+        estimates = [_estimate(t) for t in record.times]
+        record.choice = min(range(len(estimates)), key=lambda i: (estimates[i], i != before))
+        if record.choice != before:
+            record.interval = PROBE_FIRST
+            record.next_probe = record.calls + PROBE_FIRST
