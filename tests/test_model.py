@@ -192,11 +192,14 @@ def test_chooser_takes_the_faster_way_and_tries_the_other_again():
     assert chooser.chosen("other key") == 0      # a record per key, starting with way 0
 
 
-@pytest.mark.parametrize("slow", [0, 1])
-def test_adaptive_small_batches_give_the_same_features_either_way(rng, monkeypatch, slow):
-    """Small batches on 2 threads split each layer (way 0) or run on the calling thread (way 1),
-    whichever has been faster lately: make one look slow, and the model must take the other and
-    still give the 1-thread features exactly."""
+@pytest.mark.parametrize("fast", [0, 1, 2])
+def test_adaptive_small_batches_give_the_same_features_every_way(rng, monkeypatch, fast):
+    """Small batches on 2 threads split each layer (way 0), run on the calling thread (way 1) or
+    share the images out to worker threads (way 2), whichever has been faster lately: make one
+    look fast and the others slow, and the model must take it and still give the 1-thread
+    features exactly."""
+    import threading
+
     import numba
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("Numba has one thread here: no choice to make")
@@ -206,7 +209,9 @@ def test_adaptive_small_batches_give_the_same_features_either_way(rng, monkeypat
     real = backend._features_into
 
     def timed(geo, x, start, stop, chunk, out, parallel, threads):
-        clock.now += 1.0 if parallel == (slow == 0) else 0.01
+        worker = threading.current_thread() is not threading.main_thread()
+        way = 0 if parallel else 2 if worker else 1
+        clock.now += 0.001 if way == fast else 1.0
         return real(geo, x, start, stop, chunk, out, parallel, threads)
 
     monkeypatch.setattr(backend, "_features_into", timed)
@@ -214,7 +219,7 @@ def test_adaptive_small_batches_give_the_same_features_either_way(rng, monkeypat
     one = model(x, threads=1)
     for _ in range(20):
         np.testing.assert_array_equal(model(x, threads=2), one)
-    assert backend._choice.chosen(((64, 64), 3, 2)) == 1 - slow
+    assert backend._choice.chosen(((64, 64), 3, 2)) == fast
     backend.adaptive = False                     # the old behaviour: always split
     np.testing.assert_array_equal(model(x, threads=2), one)
 

@@ -4,9 +4,10 @@ A small batch on 2 threads splits every layer across the threads: about 50 paral
 image, each ending in a join.  On a quiet machine that is the fastest way; when another process
 keeps one of the two cores busy, every join waits for the descheduled thread's next time slice,
 and a 1 ms image took 50-800 ms when measured.  Running the whole batch on the calling thread
-does not wait on anyone.  The two ways give identical results (the same per-tile arithmetic),
-so the engine may take either: it times the calls and takes the one that has been faster
-lately, and now and then tries the other one again, because the load changes.
+waits on no one; sharing the images out to worker threads (one chunk at a time each) waits
+only at the end.  The ways give identical results (the same per-tile arithmetic), so the
+engine may take any: it times the calls and takes the one that has been fastest lately, and
+now and then tries the others again, because the load changes.
 
 ``Chooser`` keeps that record per key (input size, batch, threads) and per calling thread, so
 that threads calling one model at once need no lock.  Its clock is an argument, so that a test
@@ -25,50 +26,57 @@ PROBE_MOST = 256    # ... doubling each time a try loses, up to this many calls
 
 
 class _Record:
-    __slots__ = ("times", "choice", "calls", "next_probe", "interval")
+    __slots__ = ("times", "means", "choice", "calls", "next_probe", "interval", "turn")
 
     def __init__(self, ways: int):
         self.times: list[list[float]] = [[] for _ in range(ways)]
+        self.means = [float("inf")] * ways      # of each way's recent times (inf: never timed)
         self.choice = 0
         self.calls = 0
-        self.next_probe = 1         # the second call tries the other way
+        self.next_probe = 1         # the second call tries another way
         self.interval = PROBE_FIRST
-
-
-def _estimate(times: list[float]) -> float:
-    return sum(times) / len(times) if times else float("inf")
+        self.turn = 0               # which of the ways not chosen the next try takes
 
 
 class Chooser:
-    """Which of two ways to run the next call for a key, and what the calls cost.  Way 0 is
-    the preferred one (taken until the other is known to be faster)."""
+    """Which of several ways to run the next call for a key, and what the calls cost.  Way 0
+    is the preferred one (taken until another is known to be faster).  The number of ways must
+    stay the same for a key."""
 
     def __init__(self, clock=time.perf_counter):
         self.clock = clock
         self._local = threading.local()
 
-    def _record(self, key) -> _Record:
-        records = getattr(self._local, "records", None)
-        if records is None:
+    def _record(self, key, ways: int = 2) -> _Record:
+        try:
+            records = self._local.records
+        except AttributeError:
             records = self._local.records = {}
         record = records.get(key)
         if record is None:
             if len(records) >= 16:      # a few input sizes and batches at a time
                 records.clear()
-            record = records[key] = _Record(2)
+            record = records[key] = _Record(ways)
         return record
 
     def run(self, key, ways):
-        """Run one of ``ways`` (two callables taking no argument, doing the same work), time it,
-        and return its result."""
-        record = self._record(key)
+        """Run one of ``ways`` (callables taking no argument, doing the same work), time it, and
+        return its result."""
+        record = self._record(key, len(ways))
         way = record.choice
         probing = record.calls >= record.next_probe
-        if probing:
-            way = 1 - way
-        start = self.clock()
+        if probing:     # the ways not chosen take turns, any never timed first
+            others = [i for i in range(len(ways)) if i != way]
+            untried = [i for i in others if not record.times[i]]
+            if untried:
+                way = untried[0]
+            else:
+                way = others[record.turn % len(others)]
+                record.turn += 1
+        clock = self.clock
+        start = clock()
         result = ways[way]()
-        self._update(record, way, self.clock() - start, probing)
+        self._update(record, way, clock() - start, probing)
         return result
 
     def chosen(self, key) -> int:
@@ -77,10 +85,11 @@ class Chooser:
 
     @staticmethod
     def _update(record: _Record, way: int, seconds: float, probing: bool) -> None:
-        times = record.times[way]
+        times, means = record.times[way], record.means
         times.append(seconds)
         if len(times) > WINDOW:
             del times[0]
+        means[way] = sum(times) / len(times)
         record.calls += 1
         before = record.choice
         if probing:
@@ -88,11 +97,16 @@ class Chooser:
             # split way can cost hundreds of times a call (measured: 800 ms against 1.2 ms).
             # A winning try keeps the pace (one fast call of a way that is slow half the time
             # must not bring the tries back to every 16th call).
-            if seconds >= _estimate(record.times[before]):
+            if seconds >= means[before]:
                 record.interval = min(2 * record.interval, PROBE_MOST)
             record.next_probe = record.calls + record.interval
-        estimates = [_estimate(t) for t in record.times]
-        record.choice = min(range(len(estimates)), key=lambda i: (estimates[i], i != before))
-        if record.choice != before:
+        best = before
+        for i, mean in enumerate(means):
+            if mean < means[best]:
+                best = i
+        if best != before:
+            record.choice = best
             record.interval = PROBE_FIRST
             record.next_probe = record.calls + PROBE_FIRST
+        if probing and float("inf") in means:
+            record.next_probe = record.calls      # a way never timed: try it on the next call
