@@ -27,11 +27,12 @@ PROBE_MOST = 4096   # ... doubling each time a try loses (x16 when it took over 
 
 
 class _Record:
-    __slots__ = ("times", "means", "choice", "calls", "next_probe", "interval", "turn")
+    __slots__ = ("times", "means", "counts", "choice", "calls", "next_probe", "interval", "turn")
 
     def __init__(self, ways: int):
         self.times: list[list[float]] = [[] for _ in range(ways)]
         self.means = [float("inf")] * ways      # of each way's recent times (inf: never timed)
+        self.counts = [0] * ways                # calls of each way
         self.choice = 0
         self.calls = 0
         self.next_probe = 1         # the second call tries another way
@@ -66,9 +67,9 @@ class Chooser:
         record = self._record(key, len(ways))
         way = record.choice
         probing = record.calls >= record.next_probe
-        if probing:     # the ways not chosen take turns, any never timed first
+        if probing:     # the ways not chosen take turns, any timed fewer than twice first
             others = [i for i in range(len(ways)) if i != way]
-            untried = [i for i in others if not record.times[i]]
+            untried = [i for i in others if record.counts[i] < 2]
             if untried:
                 way = untried[0]
             else:
@@ -86,14 +87,16 @@ class Chooser:
 
     @staticmethod
     def _update(record: _Record, way: int, seconds: float, probing: bool) -> None:
-        times, means = record.times[way], record.means
+        times, means, counts = record.times[way], record.means, record.counts
         times.append(seconds)
-        if len(times) > WINDOW:
-            del times[0]
+        counts[way] += 1
+        if len(times) > WINDOW or counts[way] == 2:
+            del times[0]        # (the first call of a way pays one-time costs: buffers, threads)
         means[way] = sum(times) / len(times)
         record.calls += 1
         before = record.choice
-        if probing:
+        warming = counts[way] <= 2
+        if probing and not warming:
             # A losing try makes the next one wait longer: under load a try of the split way
             # can cost hundreds of calls (measured: up to 1.3 s against 1.2 ms), and a try
             # every 256 calls tripled the mean latency.  A winning try keeps the pace (one
@@ -111,5 +114,5 @@ class Chooser:
             record.choice = best
             record.interval = PROBE_FIRST
             record.next_probe = record.calls + PROBE_FIRST
-        if probing and float("inf") in means:
-            record.next_probe = record.calls      # a way never timed: try it on the next call
+        if any(c < 2 for i, c in enumerate(counts) if i != record.choice):
+            record.next_probe = max(record.calls, 1)    # a way timed less than twice: try it next
