@@ -1,9 +1,9 @@
-"""Choosing, call by call, the faster of two ways to run the same work (issue 16).
+"""Choosing, call by call, the fastest of a few ways to run the same work (issue 16).
 
 A small batch on 2 threads splits every layer across the threads: about 50 parallel regions per
 image, each ending in a join.  On a quiet machine that is the fastest way; when another process
 keeps one of the two cores busy, every join waits for the descheduled thread's next time slice,
-and a 1 ms image took 50-800 ms when measured.  Running the whole batch on the calling thread
+and a 1 ms image took 50-800 ms (up to 1.3 s) when measured.  Running the whole batch on the calling thread
 waits on no one; sharing the images out to worker threads (one chunk at a time each) waits
 only at the end.  The ways give identical results (the same per-tile arithmetic), so the
 engine may take any: it times the calls and takes the one that has been fastest lately, and
@@ -21,7 +21,7 @@ import time
 
 WINDOW = 4          # recent calls per way that make its estimate (their mean: a way that is
                     # fast half the time and 50x slower otherwise must lose to a steady one)
-PROBE_FIRST = 16    # calls between tries of the way not chosen, at first and after a close race
+PROBE_FIRST = 16    # calls between tries of the ways not chosen, at first and after a switch
 PROBE_MOST = 4096   # ... doubling each time a try loses (x16 when it took over 4 times the
                     # chosen way's mean), up to this many calls
 
