@@ -3,8 +3,8 @@
 A small batch on 2 threads splits every layer across the threads: about 50 parallel regions per
 image, each ending in a join.  On a quiet machine that is the fastest way; when another process
 keeps one of the two cores busy, every join waits for the descheduled thread's next time slice,
-and a 1 ms image took 50-800 ms (up to 1.3 s) when measured.  Running the whole batch on the calling thread
-waits on no one; sharing the images out to worker threads (one chunk at a time each) waits
+and a 1 ms image took 50-800 ms (up to 1.3 s) when measured.  Running the whole batch on the
+calling thread waits on no one; sharing the images out to worker threads (one chunk at a time each) waits
 only at the end.  The ways give identical results (the same per-tile arithmetic), so the
 engine may take any: it times the calls and takes the one that has been fastest lately, and
 now and then tries the others again, because the load changes.
