@@ -27,7 +27,7 @@ PROBE_MOST = 4096   # ... doubling each time a try loses (x16 when it took over 
 
 
 class _Record:
-    __slots__ = ("times", "means", "counts", "choice", "calls", "next_probe", "interval", "turn")
+    __slots__ = ("calls", "choice", "counts", "interval", "means", "next_probe", "times", "turn")
 
     def __init__(self, ways: int):
         self.times: list[list[float]] = [[] for _ in range(ways)]
