@@ -157,6 +157,73 @@ def test_every_thread_path_gives_the_same_features(rng, batch):
     np.testing.assert_allclose(one, reference(x), rtol=1e-4, atol=1e-4)
 
 
+class _FakeClock:
+    """A clock that moves only when told: the tests below make one way look slow without timing."""
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_chooser_takes_the_faster_way_and_tries_the_other_again():
+    from mobilenet_np.forward.choice import PROBE_MOST, Chooser
+    clock = _FakeClock()
+    chooser = Chooser(clock)
+    cost = [1.0, 0.01]          # way 0 slow, way 1 fast
+    taken = []
+
+    def way(i):
+        def run():
+            taken.append(i)
+            clock.now += cost[i]
+            return i
+        return run
+
+    ways = (way(0), way(1))
+    results = [chooser.run("k", ways) for _ in range(40)]
+    assert results == taken                      # each call returns the result of the way it ran
+    assert taken[:2] == [0, 1] and chooser.chosen("k") == 1
+    assert 0 < taken[2:].count(0) <= 3          # way 0 still tried now and then, rarely
+    cost.reverse()                               # the load turns: way 1 is now the slow one
+    taken.clear()
+    for _ in range(2 * PROBE_MOST):
+        chooser.run("k", ways)
+    assert chooser.chosen("k") == 0 and taken[-16:].count(1) <= 1    # at most one try of way 1
+    assert chooser.chosen("other key") == 0      # a record per key, starting with way 0
+
+
+@pytest.mark.parametrize("fast", [0, 1, 2])
+def test_adaptive_small_batches_give_the_same_features_every_way(rng, monkeypatch, fast):
+    """Small batches on 2 threads split each layer (way 0), run on the calling thread (way 1) or
+    share the images out to worker threads (way 2), whichever has been faster lately: make one
+    look fast and the others slow, and the model must take it and still give the 1-thread
+    features exactly."""
+    import threading
+
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba has one thread here: no choice to make")
+    model = mnp.build("mobilenet_v1", 0.25, 64, num_classes=0, seed=3)
+    backend = model.backend
+    clock = backend._choice.clock = _FakeClock()
+    real = backend._features_into
+
+    def timed(geo, x, start, stop, chunk, out, parallel, threads):
+        worker = threading.current_thread() is not threading.main_thread()
+        way = 0 if parallel else 2 if worker else 1
+        clock.now += 0.001 if way == fast else 1.0
+        return real(geo, x, start, stop, chunk, out, parallel, threads)
+
+    monkeypatch.setattr(backend, "_features_into", timed)
+    x = rng.random((3, 64, 64, 3), dtype=np.float32)
+    one = model(x, threads=1)
+    for _ in range(20):
+        np.testing.assert_array_equal(model(x, threads=2), one)
+    assert backend._choice.chosen(((64, 64), 3, 2)) == fast
+    backend.adaptive = False                     # the old behaviour: always split
+    np.testing.assert_array_equal(model(x, threads=2), one)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_warm_calls_reuse_the_workspace(rng, threads):
     """Steady state allocates nothing per layer: a second call of the same shape runs in the

@@ -19,6 +19,7 @@ import numpy as np
 from .. import spec
 from ..kernels import reference as ref
 from ..kernels import rows
+from .choice import Chooser
 
 
 class NumbaBackend:
@@ -57,6 +58,10 @@ class NumbaBackend:
         self._threads = numba.get_num_threads
         self._pool = None                     # (size, executor) for batch chunks, made on first use
         self._pool_lock = threading.Lock()
+        # Small batches on several threads: split each layer or run on one thread, by the
+        # recent times of both (``choice.py``).  False: always split (the old behaviour).
+        self.adaptive = True
+        self._choice = Chooser()
 
     def _plan(self, geo: list[spec.LayerGeometry], batch: int):
         """For one input size: the plan rows, the stem's patch offsets, and three activation
@@ -170,7 +175,9 @@ class NumbaBackend:
         go to T worker threads that each run a whole chunk alone, layer after layer, taking the
         next chunk when done.  No thread waits for another after every layer, and a thread
         slowed by a busy neighbour on its core simply takes fewer chunks (fixed equal shares
-        made the slower core set the pace)."""
+        made the slower core set the pace).  Smaller batches on T > 1 threads take the way that
+        has been fastest lately (``choice.py``): every layer split over the threads, the batch on
+        the calling thread alone, or (from one image per thread) the chunks to the workers."""
         n = x.shape[0]
         out = np.empty((n, geo[-1].layer.out_depth), np.float32)
         threads = self._threads()
@@ -178,18 +185,32 @@ class NumbaBackend:
         if chunk is None:
             chunk = self._chunks[geo[0].in_hw] = chunk_images(geo)
         if threads > 1 and n >= PARALLEL_SHARES_FROM * threads:
-            # Chunks shrink towards the end of the batch, so that the threads finish together
-            # even when one of them runs slower (a busy neighbour on its core).
-            chunks, at = [], 0
-            while at < n:
-                size = max(1, min(chunk, (n - at) // (2 * threads)))
-                chunks.append((at, at + size))
-                at += size
-            pool = self._thread_pool(threads)
-            list(pool.map(lambda c: self._features_into(geo, x, *c, c[1] - c[0], out, False, 1), chunks))
+            self._features_shared(geo, x, chunk, out, threads)
+        elif threads > 1 and self.adaptive:
+            # Each layer split over the threads, the whole batch on this thread, or (from one
+            # image per thread) the images shared out: whichever has been faster lately
+            # (``choice.py``; the split loses badly when a core is busy).
+            ways = (lambda: self._features_into(geo, x, 0, n, chunk, out, True, threads),
+                    lambda: self._features_into(geo, x, 0, n, chunk, out, False, 1),
+                    lambda: self._features_shared(geo, x, chunk, out, threads))
+            self._choice.run((geo[0].in_hw, n, threads), ways if n >= threads else ways[:2])
         else:
             self._features_into(geo, x, 0, n, chunk, out, threads > 1, threads)
         return out
+
+    def _features_shared(self, geo, x, chunk: int, out: np.ndarray, threads: int) -> None:
+        """Features of the batch by worker threads that each take a chunk of images, run it
+        alone, and take the next.  Chunks shrink towards the end of the batch, so that the
+        threads finish together even when one of them runs slower (a busy neighbour on its
+        core)."""
+        n = x.shape[0]
+        chunks, at = [], 0
+        while at < n:
+            size = max(1, min(chunk, (n - at) // (2 * threads)))
+            chunks.append((at, at + size))
+            at += size
+        pool = self._thread_pool(threads)
+        list(pool.map(lambda c: self._features_into(geo, x, *c, c[1] - c[0], out, False, 1), chunks))
 
     def _features_into(self, geo, x, start: int, stop: int, chunk: int, out: np.ndarray, parallel: bool,
                        threads: int) -> None:
