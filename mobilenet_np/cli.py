@@ -56,11 +56,11 @@ def _profile(args) -> int:
 def _warmup(args) -> int:
     """Fill the kernel cache (the user cache folder), for container images and fresh Dask or
     server nodes: their first call then loads the kernels in about a second."""
-    from .forward.engine import warmup
+    from .forward.tiered import fill_cache
     from .kernels import cache
 
     started = time.perf_counter()
-    warmup()
+    fill_cache()
     if not args.quiet:
         print(f"kernels ready in {time.perf_counter() - started:.1f} s (cache: {cache.root()})")
     return EXIT_OK
