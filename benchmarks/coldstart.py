@@ -9,7 +9,8 @@ Every figure comes from a new process, with the kernel cache in a temporary, emp
   the first result, as seen by the parent) and ``mobilenet-np embed`` of one JPEG (the whole
   command), at 1 and 2 threads; tiered (the default: NumPy path while the child compiles) and,
   without ``--quick``, untiered (``MOBILENET_NP_TIERED=0``: the compile in the process).
-* **total compile**: ``mobilenet-np warmup`` into an empty cache: wall and CPU seconds.
+* **total compile**: ``mobilenet-np warmup``'s work into an empty cache: wall and CPU seconds, and
+  the seconds of Numba's compile events per function.
 * **switch** (not with ``--quick``): in a cold Python process, when the compiled engine takes
   over from the NumPy path.
 * **warm start**: import + load + first call with the cache filled (median of several runs),
@@ -112,9 +113,32 @@ def cli_embed(h5: Path, image: Path, home, threads: int, out_dir: Path, **extra)
     return {"wall_s": wall, "cpu_s": cpu, "message": [l for l in err.splitlines() if "compiling" in l]}
 
 
+COMPILE = r"""
+import json, time
+from numba.core import event
+from mobilenet_np.forward.tiered import fill_cache
+stack, own, total = [], {}, {}
+with event.install_recorder("numba:compile") as rec:
+    fill_cache()
+for stamp, ev in rec.buffer:          # inclusive and own (minus nested compiles) seconds per function
+    name = ev.data["dispatcher"].py_func.__qualname__
+    name = ev.data["dispatcher"].py_func.__module__.rsplit(".", 1)[-1] + "." + name
+    if ev.is_start:
+        stack.append([name, stamp, 0.0])
+    else:
+        name, start, nested = stack.pop()
+        total[name] = total.get(name, 0.0) + stamp - start
+        own[name] = own.get(name, 0.0) + stamp - start - nested
+        if stack:
+            stack[-1][2] += stamp - start
+print(json.dumps({"own": own, "inclusive": total}))
+"""
+
+
 def total_compile(home) -> dict:
-    wall, cpu, _, _ = _timed([sys.executable, "-m", "mobilenet_np", "warmup", "--quiet"], _env(home, 2))
-    return {"wall_s": wall, "cpu_s": cpu}
+    """``mobilenet-np warmup``'s work into an empty cache, with Numba's compile events recorded."""
+    wall, cpu, out, _ = _timed([sys.executable, "-c", COMPILE], _env(home, 2, MOBILENET_NP_QUIET="1"))
+    return {"wall_s": wall, "cpu_s": cpu, **_json(out)}
 
 
 # --- Dask -----------------------------------------------------------------------------------
@@ -325,7 +349,11 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
     c = results["compile"]
     lines += ["", "## Total compile, warm start, switch", "",
               f"- Total compile (`mobilenet-np warmup` into an empty cache): {c['wall_s']:.1f} s wall, "
-              f"{c['cpu_s']:.1f} CPU-s (user + system, the process and its children).", ""]
+              f"{c['cpu_s']:.1f} CPU-s (user + system, the process and its children).  Wall seconds of "
+              "Numba's compile events per function, own (minus the compiles nested in it) and inclusive:", "",
+              "| function | own s | inclusive s |", "|---|---|---|",
+              *(f"| {f} | {c['own'][f]:.1f} | {c['inclusive'][f]:.1f} |"
+                for f in sorted(c["own"], key=c["own"].get, reverse=True) if c["own"][f] >= 0.05), ""]
     if results.get("switch"):
         s = results["switch"]
         lines.append(f"- Switch (cold Python process, {label[results['models'][0]]}, 1T): first result after "

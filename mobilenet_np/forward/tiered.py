@@ -225,7 +225,8 @@ def _forget_after_fork() -> None:
     _Job._lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+if hasattr(os, "register_at_fork"):          # POSIX
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _child_env() -> dict[str, str]:
