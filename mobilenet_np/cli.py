@@ -44,7 +44,7 @@ def _summary(args) -> int:
 
 
 def _profile(args) -> int:
-    model = load_model(args, backend=args.backend)
+    model = load_model(args, backend=args.backend, tiered=False)     # time the engine asked for
     size = (args.input_size, args.input_size) if args.input_size else model.input_size
     images = np.random.default_rng(0).random((args.batch_size, *size, 3), dtype=np.float32)
     rows = model.profile(images, repeats=args.repeats, threads=args.threads)
@@ -69,7 +69,7 @@ def _warmup(args) -> int:
 def _parity(args) -> int:
     from .parity import compare
     tf_version = _tf_version()      # first: without TensorFlow, say so before loading anything
-    model = load_model(args, args.source, backend=args.backend, weights=args.weights)
+    model = load_model(args, args.source, backend=args.backend, weights=args.weights, tiered=False)
     if args.images:
         images = np.stack([model.preprocess(p, args.preset) for p in args.images])
     else:

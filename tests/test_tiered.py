@@ -31,7 +31,7 @@ from mobilenet_np.kernels import plan
 out = sys.argv[1]
 model = mnp.build("mobilenet_v2", 0.35, 64, seed=5)
 x = np.random.default_rng(0).random((3, 64, 64, 3), dtype=np.float32)
-info = {"first_tier": model.backend.tier, "child": model.backend._job.proc.pid}
+info = {"first_tier": model.backend.tier, "child": model.backend._job.proc.pid}     # .tier starts the job
 np.save(out + "/first.npy", np.concatenate([model(x, threads=1), model(x[:1], threads=2)]))
 np.save(out + "/logits_first.npy", model.logits(x[:1]))
 info["switched"] = model.backend.wait(timeout=float(sys.argv[2]))
@@ -59,11 +59,12 @@ SHORT = """
 import json, sys, time, numpy as np, mobilenet_np as mnp
 kwargs = {"tiered": False} if "option-off" in sys.argv else {}
 model = mnp.build("mobilenet_v2", 0.35, 64, seed=5, **kwargs)
-job = getattr(model.backend, "_job", None)
-info = {"backend": type(model.backend).__name__, "child": job.proc.pid if job else None}
+info = {"backend": type(model.backend).__name__}
 if "nocall" not in sys.argv:
-    info["tier"] = model.backend.tier
     model(np.zeros((1, 64, 64, 3), np.float32))
+    info["tier"] = model.backend.tier
+job = getattr(model.backend, "_job", None)
+info["child"] = job.proc.pid if job else None
 print(json.dumps(info), flush=True)
 if "sleep" in sys.argv:
     time.sleep(120)
@@ -143,7 +144,7 @@ def test_short_cold_process_leaves_no_child(tmp_path):
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc to see the child")
 def test_killed_parent_leaves_no_child(tmp_path):
     """SIGKILL gives the parent no chance to clean up: the child notices and exits."""
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SHORT), "nocall", "sleep"],
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SHORT), "sleep"],
                             env=_env(tmp_path / "home"), cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     try:
@@ -158,8 +159,14 @@ def test_killed_parent_leaves_no_child(tmp_path):
 
 
 def test_quiet_silences_the_message(tmp_path):
-    result, info = _run(SHORT, tmp_path / "home", "nocall", MOBILENET_NP_QUIET="1")
-    assert info["backend"] == "TieredBackend" and result.stderr == "", result.stderr
+    result, info = _run(SHORT, tmp_path / "home", MOBILENET_NP_QUIET="1")
+    assert info["backend"] == "TieredBackend" and info["child"] and result.stderr == "", result.stderr
+
+
+def test_a_model_never_called_starts_nothing(tmp_path):
+    """Loading alone (``mobilenet-np summary``, inspecting a model) compiles nothing."""
+    result, info = _run(SHORT, tmp_path / "home", "nocall")
+    assert info == {"backend": "TieredBackend", "child": None} and result.stderr == "", result.stderr
 
 
 @pytest.mark.parametrize("how", ["env", "option"])

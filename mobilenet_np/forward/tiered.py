@@ -4,7 +4,7 @@ A cold kernel cache (``kernels/cache.py``) means about a minute of compiling bef
 engine gives its first result; the NumPy reference path (``reference.py``, BLAS) gives one in
 tens of milliseconds per image.  So when the cache is cold, ``make`` returns a ``TieredBackend``:
 
-* At load it starts one child process per parent (``python -c ... _child``), which compiles
+* At the first call it starts one child process per parent (``python -c ... _child``), which compiles
   the engine's entry points (``engine.warmup``) into the shared on-disk cache and then writes
   a "ready" marker for this CPU (``cache.ready_marker``).  A child, not a thread: Numba's
   compiler is Python code that would hold the GIL and stall the calls meanwhile.  Children of
@@ -84,8 +84,7 @@ class TieredBackend:
         self._numpy = NumpyBackend(arch, tensors, folded, epsilon)
         self._fast = None
         self._classifier = None
-        self._job = _Job.shared()
-        self._job.waiting.add(self)
+        self._job: _Job | None = None       # started by the first call (a model never called compiles nothing)
 
     @property
     def tier(self) -> str:
@@ -96,14 +95,19 @@ class TieredBackend:
         """Block until the compiled engine answers (True) or ``timeout`` seconds pass (False)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._current() is self._numpy:
-            if self._job.failed or (deadline is not None and time.monotonic() > deadline):
+            if (self._job and self._job.failed) or (deadline is not None and time.monotonic() > deadline):
                 return False
             time.sleep(0.05)
         return True
 
     def _current(self):
         if self._fast is None:
+            if self._job is None:
+                self._job = _Job.shared()
+                self._job.waiting.add(self)
             self._job.poll()
+            if self._job.loaded.is_set() and self._fast is None:     # came after the loader's round
+                self._switch()
         return self._fast or self._numpy
 
     def _switch(self) -> None:
