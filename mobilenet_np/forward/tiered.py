@@ -4,17 +4,18 @@ A cold kernel cache (``kernels/cache.py``) means about a minute of compiling bef
 engine gives its first result; the NumPy reference path (``reference.py``, BLAS) gives one in
 tens of milliseconds per image.  So when the cache is cold, ``make`` returns a ``TieredBackend``:
 
-* At the first call it starts one child process per parent (``python -c ... _child``), which compiles
-  the engine's entry points (``engine.warmup``) into the shared on-disk cache and then writes
-  a "ready" marker for this CPU (``cache.ready_marker``).  A child, not a thread: Numba's
-  compiler is Python code that would hold the GIL and stall the calls meanwhile.  Children of
-  several processes (Dask workers on one node) take turns on a lock in the cache folder, so
-  one compiles and the others then only load.  The child keeps the normal priority: niced,
-  it made no progress at all in 10 minutes on a busy 2-core machine.
+* At the first call it starts one child process per parent (``python -c ... _child``), which
+  compiles the engine's entry points (``engine.warmup``) into the shared on-disk cache and then
+  writes a "ready" marker for this CPU (``cache.ready_marker``).  A child, not a thread:
+  Numba's compiler is Python code that would hold the GIL and stall the calls meanwhile.
+  Children of several processes (Dask workers on one node) take turns on a lock in the cache
+  folder, so one compiles and the others then only load.  The child keeps the normal
+  priority: niced, it made no progress at all in 10 minutes on a busy 2-core machine.
 * Calls run on the NumPy path meanwhile, with one BLAS thread fewer than asked for (at least
-  one), so that they do not fight the compiling child for its core.  The first call after the child has finished starts
-  a background thread that loads the compiled kernels from the cache into this process
-  (about a second); the call after that one runs on the Numba engine.  No call waits.
+  one), so that they do not fight the compiling child for its core.  The first call after the
+  child has finished starts a background thread that loads the compiled kernels from the
+  cache into this process (about a second); the calls after that run on the Numba engine.
+  No call waits.
 * The child dies with its parent: the parent terminates it at exit, and the child exits on
   its own when its parent is gone (killed).  An interrupted compile leaves no broken entry
   (Numba writes each file to a temporary name and renames it; ``cache.py`` locks the index).
@@ -188,7 +189,8 @@ class _Job:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", f"from {__name__} import _child; _child({os.getpid()})"],
-            env=_child_env(), cwd=_PACKAGE_PARENT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._errors)
+            env=_child_env(), cwd=_PACKAGE_PARENT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=self._errors)
         self._owner = os.getpid()
         atexit.register(self.stop)
         if os.environ.get("MOBILENET_NP_QUIET", "") in ("", "0"):
