@@ -336,10 +336,10 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
              "|---|---|---|---|---|---|---|---|"]
     for name, r in results["first"].items():
         key, *rest = name.split(" ")
-        lines.append(_row(f"{label[key]} {' '.join(rest)}", r, cols)[:-1] + f" {r.get('tier', '(embed)')} |")
+        lines.append(_row(f"{label[key]} {' '.join(rest)}", r, cols) + f" {r.get('tier', '(embed)')} |")
     if results.get("untiered"):
         lines.append(_row(f"{label[results['models'][0]]} python 1T, MOBILENET_NP_TIERED=0", results["untiered"],
-                          cols)[:-1] + " numba (compiled in the process) |")
+                          cols) + " numba (compiled in the process) |")
     lines += ["", "## Peers: import + load + first result (new process, 1 thread, same weights)", "",
               "| run | wall s | in process s | import s | load s | first call s |", "|---|---|---|---|---|---|"]
     for name, r in results["peers"].items():
