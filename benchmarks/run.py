@@ -314,51 +314,7 @@ def worker(cfg: dict) -> dict:
 
 # --- cold start and memory (each in a new process) ------------------------------------------
 
-COLD_START = r"""
-import json, sys, time
-t0 = time.perf_counter()
-import numpy as np
-import mobilenet_np as mnp
-t1 = time.perf_counter()
-model = mnp.load(sys.argv[1])
-t2 = time.perf_counter()
-x = np.random.default_rng(0).random((1, *model.input_size, 3), dtype=np.float32)
-model(x)
-t3 = time.perf_counter()
-model(x)
-t4 = time.perf_counter()
-print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_call_s": t3 - t2, "second_call_s": t4 - t3,
-                  "in_process_s": t3 - t0}))
-"""
-
-
-def cold_start(paths: dict[str, Path], runs: int, nocache_runs: int) -> dict:
-    """Per model: a new process with the kernel cache warm (a folder of its own, filled first),
-    and with the cache disabled (every kernel compiled)."""
-    import shutil
-    import tempfile
-    out = {}
-    kernel_home = tempfile.mkdtemp(prefix="mobilenet-np-cold-")
-    for key, path in paths.items():
-        entry = {}
-        for label, cache, n in (("jit_cache_warm", "1", runs), ("jit_cache_disabled", "0", nocache_runs)):
-            env = {**os.environ, "MOBILENET_NP_JIT_CACHE": cache, "PYTHONPATH": _pythonpath(),
-                   "MOBILENET_NP_HOME": kernel_home}
-            if cache == "1":          # fill the cache first, untimed
-                subprocess.run([sys.executable, "-c", COLD_START, str(path)], env=env, check=True,
-                               capture_output=True, cwd=REPO)
-            samples = []
-            for _ in range(n):
-                t0 = time.perf_counter()
-                proc = subprocess.run([sys.executable, "-c", COLD_START, str(path)], env=env, check=True,
-                                      capture_output=True, text=True, cwd=REPO)
-                wall = time.perf_counter() - t0
-                samples.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_s": wall})
-            entry[label] = {"runs": samples, **{k: float(np.median([s[k] for s in samples])) for k in samples[0]}}
-            log(f"cold start {key} {label}: {entry[label]['wall_s']:.2f} s wall")
-        out[key] = entry
-    shutil.rmtree(kernel_home, ignore_errors=True)
-    return out
+# cold_start (warm vs disabled kernel cache) lives in benchmarks/coldstart.py, with the cold-start benchmark.
 
 
 MEMORY = r"""
@@ -870,6 +826,7 @@ def main(argv=None) -> int:
         "family": [m for m in models if m in peers.FAMILY],
     }
     if "coldstart" not in skip:
+        from benchmarks.coldstart import cold_start
         results["cold_start"] = cold_start(h5_paths, params["cold_runs"], params["cold_nocache_runs"])
     if "memory" not in skip:
         results["memory"] = peak_memory(list(h5_paths), engine_ids, params["memory_calls"])

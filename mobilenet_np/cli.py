@@ -44,7 +44,7 @@ def _summary(args) -> int:
 
 
 def _profile(args) -> int:
-    model = load_model(args, backend=args.backend)
+    model = load_model(args, backend=args.backend, tiered=False)     # time the engine asked for
     size = (args.input_size, args.input_size) if args.input_size else model.input_size
     images = np.random.default_rng(0).random((args.batch_size, *size, 3), dtype=np.float32)
     rows = model.profile(images, repeats=args.repeats, threads=args.threads)
@@ -57,12 +57,12 @@ def _warmup(args) -> int:
     """Fill the kernel cache (the user cache folder) with the float and the integer kernels, for
     container images and fresh Dask or server nodes: their first call then loads the kernels in
     about a second."""
-    from .forward.engine import warmup
+    from .forward.tiered import fill_cache
     from .kernels import cache
     from .quantized_model import warm_up_integer_kernels
 
     started = time.perf_counter()
-    warmup()
+    fill_cache()
     warm_up_integer_kernels()           # quantized (version-2) models' kernels, int8 and uint8
     if not args.quiet:
         print(f"kernels ready in {time.perf_counter() - started:.1f} s (cache: {cache.root()})")
@@ -74,7 +74,8 @@ def _parity(args) -> int:
     tf_version = _tf_version()      # first: without TensorFlow, say so before loading anything
     # A quantized .tflite is compared in float (its dequantized weights), as before format version 2;
     # a version-2 file has no float weights and is refused by compare.
-    model = load_model(args, args.source, backend=args.backend, weights=args.weights, dequantize=True)
+    model = load_model(args, args.source, backend=args.backend, weights=args.weights, dequantize=True,
+                       tiered=False)
     if args.images:
         images = np.stack([model.preprocess(p, args.preset) for p in args.images])
     else:

@@ -22,17 +22,18 @@ from .weights_file_v2 import QuantizedWeightsFile
 
 
 def load(source: str | os.PathLike, backend: str = "numba", weights: str = "ema", *, pooling: str | None = "avg",
-         check_range: bool = True, dequantize: bool = False) -> MobileNet:
+         check_range: bool = True, dequantize: bool = False, tiered: bool | None = None) -> MobileNet:
     """A model from any source (see the module notes).  ``weights``: for checkpoints, the raw
     or the EMA (``ExponentialMovingAverage``) values of each variable.  ``pooling`` and
-    ``check_range`` set the model's attributes of those names (see ``MobileNet``).
+    ``check_range`` set the model's attributes of those names, ``tiered`` whether a cold kernel
+    cache is compiled in the background while the NumPy path answers (see ``MobileNet``).
 
     A version-2 (quantized) weights file or a quantized .tflite gives a ``QuantizedMobileNet``
     (``model.quantized`` is True), which computes in integers exactly as LiteRT does;
     ``dequantize=True`` runs the dequantized weights of a quantized .tflite or version-2 file in
     float instead."""
     key = os.fspath(source)
-    options = {"backend": backend, "pooling": pooling, "check_range": check_range}
+    options = {"backend": backend, "pooling": pooling, "check_range": check_range, "tiered": tiered}
     exists = os.path.exists(key) or os.path.exists(key + ".index")       # a checkpoint prefix
     name = None if exists else names.canonical_name(key)
     if name is not None:

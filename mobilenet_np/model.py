@@ -19,7 +19,7 @@ import numpy as np
 from . import endpoint_names, spec, threads as _threads, weights_file
 from ._version import __version__
 from .data_config import DataConfig, data_config
-from .forward import BACKENDS, backend_class
+from .forward import BACKENDS, tiered as _tiered
 from .tables import format_table, layer_table
 from .preprocess import uint8_to_float
 
@@ -40,7 +40,9 @@ class MobileNet:
     vector [N, C] (the default), "max" the maximum over space [N, C], None the last feature
     map [N, H, W, C].  ``check_range``: refuse float input outside [0, 1] (0-255 images are
     the usual mistake); set it False, or pass ``check_range=False`` to a call, to feed other
-    ranges deliberately.  Both are plain attributes, also set by ``mnp.load``.
+    ranges deliberately.  Both are plain attributes, also set by ``mnp.load``.  ``tiered``:
+    while the Numba kernels are not compiled yet, answer with the NumPy path and compile them
+    in the background (``forward/tiered.py``; default on unless ``MOBILENET_NP_TIERED=0``).
     """
 
     quantized = False               # True for QuantizedMobileNet (quantized_model.py)
@@ -48,7 +50,8 @@ class MobileNet:
     def __init__(self, arch: spec.Architecture, tensors: dict[str, np.ndarray], *, num_classes: int,
                  folded: bool, input_size: tuple[int, int], backend: str = "numba",
                  name: str | None = None, weights_sha256: str | None = None, attrs: dict | None = None,
-                 default_preset: str = "hub", pooling: str | None = "avg", check_range: bool = True):
+                 default_preset: str = "hub", pooling: str | None = "avg", check_range: bool = True,
+                 tiered: bool | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         if pooling not in POOLINGS:
@@ -66,7 +69,7 @@ class MobileNet:
         self.default_preset = default_preset
         self.weights_sha256 = weights_sha256 or _tensors_digest(tensors)
         epsilon = float(self.attrs.get("batchnorm_epsilon", spec.TF_BATCHNORM_EPSILON))
-        self.backend = backend_class(backend)(arch, tensors, folded, epsilon)
+        self.backend = _tiered.make(backend, arch, tensors, folded, epsilon, tiered)
         self._geometries: dict[tuple[int, int], list[spec.LayerGeometry]] = {}
         if num_classes:
             self.backend.set_classifier(np.ascontiguousarray(tensors[arch.logits_names.weights][0, 0]),

@@ -43,7 +43,7 @@ class QuantizedMobileNet(MobileNet):
 
     def __init__(self, qw: v2.QuantizedWeightsFile, *, input_size: tuple[int, int], backend: str = "numba",
                  name: str | None = None, weights_sha256: str | None = None, pooling: str | None = "avg",
-                 check_range: bool = True, kernels: str = "reference"):
+                 check_range: bool = True, kernels: str = "reference", tiered: bool | None = None):
         if backend not in ("numba", "numpy"):
             raise ValueError(f"unknown backend {backend!r} for a quantized model; expected numba or numpy")
         if pooling not in ("avg", "max", None):
@@ -60,6 +60,9 @@ class QuantizedMobileNet(MobileNet):
         self.weights_sha256 = weights_sha256 or ""
         self.pooling, self.check_range = pooling, bool(check_range)
         self.backend_name, self.kernels = backend, kernels
+        # The integer kernels compile on the first call (``mobilenet-np warmup`` fills the cache
+        # ahead); ``tiered`` is kept only for the float model of ``dequantized()``.
+        self.tiered = tiered
         self.backend = SimpleNamespace(name=backend)     # what callers read of a float model's backend
         self.input_quantization = qw.activations["input"]
         self._graphs: dict[tuple[int, int], QuantizedGraph] = {}
@@ -218,7 +221,8 @@ class QuantizedMobileNet(MobileNet):
         return MobileNet(self.arch, {name: _dequantize(t) for name, t in self.qw.tensors.items()},
                          num_classes=self.num_classes, folded=True, input_size=self.input_size,
                          backend=self.backend_name, name=self.name, weights_sha256=self.weights_sha256, attrs=attrs,
-                         default_preset=self.default_preset, pooling=self.pooling, check_range=self.check_range)
+                         default_preset=self.default_preset, pooling=self.pooling, check_range=self.check_range,
+                         tiered=self.tiered)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write this model as a version-2 weights file (atomically)."""

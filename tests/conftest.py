@@ -8,6 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The engine's tests test the engine: no NumPy answers while a cold cache compiles in the
+# background (forward/tiered.py; tests/test_tiered.py turns it on in its own subprocesses).
+os.environ.setdefault("MOBILENET_NP_TIERED", "0")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MOBILENET_NP_SHARED", REPO.parent / "shared"))
 

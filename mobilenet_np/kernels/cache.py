@@ -16,6 +16,9 @@ can crash the process; the digest makes a changed source a different folder.
   the read-modify-write of an index runs under a file lock, so that two processes never give
   one data file to two signatures.
 
+* Complete for this CPU: a ``ready-<cpu>-<digest>`` marker file, written once every entry point
+  of the engine is in (``forward/tiered.py`` checks it to decide whether to start tiered).
+
 This module does not decide what is compiled or when; ``jit.py`` uses it.
 """
 
@@ -127,17 +130,40 @@ class KernelCache(caching.FunctionCache):
             with contextlib.suppress(OSError):
                 path.unlink()
 
-    @contextlib.contextmanager
     def _locked(self):
-        """An exclusive lock on the cache folder (POSIX; elsewhere Numba's renames alone)."""
+        return folder_lock(self._cache_path, ".lock")
+
+
+@contextlib.contextmanager
+def folder_lock(folder, name: str):
+    """An exclusive lock on a file in the cache folder (POSIX; elsewhere Numba's renames alone)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(os.path.join(folder, name), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            import fcntl
-        except ImportError:
             yield
-            return
-        with open(os.path.join(self._cache_path, ".lock"), "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ready_marker(folder) -> Path:
+    """The file that says: every entry point of the engine is in ``folder`` for this CPU (Numba
+    keys each entry by the CPU name and features, as here; ``NUMBA_CPU_NAME`` and
+    ``NUMBA_CPU_FEATURES`` override both)."""
+    from llvmlite import binding
+    from numba.core import config
+    cpu = config.CPU_NAME or binding.get_host_cpu_name()
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else binding.get_host_cpu_features().flatten()
+    key = hashlib.sha256(f"{cpu} {features}".encode()).hexdigest()[:12]
+    return Path(folder) / f"ready-{cpu}-{key}"
+
+
+def mark_ready(marker: Path) -> None:
+    """Write the ready marker (atomically: a marker is never half there)."""
+    tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+    tmp.write_text("compiled kernels complete for this CPU\n")
+    os.replace(tmp, marker)
