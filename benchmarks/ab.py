@@ -1,6 +1,7 @@
 """Interleaved A/B of two commits of mobilenet-np: is the new one slower anywhere?
 
     python -m benchmarks.ab OLD_REV NEW_REV [--rounds 8] [--calls 60] [--threads 1,2] [--out FILE.md]
+                            [--old-env KEY=VALUE ...] [--new-env KEY=VALUE ...]
 
 Both revisions are checked out into a temporary folder (``git worktree``).  Each round starts one
 measuring process per (revision, thread count), in shuffled order, pinned with ``taskset`` to as
@@ -10,6 +11,8 @@ its features equal those of the other revision, then times ``calls`` batch-1 cal
 batch-32 calls.  Reported: per cell the median over rounds of the per-process medians, with the
 range over rounds, and the speed ratio new/old (above 1: the new commit is faster).  Because the
 two revisions alternate within each round, a slow phase of the machine hits both alike.
+``--old-env``/``--new-env`` add environment settings to one side's processes, to A/B a setting
+on one commit (e.g. ``HEAD HEAD --new-env NUMBA_THREADING_LAYER=tbb``).
 """
 
 from __future__ import annotations
@@ -51,7 +54,12 @@ for key, arch, size in %r:
     for _ in range(max(3, calls // 10)):
         t = time.perf_counter(); model(x32); b32.append(time.perf_counter() - t)
     out[key] = {"b1_ms": 1e3 * float(np.median(b1)), "b32_img_s": 32 / float(np.median(b32))}
-print(json.dumps({"cells": out, "checks": checks}))
+import numba
+try:
+    layer = numba.threading_layer()
+except ValueError:          # no parallel region ran (1 thread)
+    layer = "none"
+print(json.dumps({"cells": out, "checks": checks, "layer": layer}))
 """ % (MODELS,)
 
 
@@ -61,8 +69,8 @@ def checkout(rev: str, into: Path) -> Path:
     return into
 
 
-def measure(tree: Path, threads: int, calls: int, cache: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(tree), "NUMBA_NUM_THREADS": str(threads),
+def measure(tree: Path, threads: int, calls: int, cache: Path, extra_env: dict | None = None) -> dict:
+    env = {**os.environ, **(extra_env or {}), "PYTHONPATH": str(tree), "NUMBA_NUM_THREADS": str(threads),
            "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
            "MOBILENET_NP_HOME": str(cache), "MOBILENET_NP_QUIET": "1"}
     cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:threads])
@@ -81,7 +89,10 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, default=60)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--out", help="also write the table to this Markdown file")
+    parser.add_argument("--old-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--new-env", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    envs = {side: dict(item.split("=", 1) for item in getattr(args, f"{side}_env")) for side in ("old", "new")}
     thread_counts = [int(t) for t in args.threads.split(",")]
     with tempfile.TemporaryDirectory(prefix="mnp-ab-") as tmp:
         tmp = Path(tmp)
@@ -90,21 +101,25 @@ def main(argv=None) -> int:
             results = {(side, t): [] for side in trees for t in thread_counts}
             order = random.Random(20261201)
             for side in trees:           # compile (or load) each tree's kernels before timing
-                measure(trees[side], 1, 3, tmp / f"cache-{side}")
+                measure(trees[side], 1, 3, tmp / f"cache-{side}", envs[side])
             for r in range(args.rounds):
                 jobs = list(results)
                 order.shuffle(jobs)
                 for side, t in jobs:
-                    results[(side, t)].append(measure(trees[side], t, args.calls, tmp / f"cache-{side}"))
+                    results[(side, t)].append(measure(trees[side], t, args.calls, tmp / f"cache-{side}", envs[side]))
                 print(f"round {r + 1} of {args.rounds} done", file=sys.stderr, flush=True)
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
                                capture_output=True)
+    layers = {side: sorted({x["layer"] for t in thread_counts for x in results[(side, t)]}) for side in trees}
     same = all(a["checks"] == b["checks"] for a, b in zip(results[("old", thread_counts[0])],
                                                             results[("new", thread_counts[0])]))
-    lines = [f"A/B {args.old} (old) vs {args.new} (new), {args.rounds} rounds, medians over rounds "
-             f"[range]; speed new/old > 1 means new is faster; features identical: {same}", "",
+    settings = "".join(f"; {side} with {' '.join(getattr(args, f'{side}_env'))}" for side in ("old", "new")
+                       if getattr(args, f"{side}_env"))
+    lines = [f"A/B {args.old} (old) vs {args.new} (new){settings}, {args.rounds} rounds, medians over rounds "
+             f"[range]; speed new/old > 1 means new is faster; features identical: {same}; Numba threading "
+             f"layers: old {'/'.join(layers['old'])}, new {'/'.join(layers['new'])}", "",
              "| cell | old | new | speed new/old |", "|---|---|---|---|"]
     for t in thread_counts:
         for key, _, _ in MODELS:
