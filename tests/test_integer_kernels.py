@@ -309,3 +309,49 @@ def test_integer_depthwise_kernel_equals_the_reference(rng, size, stride, channe
                                ig.requantization_params(bias, multiplier, shift, channels), clamp[0], clamp,
                                np.empty(want.shape, dtype), rounding, ig.xnnpack_scales(scales, channels))
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("size, stride, channels, c_out", [((7, 7), 2, 3, 16), ((9, 6), 1, 3, 13), ((8, 11), 2, 5, 40),
+                                                           ((5, 5), 1, 1, 1), ((160, 160), 2, 3, 16)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
+def test_integer_full_conv_kernel_equals_the_reference(rng, size, stride, channels, c_out, dtype, rounding):
+    """The 3x3 full convolution (the stem: patches gathered and centred in Numba, then the GEMM):
+    odd and non-square sizes, both strides, odd C_in (odd patch length), C_out not a multiple of
+    16, both types, each requantization; the 160 x 160 case has interior and border pixels as
+    the real stem does."""
+    from mobilenet_np.kernels import integer_gemm as ig
+    from mobilenet_np.kernels import integer_xnnpack as ixnn
+
+    lo, hi = iref.DTYPE_RANGES[np.dtype(dtype)]
+    per_tensor = dtype == np.uint8
+    x = rng.integers(lo, hi, (2, *size, channels), endpoint=True).astype(dtype)
+    w = rng.integers(lo, hi, (c_out, 3, 3, channels), endpoint=True).astype(dtype)       # TFLite OHWI
+    w_zero_point = 131 if per_tensor else np.zeros(c_out, np.int64)
+    x_zero_point = 117 if per_tensor else -5
+    bias = rng.integers(-3000, 3000, c_out).astype(np.int32)
+    filter_scales = rng.uniform(0.001, 0.02, 1 if per_tensor else c_out)
+    multiplier, shift = iref.conv_multipliers(0.02, filter_scales, 0.05, per_tensor)
+    (oh, top, bottom), (ow, left, right) = (spec.same_padding(s, 3, stride) for s in size)
+    pad = (top, bottom, left, right)
+    clamp = iref.activation_range("RELU6", 0.05, 3 if per_tensor else -120, dtype)
+    acc = iref.conv2d_accumulate(x, x_zero_point, w.transpose(1, 2, 3, 0), w_zero_point, bias, stride, pad, (oh, ow))
+    scales = ixnn.conv_scales(0.02, filter_scales, 0.05)
+    if rounding == "xnnpack":
+        want = ixnn.requantize_fp32(acc, scales, clamp[0], clamp, dtype)
+    else:
+        want = iref.requantize(acc, multiplier, shift, clamp[0], clamp, dtype, ties_up=rounding == "optimized")
+    got = ig.conv2d(x, x_zero_point, ig.pack_pairs(w.reshape(c_out, -1).T, w_zero_point), 3, stride, pad, (oh, ow),
+                    ig.requantization_params(bias, multiplier, shift, c_out), c_out, clamp[0], clamp,
+                    np.empty(want.shape, dtype), rounding, ig.xnnpack_scales(scales, c_out))
+    assert np.array_equal(got, want)
+
+
+def test_integer_peak_loop_equals_its_numpy_twin(rng):
+    """The benchmark's vpmaddwd loop computes what it says (so the compiler cannot drop the work)."""
+    from mobilenet_np.kernels.integer_peak import madd_loop, madd_loop_numpy
+
+    w = rng.integers(-255, 256, 512).astype(np.int16)
+    out = np.zeros(8, np.int32)
+    madd_loop(w, 37, out)
+    assert np.array_equal(out, madd_loop_numpy(w, 37)) and out.any()

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from numba import prange
+
 from . import integer_simd as iv
 from . import simd
 from .jit import kernel
@@ -52,16 +54,20 @@ ROUNDINGS = {"reference": REFERENCE, "optimized": OPTIMIZED, "xnnpack": XNNPACK}
 
 
 @kernel(inline=True)
-def emit_bytes(v, params, scales, rounding, c, zero_point, lo, hi, out, at):
-    """Requantize eight sums of channels c..c+7 and store them as bytes at out[at:at + 8].
+def requantized(v, params, scales, rounding, c, zero_point, lo, hi):
+    """Eight sums of channels c..c+7 requantized to output values (int32 lanes, in the type's range).
     ``params`` rows: bias, multiplier, left shift, right shift (int32, padded to whole panels);
     ``scales``: XNNPACK's float32 scale per channel (padded too)."""
     if rounding == XNNPACK:
-        r = iv.requantize_fp32(v, iv.load(params[0], c), simd.load(scales, c), zero_point, lo, hi)
-    else:
-        r = iv.requantize(v, iv.load(params[0], c), iv.load(params[1], c), iv.load(params[2], c),
-                          iv.load(params[3], c), zero_point, lo, hi, 1 if rounding == REFERENCE else 0)
-    iv.store_bytes(out, at, r)
+        return iv.requantize_fp32(v, iv.load(params[0], c), simd.load(scales, c), zero_point, lo, hi)
+    return iv.requantize(v, iv.load(params[0], c), iv.load(params[1], c), iv.load(params[2], c),
+                         iv.load(params[3], c), zero_point, lo, hi, 1 if rounding == REFERENCE else 0)
+
+
+@kernel(inline=True)
+def emit_bytes(v, params, scales, rounding, c, zero_point, lo, hi, out, at):
+    """Requantize eight sums of channels c..c+7 and store them as bytes at out[at:at + 8]."""
+    iv.store_bytes(out, at, requantized(v, params, scales, rounding, c, zero_point, lo, hi))
 
 
 @kernel(inline=True)
@@ -114,27 +120,69 @@ def _tile1(x, x_at, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi
     emit_bytes(b, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 8)
 
 
-@kernel()
+@kernel(parallel=True)
 def centre(x, pixels, c_in, zero_point, kp, out):
     """out [pixels, kp] int16 = x [pixels, C_in] - zero_point (flat arrays); an odd C_in's
     extra column is left as the caller made it (zero)."""
-    for p in range(pixels):
+    for p in prange(pixels):
         for k in range(c_in):
             out[p * kp + k] = np.int16(x[p * c_in + k]) - zero_point
 
 
-@kernel()
+@kernel(parallel=True)
+def gather_patches(x, n_img, h, w, c, zero_point, k, stride, top, left, out_h, out_w, kp, out):
+    """out [n * out_h * out_w, kp] int16: each output pixel's k x k x C input patch, centred
+    (rows dy, then dx, then C: TFLite's OHWI order), zero in the padding and the extra column.
+    A patch row (dx, C) is one contiguous run of k * C input values when it lies inside the image."""
+    kc = k * c
+    for row in prange(n_img * out_h):
+        n = row // out_h
+        oy = row - n * out_h
+        for ox in range(out_w):
+            at = (row * out_w + ox) * kp
+            for j in range(k * kc, kp):
+                out[at + j] = 0
+            ix0 = ox * stride - left
+            inside_x = ix0 >= 0 and ix0 + k <= w
+            for dy in range(k):
+                iy = oy * stride - top + dy
+                t = at + dy * kc
+                if iy < 0 or iy >= h:
+                    for j in range(kc):
+                        out[t + j] = 0
+                elif inside_x:
+                    src = ((n * h + iy) * w + ix0) * c
+                    for j in range(kc):
+                        out[t + j] = np.int16(x[src + j]) - zero_point
+                else:
+                    for dx in range(k):
+                        ix = ix0 + dx
+                        src = ((n * h + iy) * w + ix) * c
+                        inside = ix >= 0 and ix < w
+                        for ci in range(c):
+                            out[t + dx * c + ci] = np.int16(x[src + ci]) - zero_point if inside else 0
+
+
+CHUNK = 32            # pixels per parallel task
+
+
+@kernel(parallel=True)
 def gemm_requantize(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
-    """out [pixels, panels * 16] (bytes, flat) = requantized (centred x [pixels, kp] times the panels)."""
+    """out [pixels, panels * 16] (bytes, flat) = requantized (centred x [pixels, kp] times the panels).
+    Tasks of (up to 32 pixels) x (one panel) are split over Numba's threads."""
     row = panels * PANEL
-    for g in range(panels):
+    chunks = (pixels + CHUNK - 1) // CHUNK
+    for task in prange(chunks * panels):
+        ch = task // panels
+        g = task - ch * panels
         w_at = g * (kp // 2) * 32
         c = g * PANEL
-        p = 0
-        while p + 4 <= pixels:
+        p = ch * CHUNK
+        end = min(p + CHUNK, pixels)
+        while p + 4 <= end:
             _tile4(x, p * kp, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi, out, p * row + c, row)
             p += 4
-        while p < pixels:
+        while p < end:
             _tile1(x, p * kp, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi, out, p * row + c)
             p += 1
 
@@ -165,12 +213,40 @@ def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, cla
     ``rounding`` "xnnpack" takes ``scales = xnnpack_scales(...)`` instead of the multipliers."""
     pixels, c_in = x.shape
     kp = c_in + c_in % 2
+    centred = np.empty(pixels * kp, np.int16)
+    if kp != c_in:
+        centred.reshape(pixels, kp)[:, c_in:] = 0
+    centre(np.ascontiguousarray(x).reshape(-1), pixels, c_in, x_zero_point, kp, centred)
+    return gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, clamp, out, rounding, scales)
+
+
+def gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, clamp, out, rounding="reference",
+                 scales=None):
+    """The GEMM and requantization of already centred rows ``centred`` [pixels * kp] int16 into
+    out [pixels, C_out]: written in place when C_out is a whole number of panels, else through
+    a padded buffer."""
     panels = -(-c_out // PANEL)
-    centred = np.zeros(pixels * kp, np.int16)
-    centre(x.reshape(-1), pixels, c_in, x_zero_point, kp, centred)
-    padded = np.empty(pixels * panels * PANEL, out.dtype)
+    direct = c_out == panels * PANEL and out.flags.c_contiguous
+    padded = out.reshape(-1) if direct else np.empty(pixels * panels * PANEL, out.dtype)
     scales = np.zeros(panels * PANEL, np.float32) if scales is None else scales
     gemm_requantize(centred, pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding], out_zero_point,
                     clamp[0], clamp[1], padded)
-    out[:] = padded.reshape(pixels, panels * PANEL)[:, :c_out]
+    if not direct:
+        out[:] = padded.reshape(pixels, panels * PANEL)[:, :c_out]
+    return out
+
+
+def conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point, clamp, out,
+           rounding: str = "reference", scales=None):
+    """A full k x k convolution (the stem): x [N, H, W, C] -> out [N, OH, OW, C_out], the patches
+    gathered and centred by ``gather_patches``, then ``gemm_centred``; ``packed = pack_pairs(w
+    [k * k * C, C_out] in OHWI order, w_zero_point)``."""
+    n, h, w, c = x.shape
+    kp = k * k * c + (k * k * c) % 2
+    pixels = n * out_hw[0] * out_hw[1]
+    centred = np.empty(pixels * kp, np.int16)
+    gather_patches(np.ascontiguousarray(x).reshape(-1), n, h, w, c, x_zero_point, k, stride, pad[0], pad[2],
+                   out_hw[0], out_hw[1], kp, centred)
+    gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, clamp, out.reshape(pixels, c_out),
+                 rounding, scales)
     return out

@@ -205,3 +205,53 @@ def mul_add(typingctx, acc, a, b):
     def codegen(context, builder, sig, args):
         return builder.add(args[0], builder.mul(args[1], args[2]))
     return i32x8(i32x8, i32x8, i32x8), codegen
+
+
+@intrinsic
+def add(typingctx, a, b):
+    """a + b in each int32 lane."""
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], args[1])
+    return i32x8(i32x8, i32x8), codegen
+
+
+@intrinsic
+def store(typingctx, array, index, vector):
+    """int32 array[index : index + 8] = the vector."""
+    if not _flat(array, types.int32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _pointer(context, builder, sig.args[0], args[0], args[1], _V8), align=4)
+        return context.get_dummy_value()
+    return types.void(array, types.intp, i32x8), codegen
+
+
+@intrinsic
+def load_bytes_widened(typingctx, array, index):
+    """uint8 (zero-extended) or int8 (sign-extended) array[index : index + 8] as eight int32 lanes."""
+    if not (_flat(array, types.int8) or _flat(array, types.uint8)):
+        return None
+    signed = array.dtype == types.int8
+
+    def codegen(context, builder, sig, args):
+        v8 = ir.VectorType(ir.IntType(8), 8)
+        raw = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], v8), align=1)
+        return builder.sext(raw, _V8) if signed else builder.zext(raw, _V8)
+    return i32x8(array, types.intp), codegen
+
+
+@intrinsic
+def insert(typingctx, vector, lane, value):
+    """The vector with int32 lane ``lane`` replaced by ``value`` (the channel tails: lane by lane)."""
+    def codegen(context, builder, sig, args):
+        return builder.insert_element(args[0], builder.trunc(args[2], _I32), builder.trunc(args[1], _I32))
+    return i32x8(i32x8, types.intp, types.int64), codegen
+
+
+@intrinsic
+def extract(typingctx, vector, lane):
+    """int32 lane ``lane`` of the vector (as int64)."""
+    def codegen(context, builder, sig, args):
+        return builder.sext(builder.extract_element(args[0], builder.trunc(args[1], _I32)), ir.IntType(64))
+    return types.int64(i32x8, types.intp), codegen
