@@ -355,3 +355,59 @@ def test_integer_peak_loop_equals_its_numpy_twin(rng):
     out = np.zeros(8, np.int32)
     madd_loop(w, 37, out)
     assert np.array_equal(out, madd_loop_numpy(w, 37)) and out.any()
+
+
+@pytest.mark.parametrize("rounding", ["reference", "xnnpack"])
+def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, rounding):
+    """The parallel entry points (rows / tasks split over Numba's threads) give the bytes of the
+    one-thread runs, at odd sizes: the split points must not drop or repeat a row or task."""
+    import numba
+    from mobilenet_np.kernels import integer_depthwise as idw
+    from mobilenet_np.kernels import integer_gemm as ig
+
+    x = rng.integers(0, 256, (3, 13, 11, 21), endpoint=True).astype(np.uint8)
+    bias = rng.integers(-3000, 3000, 21).astype(np.int32)
+    params = ig.requantization_params(bias, 1 << 30, -9, 21)
+    scales = ig.xnnpack_scales(np.full(21, 0.002), 21)
+    dw = idw.pack_depthwise(rng.integers(0, 256, (3, 3, 21, 1)).astype(np.uint8), 131)
+    pw = ig.pack_pairs(rng.integers(0, 256, (21, 21)).astype(np.uint8), 131)
+    full = ig.pack_pairs(rng.integers(0, 256, (3 * 3 * 21, 21)).astype(np.uint8), 131)
+
+    def run_all():
+        a = idw.depthwise_conv2d(x, 117, dw, 3, 2, (1, 1, 0, 1), (7, 6), params, 3, (0, 255),
+                                 np.empty((3, 7, 6, 21), np.uint8), rounding, scales)
+        b = ig.pointwise_conv2d(x.reshape(-1, 21), 117, pw, params, 21, 3, (0, 255),
+                                np.empty((3 * 13 * 11, 21), np.uint8), rounding, scales)
+        c = ig.conv2d(x, 117, full, 3, 1, (1, 1, 1, 1), (13, 11), params, 21, 3, (0, 255),
+                      np.empty((3, 13, 11, 21), np.uint8), rounding, scales)
+        return a, b, c
+
+    one = run_all()
+    monkeypatch.setattr(ig, "SERIAL_BELOW", 0)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 3)       # more parts than this machine's cores is fine
+    split = run_all()
+    for s, o in zip(split, one):
+        assert np.array_equal(s, o)
+    assert len(np.unique(one[0])) > 2
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("shape", [(2, 7, 5, 13), (1, 3, 3, 80), (3, 1, 1, 1)])
+def test_xnnpack_add_and_global_average_kernels_equal_their_twins(rng, dtype, shape):
+    """The Numba ADD and global pool give integer_xnnpack's bytes: odd shapes, both types,
+    differently scaled inputs (either the larger), a clamp that bites."""
+    from mobilenet_np.kernels import integer_add as iadd
+    from mobilenet_np.kernels import integer_xnnpack as ixnn
+
+    lo, hi = iref.DTYPE_RANGES[np.dtype(dtype)]
+    a = rng.integers(lo, hi, shape, endpoint=True).astype(dtype)
+    b = rng.integers(lo, hi, shape, endpoint=True).astype(dtype)
+    for a_scale, b_scale, out_scale, clamp in [(0.02, 0.05, 0.06, (lo, hi)), (0.11, 0.03, 0.04, (lo + 40, hi - 30))]:
+        want = ixnn.add(a, a_scale, 7, b, b_scale, -3, out_scale, 5, clamp, dtype)
+        params = iadd.add_params(a_scale, 7, b_scale, -3, out_scale)
+        got = iadd.add(a, b, params, clamp, 5, np.empty(shape, dtype))
+        assert np.array_equal(got, want)
+    for in_scale, out_scale in [(0.02, 0.015), (0.3, 0.01)]:
+        want = ixnn.global_average(a, in_scale, 9, out_scale, -4, dtype)
+        got = iadd.global_average(a, in_scale, 9, out_scale, -4, (lo, hi), np.empty(want.shape, dtype))
+        assert np.array_equal(got, want)

@@ -10,7 +10,9 @@ requantization parameters, the depthwise zero-point folding, and each op's const
 the output bytes in place); other full convolutions (the 3x3 stem) gather their centred
 patches in Numba (``integer_gemm.conv2d``); depthwise convolutions read the input bytes
 directly (``integer_depthwise``).  The kernels split their rows over Numba's threads
-(``numba.set_num_threads``).  ADD, pools, softmax and reshapes stay the NumPy reference ops.
+(``numba.set_num_threads``).  With ``kernels="xnnpack"`` the ADD and the global pools run in
+Numba too (``kernels/integer_add.py``); softmax, reshapes and the other kernel sets' ADD and
+pools stay the NumPy reference ops.
 
 Not here yet: fused layers, activations kept centred/padded between ops, a compiled whole-graph executor.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import integer_add as iadd
 from ..kernels import integer_depthwise as idw
 from ..kernels import integer_gemm as ig
 from ..kernels import integer_reference as iref
@@ -35,6 +38,8 @@ class FastQuantizedGraph(QuantizedGraph):
         self.packed = {id(op): _pack(self, op) for op in self.sub.operators
                        if op.opcode in (tfl.CONV_2D, tfl.DEPTHWISE_CONV_2D)}
         self._ops = {**OPS, tfl.CONV_2D: _conv, tfl.DEPTHWISE_CONV_2D: _conv}
+        if kernels == "xnnpack":
+            self._ops.update({tfl.ADD: _add, tfl.AVERAGE_POOL_2D: _average_pool, tfl.MEAN: _mean})
         self._constants = [[self.constant(k) for k in op.inputs] for op in self.sub.operators]
 
     @property
@@ -97,3 +102,41 @@ def _conv(graph: FastQuantizedGraph, op, options, inputs):
         return out
     return ig.conv2d(x, p["in_zp"], p["weights"], k, stride, pad, out_hw, p["params"], p["c_out"], p["out_zp"],
                      p["clamp"], out, graph.kernels, p["scales"])
+
+
+# --- XNNPACK's ADD and global pools in Numba (kernels="xnnpack" only; the other sets keep the NumPy ops) ---
+
+def _add(graph: FastQuantizedGraph, op, options, inputs):
+    a, b = inputs
+    if a.shape != b.shape:                                  # broadcasting: the NumPy op
+        return OPS[tfl.ADD](graph, op, options, inputs)
+    k = op.outputs[0]
+    out_scale, out_zp, out_dtype = graph.scale(k), graph.zero_point(k), graph.dtype(k)
+    clamp = iref.activation_range(options["activation"], out_scale, out_zp, out_dtype)
+    params = iadd.add_params(graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]),
+                             graph.scale(op.inputs[1]), graph.zero_point(op.inputs[1]), out_scale)
+    return iadd.add(a, b, params, clamp, out_zp, np.empty(a.shape, out_dtype))
+
+
+def _global(graph: FastQuantizedGraph, op, x, out_shape):
+    k = op.outputs[0]
+    dtype = graph.dtype(k)
+    return iadd.global_average(x, graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]), graph.scale(k),
+                               graph.zero_point(k), iref.DTYPE_RANGES[np.dtype(dtype)], np.empty(out_shape, dtype))
+
+
+def _average_pool(graph: FastQuantizedGraph, op, options, inputs):
+    x = inputs[0]
+    window, stride = (options["filter_h"], options["filter_w"]), (options["stride_h"], options["stride_w"])
+    out_hw, pad = _padding(options["padding"], x.shape[1:3], window, stride)
+    if out_hw != (1, 1) or pad != (0, 0, 0, 0) or x.ndim != 4:
+        return OPS[tfl.AVERAGE_POOL_2D](graph, op, options, inputs)
+    return _global(graph, op, x, (x.shape[0], 1, 1, x.shape[3]))
+
+
+def _mean(graph: FastQuantizedGraph, op, options, inputs):
+    x, axes = inputs
+    if x.ndim != 4 or sorted(int(a) % 4 for a in np.reshape(axes, -1)) != [1, 2]:
+        return OPS[tfl.MEAN](graph, op, options, inputs)       # which refuses it with the file's name
+    keep = bool(options["keep_dims"])
+    return _global(graph, op, x, (x.shape[0], 1, 1, x.shape[3]) if keep else (x.shape[0], x.shape[3]))

@@ -3,13 +3,14 @@
 Tested against ``integer_reference.depthwise_conv2d_accumulate`` and its requantizations.
 The kernel reads the input bytes as they are (no centred or padded copy).  The input zero point
 is folded out of the inner loop: sum_t (x_t - zp) w_t = sum_t x_t w_t - zp * sum_t w_t, so the
-bias becomes bias - zp * sum_t w_t (``fold_zero_point``, once per call, C values), and a tap that
+bias becomes bias - zp * sum_t w_t (``fold_zero_point``, once per graph), and a tap that
 falls in the SAME padding (whose value is zp, which centres to nothing) adds zp * w_t instead of
 a product (``zpw``, a table of k * k * C8 values).  The weights are centred at load
 (``pack_depthwise``).  Each output pixel takes eight channels at a time: k * k widened
-multiply-adds into one ``<8 x i32>`` sum, requantized in registers (``integer_gemm.requantized``)
+multiply-adds (``vpmulld``) into one ``<8 x i32>`` sum, requantized in registers (``integer_gemm.requantized``)
 and stored as bytes straight into the caller's array; a last group of fewer than eight channels
-is loaded and stored lane by lane.  Output rows (image, row) are split over Numba's threads.
+is loaded and stored lane by lane.  Output rows (image, row) are split over Numba's threads
+(in one run on the calling thread for a small call, ``integer_gemm.parts``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from numba import prange
 
 from . import integer_simd as iv
-from .integer_gemm import ROUNDINGS, requantized
+from .integer_gemm import ROUNDINGS, parts, requantized
 from .jit import kernel
 
 LANES = 8
@@ -30,7 +31,7 @@ def padded_channels(c: int) -> int:
 
 def pack_depthwise(w: np.ndarray, zero_point) -> np.ndarray:
     """w [kh, kw, C, 1] -> (w - zero_point) int16 [kh, kw, C8], flat (followed by zeros up to nine
-    taps when the kernel is smaller than 3 x 3: the kernel loads nine tap vectors per row)."""
+    taps when the kernel is smaller than 3 x 3: the 3 x 3 path indexes nine taps)."""
     kh, kw, c, _ = w.shape
     c8 = padded_channels(c)
     out = np.zeros(max(kh * kw, 9) * c8, np.int16)
@@ -76,48 +77,42 @@ def _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, count):
     return acc
 
 
-@kernel(parallel=True)
-def depthwise_rows(x, n_img, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
-                   zero_point, lo, hi, out):
-    """out [n, out_h, out_w, c] (flat bytes) from x [n, h, w_in, c] (flat bytes), SAME/VALID
+@kernel(inline=True)
+def _rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
+          zero_point, lo, hi, out):
+    """Output rows (image, row) r0..r1-1 of out [n, out_h, out_w, c] (flat bytes) from x [n, h, w_in, c] (flat bytes), SAME/VALID
     padding given by ``top``/``left``; ``wts`` centred [k, k, C8], ``zpw`` = zp * wts, ``params``
-    with the folded bias.  Per output row and group of 8 channels, a 3 x 3 kernel's nine weight
-    vectors stay in registers while the row's interior pixels take nine unchecked loads each;
-    the border pixels, the channel tail and other kernel sizes take the checked path."""
+    with the folded bias.  Pixel by pixel, eight channels at a time (memory in order: keeping the
+    nine weight vectors in registers over a row instead, channel group outermost, measured 3x
+    slower at batch 32 -- the strided walk defeats the prefetcher); a 3 x 3 window inside the
+    image takes nine unchecked loads, the border pixels, the channel tail and other kernel sizes
+    take the checked path."""
     c8 = (c + 7) // 8 * 8
     row_w = w_in * c
-    for row in prange(n_img * out_h):
+    for row in range(r0, r1):
         n = row // out_h
         oy = row - n * out_h
         iy0 = oy * stride - top
         inside_rows = k == 3 and iy0 >= 0 and iy0 + 3 <= h
-        for c0 in range(0, c, 8):
-            count = min(8, c - c0)
-            w0 = iv.load_widened(wts, c0)
-            w1 = iv.load_widened(wts, c8 + c0)
-            w2 = iv.load_widened(wts, 2 * c8 + c0)
-            w3 = iv.load_widened(wts, 3 * c8 + c0)
-            w4 = iv.load_widened(wts, 4 * c8 + c0)
-            w5 = iv.load_widened(wts, 5 * c8 + c0)
-            w6 = iv.load_widened(wts, 6 * c8 + c0)
-            w7 = iv.load_widened(wts, 7 * c8 + c0)
-            w8 = iv.load_widened(wts, 8 * c8 + c0)
-            for ox in range(out_w):
-                ix0 = ox * stride - left
+        for ox in range(out_w):
+            ix0 = ox * stride - left
+            inside = inside_rows and ix0 >= 0 and ix0 + 3 <= w_in
+            for c0 in range(0, c, 8):
+                count = min(8, c - c0)
                 o_at = (row * out_w + ox) * c + c0
-                if inside_rows and count == 8 and ix0 >= 0 and ix0 + 3 <= w_in:
+                if inside and count == 8:
                     a = ((n * h + iy0) * w_in + ix0) * c + c0
-                    acc = iv.mul_add(iv.zeros(), iv.load_bytes_widened(x, a), w0)
-                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + c), w1)
-                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + 2 * c), w2)
+                    acc = iv.mul_add(iv.zeros(), iv.load_bytes_widened(x, a), iv.load_widened(wts, c0))
+                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + c), iv.load_widened(wts, c8 + c0))
+                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + 2 * c), iv.load_widened(wts, 2 * c8 + c0))
                     a += row_w
-                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a), w3)
-                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + c), w4)
-                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + 2 * c), w5)
+                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a), iv.load_widened(wts, 3 * c8 + c0))
+                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + c), iv.load_widened(wts, 4 * c8 + c0))
+                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + 2 * c), iv.load_widened(wts, 5 * c8 + c0))
                     a += row_w
-                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a), w6)
-                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + c), w7)
-                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + 2 * c), w8)
+                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a), iv.load_widened(wts, 6 * c8 + c0))
+                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + c), iv.load_widened(wts, 7 * c8 + c0))
+                    acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + 2 * c), iv.load_widened(wts, 8 * c8 + c0))
                 else:
                     acc = _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, count)
                 r = requantized(acc, params, scales, rounding, c0, zero_point, lo, hi)
@@ -126,6 +121,21 @@ def depthwise_rows(x, n_img, h, w_in, c, wts, zpw, k, stride, top, left, out_h, 
                 else:
                     for j in range(count):
                         out[o_at + j] = iv.extract(r, j)
+
+
+@kernel(parallel=True)
+def depthwise_parallel(x, rows, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
+                       zero_point, lo, hi, out, parts):
+    for part in prange(parts):
+        _rows(x, part * rows // parts, (part + 1) * rows // parts, h, w_in, c, wts, zpw, k, stride, top, left,
+              out_h, out_w, params, scales, rounding, zero_point, lo, hi, out)
+
+
+@kernel()
+def depthwise_serial(x, rows, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
+                     zero_point, lo, hi, out, parts):
+    _rows(x, 0, rows, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
+          zero_point, lo, hi, out)
 
 
 def depthwise_conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, out_zero_point, clamp, out,
@@ -137,7 +147,9 @@ def depthwise_conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, ou
     n, h, w, c = x.shape
     params, zpw = folded if folded is not None else fold_zero_point(packed, params, k, x_zero_point)
     scales = np.zeros(params.shape[1], np.float32) if scales is None else scales
-    depthwise_rows(np.ascontiguousarray(x).reshape(-1), n, h, w, c, packed, zpw, k, stride, pad[0], pad[2],
-                   out_hw[0], out_hw[1], params, scales, ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1],
-                   out.reshape(-1))
+    threads = parts(n * out_hw[0] * out_hw[1] * c * k * k)
+    (depthwise_serial if threads == 1 else depthwise_parallel)(
+        np.ascontiguousarray(x).reshape(-1), n * out_hw[0], h, w, c, packed, zpw, k, stride, pad[0], pad[2],
+        out_hw[0], out_hw[1], params, scales, ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1],
+        out.reshape(-1), threads)
     return out

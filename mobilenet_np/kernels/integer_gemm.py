@@ -24,8 +24,8 @@ and activation buffers padded to 16 channels (which would remove that copy and t
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-
 from numba import prange
 
 from . import integer_simd as iv
@@ -120,22 +120,23 @@ def _tile1(x, x_at, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi
     emit_bytes(b, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 8)
 
 
-@kernel(parallel=True)
-def centre(x, pixels, c_in, zero_point, kp, out):
-    """out [pixels, kp] int16 = x [pixels, C_in] - zero_point (flat arrays); an odd C_in's
-    extra column is left as the caller made it (zero)."""
-    for p in prange(pixels):
+@kernel(inline=True)
+def _centre(x, p0, p1, c_in, zero_point, kp, out):
+    """out [pixels, kp] int16 = x [pixels, C_in] - zero_point (flat arrays) for pixels p0..p1-1;
+    an odd C_in's extra column is left as the caller made it (zero)."""
+    for p in range(p0, p1):
         for k in range(c_in):
             out[p * kp + k] = np.int16(x[p * c_in + k]) - zero_point
 
 
-@kernel(parallel=True)
-def gather_patches(x, n_img, h, w, c, zero_point, k, stride, top, left, out_h, out_w, kp, out):
-    """out [n * out_h * out_w, kp] int16: each output pixel's k x k x C input patch, centred
-    (rows dy, then dx, then C: TFLite's OHWI order), zero in the padding and the extra column.
-    A patch row (dx, C) is one contiguous run of k * C input values when it lies inside the image."""
+@kernel(inline=True)
+def _gather(x, r0, r1, h, w, c, zero_point, k, stride, top, left, out_h, out_w, kp, out):
+    """out [n * out_h * out_w, kp] int16 for output rows (image, row) r0..r1-1: each output
+    pixel's k x k x C input patch, centred (rows dy, then dx, then C: TFLite's OHWI order), zero
+    in the padding and the extra column.  A patch row (dx, C) is one contiguous run of k * C
+    input values when it lies inside the image."""
     kc = k * c
-    for row in prange(n_img * out_h):
+    for row in range(r0, r1):
         n = row // out_h
         oy = row - n * out_h
         for ox in range(out_w):
@@ -163,16 +164,15 @@ def gather_patches(x, n_img, h, w, c, zero_point, k, stride, top, left, out_h, o
                             out[t + dx * c + ci] = np.int16(x[src + ci]) - zero_point if inside else 0
 
 
-CHUNK = 32            # pixels per parallel task
+CHUNK = 32            # pixels per GEMM task
 
 
-@kernel(parallel=True)
-def gemm_requantize(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
-    """out [pixels, panels * 16] (bytes, flat) = requantized (centred x [pixels, kp] times the panels).
-    Tasks of (up to 32 pixels) x (one panel) are split over Numba's threads."""
+@kernel(inline=True)
+def _gemm(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
+    """out [pixels, panels * 16] (bytes, flat) = requantized (centred x [pixels, kp] times the
+    panels), for tasks t0..t1-1: task t is (up to 32 pixels) x (one panel), the chunk outermost."""
     row = panels * PANEL
-    chunks = (pixels + CHUNK - 1) // CHUNK
-    for task in prange(chunks * panels):
+    for task in range(t0, t1):
         ch = task // panels
         g = task - ch * panels
         w_at = g * (kp // 2) * 32
@@ -185,6 +185,51 @@ def gemm_requantize(x, pixels, kp, w, panels, params, scales, rounding, zero_poi
         while p < end:
             _tile1(x, p * kp, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi, out, p * row + c)
             p += 1
+
+
+@kernel(parallel=True)
+def centre_parallel(x, pixels, c_in, zero_point, kp, out, parts):
+    for part in prange(parts):
+        _centre(x, part * pixels // parts, (part + 1) * pixels // parts, c_in, zero_point, kp, out)
+
+
+@kernel()
+def centre_serial(x, pixels, c_in, zero_point, kp, out, parts):
+    _centre(x, 0, pixels, c_in, zero_point, kp, out)
+
+
+@kernel(parallel=True)
+def gather_parallel(x, rows, h, w, c, zero_point, k, stride, top, left, out_h, out_w, kp, out, parts):
+    for part in prange(parts):
+        _gather(x, part * rows // parts, (part + 1) * rows // parts, h, w, c, zero_point, k, stride, top, left,
+                out_h, out_w, kp, out)
+
+
+@kernel()
+def gather_serial(x, rows, h, w, c, zero_point, k, stride, top, left, out_h, out_w, kp, out, parts):
+    _gather(x, 0, rows, h, w, c, zero_point, k, stride, top, left, out_h, out_w, kp, out)
+
+
+@kernel(parallel=True)
+def gemm_parallel(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, parts):
+    tasks = (pixels + CHUNK - 1) // CHUNK * panels
+    for part in prange(parts):
+        _gemm(x, part * tasks // parts, (part + 1) * tasks // parts, pixels, kp, w, panels, params, scales,
+              rounding, zero_point, lo, hi, out)
+
+
+@kernel()
+def gemm_serial(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, parts):
+    _gemm(x, 0, (pixels + CHUNK - 1) // CHUNK * panels, pixels, kp, w, panels, params, scales, rounding,
+          zero_point, lo, hi, out)
+
+
+SERIAL_BELOW = 1 << 19      # multiply-adds (or values written) below which waking the thread pool costs more
+
+
+def parts(work: int) -> int:
+    """How many threads a kernel call of ``work`` units uses: Numba's count, or 1 for small calls."""
+    return 1 if work < SERIAL_BELOW else numba.get_num_threads()
 
 
 def requantization_params(bias, multiplier, shift, c_out: int) -> np.ndarray:
@@ -216,7 +261,9 @@ def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, cla
     centred = np.empty(pixels * kp, np.int16)
     if kp != c_in:
         centred.reshape(pixels, kp)[:, c_in:] = 0
-    centre(np.ascontiguousarray(x).reshape(-1), pixels, c_in, x_zero_point, kp, centred)
+    n = parts(pixels * kp)
+    (centre_serial if n == 1 else centre_parallel)(np.ascontiguousarray(x).reshape(-1), pixels, c_in,
+                                                   x_zero_point, kp, centred, n)
     return gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, clamp, out, rounding, scales)
 
 
@@ -229,8 +276,9 @@ def gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, cla
     direct = c_out == panels * PANEL and out.flags.c_contiguous
     padded = out.reshape(-1) if direct else np.empty(pixels * panels * PANEL, out.dtype)
     scales = np.zeros(panels * PANEL, np.float32) if scales is None else scales
-    gemm_requantize(centred, pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding], out_zero_point,
-                    clamp[0], clamp[1], padded)
+    n = parts(pixels * kp * panels * PANEL)
+    (gemm_serial if n == 1 else gemm_parallel)(centred, pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding],
+                                               out_zero_point, clamp[0], clamp[1], padded, n)
     if not direct:
         out[:] = padded.reshape(pixels, panels * PANEL)[:, :c_out]
     return out
@@ -239,14 +287,16 @@ def gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, cla
 def conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point, clamp, out,
            rounding: str = "reference", scales=None):
     """A full k x k convolution (the stem): x [N, H, W, C] -> out [N, OH, OW, C_out], the patches
-    gathered and centred by ``gather_patches``, then ``gemm_centred``; ``packed = pack_pairs(w
+    gathered and centred by ``_gather``, then ``gemm_centred``; ``packed = pack_pairs(w
     [k * k * C, C_out] in OHWI order, w_zero_point)``."""
     n, h, w, c = x.shape
     kp = k * k * c + (k * k * c) % 2
     pixels = n * out_hw[0] * out_hw[1]
     centred = np.empty(pixels * kp, np.int16)
-    gather_patches(np.ascontiguousarray(x).reshape(-1), n, h, w, c, x_zero_point, k, stride, pad[0], pad[2],
-                   out_hw[0], out_hw[1], kp, centred)
+    threads = parts(pixels * kp)
+    (gather_serial if threads == 1 else gather_parallel)(np.ascontiguousarray(x).reshape(-1), n * out_hw[0], h, w, c,
+                                                         x_zero_point, k, stride, pad[0], pad[2], out_hw[0],
+                                                         out_hw[1], kp, centred, threads)
     gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, clamp, out.reshape(pixels, c_out),
                  rounding, scales)
     return out
