@@ -1,6 +1,7 @@
 """The int8 benchmark (issue 17, speed): our integer engine against LiteRT's int8 on the same .tflite.
 
-    python -m benchmarks.int8_bench [--quick] [--threads 1,2] [--batches 1,32] [--out DIR]
+    python -m benchmarks.int8_bench [--quick] [--threads 1,2] [--batches 1,32] [--models v1,v2]
+                                    [--engines ours-xnnpack,...] [--rounds N] [--calls N] [--no-profile] [--out DIR]
 
 Models: V1 0.5/160, Google's uint8 QAT file (the Coral copy in ../shared), and V2 0.5/96, a
 full-integer int8 file that the TFLite converter makes from the real V2 0.5/96 hub weights
@@ -19,7 +20,7 @@ One worker process per thread count T, pinned with ``os.sched_setaffinity`` to T
 Numba / BLAS set to T threads (``benchmarks.run.pin`` / ``configure_threads``).  Batch 1 is
 reported as median latency, batch 32 as images per second (median call); ratios are ours over
 LiteRT in speed (> 1: we are faster).  Then a per-op profile of ``ours-xnnpack`` at batch 1 and
-32 (T = 1): median time per op, its multiply-adds and GMAC/s, against the integer peak of this
+32 (T = 1): median CPU time per op, its multiply-adds and GMAC/s, against the integer peak of this
 CPU measured with a tight ``vpmaddwd`` loop (``integer_peak``).
 """
 
@@ -136,15 +137,17 @@ def op_macs(graph, op) -> int:
 
 
 def profile(path, x: np.ndarray, rounds: int) -> list[dict]:
-    """Median seconds per op of ``ours-xnnpack`` over ``rounds`` runs of ``x`` (on_op timestamps)."""
+    """Median seconds per op of ``ours-xnnpack`` over ``rounds`` runs of ``x`` (on_op timestamps of the
+    calling thread's CPU time: at T=1 every kernel runs on that thread, and time lost to other
+    processes on a busy machine is not counted)."""
     from mobilenet_np.forward.quantized_engine import FastQuantizedGraph
     from weights_tools import tflite_ops as tfl
     graph = FastQuantizedGraph(path, kernels="xnnpack")
     graph.run(x)
     times = []
     for _ in range(rounds):
-        stamps = [time.perf_counter()]
-        graph.run(x, on_op=lambda i, op, y: stamps.append(time.perf_counter()))
+        stamps = [time.thread_time()]
+        graph.run(x, on_op=lambda i, op, y: stamps.append(time.thread_time()))
         times.append(np.diff(stamps))
     med = np.median(np.array(times), axis=0)
     rows = []
@@ -256,7 +259,7 @@ def report(results: list[dict], cfg: dict) -> str:
         if "profiles" not in r:
             continue
         peak = r["peak_gmacs"]
-        lines += [f"## Per-op profile of ours-xnnpack (T=1)", "",
+        lines += ["## Per-op profile of ours-xnnpack (T=1, CPU time of the calling thread per op)", "",
                   f"Integer peak of one core, measured (`integer_peak`: independent vpmaddwd chains, 16 MAC "
                   f"each): **{peak:.1f} GMAC/s**.", ""]
         for name, rows in r["profiles"].items():
@@ -283,6 +286,8 @@ def main(argv=None) -> None:
     p.add_argument("--batches", default="1,32")
     p.add_argument("--models", default="v1,v2")
     p.add_argument("--engines", default=",".join(ENGINES))
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 15, --quick 3)")
+    p.add_argument("--calls", type=int, help="timed calls per engine per round (default 5, --quick 2)")
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -291,7 +296,8 @@ def main(argv=None) -> None:
         print(json.dumps(worker(json.loads(a.worker))))
         return
     cfg = {"models": a.models.split(","), "batches": [int(b) for b in a.batches.split(",")],
-           "engines": a.engines.split(","), "rounds": 3 if a.quick else 15, "calls": 2 if a.quick else 5,
+           "engines": a.engines.split(","), "rounds": a.rounds or (3 if a.quick else 15),
+           "calls": a.calls or (2 if a.quick else 5),
            "profile": not a.no_profile, "profile_rounds": 3 if a.quick else 15, "argv": argv}
     model_files()                              # build V2's file before the timed workers
     results = []

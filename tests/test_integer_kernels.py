@@ -240,7 +240,7 @@ def test_softmax_is_within_one_step_of_the_real_softmax(rng):
 
 # --- the Numba integer 1x1 kernel against the reference ------------------------------------------
 
-@pytest.mark.parametrize("pixels, c_in, c_out", [(1, 1, 1), (7, 5, 13), (9, 16, 32), (37, 17, 40), (25, 160, 1001)])
+@pytest.mark.parametrize("pixels, c_in, c_out", [(1, 1, 1), (7, 5, 13), (9, 16, 32), (37, 17, 40), (25, 160, 1001), (37, 128, 40), (25, 64, 17)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
 def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out, dtype, rounding):
@@ -312,14 +312,15 @@ def test_integer_depthwise_kernel_equals_the_reference(rng, size, stride, channe
 
 
 @pytest.mark.parametrize("size, stride, channels, c_out", [((7, 7), 2, 3, 16), ((9, 6), 1, 3, 13), ((8, 11), 2, 5, 40),
-                                                           ((5, 5), 1, 1, 1), ((160, 160), 2, 3, 16)])
+                                                           ((5, 5), 1, 1, 1), ((160, 160), 2, 3, 16),
+                                                           ((6, 7), 2, 16, 8)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
 def test_integer_full_conv_kernel_equals_the_reference(rng, size, stride, channels, c_out, dtype, rounding):
     """The 3x3 full convolution (the stem: patches gathered and centred in Numba, then the GEMM):
     odd and non-square sizes, both strides, odd C_in (odd patch length), C_out not a multiple of
     16, both types, each requantization; the 160 x 160 case has interior and border pixels as
-    the real stem does."""
+    the real stem does; 16 input channels make patches long enough for the centred int16 path."""
     from mobilenet_np.kernels import integer_gemm as ig
     from mobilenet_np.kernels import integer_xnnpack as ixnn
 

@@ -6,8 +6,8 @@ kernels=...)`` for each of LiteRT's three kernel sets (the tests compare every o
 that does not depend on the input is done once, at load: weights packed in the kernels' layouts,
 requantization parameters, the depthwise zero-point folding, and each op's constant inputs
 (``run`` is overridden only to look those up from a list instead of re-reading the buffers).
-1x1 convolutions at stride 1 go straight to the GEMM (one centring pass, then the tiles write
-the output bytes in place); other full convolutions (the 3x3 stem) gather their centred
+1x1 convolutions at stride 1 go straight to the GEMM, which multiplies the input bytes as they
+are (the input zero point folded into the bias at load) and writes the output bytes in place; other full convolutions (the 3x3 stem) gather their centred
 patches in Numba (``integer_gemm.conv2d``); depthwise convolutions read the input bytes
 directly (``integer_depthwise``).  The kernels split their rows over Numba's threads
 (``numba.set_num_threads``).  With ``kernels="xnnpack"`` the ADD and the global pools run in
@@ -84,6 +84,7 @@ def _pack(graph: QuantizedGraph, op) -> dict:
         packed["folded"] = idw.fold_zero_point(packed["weights"], params, w.shape[1], packed["in_zp"])
     else:              # TFLite OHWI -> [kh * kw * C_in, C_out], the order of the gathered patches
         packed["weights"] = ig.pack_pairs(w.reshape(c_out, -1).T, w_q.zero_point)
+        packed["folded"] = ig.fold_zero_point(packed["weights"], params, packed["in_zp"])
     return packed
 
 
@@ -91,17 +92,21 @@ def _conv(graph: FastQuantizedGraph, op, options, inputs):
     p = graph.packed[id(op)]
     x, opts = inputs[0], op.conv_options
     k, stride = p["kernel"], opts.stride_h
-    out_hw, pad = _padding(opts.padding, x.shape[1:3], (k, k), (opts.stride_h, opts.stride_w))
+    geometry = p.get(x.shape[1:3])                 # (out_hw, pad) of this input size, worked out once
+    if geometry is None:
+        geometry = p[x.shape[1:3]] = _padding(opts.padding, x.shape[1:3], (k, k), (opts.stride_h, opts.stride_w))
+    out_hw, pad = geometry
     out = np.empty((x.shape[0], *out_hw, p["c_out"]), p["out_dtype"])
     if p["depthwise"]:
         return idw.depthwise_conv2d(x, p["in_zp"], p["weights"], k, stride, pad, out_hw, p["params"], p["out_zp"],
                                     p["clamp"], out, graph.kernels, p["scales"], p["folded"])
     if (k, stride) == (1, 1):
         ig.pointwise_conv2d(x.reshape(-1, x.shape[3]), p["in_zp"], p["weights"], p["params"], p["c_out"],
-                            p["out_zp"], p["clamp"], out.reshape(-1, p["c_out"]), graph.kernels, p["scales"])
+                            p["out_zp"], p["clamp"], out.reshape(-1, p["c_out"]), graph.kernels, p["scales"],
+                            p["folded"])
         return out
     return ig.conv2d(x, p["in_zp"], p["weights"], k, stride, pad, out_hw, p["params"], p["c_out"], p["out_zp"],
-                     p["clamp"], out, graph.kernels, p["scales"])
+                     p["clamp"], out, graph.kernels, p["scales"], p["folded"])
 
 
 # --- XNNPACK's ADD and global pools in Numba (kernels="xnnpack" only; the other sets keep the NumPy ops) ---

@@ -130,10 +130,11 @@ def _centre(x, p0, p1, c_in, zero_point, kp, out):
 
 
 @kernel(inline=True)
-def _gather(x, r0, r1, h, w, c, zero_point, k, stride, top, left, out_h, out_w, kp, out):
-    """out [n * out_h * out_w, kp] int16 for output rows (image, row) r0..r1-1: each output
-    pixel's k x k x C input patch, centred (rows dy, then dx, then C: TFLite's OHWI order), zero
-    in the padding and the extra column.  A patch row (dx, C) is one contiguous run of k * C
+def _gather(x, r0, r1, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out):
+    """out [n * out_h * out_w, kp] for output rows (image, row) r0..r1-1: each output pixel's
+    k x k x C input patch less ``sub`` (rows dy, then dx, then C: TFLite's OHWI order), ``fill``
+    in the padding and the extra column -- int16 centred values (sub = zp, fill = 0) or the
+    bytes themselves (sub = 0, fill = zp).  A patch row (dx, C) is one contiguous run of k * C
     input values when it lies inside the image."""
     kc = k * c
     for row in range(r0, r1):
@@ -142,7 +143,7 @@ def _gather(x, r0, r1, h, w, c, zero_point, k, stride, top, left, out_h, out_w, 
         for ox in range(out_w):
             at = (row * out_w + ox) * kp
             for j in range(k * kc, kp):
-                out[at + j] = 0
+                out[at + j] = fill
             ix0 = ox * stride - left
             inside_x = ix0 >= 0 and ix0 + k <= w
             for dy in range(k):
@@ -150,18 +151,18 @@ def _gather(x, r0, r1, h, w, c, zero_point, k, stride, top, left, out_h, out_w, 
                 t = at + dy * kc
                 if iy < 0 or iy >= h:
                     for j in range(kc):
-                        out[t + j] = 0
+                        out[t + j] = fill
                 elif inside_x:
                     src = ((n * h + iy) * w + ix0) * c
                     for j in range(kc):
-                        out[t + j] = np.int16(x[src + j]) - zero_point
+                        out[t + j] = np.int64(x[src + j]) - sub
                 else:
                     for dx in range(k):
                         ix = ix0 + dx
                         src = ((n * h + iy) * w + ix) * c
                         inside = ix >= 0 and ix < w
                         for ci in range(c):
-                            out[t + dx * c + ci] = np.int16(x[src + ci]) - zero_point if inside else 0
+                            out[t + dx * c + ci] = np.int64(x[src + ci]) - sub if inside else fill
 
 
 CHUNK = 32            # pixels per GEMM task
@@ -199,15 +200,15 @@ def centre_serial(x, pixels, c_in, zero_point, kp, out, parts):
 
 
 @kernel(parallel=True)
-def gather_parallel(x, rows, h, w, c, zero_point, k, stride, top, left, out_h, out_w, kp, out, parts):
+def gather_parallel(x, rows, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out, parts):
     for part in prange(parts):
-        _gather(x, part * rows // parts, (part + 1) * rows // parts, h, w, c, zero_point, k, stride, top, left,
+        _gather(x, part * rows // parts, (part + 1) * rows // parts, h, w, c, sub, fill, k, stride, top, left,
                 out_h, out_w, kp, out)
 
 
 @kernel()
-def gather_serial(x, rows, h, w, c, zero_point, k, stride, top, left, out_h, out_w, kp, out, parts):
-    _gather(x, 0, rows, h, w, c, zero_point, k, stride, top, left, out_h, out_w, kp, out)
+def gather_serial(x, rows, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out, parts):
+    _gather(x, 0, rows, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out)
 
 
 @kernel(parallel=True)
@@ -251,12 +252,36 @@ def xnnpack_scales(scales, c_out: int) -> np.ndarray:
     return out
 
 
+# Widening the input pair in every broadcast costs more than one centring pass once C_in is large:
+# measured (T=1, CPU time, V1's 1x1 shapes at batch 32) bytes 26 / 32 / 36 GMAC/s against centred
+# 20 / 31 / 33 at C_in 16 / 32 / 64, and 39 / 41 / 41 against 45 / 52 / 59 at C_in 128 / 256 / 512.
+BYTES_BELOW = 128
+
+
+def fold_zero_point(packed: np.ndarray, params: np.ndarray, zero_point: int) -> np.ndarray:
+    """``params`` with bias - zp * (sum over C_in of the centred weights), per output channel: the
+    GEMM of the raw input bytes x then equals that of (x - zp) (sum_k (x_k - zp) w_k = sum_k x_k w_k
+    - zp sum_k w_k; the int32 sums wrap alike)."""
+    panels = params.shape[1] // PANEL
+    sums = packed.astype(np.int64).reshape(panels, -1, 2, PANEL // 2, 2).sum(axis=(1, 4)).reshape(-1)
+    folded = params.copy()
+    folded[0] = (params[0].astype(np.int64) - zero_point * sums).astype(np.int32)
+    return folded
+
+
 def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, clamp, out,
-                     rounding: str = "reference", scales=None):
+                     rounding: str = "reference", scales=None, folded=None):
     """1x1 integer convolution: x [P, C_in] (uint8/int8) -> out [P, C_out] of the output type,
     with ``packed = pack_pairs(w, w_zero_point)`` and ``params = requantization_params(...)``;
-    ``rounding`` "xnnpack" takes ``scales = xnnpack_scales(...)`` instead of the multipliers."""
+    ``rounding`` "xnnpack" takes ``scales = xnnpack_scales(...)`` instead of the multipliers.
+    An even C_in below ``BYTES_BELOW`` multiplies the input bytes as they are (``fold_zero_point``;
+    ``folded``, if the caller keeps it); others are centred into an int16 copy first (with a zero
+    column when C_in is odd)."""
     pixels, c_in = x.shape
+    if c_in % 2 == 0 and c_in < BYTES_BELOW:
+        folded = fold_zero_point(packed, params, x_zero_point) if folded is None else folded
+        return gemm_centred(np.ascontiguousarray(x).reshape(-1), pixels, c_in, packed, folded, c_out,
+                            out_zero_point, clamp, out, rounding, scales)
     kp = c_in + c_in % 2
     centred = np.empty(pixels * kp, np.int16)
     if kp != c_in:
@@ -269,8 +294,8 @@ def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, cla
 
 def gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, clamp, out, rounding="reference",
                  scales=None):
-    """The GEMM and requantization of already centred rows ``centred`` [pixels * kp] int16 into
-    out [pixels, C_out]: written in place when C_out is a whole number of panels, else through
+    """The GEMM and requantization of rows ``centred`` [pixels * kp] (int16 centred values, or the
+    raw bytes with the zero point folded into ``params``) into out [pixels, C_out]: written in place when C_out is a whole number of panels, else through
     a padded buffer."""
     panels = -(-c_out // PANEL)
     direct = c_out == panels * PANEL and out.flags.c_contiguous
@@ -285,18 +310,27 @@ def gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, cla
 
 
 def conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point, clamp, out,
-           rounding: str = "reference", scales=None):
+           rounding: str = "reference", scales=None, folded=None):
     """A full k x k convolution (the stem): x [N, H, W, C] -> out [N, OH, OW, C_out], the patches
-    gathered and centred by ``_gather``, then ``gemm_centred``; ``packed = pack_pairs(w
-    [k * k * C, C_out] in OHWI order, w_zero_point)``."""
+    gathered by ``_gather``, then ``gemm_centred``; ``packed = pack_pairs(w [k * k * C, C_out] in
+    OHWI order, w_zero_point)``.  Short patches (below ``BYTES_BELOW``) are gathered as bytes, the
+    padding filled with the zero point, which ``fold_zero_point`` takes out (``folded``, if the
+    caller keeps it); longer ones as centred int16."""
     n, h, w, c = x.shape
     kp = k * k * c + (k * k * c) % 2
     pixels = n * out_hw[0] * out_hw[1]
-    centred = np.empty(pixels * kp, np.int16)
+    raw = kp < BYTES_BELOW
+    if raw:
+        gathered = np.empty(pixels * kp, x.dtype)
+        sub, fill = 0, x_zero_point
+        params = fold_zero_point(packed, params, x_zero_point) if folded is None else folded
+    else:
+        gathered = np.empty(pixels * kp, np.int16)
+        sub, fill = x_zero_point, 0
     threads = parts(pixels * kp)
     (gather_serial if threads == 1 else gather_parallel)(np.ascontiguousarray(x).reshape(-1), n * out_hw[0], h, w, c,
-                                                         x_zero_point, k, stride, pad[0], pad[2], out_hw[0],
-                                                         out_hw[1], kp, centred, threads)
-    gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, clamp, out.reshape(pixels, c_out),
+                                                         sub, fill, k, stride, pad[0], pad[2], out_hw[0],
+                                                         out_hw[1], kp, gathered, threads)
+    gemm_centred(gathered, pixels, kp, packed, params, c_out, out_zero_point, clamp, out.reshape(pixels, c_out),
                  rounding, scales)
     return out

@@ -84,12 +84,21 @@ load = _loader(types.int32, _V8, i32x8, 4, "int32 array[index : index + 8] as a 
 
 @intrinsic
 def splat_pair(typingctx, array, index):
-    """The int16 pair array[index], array[index + 1] repeated in all eight 32-bit slots."""
-    if not _flat(array, types.int16):
+    """The int16 pair array[index], array[index + 1] repeated in all eight 32-bit slots; from a
+    uint8 or int8 array, the two bytes widened to int16 first (zero- or sign-extended)."""
+    if not (_flat(array, types.int16) or _flat(array, types.uint8) or _flat(array, types.int8)):
         return None
+    wide = array.dtype == types.int16
+    signed = array.dtype == types.int8
 
     def codegen(context, builder, sig, args):
-        pair = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _I32), align=2)
+        if wide:
+            pair = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _I32), align=2)
+        else:
+            v2 = ir.VectorType(ir.IntType(8), 2)
+            raw = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], v2), align=1)
+            extend = builder.sext if signed else builder.zext
+            pair = builder.bitcast(extend(raw, ir.VectorType(_I16, 2)), _I32)
         v = builder.insert_element(ir.Constant(_V8, ir.Undefined), pair, ir.Constant(_I32, 0))
         v = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
         return builder.bitcast(v, _V16)
