@@ -412,3 +412,25 @@ def test_xnnpack_add_and_global_average_kernels_equal_their_twins(rng, dtype, sh
         want = ixnn.global_average(a, in_scale, 9, out_scale, -4, dtype)
         got = iadd.global_average(a, in_scale, 9, out_scale, -4, (lo, hi), np.empty(want.shape, dtype))
         assert np.array_equal(got, want)
+
+
+def test_fast_graph_batch_split_over_threads_gives_the_same_bytes(shared):
+    """A batch split over T Python threads (each part through the whole graph on one thread)
+    gives every image's bytes of the unsplit run, for an odd batch not divisible by T."""
+    import numba
+    from mobilenet_np.forward.quantized_engine import FastQuantizedGraph
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba has one thread here: no split to test")
+    path = shared("weights", "mobilenet_v1_050_160", "tflite_uint8_quant", "mobilenet_v1_0.5_160_quant.coral.tflite")
+    x = np.random.default_rng(5).integers(0, 256, (5, 160, 160, 3)).astype(np.uint8)
+    graph = FastQuantizedGraph(path, "xnnpack")
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        split = graph.run(x)[0]
+        whole = graph.run(x, on_op=lambda i, op, y: None)[0]      # on_op: the unsplit path
+    finally:
+        numba.set_num_threads(before)
+    assert graph._pool is not None                                 # the split path was taken
+    assert split.shape == whole.shape == (5, 1001) and np.array_equal(split, whole)

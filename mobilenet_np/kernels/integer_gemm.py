@@ -24,6 +24,8 @@ and activation buffers padded to 16 channels (which would remove that copy and t
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 from numba import prange
@@ -228,9 +230,21 @@ def gemm_serial(x, pixels, kp, w, panels, params, scales, rounding, zero_point, 
 SERIAL_BELOW = 1 << 19      # multiply-adds (or values written) below which waking the thread pool costs more
 
 
+_thread = threading.local()
+
+
+def one_thread(on: bool = True) -> None:
+    """Make every kernel called from this Python thread run on it alone (a caller that splits
+    the batch over its own threads sets it in each)."""
+    _thread.serial = on
+
+
 def parts(work: int) -> int:
-    """How many threads a kernel call of ``work`` units uses: Numba's count, or 1 for small calls."""
-    return 1 if work < SERIAL_BELOW else numba.get_num_threads()
+    """How many threads a kernel call of ``work`` units uses: Numba's count, or 1 for small calls
+    and on a thread marked by ``one_thread``."""
+    if work < SERIAL_BELOW or getattr(_thread, "serial", False):
+        return 1
+    return numba.get_num_threads()
 
 
 def requantization_params(bias, multiplier, shift, c_out: int) -> np.ndarray:
