@@ -277,12 +277,14 @@ def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out,
 
 
 @pytest.mark.parametrize("size, stride, channels", [((7, 7), 1, 5), ((9, 6), 2, 13), ((8, 11), 2, 40),
-                                                    ((10, 10), 1, 64), ((5, 5), 1, 1)])
+                                                    ((10, 10), 1, 64), ((5, 5), 1, 1), ((3, 2), 2, 9),
+                                                    ((2, 9), 1, 24)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
 def test_integer_depthwise_kernel_equals_the_reference(rng, size, stride, channels, dtype, rounding):
     """Odd and non-square sizes, both strides (so SAME pads (1, 1) and (0, 1)), channel counts
-    not multiples of 8, both types, each of LiteRT's three requantizations."""
+    not multiples of 8, maps too small for any interior column or row (3 x 2, 2 x 9), both
+    types, each of LiteRT's three requantizations."""
     from mobilenet_np.kernels import integer_depthwise as idw
     from mobilenet_np.kernels import integer_gemm as ig
     from mobilenet_np.kernels import integer_xnnpack as ixnn
