@@ -240,7 +240,7 @@ def test_softmax_is_within_one_step_of_the_real_softmax(rng):
 
 # --- the Numba integer 1x1 kernel against the reference ------------------------------------------
 
-@pytest.mark.parametrize("pixels, c_in, c_out", [(1, 1, 1), (7, 5, 13), (9, 16, 32), (37, 17, 40), (25, 160, 1001)])
+@pytest.mark.parametrize("pixels, c_in, c_out", [(1, 1, 1), (7, 5, 13), (9, 16, 32), (37, 17, 40), (25, 160, 1001), (37, 128, 40), (25, 64, 17)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
 def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out, dtype, rounding):
@@ -277,12 +277,14 @@ def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out,
 
 
 @pytest.mark.parametrize("size, stride, channels", [((7, 7), 1, 5), ((9, 6), 2, 13), ((8, 11), 2, 40),
-                                                    ((10, 10), 1, 64), ((5, 5), 1, 1)])
+                                                    ((10, 10), 1, 64), ((5, 5), 1, 1), ((3, 2), 2, 9),
+                                                    ((2, 9), 1, 24)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
 def test_integer_depthwise_kernel_equals_the_reference(rng, size, stride, channels, dtype, rounding):
     """Odd and non-square sizes, both strides (so SAME pads (1, 1) and (0, 1)), channel counts
-    not multiples of 8, both types, each of LiteRT's three requantizations."""
+    not multiples of 8, maps too small for any interior column or row (3 x 2, 2 x 9), both
+    types, each of LiteRT's three requantizations."""
     from mobilenet_np.kernels import integer_depthwise as idw
     from mobilenet_np.kernels import integer_gemm as ig
     from mobilenet_np.kernels import integer_xnnpack as ixnn
@@ -309,3 +311,128 @@ def test_integer_depthwise_kernel_equals_the_reference(rng, size, stride, channe
                                ig.requantization_params(bias, multiplier, shift, channels), clamp[0], clamp,
                                np.empty(want.shape, dtype), rounding, ig.xnnpack_scales(scales, channels))
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("size, stride, channels, c_out", [((7, 7), 2, 3, 16), ((9, 6), 1, 3, 13), ((8, 11), 2, 5, 40),
+                                                           ((5, 5), 1, 1, 1), ((160, 160), 2, 3, 16),
+                                                           ((6, 7), 2, 16, 8)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
+def test_integer_full_conv_kernel_equals_the_reference(rng, size, stride, channels, c_out, dtype, rounding):
+    """The 3x3 full convolution (the stem: patches gathered and centred in Numba, then the GEMM):
+    odd and non-square sizes, both strides, odd C_in (odd patch length), C_out not a multiple of
+    16, both types, each requantization; the 160 x 160 case has interior and border pixels as
+    the real stem does; 16 input channels make patches long enough for the centred int16 path."""
+    from mobilenet_np.kernels import integer_gemm as ig
+    from mobilenet_np.kernels import integer_xnnpack as ixnn
+
+    lo, hi = iref.DTYPE_RANGES[np.dtype(dtype)]
+    per_tensor = dtype == np.uint8
+    x = rng.integers(lo, hi, (2, *size, channels), endpoint=True).astype(dtype)
+    w = rng.integers(lo, hi, (c_out, 3, 3, channels), endpoint=True).astype(dtype)       # TFLite OHWI
+    w_zero_point = 131 if per_tensor else np.zeros(c_out, np.int64)
+    x_zero_point = 117 if per_tensor else -5
+    bias = rng.integers(-3000, 3000, c_out).astype(np.int32)
+    filter_scales = rng.uniform(0.001, 0.02, 1 if per_tensor else c_out)
+    multiplier, shift = iref.conv_multipliers(0.02, filter_scales, 0.05, per_tensor)
+    (oh, top, bottom), (ow, left, right) = (spec.same_padding(s, 3, stride) for s in size)
+    pad = (top, bottom, left, right)
+    clamp = iref.activation_range("RELU6", 0.05, 3 if per_tensor else -120, dtype)
+    acc = iref.conv2d_accumulate(x, x_zero_point, w.transpose(1, 2, 3, 0), w_zero_point, bias, stride, pad, (oh, ow))
+    scales = ixnn.conv_scales(0.02, filter_scales, 0.05)
+    if rounding == "xnnpack":
+        want = ixnn.requantize_fp32(acc, scales, clamp[0], clamp, dtype)
+    else:
+        want = iref.requantize(acc, multiplier, shift, clamp[0], clamp, dtype, ties_up=rounding == "optimized")
+    got = ig.conv2d(x, x_zero_point, ig.pack_pairs(w.reshape(c_out, -1).T, w_zero_point), 3, stride, pad, (oh, ow),
+                    ig.requantization_params(bias, multiplier, shift, c_out), c_out, clamp[0], clamp,
+                    np.empty(want.shape, dtype), rounding, ig.xnnpack_scales(scales, c_out))
+    assert np.array_equal(got, want)
+
+
+def test_integer_peak_loop_equals_its_numpy_twin(rng):
+    """The benchmark's vpmaddwd loop computes what it says (so the compiler cannot drop the work)."""
+    from mobilenet_np.kernels.integer_peak import madd_loop, madd_loop_numpy
+
+    w = rng.integers(-255, 256, 512).astype(np.int16)
+    out = np.zeros(8, np.int32)
+    madd_loop(w, 37, out)
+    assert np.array_equal(out, madd_loop_numpy(w, 37)) and out.any()
+
+
+@pytest.mark.parametrize("rounding", ["reference", "xnnpack"])
+def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, rounding):
+    """The parallel entry points (rows / tasks split over Numba's threads) give the bytes of the
+    one-thread runs, at odd sizes: the split points must not drop or repeat a row or task."""
+    import numba
+    from mobilenet_np.kernels import integer_depthwise as idw
+    from mobilenet_np.kernels import integer_gemm as ig
+
+    x = rng.integers(0, 256, (3, 13, 11, 21), endpoint=True).astype(np.uint8)
+    bias = rng.integers(-3000, 3000, 21).astype(np.int32)
+    params = ig.requantization_params(bias, 1 << 30, -9, 21)
+    scales = ig.xnnpack_scales(np.full(21, 0.002), 21)
+    dw = idw.pack_depthwise(rng.integers(0, 256, (3, 3, 21, 1)).astype(np.uint8), 131)
+    pw = ig.pack_pairs(rng.integers(0, 256, (21, 21)).astype(np.uint8), 131)
+    full = ig.pack_pairs(rng.integers(0, 256, (3 * 3 * 21, 21)).astype(np.uint8), 131)
+
+    def run_all():
+        a = idw.depthwise_conv2d(x, 117, dw, 3, 2, (1, 1, 0, 1), (7, 6), params, 3, (0, 255),
+                                 np.empty((3, 7, 6, 21), np.uint8), rounding, scales)
+        b = ig.pointwise_conv2d(x.reshape(-1, 21), 117, pw, params, 21, 3, (0, 255),
+                                np.empty((3 * 13 * 11, 21), np.uint8), rounding, scales)
+        c = ig.conv2d(x, 117, full, 3, 1, (1, 1, 1, 1), (13, 11), params, 21, 3, (0, 255),
+                      np.empty((3, 13, 11, 21), np.uint8), rounding, scales)
+        return a, b, c
+
+    one = run_all()
+    monkeypatch.setattr(ig, "SERIAL_BELOW", 0)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 3)       # more parts than this machine's cores is fine
+    split = run_all()
+    for s, o in zip(split, one):
+        assert np.array_equal(s, o)
+    assert len(np.unique(one[0])) > 2
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("shape", [(2, 7, 5, 13), (1, 3, 3, 80), (3, 1, 1, 1)])
+def test_xnnpack_add_and_global_average_kernels_equal_their_twins(rng, dtype, shape):
+    """The Numba ADD and global pool give integer_xnnpack's bytes: odd shapes, both types,
+    differently scaled inputs (either the larger), a clamp that bites."""
+    from mobilenet_np.kernels import integer_add as iadd
+    from mobilenet_np.kernels import integer_xnnpack as ixnn
+
+    lo, hi = iref.DTYPE_RANGES[np.dtype(dtype)]
+    a = rng.integers(lo, hi, shape, endpoint=True).astype(dtype)
+    b = rng.integers(lo, hi, shape, endpoint=True).astype(dtype)
+    for a_scale, b_scale, out_scale, clamp in [(0.02, 0.05, 0.06, (lo, hi)), (0.11, 0.03, 0.04, (lo + 40, hi - 30))]:
+        want = ixnn.add(a, a_scale, 7, b, b_scale, -3, out_scale, 5, clamp, dtype)
+        params = iadd.add_params(a_scale, 7, b_scale, -3, out_scale)
+        got = iadd.add(a, b, params, clamp, 5, np.empty(shape, dtype))
+        assert np.array_equal(got, want)
+    for in_scale, out_scale in [(0.02, 0.015), (0.3, 0.01)]:
+        want = ixnn.global_average(a, in_scale, 9, out_scale, -4, dtype)
+        got = iadd.global_average(a, in_scale, 9, out_scale, -4, (lo, hi), np.empty(want.shape, dtype))
+        assert np.array_equal(got, want)
+
+
+def test_fast_graph_batch_split_over_threads_gives_the_same_bytes(shared):
+    """A batch split over T Python threads (each part through the whole graph on one thread)
+    gives every image's bytes of the unsplit run, for an odd batch not divisible by T."""
+    import numba
+    from mobilenet_np.forward.quantized_engine import FastQuantizedGraph
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba has one thread here: no split to test")
+    path = shared("weights", "mobilenet_v1_050_160", "tflite_uint8_quant", "mobilenet_v1_0.5_160_quant.coral.tflite")
+    x = np.random.default_rng(5).integers(0, 256, (5, 160, 160, 3)).astype(np.uint8)
+    graph = FastQuantizedGraph(path, "xnnpack")
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        split = graph.run(x)[0]
+        whole = graph.run(x, on_op=lambda i, op, y: None)[0]      # on_op: the unsplit path
+    finally:
+        numba.set_num_threads(before)
+    assert graph._pool is not None                                 # the split path was taken
+    assert split.shape == whole.shape == (5, 1001) and np.array_equal(split, whole)

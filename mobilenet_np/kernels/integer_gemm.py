@@ -24,7 +24,11 @@ and activation buffers padded to 16 channels (which would remove that copy and t
 
 from __future__ import annotations
 
+import threading
+
+import numba
 import numpy as np
+from numba import prange
 
 from . import integer_simd as iv
 from . import simd
@@ -52,16 +56,20 @@ ROUNDINGS = {"reference": REFERENCE, "optimized": OPTIMIZED, "xnnpack": XNNPACK}
 
 
 @kernel(inline=True)
-def emit_bytes(v, params, scales, rounding, c, zero_point, lo, hi, out, at):
-    """Requantize eight sums of channels c..c+7 and store them as bytes at out[at:at + 8].
+def requantized(v, params, scales, rounding, c, zero_point, lo, hi):
+    """Eight sums of channels c..c+7 requantized to output values (int32 lanes, in the type's range).
     ``params`` rows: bias, multiplier, left shift, right shift (int32, padded to whole panels);
     ``scales``: XNNPACK's float32 scale per channel (padded too)."""
     if rounding == XNNPACK:
-        r = iv.requantize_fp32(v, iv.load(params[0], c), simd.load(scales, c), zero_point, lo, hi)
-    else:
-        r = iv.requantize(v, iv.load(params[0], c), iv.load(params[1], c), iv.load(params[2], c),
-                          iv.load(params[3], c), zero_point, lo, hi, 1 if rounding == REFERENCE else 0)
-    iv.store_bytes(out, at, r)
+        return iv.requantize_fp32(v, iv.load(params[0], c), simd.load(scales, c), zero_point, lo, hi)
+    return iv.requantize(v, iv.load(params[0], c), iv.load(params[1], c), iv.load(params[2], c),
+                         iv.load(params[3], c), zero_point, lo, hi, 1 if rounding == REFERENCE else 0)
+
+
+@kernel(inline=True)
+def emit_bytes(v, params, scales, rounding, c, zero_point, lo, hi, out, at):
+    """Requantize eight sums of channels c..c+7 and store them as bytes at out[at:at + 8]."""
+    iv.store_bytes(out, at, requantized(v, params, scales, rounding, c, zero_point, lo, hi))
 
 
 @kernel(inline=True)
@@ -114,29 +122,129 @@ def _tile1(x, x_at, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi
     emit_bytes(b, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 8)
 
 
-@kernel()
-def centre(x, pixels, c_in, zero_point, kp, out):
-    """out [pixels, kp] int16 = x [pixels, C_in] - zero_point (flat arrays); an odd C_in's
-    extra column is left as the caller made it (zero)."""
-    for p in range(pixels):
+@kernel(inline=True)
+def _centre(x, p0, p1, c_in, zero_point, kp, out):
+    """out [pixels, kp] int16 = x [pixels, C_in] - zero_point (flat arrays) for pixels p0..p1-1;
+    an odd C_in's extra column is left as the caller made it (zero)."""
+    for p in range(p0, p1):
         for k in range(c_in):
             out[p * kp + k] = np.int16(x[p * c_in + k]) - zero_point
 
 
-@kernel()
-def gemm_requantize(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
-    """out [pixels, panels * 16] (bytes, flat) = requantized (centred x [pixels, kp] times the panels)."""
+@kernel(inline=True)
+def _gather(x, r0, r1, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out):
+    """out [n * out_h * out_w, kp] for output rows (image, row) r0..r1-1: each output pixel's
+    k x k x C input patch less ``sub`` (rows dy, then dx, then C: TFLite's OHWI order), ``fill``
+    in the padding and the extra column -- int16 centred values (sub = zp, fill = 0) or the
+    bytes themselves (sub = 0, fill = zp).  A patch row (dx, C) is one contiguous run of k * C
+    input values when it lies inside the image."""
+    kc = k * c
+    for row in range(r0, r1):
+        n = row // out_h
+        oy = row - n * out_h
+        for ox in range(out_w):
+            at = (row * out_w + ox) * kp
+            for j in range(k * kc, kp):
+                out[at + j] = fill
+            ix0 = ox * stride - left
+            inside_x = ix0 >= 0 and ix0 + k <= w
+            for dy in range(k):
+                iy = oy * stride - top + dy
+                t = at + dy * kc
+                if iy < 0 or iy >= h:
+                    for j in range(kc):
+                        out[t + j] = fill
+                elif inside_x:
+                    src = ((n * h + iy) * w + ix0) * c
+                    for j in range(kc):
+                        out[t + j] = np.int64(x[src + j]) - sub
+                else:
+                    for dx in range(k):
+                        ix = ix0 + dx
+                        src = ((n * h + iy) * w + ix) * c
+                        inside = ix >= 0 and ix < w
+                        for ci in range(c):
+                            out[t + dx * c + ci] = np.int64(x[src + ci]) - sub if inside else fill
+
+
+CHUNK = 32            # pixels per GEMM task
+
+
+@kernel(inline=True)
+def _gemm(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
+    """out [pixels, panels * 16] (bytes, flat) = requantized (centred x [pixels, kp] times the
+    panels), for tasks t0..t1-1: task t is (up to 32 pixels) x (one panel), the chunk outermost."""
     row = panels * PANEL
-    for g in range(panels):
+    for task in range(t0, t1):
+        ch = task // panels
+        g = task - ch * panels
         w_at = g * (kp // 2) * 32
         c = g * PANEL
-        p = 0
-        while p + 4 <= pixels:
+        p = ch * CHUNK
+        end = min(p + CHUNK, pixels)
+        while p + 4 <= end:
             _tile4(x, p * kp, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi, out, p * row + c, row)
             p += 4
-        while p < pixels:
+        while p < end:
             _tile1(x, p * kp, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi, out, p * row + c)
             p += 1
+
+
+@kernel(parallel=True)
+def centre_parallel(x, pixels, c_in, zero_point, kp, out, parts):
+    for part in prange(parts):
+        _centre(x, part * pixels // parts, (part + 1) * pixels // parts, c_in, zero_point, kp, out)
+
+
+@kernel()
+def centre_serial(x, pixels, c_in, zero_point, kp, out, parts):
+    _centre(x, 0, pixels, c_in, zero_point, kp, out)
+
+
+@kernel(parallel=True)
+def gather_parallel(x, rows, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out, parts):
+    for part in prange(parts):
+        _gather(x, part * rows // parts, (part + 1) * rows // parts, h, w, c, sub, fill, k, stride, top, left,
+                out_h, out_w, kp, out)
+
+
+@kernel()
+def gather_serial(x, rows, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out, parts):
+    _gather(x, 0, rows, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out)
+
+
+@kernel(parallel=True)
+def gemm_parallel(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, parts):
+    tasks = (pixels + CHUNK - 1) // CHUNK * panels
+    for part in prange(parts):
+        _gemm(x, part * tasks // parts, (part + 1) * tasks // parts, pixels, kp, w, panels, params, scales,
+              rounding, zero_point, lo, hi, out)
+
+
+@kernel()
+def gemm_serial(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, parts):
+    _gemm(x, 0, (pixels + CHUNK - 1) // CHUNK * panels, pixels, kp, w, panels, params, scales, rounding,
+          zero_point, lo, hi, out)
+
+
+SERIAL_BELOW = 1 << 19      # multiply-adds (or values written) below which waking the thread pool costs more
+
+
+_thread = threading.local()
+
+
+def one_thread(on: bool = True) -> None:
+    """Make every kernel called from this Python thread run on it alone (a caller that splits
+    the batch over its own threads sets it in each)."""
+    _thread.serial = on
+
+
+def parts(work: int) -> int:
+    """How many threads a kernel call of ``work`` units uses: Numba's count, or 1 for small calls
+    and on a thread marked by ``one_thread``."""
+    if work < SERIAL_BELOW or getattr(_thread, "serial", False):
+        return 1
+    return numba.get_num_threads()
 
 
 def requantization_params(bias, multiplier, shift, c_out: int) -> np.ndarray:
@@ -158,19 +266,85 @@ def xnnpack_scales(scales, c_out: int) -> np.ndarray:
     return out
 
 
+# Widening the input pair in every broadcast costs more than one centring pass once C_in is large:
+# measured (T=1, CPU time, V1's 1x1 shapes at batch 32) bytes 26 / 32 / 36 GMAC/s against centred
+# 20 / 31 / 33 at C_in 16 / 32 / 64, and 39 / 41 / 41 against 45 / 52 / 59 at C_in 128 / 256 / 512.
+BYTES_BELOW = 128
+
+
+def fold_zero_point(packed: np.ndarray, params: np.ndarray, zero_point: int) -> np.ndarray:
+    """``params`` with bias - zp * (sum over C_in of the centred weights), per output channel: the
+    GEMM of the raw input bytes x then equals that of (x - zp) (sum_k (x_k - zp) w_k = sum_k x_k w_k
+    - zp sum_k w_k; the int32 sums wrap alike)."""
+    panels = params.shape[1] // PANEL
+    sums = packed.astype(np.int64).reshape(panels, -1, 2, PANEL // 2, 2).sum(axis=(1, 4)).reshape(-1)
+    folded = params.copy()
+    folded[0] = (params[0].astype(np.int64) - zero_point * sums).astype(np.int32)
+    return folded
+
+
 def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, clamp, out,
-                     rounding: str = "reference", scales=None):
+                     rounding: str = "reference", scales=None, folded=None):
     """1x1 integer convolution: x [P, C_in] (uint8/int8) -> out [P, C_out] of the output type,
     with ``packed = pack_pairs(w, w_zero_point)`` and ``params = requantization_params(...)``;
-    ``rounding`` "xnnpack" takes ``scales = xnnpack_scales(...)`` instead of the multipliers."""
+    ``rounding`` "xnnpack" takes ``scales = xnnpack_scales(...)`` instead of the multipliers.
+    An even C_in below ``BYTES_BELOW`` multiplies the input bytes as they are (``fold_zero_point``;
+    ``folded``, if the caller keeps it); others are centred into an int16 copy first (with a zero
+    column when C_in is odd)."""
     pixels, c_in = x.shape
+    if c_in % 2 == 0 and c_in < BYTES_BELOW:
+        folded = fold_zero_point(packed, params, x_zero_point) if folded is None else folded
+        return gemm_centred(np.ascontiguousarray(x).reshape(-1), pixels, c_in, packed, folded, c_out,
+                            out_zero_point, clamp, out, rounding, scales)
     kp = c_in + c_in % 2
+    centred = np.empty(pixels * kp, np.int16)
+    if kp != c_in:
+        centred.reshape(pixels, kp)[:, c_in:] = 0
+    n = parts(pixels * kp)
+    (centre_serial if n == 1 else centre_parallel)(np.ascontiguousarray(x).reshape(-1), pixels, c_in,
+                                                   x_zero_point, kp, centred, n)
+    return gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, clamp, out, rounding, scales)
+
+
+def gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, clamp, out, rounding="reference",
+                 scales=None):
+    """The GEMM and requantization of rows ``centred`` [pixels * kp] (int16 centred values, or the
+    raw bytes with the zero point folded into ``params``) into out [pixels, C_out]: written in place when C_out is a whole number of panels, else through
+    a padded buffer."""
     panels = -(-c_out // PANEL)
-    centred = np.zeros(pixels * kp, np.int16)
-    centre(x.reshape(-1), pixels, c_in, x_zero_point, kp, centred)
-    padded = np.empty(pixels * panels * PANEL, out.dtype)
+    direct = c_out == panels * PANEL and out.flags.c_contiguous
+    padded = out.reshape(-1) if direct else np.empty(pixels * panels * PANEL, out.dtype)
     scales = np.zeros(panels * PANEL, np.float32) if scales is None else scales
-    gemm_requantize(centred, pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding], out_zero_point,
-                    clamp[0], clamp[1], padded)
-    out[:] = padded.reshape(pixels, panels * PANEL)[:, :c_out]
+    n = parts(pixels * kp * panels * PANEL)
+    (gemm_serial if n == 1 else gemm_parallel)(centred, pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding],
+                                               out_zero_point, clamp[0], clamp[1], padded, n)
+    if not direct:
+        out[:] = padded.reshape(pixels, panels * PANEL)[:, :c_out]
+    return out
+
+
+def conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point, clamp, out,
+           rounding: str = "reference", scales=None, folded=None):
+    """A full k x k convolution (the stem): x [N, H, W, C] -> out [N, OH, OW, C_out], the patches
+    gathered by ``_gather``, then ``gemm_centred``; ``packed = pack_pairs(w [k * k * C, C_out] in
+    OHWI order, w_zero_point)``.  Short patches (below ``BYTES_BELOW``) are gathered as bytes, the
+    padding filled with the zero point, which ``fold_zero_point`` takes out (``folded``, if the
+    caller keeps it); longer ones as centred int16."""
+    n, h, w, c = x.shape
+    kp = k * k * c + (k * k * c) % 2
+    pixels = n * out_hw[0] * out_hw[1]
+    raw = kp < BYTES_BELOW
+    if raw:
+        gathered = np.empty(pixels * kp, x.dtype)
+        sub, fill = 0, x_zero_point
+        params = fold_zero_point(packed, params, x_zero_point) if folded is None else folded
+    else:
+        gathered = np.empty(pixels * kp, np.int16)
+        sub, fill = x_zero_point, 0
+    threads = parts(pixels * kp)
+    (gather_serial if threads == 1 else gather_parallel)(np.ascontiguousarray(x).reshape(-1), n * out_hw[0], h, w, c,
+                                                         sub, fill, k, stride, pad[0], pad[2], out_hw[0],
+                                                         out_hw[1], kp, gathered, threads)
+    gemm_centred(gathered, pixels, kp, packed, params, c_out, out_zero_point, clamp, out.reshape(pixels, c_out),
+                 rounding, scales)
     return out

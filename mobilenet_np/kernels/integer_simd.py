@@ -84,12 +84,21 @@ load = _loader(types.int32, _V8, i32x8, 4, "int32 array[index : index + 8] as a 
 
 @intrinsic
 def splat_pair(typingctx, array, index):
-    """The int16 pair array[index], array[index + 1] repeated in all eight 32-bit slots."""
-    if not _flat(array, types.int16):
+    """The int16 pair array[index], array[index + 1] repeated in all eight 32-bit slots; from a
+    uint8 or int8 array, the two bytes widened to int16 first (zero- or sign-extended)."""
+    if not (_flat(array, types.int16) or _flat(array, types.uint8) or _flat(array, types.int8)):
         return None
+    wide = array.dtype == types.int16
+    signed = array.dtype == types.int8
 
     def codegen(context, builder, sig, args):
-        pair = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _I32), align=2)
+        if wide:
+            pair = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _I32), align=2)
+        else:
+            v2 = ir.VectorType(ir.IntType(8), 2)
+            raw = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], v2), align=1)
+            extend = builder.sext if signed else builder.zext
+            pair = builder.bitcast(extend(raw, ir.VectorType(_I16, 2)), _I32)
         v = builder.insert_element(ir.Constant(_V8, ir.Undefined), pair, ir.Constant(_I32, 0))
         v = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
         return builder.bitcast(v, _V16)
@@ -205,3 +214,53 @@ def mul_add(typingctx, acc, a, b):
     def codegen(context, builder, sig, args):
         return builder.add(args[0], builder.mul(args[1], args[2]))
     return i32x8(i32x8, i32x8, i32x8), codegen
+
+
+@intrinsic
+def add(typingctx, a, b):
+    """a + b in each int32 lane."""
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], args[1])
+    return i32x8(i32x8, i32x8), codegen
+
+
+@intrinsic
+def store(typingctx, array, index, vector):
+    """int32 array[index : index + 8] = the vector."""
+    if not _flat(array, types.int32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _pointer(context, builder, sig.args[0], args[0], args[1], _V8), align=4)
+        return context.get_dummy_value()
+    return types.void(array, types.intp, i32x8), codegen
+
+
+@intrinsic
+def load_bytes_widened(typingctx, array, index):
+    """uint8 (zero-extended) or int8 (sign-extended) array[index : index + 8] as eight int32 lanes."""
+    if not (_flat(array, types.int8) or _flat(array, types.uint8)):
+        return None
+    signed = array.dtype == types.int8
+
+    def codegen(context, builder, sig, args):
+        v8 = ir.VectorType(ir.IntType(8), 8)
+        raw = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], v8), align=1)
+        return builder.sext(raw, _V8) if signed else builder.zext(raw, _V8)
+    return i32x8(array, types.intp), codegen
+
+
+@intrinsic
+def insert(typingctx, vector, lane, value):
+    """The vector with int32 lane ``lane`` replaced by ``value`` (the channel tails: lane by lane)."""
+    def codegen(context, builder, sig, args):
+        return builder.insert_element(args[0], builder.trunc(args[2], _I32), builder.trunc(args[1], _I32))
+    return i32x8(i32x8, types.intp, types.int64), codegen
+
+
+@intrinsic
+def extract(typingctx, vector, lane):
+    """int32 lane ``lane`` of the vector (as int64)."""
+    def codegen(context, builder, sig, args):
+        return builder.sext(builder.extract_element(args[0], builder.trunc(args[1], _I32)), ir.IntType(64))
+    return types.int64(i32x8, types.intp), codegen

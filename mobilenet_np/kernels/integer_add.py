@@ -1,0 +1,71 @@
+"""XNNPACK's quantized ADD and global average pool in Numba (the twins: ``integer_xnnpack.add``
+and ``integer_xnnpack.global_average``, which the tests compare byte for byte).
+
+* ADD: ``add_params`` derives XNNPACK's two integer multipliers, the bias (zero points and the
+  rounding half folded in) and the shift from the scales, once per op; ``add_bytes`` is then one
+  pass over the elements: bias + a * m_a + b * m_b in int64, arithmetic shift, clamp, zero point.
+* Global average: per image and channel, the int64 sum over the map less count * zero point,
+  times one float32 scale, clamped, rounded to nearest even -- in float32, as XNNPACK.
+
+These replace NumPy passes that allocate several int64 temporaries per op (V2 has ten ADDs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .integer_xnnpack import ADD_MULTIPLIER_BITS
+from .jit import kernel
+
+
+def add_params(a_scale, a_zero_point, b_scale, b_zero_point, out_scale) -> tuple[int, int, int, int]:
+    """(m_a, m_b, bias, shift) exactly as ``integer_xnnpack.add`` derives them."""
+    ratio_a = np.float32(a_scale) / np.float32(out_scale)
+    ratio_b = np.float32(b_scale) / np.float32(out_scale)
+    exponent = int(np.frexp(max(abs(ratio_a), abs(ratio_b)))[1]) - 1
+    shift = ADD_MULTIPLIER_BITS - exponent
+    m_a = int(np.rint(ratio_a * np.float32(2.0 ** shift)))
+    m_b = int(np.rint(ratio_b * np.float32(2.0 ** shift)))
+    bias = (1 << (shift - 1)) - m_a * a_zero_point - m_b * b_zero_point
+    return m_a, m_b, bias, shift
+
+
+@kernel()
+def add_bytes(a, b, m_a, m_b, bias, shift, lo, hi, zero_point, out):
+    """out = clamp((bias + a * m_a + b * m_b) >> shift, lo - zp, hi - zp) + zp, flat arrays."""
+    for i in range(a.size):
+        v = (bias + np.int64(a[i]) * m_a + np.int64(b[i]) * m_b) >> shift
+        v = min(max(v, lo - zero_point), hi - zero_point)
+        out[i] = v + zero_point
+
+
+@kernel()
+def global_average_bytes(x, n_img, pixels, c, zero_point, scale, lo, hi, out_zero_point, out):
+    """out [n, c] = rint(clamp(float32(sum over the map - pixels * zp) * scale)) + out zp (x flat [n, pixels, c])."""
+    low = np.float32(lo - out_zero_point)
+    high = np.float32(hi - out_zero_point)
+    for n in range(n_img):
+        for ch in range(c):
+            total = np.int64(0)
+            for p in range(pixels):
+                total += np.int64(x[(n * pixels + p) * c + ch])
+            value = np.float32(total - pixels * zero_point) * scale
+            value = min(max(value, low), high)
+            out[n * c + ch] = np.int64(np.rint(value)) + out_zero_point
+
+
+def add(a, b, params, clamp, out_zero_point, out):
+    """XNNPACK's ADD of same-shape a and b into ``out`` (``params = add_params(...)``)."""
+    m_a, m_b, bias, shift = params
+    add_bytes(np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1), m_a, m_b, bias, shift,
+              clamp[0], clamp[1], out_zero_point, out.reshape(-1))
+    return out
+
+
+def global_average(x, in_scale, in_zero_point, out_scale, out_zero_point, clamp, out):
+    """XNNPACK's pool over the whole map: x [N, H, W, C] -> out [N, C] (any shape of N * C values)."""
+    n, h, w, c = x.shape
+    scale = np.float32(in_scale) / (np.float32(out_scale) * np.float32(h * w))
+    global_average_bytes(np.ascontiguousarray(x).reshape(-1), n, h * w, c, in_zero_point, scale, clamp[0], clamp[1],
+                         out_zero_point, out.reshape(-1))
+    return out
