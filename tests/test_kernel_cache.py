@@ -161,6 +161,23 @@ def test_compile_message_once_and_quiet(caplog):
         assert caplog.records == []
 
 
+def test_compile_message_for_the_integer_kernels(caplog):
+    """A quantized model's first call compiles integer kernels only: any of them starts the one
+    line, with the integer estimate (before, those compiles were silent)."""
+    from mobilenet_np.kernels import integer_depthwise, integer_gemm, jit
+
+    def start(announcer, dispatcher):
+        announcer.on_start(type("Event", (), {"data": {"dispatcher": dispatcher}}))
+
+    with caplog.at_level(logging.INFO, logger="mobilenet_np.compile"):
+        announcer = jit._Announcer()
+        start(announcer, integer_gemm.gemm_serial)
+        start(announcer, integer_depthwise.depthwise_serial)
+        where = f"cached in {jit._FOLDER}" if jit._FOLDER else "not cached"
+        assert [r.getMessage() for r in caplog.records] == [
+            f"{MESSAGE} (once, about {jit.INTEGER_COMPILE_SECONDS} s; {where})"]
+
+
 @pytest.mark.parametrize("env, expected", [
     ({"MOBILENET_NP_HOME": "/m", "XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/m/kernels"),
     ({"XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/x/mobilenet-np/kernels"),
