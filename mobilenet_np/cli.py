@@ -72,8 +72,8 @@ def _warmup(args) -> int:
 def _parity(args) -> int:
     from .parity import compare
     tf_version = _tf_version()      # first: without TensorFlow, say so before loading anything
-    # A quantized .tflite is compared in float (its dequantized weights), as before format version 2;
-    # a version-2 file has no float weights and is refused by compare.
+    # A quantized .tflite or version-2 file is compared in float (its dequantized weights), as
+    # before format version 2.
     model = load_model(args, args.source, backend=args.backend, weights=args.weights, dequantize=True,
                        tiered=False)
     if args.images:
