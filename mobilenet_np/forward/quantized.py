@@ -126,19 +126,27 @@ class QuantizedGraph:
 
     # --- running ---------------------------------------------------------------------------
 
-    def run(self, x: np.ndarray, on_op=None) -> list[np.ndarray]:
-        """The graph's outputs for the quantized input ``x``; ``on_op(i, op, y)`` sees every op's output."""
+    def run(self, x: np.ndarray, on_op=None, outputs=None) -> list[np.ndarray]:
+        """The graph's outputs for the quantized input ``x``, or the tensors listed in ``outputs``
+        (indices; the ops after the last of them are not run); ``on_op(i, op, y)`` sees every
+        op's output."""
         x = np.asarray(x)
         if x.dtype != self.dtype(self.input_index):
             raise TypeError(f"{self.file}: the input is {self.dtype(self.input_index)}, got {x.dtype}")
+        outputs = self.sub.outputs if outputs is None else list(outputs)
         values = {self.input_index: x}
-        for i, op in enumerate(self.sub.operators):
+        for i, op in enumerate(self.sub.operators[:self.ops_needed(outputs)]):
             inputs = [values.get(k) if self.constant(k) is None else self.constant(k) for k in op.inputs]
             y = self.ops[op.opcode](self, op, self.options[i], inputs)
             values[op.outputs[0]] = y
             if on_op is not None:
                 on_op(i, op, y)
-        return [values[k] for k in self.sub.outputs]
+        return [values[k] for k in outputs]
+
+    def ops_needed(self, outputs) -> int:
+        """How many ops, from the first, compute every tensor of ``outputs``."""
+        made = {op.outputs[0]: i for i, op in enumerate(self.sub.operators)}
+        return 1 + max((made.get(k, -1) for k in outputs), default=-1)
 
 
 # --- one function per operator: (graph, op, options, input values) -> output values -----------

@@ -50,7 +50,7 @@ class FastQuantizedGraph(QuantizedGraph):
     def ops(self) -> dict:
         return self._ops
 
-    def run(self, x: np.ndarray, on_op=None) -> list[np.ndarray]:
+    def run(self, x: np.ndarray, on_op=None, outputs=None) -> list[np.ndarray]:
         """As ``QuantizedGraph.run``, with the constant inputs read once at load.  With T > 1 Numba
         threads and a batch of at least 2T images (and no ``on_op``), the batch is split in T
         parts, each run through the whole graph on its own thread (one hand-off per call instead
@@ -58,33 +58,34 @@ class FastQuantizedGraph(QuantizedGraph):
         x = np.asarray(x)
         if x.dtype != self.dtype(self.input_index):
             raise TypeError(f"{self.file}: the input is {self.dtype(self.input_index)}, got {x.dtype}")
+        outputs = self.sub.outputs if outputs is None else list(outputs)
         threads = numba.get_num_threads()
         if on_op is None and threads > 1 and len(x) >= 2 * threads:
-            return self._run_split(x, threads)
-        return self._run(x, on_op)
+            return self._run_split(x, threads, outputs)
+        return self._run(x, on_op, outputs)
 
-    def _run_split(self, x: np.ndarray, threads: int) -> list[np.ndarray]:
+    def _run_split(self, x: np.ndarray, threads: int, outputs) -> list[np.ndarray]:
         if self._pool is None or self._pool[0] != threads:
             self._pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="mnp-int8"))
         bounds = [len(x) * i // threads for i in range(threads + 1)]
-        futures = [self._pool[1].submit(self._run_one_thread, x[a:b]) for a, b in zip(bounds, bounds[1:])]
+        futures = [self._pool[1].submit(self._run_one_thread, x[a:b], outputs) for a, b in zip(bounds, bounds[1:])]
         results = [f.result() for f in futures]
         return [np.concatenate(parts) for parts in zip(*results)]
 
-    def _run_one_thread(self, x: np.ndarray) -> list[np.ndarray]:
+    def _run_one_thread(self, x: np.ndarray, outputs) -> list[np.ndarray]:
         ig.one_thread(True)
-        return self._run(x, None)
+        return self._run(x, None, outputs)
 
-    def _run(self, x: np.ndarray, on_op) -> list[np.ndarray]:
+    def _run(self, x: np.ndarray, on_op, outputs) -> list[np.ndarray]:
         values = {self.input_index: x}
         ops = self.ops
-        for i, op in enumerate(self.sub.operators):
+        for i, op in enumerate(self.sub.operators[:self.ops_needed(outputs)]):
             inputs = [values.get(k) if c is None else c for k, c in zip(op.inputs, self._constants[i])]
             y = ops[op.opcode](self, op, self.options[i], inputs)
             values[op.outputs[0]] = y
             if on_op is not None:
                 on_op(i, op, y)
-        return [values[k] for k in self.sub.outputs]
+        return [values[k] for k in outputs]
 
 
 def _pack(graph: QuantizedGraph, op) -> dict:
