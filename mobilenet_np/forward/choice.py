@@ -101,10 +101,15 @@ class Chooser:
             # can cost hundreds of calls (measured: up to 1.3 s against 1.2 ms), and a try
             # every 256 calls tripled the mean latency.  A winning try keeps the pace (one
             # fast call of a way that is slow half the time must not bring the tries back to
-            # every 16th call).
+            # every 16th call), and its time replaces the way's older ones: with tries far
+            # apart, a stall long ago would otherwise keep the way out for hundreds of calls
+            # (measured: 2-thread batch 1 held on the one-thread way on a quiet machine).
             if seconds >= means[before]:
                 grow = 16 if seconds > 4 * means[before] else 2
                 record.interval = min(grow * record.interval, PROBE_MOST)
+            else:
+                times[:] = [seconds]
+                means[way] = seconds
             record.next_probe = record.calls + record.interval
         best = before
         for i, mean in enumerate(means):
