@@ -145,7 +145,9 @@ class QuantizedGraph:
 
     def ops_needed(self, outputs) -> int:
         """How many ops, from the first, compute every tensor of ``outputs``."""
-        made = {op.outputs[0]: i for i, op in enumerate(self.sub.operators)}
+        made = self.__dict__.get("_made")
+        if made is None:                    # which op makes each tensor: once per graph, not per call
+            made = self._made = {op.outputs[0]: i for i, op in enumerate(self.sub.operators)}
         return 1 + max((made.get(k, -1) for k in outputs), default=-1)
 
 
