@@ -29,7 +29,8 @@ if sys.argv[2] == "warmup":
     engine.warmup()
 model = mnp.build("mobilenet_v2", 0.35, 64, seed=5)
 x = np.random.default_rng(0).random((3, 64, 64, 3), dtype=np.float32)
-before = {f: sum(f.stats.cache_misses.values()) for f in (plan.run_batch_serial, plan.run_plan, plan.run_plan_serial)}
+before = {f: sum(f.stats.cache_misses.values()) for f in (plan.run_plan, plan.pointwise_tiles, plan.depthwise_rows,
+                                                          plan.stem_tasks, plan.input_rows)}
 np.save(sys.argv[1], np.concatenate([model(x, threads=1), model(x[:1], threads=2)]))
 print("compiled", sum(sum(f.stats.cache_misses.values()) - n for f, n in before.items()))
 """
@@ -72,16 +73,16 @@ def test_cold_then_warm_then_corrupted(tmp_path):
     cold = _run(FEATURES, home, tmp_path / "cold.npy", "warmup")
     assert cold.stderr.count(MESSAGE) == 1 and "compiled 0" in cold.stdout, cold.stderr
     files = _cache_files(home)
-    assert any(f.name.startswith("plan.run_batch_serial") for f in files)
+    assert any(f.name.startswith("plan.run_plan") for f in files)
 
     warm = _run(FEATURES, home, tmp_path / "warm.npy", "-")
     assert MESSAGE not in warm.stderr and "cache entry" not in warm.stderr, warm.stderr
     assert "compiled 0" in warm.stdout
     np.testing.assert_array_equal(np.load(tmp_path / "warm.npy"), np.load(tmp_path / "cold.npy"))
 
-    index = next(f for f in files if f.name.startswith("plan.run_batch_serial") and f.suffix == ".nbi")
+    index = next(f for f in files if f.name.startswith("plan.run_plan") and f.suffix == ".nbi")
     index.write_bytes(index.read_bytes()[:7])
-    data = next(f for f in files if f.name.startswith("stem.stem_serial") and f.suffix == ".nbc")
+    data = next(f for f in files if f.name.startswith("stem.stem_tasks") and f.suffix == ".nbc")
     data.write_bytes(b"")
     fixed = _run(FEATURES, home, tmp_path / "fixed.npy", "-")
     assert "kernel cache entry" in fixed.stderr and "removed, compiling again" in fixed.stderr, fixed.stderr
@@ -148,7 +149,7 @@ def test_compile_message_once_and_quiet(caplog):
         start(announcer, plan.global_mean)
         assert caplog.records == []
         start(announcer, plan.run_plan)
-        start(announcer, plan.run_batch_serial)
+        start(announcer, plan.pointwise_tiles)
         where = f"cached in {jit._FOLDER}" if jit._FOLDER else "not cached"
         assert [r.getMessage() for r in caplog.records] == [
             f"{MESSAGE} (once, about {jit.COMPILE_SECONDS} s; {where})"]

@@ -36,7 +36,7 @@ np.save(out + "/first.npy", np.concatenate([model(x, threads=1), model(x[:1], th
 np.save(out + "/logits_first.npy", model.logits(x[:1]))
 info["switched"] = model.backend.wait(timeout=float(sys.argv[2]))
 info["tier"] = model.backend.tier
-entry = (plan.run_batch_serial, plan.run_plan, plan.run_plan_serial)
+entry = (plan.run_plan, plan.pointwise_tiles, plan.depthwise_rows, plan.stem_tasks, plan.input_rows)
 before = sum(sum(f.stats.cache_misses.values()) for f in entry)
 np.save(out + "/fast.npy", np.concatenate([model(x, threads=1), model(x[:1], threads=2)]))
 np.save(out + "/logits_fast.npy", model.logits(x[:1]))
@@ -53,7 +53,7 @@ model = mnp.build("mobilenet_v2", 0.35, 64, seed=5)
 x = np.random.default_rng(0).random((3, 64, 64, 3), dtype=np.float32)
 np.save(sys.argv[1] + "/warm_first.npy", model(x, threads=1))
 info = {"backend": type(model.backend).__name__}
-entry = (plan.run_batch_serial, plan.run_plan, plan.run_plan_serial)
+entry = (plan.run_plan, plan.pointwise_tiles, plan.depthwise_rows, plan.stem_tasks, plan.input_rows)
 np.save(sys.argv[1] + "/warm.npy", np.concatenate([model(x, threads=1), model(x[:1], threads=2)]))
 info["compiled"] = sum(sum(f.stats.cache_misses.values()) for f in entry)
 print(json.dumps(info))

@@ -22,6 +22,9 @@ from ..kernels import rows
 from .choice import Chooser
 
 
+_NOT_POOLED = np.zeros((0, 0), np.float32)     # ``run_plan``'s pooled output when it does not pool
+
+
 class NumbaBackend:
     """The fast path: folded weights, fused kernels, one compiled call per forward pass."""
 
@@ -129,12 +132,15 @@ class NumbaBackend:
         n = x.shape[0]
         plan, taps, buffers = self._plan(geo, n)
         xf = x.reshape(-1)
-        run_plan = self._kernels.run_plan if parallel else self._kernels.run_plan_serial
+        parts = parts if parallel else 1
+        run_plan = self._kernels.run_plan
         if on_layer is None:
-            run_plan(xf, buffers, plan, self._weights, self._biases, taps, n, parts)
+            run_plan(xf, n, n, buffers, plan, self._weights, self._biases, taps, parts, _NOT_POOLED, False,
+                     self._kernels.kernel_table())
         else:
             for i, g in enumerate(geo):     # layer i is plan row i + 1; row 0 goes with layer 0
-                run_plan(xf, buffers, plan[i + 1 if i else 0:i + 2], self._weights, self._biases, taps, n, parts)
+                run_plan(xf, n, n, buffers, plan[i + 1 if i else 0:i + 2], self._weights, self._biases, taps, parts,
+                         _NOT_POOLED, False, self._kernels.kernel_table())
                 on_layer(i, self._output(plan[i + 1], g, n, buffers))
         return self._output(plan[-1], geo[-1], n, buffers)
 
@@ -214,17 +220,13 @@ class NumbaBackend:
 
     def _features_into(self, geo, x, start: int, stop: int, chunk: int, out: np.ndarray, parallel: bool,
                        threads: int) -> None:
-        """Features of images start..stop-1 into ``out``, ``chunk`` images per pass: split
-        layer by layer over the threads (``parallel``), or all on the calling thread in one
-        compiled call."""
-        if parallel:
-            for at in range(start, stop, chunk):
-                end = min(at + chunk, stop)
-                self.global_mean(self.run(geo, x[at:end], parallel=True, threads=threads), out[at:end])
-            return
+        """Features of images start..stop-1 into ``out``, ``chunk`` images per pass, in one
+        compiled call: each layer split over the threads (``parallel``), or all on the calling
+        thread."""
         plan, taps, buffers = self._plan(geo, min(chunk, stop - start))
-        self._kernels.run_batch_serial(x[start:stop].reshape(-1), stop - start, chunk, buffers, plan, self._weights,
-                                    self._biases, taps, out[start:stop])
+        self._kernels.run_plan(x[start:stop].reshape(-1), stop - start, chunk, buffers, plan, self._weights,
+                               self._biases, taps, threads if parallel else 1, out[start:stop], True,
+                               self._kernels.kernel_table())
 
     def _thread_pool(self, threads: int):
         """Worker threads for batch chunks (kept: starting threads per call costs more than a
@@ -293,8 +295,8 @@ def _pack(arrays: list[np.ndarray]) -> tuple[list[tuple[int, int]], np.ndarray]:
 
 def warmup() -> None:
     """Compile every compiled entry point of the engine, or load it from the kernel cache
-    (``kernels/cache.py``): the one-thread batch runner, the serial and the parallel plan
-    runners, and the pool.  For container images and fresh Dask nodes, so that their first
+    (``kernels/cache.py``): the plan runner (with the layer kernels it calls, which the logits
+    also use) and the pool.  For container images and fresh Dask nodes, so that their first
     real call does not compile.  Runs a small V2 with constant weights; any size and weights
     compile the same code."""
     arch = spec.build("mobilenet_v2", 0.35)
@@ -304,4 +306,3 @@ def warmup() -> None:
     x = np.zeros((1, 32, 32, 3), np.float32)
     backend._features_into(geo, x, 0, 1, 1, np.empty((1, arch.num_features), np.float32), False, 1)
     backend.global_mean(backend.run(geo, x, parallel=False))
-    backend.run(geo, x, parallel=True, threads=1)

@@ -6,8 +6,9 @@ the pixels it reaches (3 of them at stride 1), and the tile's sums are independe
 multiply-adds do not wait on one another.  Tap rows in the padding are skipped; columns in the
 padding read as zeros.  Each pixel sums its bias, then its taps in (dy, dx) order.
 
-As the other layer kernels, it takes its plan row (``rows.py``) and comes in a parallel and a
-serial form over one compiled row loop.  The slow twin is ``reference.depthwise_conv2d``.
+As the other layer kernels, it takes its plan row (``rows.py``); ``depthwise_rows`` runs a range
+of output rows on the calling thread (``plan.run_plan`` hands each thread a run),
+``depthwise_parallel`` splits the layer on its own.  The slow twin is ``reference.depthwise_conv2d``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from . import simd
-from .gemm import LANES, _all, _run
+from .gemm import LANES, _run
 from .jit import kernel
 from .rows import OP_IN_C, OP_IN_H, OP_IN_W, OP_OUT_H, OP_OUT_W, OP_PAD_LEFT, OP_PAD_TOP, OP_RELU6, OP_STRIDE, plan_row
 
@@ -201,17 +202,10 @@ def depthwise_rows(op, r0, r1, xf, w, bias, of, n_img):
 def depthwise_parallel(op, xf, w, bias, of, n_img, parts):
     """Depthwise 3x3: x flat [N,H,W,C], w flat [(dy*3 + dx)*C + c], bias [C] -> out flat [N,Ho,Wo,C].
     Output rows are the tasks (``_dw_row``), in ``parts`` contiguous runs as in
-    ``gemm.pointwise_parallel``."""
+    ``gemm.pointwise_parallel`` (the layer on its own; the engine splits it in ``plan.run_plan``)."""
     for part in prange(parts):
         r0, r1 = _run(n_img * op[OP_OUT_H], part, parts)
         depthwise_rows(op, r0, r1, xf, w, bias, of, n_img)
-
-
-@kernel()
-def depthwise_serial(op, xf, w, bias, of, n_img, parts):
-    """``depthwise_parallel`` on the calling thread alone."""
-    r0, r1 = _all(n_img * op[OP_OUT_H])
-    depthwise_rows(op, r0, r1, xf, w, bias, of, n_img)
 
 
 def depthwise_conv2d(x, w, bias, stride, pad_top, pad_left, relu6, out, serial=False):
@@ -221,6 +215,8 @@ def depthwise_conv2d(x, w, bias, stride, pad_top, pad_left, relu6, out, serial=F
     n_img, height, width, chans = x.shape
     op = plan_row("depthwise", k=3, stride=stride, in_hw=(height, width), in_c=chans, out_hw=out.shape[1:3],
                   out_c=chans, pad_top=pad_top, pad_left=pad_left, relu6=relu6)
-    layer = depthwise_serial if serial else depthwise_parallel
-    layer(op, x.reshape(-1), np.ascontiguousarray(w).reshape(-1), bias, out.reshape(-1), n_img,
-          numba.get_num_threads())
+    w = np.ascontiguousarray(w).reshape(-1)
+    if serial:
+        depthwise_rows(op, 0, n_img * out.shape[1], x.reshape(-1), w, bias, out.reshape(-1), n_img)
+    else:
+        depthwise_parallel(op, x.reshape(-1), w, bias, out.reshape(-1), n_img, numba.get_num_threads())

@@ -4,14 +4,14 @@
 pixel p, a matrix product [pixels, C_in] x [C_in, C_out] with BatchNorm folded into W and bias
 and the epilogue fused.  A tile of 6 pixels x 16 output channels is accumulated in 12 vector
 registers over the whole C_in loop (``simd.py``), reading weights packed by ``pack_pointwise``
-so that each step loads one contiguous row.  The tile code (``_tile6``, ``_emit``, ``_fma2``) is
-shared with the stem (``stem.py``); ``_run`` and ``_all`` split a layer's tasks into runs for
-the threads, in every layer kernel.
+so that each step loads one contiguous row.  The tile code (``_tile6``, ``_fma2``, ``simd.emit16``) is
+shared with the stem (``stem.py``); ``_run`` splits a layer's tasks into runs for the threads.
 
-Each layer kernel takes its plan row (``rows.py``) for its sizes and flags, and comes in two
-forms over one compiled tile loop: ``pointwise_parallel`` hands each of Numba's threads a
-contiguous run of tiles, ``pointwise_serial`` runs them all on the calling thread without the
-parallel runtime.  The slow twin is ``reference.pointwise_conv2d`` (tests/test_kernels.py).
+The layer kernel ``pointwise_tiles`` takes its plan row (``rows.py``) for its sizes and flags
+and runs a range of tiles on the calling thread; ``plan.run_plan`` hands each thread a run of
+them.  ``pointwise_parallel`` does the same split for one layer on its own (``pointwise_conv2d``,
+the tests); the engine never calls it.  The slow twin is ``reference.pointwise_conv2d``
+(tests/test_kernels.py).
 """
 
 from __future__ import annotations
@@ -57,34 +57,7 @@ def _run(tasks, part, parts):
     return tasks * part // parts, tasks * (part + 1) // parts
 
 
-@kernel(inline=True)
-def _all(n):
-    """The range 0..n as two run-time integers: a literal 0 handed to a kernel would make Numba
-    compile a second, identical copy of it for that literal."""
-    return n - n, n
-
-
 # --- the GEMM micro-kernel -----------------------------------------------------------------
-
-@kernel(inline=True)
-def _emit(out, offset, lo, hi, columns, relu6, residual, add_residual):
-    """Finish one pixel's 16 accumulators: + residual, ReLU6, store the valid columns (whole
-    8-lane vectors where they fit, so that C_out = 8 or 24 does not fall to a scalar loop)."""
-    if columns >= LANES:
-        v = simd.add(lo, simd.load(residual, offset)) if add_residual else lo
-        simd.store(out, offset, simd.relu6(v) if relu6 else v)
-    if columns == PANEL:
-        v = simd.add(hi, simd.load(residual, offset + LANES)) if add_residual else hi
-        simd.store(out, offset + LANES, simd.relu6(v) if relu6 else v)
-    else:
-        for c in range(LANES if columns >= LANES else 0, columns):
-            s = simd.lane(lo, c) if c < LANES else simd.lane(hi, c - LANES)
-            if add_residual:
-                s += residual[offset + c]
-            if relu6:
-                s = min(max(s, np.float32(0.0)), np.float32(6.0))
-            out[offset + c] = s
-
 
 @kernel(inline=True)
 def _fma2(v, w0, w1, lo, hi):
@@ -113,12 +86,12 @@ def _tile6(x, x_at, row_step, taps, c_in, w, w_at, b0, b1, out, o_at, c_out, col
         a30, a31 = _fma2(simd.splat_at(x, at + 3 * row_step), w0, w1, a30, a31)
         a40, a41 = _fma2(simd.splat_at(x, at + 4 * row_step), w0, w1, a40, a41)
         a50, a51 = _fma2(simd.splat_at(x, at + 5 * row_step), w0, w1, a50, a51)
-    _emit(out, o_at, a00, a01, columns, relu6, residual, add_residual)
-    _emit(out, o_at + c_out, a10, a11, columns, relu6, residual, add_residual)
-    _emit(out, o_at + 2 * c_out, a20, a21, columns, relu6, residual, add_residual)
-    _emit(out, o_at + 3 * c_out, a30, a31, columns, relu6, residual, add_residual)
-    _emit(out, o_at + 4 * c_out, a40, a41, columns, relu6, residual, add_residual)
-    _emit(out, o_at + 5 * c_out, a50, a51, columns, relu6, residual, add_residual)
+    simd.emit16(out, o_at, a00, a01, columns, relu6, residual, add_residual)
+    simd.emit16(out, o_at + c_out, a10, a11, columns, relu6, residual, add_residual)
+    simd.emit16(out, o_at + 2 * c_out, a20, a21, columns, relu6, residual, add_residual)
+    simd.emit16(out, o_at + 3 * c_out, a30, a31, columns, relu6, residual, add_residual)
+    simd.emit16(out, o_at + 4 * c_out, a40, a41, columns, relu6, residual, add_residual)
+    simd.emit16(out, o_at + 5 * c_out, a50, a51, columns, relu6, residual, add_residual)
 
 
 @kernel(inline=True)
@@ -129,7 +102,7 @@ def _tile1(x, x_at, c_in, w, w_at, b0, b1, out, o_at, columns, relu6, residual, 
     for k in range(c_in):
         a0, a1 = _fma2(simd.splat_at(x, x_at + k), simd.load(w, w_at + k * PANEL),
                        simd.load(w, w_at + k * PANEL + LANES), a0, a1)
-    _emit(out, o_at, a0, a1, columns, relu6, residual, add_residual)
+    simd.emit16(out, o_at, a0, a1, columns, relu6, residual, add_residual)
 
 
 @kernel(inline=True)
@@ -159,12 +132,12 @@ def _tile3w(x, x_at, c_in, w, w_at, bias, c0, out, o_at, c_out, relu6, residual,
         a20, a21 = _fma2(v, w0, w1, a20, a21)
         a22, a23 = _fma2(v, w2, w3, a22, a23)
     columns = min(PANEL, c_out - c0 - PANEL)
-    _emit(out, o_at, a00, a01, PANEL, relu6, residual, add_residual)
-    _emit(out, o_at + PANEL, a02, a03, columns, relu6, residual, add_residual)
-    _emit(out, o_at + c_out, a10, a11, PANEL, relu6, residual, add_residual)
-    _emit(out, o_at + c_out + PANEL, a12, a13, columns, relu6, residual, add_residual)
-    _emit(out, o_at + 2 * c_out, a20, a21, PANEL, relu6, residual, add_residual)
-    _emit(out, o_at + 2 * c_out + PANEL, a22, a23, columns, relu6, residual, add_residual)
+    simd.emit16(out, o_at, a00, a01, PANEL, relu6, residual, add_residual)
+    simd.emit16(out, o_at + PANEL, a02, a03, columns, relu6, residual, add_residual)
+    simd.emit16(out, o_at + c_out, a10, a11, PANEL, relu6, residual, add_residual)
+    simd.emit16(out, o_at + c_out + PANEL, a12, a13, columns, relu6, residual, add_residual)
+    simd.emit16(out, o_at + 2 * c_out, a20, a21, PANEL, relu6, residual, add_residual)
+    simd.emit16(out, o_at + 2 * c_out + PANEL, a22, a23, columns, relu6, residual, add_residual)
 
 
 @kernel(inline=True)
@@ -238,23 +211,14 @@ def pointwise_tiles(op, t0, t1, x, w, bias, residual, out, n_img):
 
 @kernel(parallel=True)
 def pointwise_parallel(op, x, w, bias, residual, out, n_img, parts):
-    """The 1x1 layer ``op``: x flat [pixels, C_in] -> out flat [pixels, C_out] (``residual``
-    likewise), with ``w``/``bias`` from ``pack_pointwise``/``pad_bias``.  The (6 pixels x 16
-    channels) tiles are cut into ``parts`` contiguous runs for Numba's threads (give the thread
-    count: as a static ``prange`` over tiles would split them).  The runs call the serial
-    ``pointwise_tiles``, so that the tile code is compiled once, not twice.  (``parts`` is an
-    argument because a kernel that calls ``numba.get_num_threads`` cannot be cached.)"""
+    """The 1x1 layer ``op`` on its own: x flat [pixels, C_in] -> out flat [pixels, C_out]
+    (``residual`` likewise), with ``w``/``bias`` from ``pack_pointwise``/``pad_bias``.  The (6
+    pixels x 16 channels) tiles are cut into ``parts`` contiguous runs for Numba's threads, as
+    ``plan.run_plan`` cuts them."""
     tasks = _gemm_tasks(_pixels(op, n_img), op[OP_OUT_C])
     for part in prange(parts):
         t0, t1 = _run(tasks, part, parts)
         pointwise_tiles(op, t0, t1, x, w, bias, residual, out, n_img)
-
-
-@kernel()
-def pointwise_serial(op, x, w, bias, residual, out, n_img, parts):
-    """``pointwise_parallel`` on the calling thread alone (no parallel runtime; ``parts`` unused)."""
-    t0, t1 = _all(_gemm_tasks(_pixels(op, n_img), op[OP_OUT_C]))
-    pointwise_tiles(op, t0, t1, x, w, bias, residual, out, n_img)
 
 
 def pointwise_conv2d(x, w_packed, bias_padded, relu6, residual, add_residual, out, serial=False):
@@ -263,5 +227,9 @@ def pointwise_conv2d(x, w_packed, bias_padded, relu6, residual, add_residual, ou
     pixels, c_in = x.shape
     op = plan_row("pointwise", in_hw=(pixels, 1), in_c=c_in, out_hw=(pixels, 1), out_c=out.shape[1], relu6=relu6,
                   residual=add_residual)
-    layer = pointwise_serial if serial else pointwise_parallel
-    layer(op, x.reshape(-1), w_packed, bias_padded, residual.reshape(-1), out.reshape(-1), 1, numba.get_num_threads())
+    tasks = -(-pixels // TILE_ROWS) * -(-out.shape[1] // PANEL)
+    x, residual, out = x.reshape(-1), residual.reshape(-1), out.reshape(-1)
+    if serial:
+        pointwise_tiles(op, 0, tasks, x, w_packed, bias_padded, residual, out, 1)
+    else:
+        pointwise_parallel(op, x, w_packed, bias_padded, residual, out, 1, numba.get_num_threads())

@@ -46,8 +46,8 @@ if os.environ.get("MOBILENET_NP_QUIET", "") not in ("", "0"):
 # The entry points whose cold compile takes seconds (a compile of anything else is short, or
 # part of one of these), and the estimate the message gives: everything, cold, on the 2-core
 # development machine.
-ENTRY_POINTS = ("run_batch_serial", "run_plan_serial", "run_plan")
-COMPILE_SECONDS = 60
+ENTRY_POINTS = ("run_plan", "pointwise_tiles", "depthwise_rows", "stem_tasks", "input_rows")
+COMPILE_SECONDS = 15
 # The integer kernels (quantized models) are many small entry points, compiled as the graph
 # first meets each op: any of them starts the one message, with its own estimate (3 kernels x 2
 # dtypes took ~5 s on a quiet machine, ~40 s on a busy one).

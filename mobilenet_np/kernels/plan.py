@@ -1,60 +1,93 @@
 """The whole network in one compiled call: the plan runner, the input row and the pool.
 
 A plan (rows built by ``rows.plan_row``; ``forward/engine.py`` builds them from the layer list)
-has one row per layer.  ``run_plan`` walks the rows and hands each to its layer kernel
-(``gemm.py``, ``depthwise.py``, ``stem.py``), with its operands sliced out of three rotating
-activation buffers and one flat array each of weights, biases and stem tap offsets.  Row 0 of
-a plan (``KIND_INPUT``) maps the images to x * 2 - 1 inside the stem's zero padding.
+has one row per layer.  ``run_plan`` walks the rows and hands each to its layer's task loop
+(``gemm.pointwise_tiles``, ``depthwise.depthwise_rows``, ``stem.stem_tasks``, ``input_rows``),
+with its operands sliced out of three rotating activation buffers and one flat array each of
+weights, biases and stem tap offsets.  Row 0 of a plan (``KIND_INPUT``) maps the images to
+x * 2 - 1 inside the stem's zero padding.
 
-``run_plan`` splits every layer over Numba's threads; ``run_plan_serial`` runs it on the
-calling thread without the parallel runtime; ``run_batch_serial`` runs a whole batch, a few
-images per pass, pooling included, on the calling thread.  ``global_mean`` is the pool (slow
-twin: ``reference.global_mean``).
+``run_plan`` is the engine's one entry point.  With ``parts`` > 1 it splits every layer's tasks
+into ``parts`` contiguous runs for Numba's threads (one ``prange`` per layer); with ``parts`` = 1
+it runs every layer on the calling thread without touching the parallel runtime.  It runs a
+batch a few images per pass and, if asked, averages each pass's last output into ``pooled``.
+
+Why one entry point: Numba compiles each compiled function that calls another by linking the
+callee's code into its own and optimising the whole again, so every wrapper level (a serial and
+a parallel form per layer kind, a plan runner per form, a batch runner) paid for the tile code
+once more.  Folding them into this one function cut the engine's cold compile from 36 to ~N s.
+``global_mean`` is the pool on its own (slow twin: ``reference.global_mean``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import prange, types
 
 from . import simd
-from .depthwise import depthwise_parallel, depthwise_serial
-from .gemm import LANES, pointwise_parallel, pointwise_serial
+from .depthwise import depthwise_rows
+from .gemm import LANES, _gemm_tasks, _run, pointwise_tiles
 from .jit import kernel
+from .table import address, by_address
 from .rows import (INPUT, KIND_DEPTHWISE, KIND_INPUT, KIND_POINTWISE, OP_B, OP_B_LEN, OP_DST, OP_IN_C, OP_IN_H,
                    OP_IN_W, OP_KIND, OP_OUT_C, OP_OUT_H, OP_OUT_W, OP_PAD_LEFT, OP_PAD_TOP, OP_RES, OP_SRC, OP_TAPS,
                    OP_TAPS_LEN, OP_W, OP_W_LEN)
-from .stem import stem_parallel, stem_serial
+from .stem import _stem_tasks, stem_tasks
 
 
-@kernel(inline=True)
-def _hub_input_padded(op, x, out, n_img):
-    """The input row of a plan (``KIND_INPUT``): images in [0, 1], x flat [N, H, W, C], to
-    x * 2 - 1 (``reference.hub_input``) inside the stem's zero padding, out flat [N, out_h,
-    out_w, C].  The stem then reads every patch in place, none of them reaching outside."""
+@kernel()
+def input_rows(op, r0, r1, x, out, n_img):
+    """Output rows r0..r1-1 (over the batch) of the input row of a plan (``KIND_INPUT``):
+    images in [0, 1], x flat [N, H, W, C], to x * 2 - 1 (``reference.hub_input``) inside the
+    stem's zero padding, out flat [N, out_h, out_w, C].  The stem then reads every patch in
+    place, none of them reaching outside."""
     height, width, chans, pad_top, pad_left = op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], op[OP_PAD_TOP], op[OP_PAD_LEFT]
     out_h, out_w = op[OP_OUT_H], op[OP_OUT_W]
     zero = np.float32(0.0)
     line = width * chans
     out_line = out_w * chans
     left = pad_left * chans
-    for n in range(n_img):
-        for oy in range(out_h):
-            iy = oy - pad_top
-            o_at = (n * out_h + oy) * out_line
-            if iy < 0 or iy >= height:
-                for i in range(out_line):
-                    out[o_at + i] = zero
-                continue
-            at = (n * height + iy) * line
-            for i in range(left):
+    for r in range(r0, r1):
+        n = r // out_h
+        oy = r % out_h
+        iy = oy - pad_top
+        o_at = (n * out_h + oy) * out_line
+        if iy < 0 or iy >= height:
+            for i in range(out_line):
                 out[o_at + i] = zero
-            vector_end = line - line % LANES
-            for i in range(0, vector_end, LANES):
-                simd.store(out, o_at + left + i, simd.twice_minus_one(simd.load(x, at + i)))
-            for i in range(vector_end, line):
-                out[o_at + left + i] = x[at + i] * np.float32(2.0) - np.float32(1.0)
-            for i in range(left + line, out_line):
-                out[o_at + i] = zero
+            continue
+        at = (n * height + iy) * line
+        for i in range(left):
+            out[o_at + i] = zero
+        vector_end = line - line % LANES
+        for i in range(0, vector_end, LANES):
+            simd.store(out, o_at + left + i, simd.twice_minus_one(simd.load(x, at + i)))
+        for i in range(vector_end, line):
+            out[o_at + left + i] = x[at + i] * np.float32(2.0) - np.float32(1.0)
+        for i in range(left + line, out_line):
+            out[o_at + i] = zero
+
+
+# The layer kernels ``run_plan`` calls by address (``table.py``), each with its one signature.
+_F32, _I64, _INT = types.float32[::1], types.int64[::1], types.int64
+POINTWISE = (_I64, _INT, _INT, _F32, _F32, _F32, _F32, _F32, _INT)
+DEPTHWISE = (_I64, _INT, _INT, _F32, _F32, _F32, _F32, _INT)
+STEM = (_I64, _INT, _INT, _F32, _I64, _F32, _F32, _F32, _INT)
+INPUT_ROWS = (_I64, _INT, _INT, _F32, _F32, _INT)
+_call_pointwise = by_address("pointwise_tiles", POINTWISE)
+_call_depthwise = by_address("depthwise_rows", DEPTHWISE)
+_call_stem = by_address("stem_tasks", STEM)
+_call_input = by_address("input_rows", INPUT_ROWS)
+_TABLE: list = []
+
+
+def kernel_table() -> np.ndarray:
+    """The addresses of the layer kernels for ``run_plan``'s ``table`` argument, in the order
+    pointwise, depthwise, stem, input; compiled or loaded from the cache on first use."""
+    if not _TABLE:
+        _TABLE.append(np.array([address(pointwise_tiles, POINTWISE), address(depthwise_rows, DEPTHWISE),
+                                address(stem_tasks, STEM), address(input_rows, INPUT_ROWS)], np.int64))
+    return _TABLE[0]
 
 
 @kernel(inline=True)
@@ -63,65 +96,64 @@ def _operand(x, buffers, at):
 
 
 @kernel(inline=True)
-def _layer(op, x, buffers, weights, biases, taps, n_img, parts, pointwise, depthwise, stem):
-    """One plan row over a whole pass of ``n_img`` images.  The layer kernels are arguments,
-    so that the parallel and the serial runners each compile only their own (compiling both
-    doubled a cold start)."""
+def _tasks(op, n_img):
+    """How many tasks a row's kernel splits into: 6x16 tiles (1x1), output rows (depthwise and
+    the input row), output rows x 16-channel panels (stem)."""
+    kind = op[OP_KIND]
+    if kind == KIND_POINTWISE:
+        return _gemm_tasks(n_img * op[OP_IN_H] * op[OP_IN_W], op[OP_OUT_C])
+    if kind == KIND_DEPTHWISE or kind == KIND_INPUT:
+        return n_img * op[OP_OUT_H]
+    return _stem_tasks(op, n_img)
+
+
+@kernel(inline=True)
+def _row_tasks(op, t0, t1, x, buffers, weights, biases, taps, n_img, table):
+    """Tasks t0..t1-1 of one plan row over a pass of ``n_img`` images, by the row's kernel in
+    ``table`` (``kernel_table``)."""
     src = _operand(x, buffers, op[OP_SRC])
     dst = buffers[op[OP_DST]]
     w = weights[op[OP_W]:op[OP_W] + op[OP_W_LEN]]
     b = biases[op[OP_B]:op[OP_B] + op[OP_B_LEN]]
     kind = op[OP_KIND]
     if kind == KIND_POINTWISE:
-        pointwise(op, src, w, b, _operand(x, buffers, op[OP_RES]), dst, n_img, parts)
-    elif kind == KIND_INPUT:
-        _hub_input_padded(op, src, dst, n_img)
+        _call_pointwise(table[0], (op, t0, t1, src, w, b, _operand(x, buffers, op[OP_RES]), dst, n_img))
     elif kind == KIND_DEPTHWISE:
-        depthwise(op, src, w, b, dst, n_img, parts)
+        _call_depthwise(table[1], (op, t0, t1, src, w, b, dst, n_img))
+    elif kind == KIND_INPUT:
+        _call_input(table[3], (op, t0, t1, src, dst, n_img))
     else:
-        stem(op, src, taps[op[OP_TAPS]:op[OP_TAPS] + op[OP_TAPS_LEN]], w, b, dst, n_img, parts)
+        _call_stem(table[2], (op, t0, t1, src, taps[op[OP_TAPS]:op[OP_TAPS] + op[OP_TAPS_LEN]], w, b, dst, n_img))
 
 
-@kernel(inline=True)
-def _run_serial(x, buffers, plan, weights, biases, taps, n_img):
-    """Every plan row on the calling thread, with the serial kernels."""
-    parts = n_img - n_img + 1     # unused by the serial kernels; not a literal (see ``gemm._all``)
-    for i in range(plan.shape[0]):
-        _layer(plan[i], x, buffers, weights, biases, taps, n_img, parts, pointwise_serial, depthwise_serial,
-               stem_serial)
-
-
-@kernel()
-def run_plan(x, buffers, plan, weights, biases, taps, n_img, parts):
-    """Run the layers of ``plan`` for a pass of ``n_img`` images: layer outputs go to rows of
-    ``buffers``, weights/biases/taps are slices of one flat array each.  One compiled call for
-    the whole network: no interpreter work between layers.  Each layer is split into ``parts``
-    (the thread count) for Numba's threads."""
-    for i in range(plan.shape[0]):
-        _layer(plan[i], x, buffers, weights, biases, taps, n_img, parts, pointwise_parallel, depthwise_parallel,
-               stem_parallel)
-
-
-@kernel()
-def run_plan_serial(x, buffers, plan, weights, biases, taps, n_img, parts):
-    """``run_plan`` on the calling thread alone, without the parallel runtime (``parts``
-    unused)."""
-    _run_serial(x, buffers, plan, weights, biases, taps, n_img)
-
-
-@kernel()
-def run_batch_serial(x, n_img, per_pass, buffers, plan, weights, biases, taps, pooled):
-    """The pooled features of a batch (x flat [N, H, W, 3] -> pooled [N, C]) on the calling
-    thread: passes of ``per_pass`` images through ``run_plan_serial``'s layers, each pass's
-    last output averaged into its rows of ``pooled``.  The whole batch in one compiled call."""
+@kernel(parallel=True)
+def run_plan(x, n_img, per_pass, buffers, plan, weights, biases, taps, parts, pooled, pool, table):
+    """Run the layers of ``plan`` on a batch of ``n_img`` images, x flat [N, H, W, C], in
+    passes of ``per_pass`` images: layer outputs go to rows of ``buffers`` (each pass
+    overwrites the last), weights/biases/taps are slices of one flat array each.  One compiled
+    call for the whole batch: no interpreter work between layers.  ``parts`` > 1: each layer's
+    tasks in ``parts`` contiguous runs for Numba's threads (give the thread count: as a static
+    ``prange`` over the tasks would split them; an argument because a kernel that calls
+    ``numba.get_num_threads`` cannot be cached).  ``pool``: each pass's last output averaged
+    into its rows of ``pooled`` [N, C].  ``table``: the layer kernels (``kernel_table()``)."""
+    first = plan[0]
+    in_size = first[OP_IN_H] * first[OP_IN_W] * first[OP_IN_C]
     last = plan[plan.shape[0] - 1]
-    in_size = plan[0, OP_IN_H] * plan[0, OP_IN_W] * plan[0, OP_IN_C]     # row 0 reads the images
-    pixels = last[OP_OUT_H] * last[OP_OUT_W]
-    chans = last[OP_OUT_C]
     for at in range(0, n_img, per_pass):
         count = min(per_pass, n_img - at)
-        _run_serial(x[at * in_size:(at + count) * in_size], buffers, plan, weights, biases, taps, count)
-        _mean(buffers[last[OP_DST]], count, pixels, chans, pooled[at:at + count])
+        xs = x if count == n_img else x[at * in_size:(at + count) * in_size]
+        for i in range(plan.shape[0]):
+            op = plan[i]
+            tasks = _tasks(op, count)
+            if parts <= 1:
+                _row_tasks(op, tasks - tasks, tasks, xs, buffers, weights, biases, taps, count, table)
+            else:
+                for part in prange(parts):
+                    t0, t1 = _run(tasks, part, parts)
+                    _row_tasks(op, t0, t1, xs, buffers, weights, biases, taps, count, table)
+        if pool:
+            _mean(buffers[last[OP_DST]], count, last[OP_OUT_H] * last[OP_OUT_W], last[OP_OUT_C],
+                  pooled[at:at + count])
 
 
 # --- the pool -------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ the plan the images arrive already inside the stem's zero padding (the input row
 ``plan.py``), so no patch reaches outside; pixels whose patch does touch the padding (the stem
 called on its own, as the tests do) take ``_patch1``, which skips the taps outside the image.
 
-As the other layer kernels, it takes its plan row (``rows.py``) and comes in a parallel and a
-serial form over one compiled task loop.  The slow twin is ``reference.conv2d``.
+As the other layer kernels, it takes its plan row (``rows.py``); ``stem_tasks`` runs a range of
+its tasks on the calling thread (``plan.run_plan`` hands each thread a run), ``stem_parallel``
+splits the layer on its own.  The slow twin is ``reference.conv2d``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from . import simd
-from .gemm import LANES, PANEL, TILE_ROWS, _all, _emit, _fma2, _run, _tile6
+from .gemm import LANES, PANEL, TILE_ROWS, _fma2, _run, _tile6
 from .jit import kernel
 from .rows import (OP_IN_C, OP_IN_H, OP_IN_W, OP_K, OP_OUT_C, OP_OUT_H, OP_OUT_W, OP_PAD_LEFT, OP_PAD_TOP,
                    OP_RELU6, OP_STRIDE, plan_row)
@@ -45,7 +46,7 @@ def _patch1(x, n, iy0, ix0, height, width, c_in, k, w, w_at, b0, b1, out, o_at, 
                 for c in range(c_in):
                     step = w_at + ((dy * k + dx) * c_in + c) * PANEL
                     a0, a1 = _fma2(simd.splat_at(x, at + c), simd.load(w, step), simd.load(w, step + LANES), a0, a1)
-    _emit(out, o_at, a0, a1, columns, relu6, out, False)
+    simd.emit16(out, o_at, a0, a1, columns, relu6, out, False)
 
 
 @kernel(inline=True)
@@ -106,18 +107,11 @@ def stem_tasks(op, t0, t1, x, taps, w, bias, out, n_img):
 def stem_parallel(op, x, taps, w, bias, out, n_img, parts):
     """Full k x k convolution (the stem), x flat [N, H, W, C_in] -> out flat [N, out_h, out_w,
     c_out], ``taps`` from ``stem_taps``: the tasks in ``parts`` contiguous runs, as in
-    ``gemm.pointwise_parallel``."""
+    ``gemm.pointwise_parallel`` (the layer on its own; the engine splits it in ``plan.run_plan``)."""
     tasks = _stem_tasks(op, n_img)
     for part in prange(parts):
         t0, t1 = _run(tasks, part, parts)
         stem_tasks(op, t0, t1, x, taps, w, bias, out, n_img)
-
-
-@kernel()
-def stem_serial(op, x, taps, w, bias, out, n_img, parts):
-    """``stem_parallel`` on the calling thread alone."""
-    t0, t1 = _all(_stem_tasks(op, n_img))
-    stem_tasks(op, t0, t1, x, taps, w, bias, out, n_img)
 
 
 def conv2d(x, w_packed, bias_padded, taps, k, stride, pad_top, pad_left, relu6, out, serial=False):
@@ -125,5 +119,8 @@ def conv2d(x, w_packed, bias_padded, taps, k, stride, pad_top, pad_left, relu6, 
     n_img, height, width, c_in = x.shape
     op = plan_row("conv", k=k, stride=stride, in_hw=(height, width), in_c=c_in, out_hw=out.shape[1:3],
                   out_c=out.shape[3], pad_top=pad_top, pad_left=pad_left, relu6=relu6)
-    layer = stem_serial if serial else stem_parallel
-    layer(op, x.reshape(-1), taps, w_packed, bias_padded, out.reshape(-1), n_img, numba.get_num_threads())
+    if serial:
+        tasks = n_img * out.shape[1] * -(-out.shape[3] // PANEL)
+        stem_tasks(op, 0, tasks, x.reshape(-1), taps, w_packed, bias_padded, out.reshape(-1), n_img)
+    else:
+        stem_parallel(op, x.reshape(-1), taps, w_packed, bias_padded, out.reshape(-1), n_img, numba.get_num_threads())

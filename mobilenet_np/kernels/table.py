@@ -1,0 +1,66 @@
+"""Calling a compiled layer kernel through its address, so that Numba does not compile it twice.
+
+When one Numba function calls another, Numba links the callee's code into the caller's and
+optimises and translates the whole to machine code again.  ``plan.run_plan`` calls the four
+layer kernels from two places (its one-thread loop and the body of its ``prange``, which Numba
+compiles as a function of its own), so the GEMM, depthwise and stem code went through LLVM three
+times: 12 of the engine's 25 s cold compile.
+
+Here ``run_plan`` instead receives a small table of the kernels' machine-code addresses (built
+in Python by ``address``, once per process) and calls them through ``by_address``: an
+``@intrinsic`` that emits an indirect call with Numba's own calling convention.  Each kernel is
+compiled (and cached) once, on its own; ``run_plan`` compiles to a few loops.  The price is one
+indirect call per layer and thread, against the microseconds a layer takes.
+
+The calling convention must match exactly, so each kernel has one declared signature (the
+``SIGNATURE`` beside it in ``plan.py``): ``address`` compiles the kernel for exactly that
+signature, and ``by_address`` refuses, when ``run_plan`` is compiled, a call whose argument
+types differ from it.  A wrong address cannot be caught; the addresses come only from
+``address``.
+"""
+
+from __future__ import annotations
+
+from numba import types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic
+
+
+def address(dispatcher, signature: tuple) -> int:
+    """The machine-code address of ``dispatcher`` compiled for ``signature`` (compiled or
+    loaded from the kernel cache now if it is not yet), in Numba's calling convention."""
+    dispatcher.compile(signature)
+    compiled = dispatcher.overloads[tuple(signature)]
+    return compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+
+
+def by_address(name: str, signature: tuple):
+    """An intrinsic ``call(address, args)`` that calls the kernel at ``address`` (an int64 from
+    ``address(kernel, signature)``) with the tuple ``args``, whose types must be ``signature``."""
+    expected = tuple(signature)
+
+    @intrinsic
+    def call(typingctx, address_type, args):
+        if not isinstance(args, types.BaseTuple):
+            return None
+        if tuple(args.types) != expected:
+            raise TypingError(f"{name} takes {expected}, called with {tuple(args.types)}")
+
+        def codegen(context, builder, sig, llargs):
+            at, packed = llargs
+            values = [builder.extract_value(packed, i) for i in range(len(expected))]
+            conv = context.call_conv
+            fn_type = conv.get_function_type(types.none, list(expected))
+            fn = builder.inttoptr(at, fn_type.as_pointer())
+            ret_type = conv.get_return_type(types.none).pointee
+            ret = cgutils.alloca_once(builder, ret_type)
+            builder.store(cgutils.get_null_value(ret_type), ret)
+            excinfo = cgutils.alloca_once(builder, fn_type.args[1].pointee)
+            flat = list(conv._get_arg_packer(list(expected)).as_arguments(builder, values))
+            builder.call(fn, [ret, excinfo] + flat)      # the kernels never raise: status unused
+            return context.get_dummy_value()
+        return types.void(types.int64, args), codegen
+
+    call.__name__ = f"call_{name}"
+    return call
