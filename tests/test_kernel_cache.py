@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +232,21 @@ def test_warm_up_covers_the_integer_kernels(tmp_path):
     assert "int8-per-channel (2, 5)" in after.stdout and "uint8-per-tensor (2, 5)" in after.stdout, after.stdout
     ran, compiled = (int(n) for n in after.stdout.split("integer kernels run ")[1].split(" compiled "))
     assert ran >= 3 and compiled == 0, after.stdout
+
+
+def test_folders_unused_for_30_days_are_pruned(tmp_path):
+    """Each edit or version of the kernels gets its own digest folder; importing the package
+    removes the ones no process has used for 30 days and keeps recent ones and other files."""
+    kernels = tmp_path / "home" / "kernels"
+    old, recent, other = kernels / "0123456789abcdef", kernels / "fedcba9876543210", kernels / "notes"
+    for folder in (old, recent, other):
+        folder.mkdir(parents=True)
+        (folder / "x.nbi").write_bytes(b"x")
+    (old / ".used").touch()
+    long_ago = time.time() - 31 * 86400
+    os.utime(old / ".used", (long_ago, long_ago))
+    os.utime(other, (long_ago, long_ago))
+    _run("import mobilenet_np.kernels.jit", tmp_path / "home")
+    assert not old.exists()
+    assert recent.exists() and other.exists()
+    assert sum(1 for p in kernels.iterdir() if (p / ".used").exists()) == 1     # the current folder

@@ -16,6 +16,8 @@ can crash the process; the digest makes a changed source a different folder.
   the read-modify-write of an index runs under a file lock, so that two processes never give
   one data file to two signatures.
 
+* Old folders: a folder that no process has used for 30 days (``prune``) is removed when the
+  package is imported.
 * Complete for this CPU: a ``ready-<cpu>-<digest>`` marker file, written once every entry point
   of the engine is in (``forward/tiered.py`` checks it to decide whether to start tiered).
 
@@ -64,11 +66,43 @@ def usable_folder() -> Path | None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()
+        (folder / USED).touch()
     except OSError as e:
         log.warning("mobilenet-np: kernel cache folder %s is not writable (%s); compiling without a cache "
                     "(set MOBILENET_NP_HOME to a writable folder)", folder, e.strerror or e)
         return None
+    prune(folder)
     return folder
+
+
+USED = ".used"            # touched by every process that uses a folder
+PRUNE_DAYS = 30
+
+
+def prune(current: Path, days: float = PRUNE_DAYS) -> list[Path]:
+    """Remove the other digest folders beside ``current`` that no process has used for ``days``
+    (each version or edit of the kernels gets a folder of a few MB; without this they pile up).
+    A folder in use by another install is touched by every process using it, so it stays.
+    Errors are ignored: a folder that cannot be removed now is tried again next time."""
+    import shutil
+    import time
+    cutoff = time.time() - days * 86400
+    removed = []
+    try:
+        siblings = [p for p in current.parent.iterdir()
+                    if p != current and p.is_dir() and len(p.name) == 16 and all(c in "0123456789abcdef" for c in p.name)]
+    except OSError:
+        return removed
+    for folder in siblings:
+        stamp = folder / USED
+        try:
+            used = (stamp if stamp.exists() else folder).stat().st_mtime
+        except OSError:
+            continue
+        if used < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 class _Locator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
