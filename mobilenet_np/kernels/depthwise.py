@@ -24,20 +24,6 @@ from .rows import OP_IN_C, OP_IN_H, OP_IN_W, OP_OUT_H, OP_OUT_W, OP_PAD_LEFT, OP
 
 
 @kernel(inline=True)
-def _tap_row(w, dy, chans, c):
-    """The weights of tap row dy (dx = 0, 1, 2) for channels c..c+7."""
-    return (simd.load(w, (dy * 3) * chans + c), simd.load(w, (dy * 3 + 1) * chans + c),
-            simd.load(w, (dy * 3 + 2) * chans + c))
-
-
-@kernel(inline=True)
-def _feed3(x, wa, wb, wc, left, mid, right):
-    """Stride 1: an input column is the last tap (wc) of the pixel two to its left, the middle
-    one (wb) of its left neighbour and the first one (wa) of its own pixel."""
-    return simd.fma(x, wc, left), simd.fma(x, wb, mid), simd.fma(x, wa, right)
-
-
-@kernel(inline=True)
 def _tile4(xf, at, ix0, width, chans, line, stride, w, c, dy0, dy1, b, checked):
     """Four adjacent output pixels of one row, channels c..c+7: each sums its bias, then its taps
     in (dy, dx) order over the tap rows dy0..dy1-1 that lie inside the image.  Each input column
@@ -46,15 +32,15 @@ def _tile4(xf, at, ix0, width, chans, line, stride, w, c, dy0, dy1, b, checked):
     a0 = a1 = a2 = a3 = b
     for dy in range(dy0, dy1):
         r = at + dy * line
-        wa, wb, wc = _tap_row(w, dy, chans, c)
+        wa, wb, wc = simd.load3(w, dy * 3 * chans + c, chans)
         x = simd.load_inside(xf, r, ix0, width, checked)
         a0 = simd.fma(x, wa, a0)
         if stride == 1:
             x = simd.load_inside(xf, r + chans, ix0 + 1, width, checked)
             a0 = simd.fma(x, wb, a0)
             a1 = simd.fma(x, wa, a1)
-            a0, a1, a2 = _feed3(simd.load_inside(xf, r + 2 * chans, ix0 + 2, width, checked), wa, wb, wc, a0, a1, a2)
-            a1, a2, a3 = _feed3(simd.load_inside(xf, r + 3 * chans, ix0 + 3, width, checked), wa, wb, wc, a1, a2, a3)
+            a0, a1, a2 = simd.feed3(simd.load_inside(xf, r + 2 * chans, ix0 + 2, width, checked), wa, wb, wc, a0, a1, a2)
+            a1, a2, a3 = simd.feed3(simd.load_inside(xf, r + 3 * chans, ix0 + 3, width, checked), wa, wb, wc, a1, a2, a3)
             x = simd.load_inside(xf, r + 4 * chans, ix0 + 4, width, checked)
             a2 = simd.fma(x, wc, a2)
             a3 = simd.fma(x, wb, a3)
@@ -88,17 +74,17 @@ def _tile8(xf, at, ix0, width, chans, line, w, c, dy0, dy1, b, checked):
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = b
     for dy in range(dy0, dy1):
         r = at + dy * line
-        wa, wb, wc = _tap_row(w, dy, chans, c)
+        wa, wb, wc = simd.load3(w, dy * 3 * chans + c, chans)
         a0 = simd.fma(simd.load_inside(xf, r, ix0, width, checked), wa, a0)
         x = simd.load_inside(xf, r + chans, ix0 + 1, width, checked)
         a0 = simd.fma(x, wb, a0)
         a1 = simd.fma(x, wa, a1)
-        a0, a1, a2 = _feed3(simd.load_inside(xf, r + 2 * chans, ix0 + 2, width, checked), wa, wb, wc, a0, a1, a2)
-        a1, a2, a3 = _feed3(simd.load_inside(xf, r + 3 * chans, ix0 + 3, width, checked), wa, wb, wc, a1, a2, a3)
-        a2, a3, a4 = _feed3(simd.load_inside(xf, r + 4 * chans, ix0 + 4, width, checked), wa, wb, wc, a2, a3, a4)
-        a3, a4, a5 = _feed3(simd.load_inside(xf, r + 5 * chans, ix0 + 5, width, checked), wa, wb, wc, a3, a4, a5)
-        a4, a5, a6 = _feed3(simd.load_inside(xf, r + 6 * chans, ix0 + 6, width, checked), wa, wb, wc, a4, a5, a6)
-        a5, a6, a7 = _feed3(simd.load_inside(xf, r + 7 * chans, ix0 + 7, width, checked), wa, wb, wc, a5, a6, a7)
+        a0, a1, a2 = simd.feed3(simd.load_inside(xf, r + 2 * chans, ix0 + 2, width, checked), wa, wb, wc, a0, a1, a2)
+        a1, a2, a3 = simd.feed3(simd.load_inside(xf, r + 3 * chans, ix0 + 3, width, checked), wa, wb, wc, a1, a2, a3)
+        a2, a3, a4 = simd.feed3(simd.load_inside(xf, r + 4 * chans, ix0 + 4, width, checked), wa, wb, wc, a2, a3, a4)
+        a3, a4, a5 = simd.feed3(simd.load_inside(xf, r + 5 * chans, ix0 + 5, width, checked), wa, wb, wc, a3, a4, a5)
+        a4, a5, a6 = simd.feed3(simd.load_inside(xf, r + 6 * chans, ix0 + 6, width, checked), wa, wb, wc, a4, a5, a6)
+        a5, a6, a7 = simd.feed3(simd.load_inside(xf, r + 7 * chans, ix0 + 7, width, checked), wa, wb, wc, a5, a6, a7)
         x = simd.load_inside(xf, r + 8 * chans, ix0 + 8, width, checked)
         a6 = simd.fma(x, wc, a6)
         a7 = simd.fma(x, wb, a7)

@@ -60,12 +60,6 @@ def _run(tasks, part, parts):
 # --- the GEMM micro-kernel -----------------------------------------------------------------
 
 @kernel(inline=True)
-def _fma2(v, w0, w1, lo, hi):
-    """One input value (splat) times one 16-column weight row, into one pixel's two vectors."""
-    return simd.fma(v, w0, lo), simd.fma(v, w1, hi)
-
-
-@kernel(inline=True)
 def _tile6(x, x_at, row_step, taps, c_in, w, w_at, b0, b1, out, o_at, c_out, columns, relu6, residual,
            add_residual):
     """Six pixels x one 16-column panel (weights at w_at), summed over c_in steps.
@@ -80,12 +74,12 @@ def _tile6(x, x_at, row_step, taps, c_in, w, w_at, b0, b1, out, o_at, c_out, col
         w0 = simd.load(w, w_at + k * PANEL)
         w1 = simd.load(w, w_at + k * PANEL + LANES)
         at = x_at + (k if dense else taps[k])
-        a00, a01 = _fma2(simd.splat_at(x, at), w0, w1, a00, a01)
-        a10, a11 = _fma2(simd.splat_at(x, at + row_step), w0, w1, a10, a11)
-        a20, a21 = _fma2(simd.splat_at(x, at + 2 * row_step), w0, w1, a20, a21)
-        a30, a31 = _fma2(simd.splat_at(x, at + 3 * row_step), w0, w1, a30, a31)
-        a40, a41 = _fma2(simd.splat_at(x, at + 4 * row_step), w0, w1, a40, a41)
-        a50, a51 = _fma2(simd.splat_at(x, at + 5 * row_step), w0, w1, a50, a51)
+        a00, a01 = simd.fma2(simd.splat_at(x, at), w0, w1, a00, a01)
+        a10, a11 = simd.fma2(simd.splat_at(x, at + row_step), w0, w1, a10, a11)
+        a20, a21 = simd.fma2(simd.splat_at(x, at + 2 * row_step), w0, w1, a20, a21)
+        a30, a31 = simd.fma2(simd.splat_at(x, at + 3 * row_step), w0, w1, a30, a31)
+        a40, a41 = simd.fma2(simd.splat_at(x, at + 4 * row_step), w0, w1, a40, a41)
+        a50, a51 = simd.fma2(simd.splat_at(x, at + 5 * row_step), w0, w1, a50, a51)
     simd.emit16(out, o_at, a00, a01, columns, relu6, residual, add_residual)
     simd.emit16(out, o_at + c_out, a10, a11, columns, relu6, residual, add_residual)
     simd.emit16(out, o_at + 2 * c_out, a20, a21, columns, relu6, residual, add_residual)
@@ -100,7 +94,7 @@ def _tile1(x, x_at, c_in, w, w_at, b0, b1, out, o_at, columns, relu6, residual, 
     a0 = b0
     a1 = b1
     for k in range(c_in):
-        a0, a1 = _fma2(simd.splat_at(x, x_at + k), simd.load(w, w_at + k * PANEL),
+        a0, a1 = simd.fma2(simd.splat_at(x, x_at + k), simd.load(w, w_at + k * PANEL),
                        simd.load(w, w_at + k * PANEL + LANES), a0, a1)
     simd.emit16(out, o_at, a0, a1, columns, relu6, residual, add_residual)
 
@@ -123,14 +117,14 @@ def _tile3w(x, x_at, c_in, w, w_at, bias, c0, out, o_at, c_out, relu6, residual,
         w2 = simd.load(w, at + next_panel)
         w3 = simd.load(w, at + next_panel + LANES)
         v = simd.splat_at(x, x_at + k)
-        a00, a01 = _fma2(v, w0, w1, a00, a01)
-        a02, a03 = _fma2(v, w2, w3, a02, a03)
+        a00, a01 = simd.fma2(v, w0, w1, a00, a01)
+        a02, a03 = simd.fma2(v, w2, w3, a02, a03)
         v = simd.splat_at(x, x_at + c_in + k)
-        a10, a11 = _fma2(v, w0, w1, a10, a11)
-        a12, a13 = _fma2(v, w2, w3, a12, a13)
+        a10, a11 = simd.fma2(v, w0, w1, a10, a11)
+        a12, a13 = simd.fma2(v, w2, w3, a12, a13)
         v = simd.splat_at(x, x_at + 2 * c_in + k)
-        a20, a21 = _fma2(v, w0, w1, a20, a21)
-        a22, a23 = _fma2(v, w2, w3, a22, a23)
+        a20, a21 = simd.fma2(v, w0, w1, a20, a21)
+        a22, a23 = simd.fma2(v, w2, w3, a22, a23)
     columns = min(PANEL, c_out - c0 - PANEL)
     simd.emit16(out, o_at, a00, a01, PANEL, relu6, residual, add_residual)
     simd.emit16(out, o_at + PANEL, a02, a03, columns, relu6, residual, add_residual)

@@ -246,6 +246,52 @@ def fma(typingctx, a, b, c):
     return f32x8(f32x8, f32x8, f32x8), codegen
 
 
+def _fmas(builder, pairs):
+    return [_llvm_call(builder, "llvm.fma.v8f32", list(p)) for p in pairs]
+
+
+@intrinsic
+def fma2(typingctx, v, w0, w1, lo, hi):
+    """(v * w0 + lo, v * w1 + hi): one input value times a 16-column weight row, into one
+    pixel's two accumulators (the GEMM's step).  This and ``feed3``/``load3`` are intrinsics
+    rather than inlined helpers for the compile time only (see ``emit16``)."""
+    def codegen(context, builder, sig, args):
+        v_, w0_, w1_, lo_, hi_ = args
+        return context.make_tuple(builder, sig.return_type, _fmas(builder, [(v_, w0_, lo_), (v_, w1_, hi_)]))
+    return types.UniTuple(f32x8, 2)(f32x8, f32x8, f32x8, f32x8, f32x8), codegen
+
+
+@intrinsic
+def feed3(typingctx, x, wa, wb, wc, left, mid, right):
+    """(x * wc + left, x * wb + mid, x * wa + right): at stride 1 a depthwise input column is
+    the last tap of the pixel two to its left, the middle one of its left neighbour and the
+    first of its own pixel."""
+    def codegen(context, builder, sig, args):
+        x_, wa_, wb_, wc_, left_, mid_, right_ = args
+        sums = _fmas(builder, [(x_, wc_, left_), (x_, wb_, mid_), (x_, wa_, right_)])
+        return context.make_tuple(builder, sig.return_type, sums)
+    return types.UniTuple(f32x8, 3)(f32x8, f32x8, f32x8, f32x8, f32x8, f32x8, f32x8), codegen
+
+
+@intrinsic
+def load3(typingctx, array, index, step):
+    """(array[index:index+8], array[index+step:...], array[index+2*step:...]): a depthwise tap
+    row's three weight vectors."""
+    if not _is_flat_f32(array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arr, at, step_ = args
+        at = context.cast(builder, at, sig.args[1], types.intp)
+        step_ = context.cast(builder, step_, sig.args[2], types.intp)
+        loads = []
+        for k in range(3):
+            i = builder.add(at, builder.mul(step_, ir.Constant(at.type, k)))
+            loads.append(builder.load(_vector_pointer(context, builder, sig.args[0], arr, i), align=4))
+        return context.make_tuple(builder, sig.return_type, loads)
+    return types.UniTuple(f32x8, 3)(array, types.intp, types.intp), codegen
+
+
 @intrinsic
 def add(typingctx, a, b):
     """a + b in every lane."""

@@ -18,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from . import simd
-from .gemm import LANES, PANEL, TILE_ROWS, _fma2, _run, _tile6
+from .gemm import LANES, PANEL, TILE_ROWS, _run, _tile6
 from .jit import kernel
 from .rows import (OP_IN_C, OP_IN_H, OP_IN_W, OP_K, OP_OUT_C, OP_OUT_H, OP_OUT_W, OP_PAD_LEFT, OP_PAD_TOP,
                    OP_RELU6, OP_STRIDE, plan_row)
@@ -45,7 +45,7 @@ def _patch1(x, n, iy0, ix0, height, width, c_in, k, w, w_at, b0, b1, out, o_at, 
                 at = ((n * height + iy) * width + ix) * c_in
                 for c in range(c_in):
                     step = w_at + ((dy * k + dx) * c_in + c) * PANEL
-                    a0, a1 = _fma2(simd.splat_at(x, at + c), simd.load(w, step), simd.load(w, step + LANES), a0, a1)
+                    a0, a1 = simd.fma2(simd.splat_at(x, at + c), simd.load(w, step), simd.load(w, step + LANES), a0, a1)
     simd.emit16(out, o_at, a0, a1, columns, relu6, out, False)
 
 
