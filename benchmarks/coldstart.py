@@ -114,12 +114,13 @@ def cli_embed(h5: Path, image: Path, home, threads: int, out_dir: Path, **extra)
 
 
 COMPILE = r"""
-import json, time
+import json, sys, time
 from numba.core import event
 from mobilenet_np.forward.tiered import fill_cache
+from mobilenet_np.quantized_model import warm_up_integer_kernels
 stack, own, total = [], {}, {}
 with event.install_recorder("numba:compile") as rec:
-    fill_cache()
+    fill_cache() if sys.argv[1] == "float" else warm_up_integer_kernels()
 for stamp, ev in rec.buffer:          # inclusive and own (minus nested compiles) seconds per function
     name = ev.data["dispatcher"].py_func.__qualname__
     name = ev.data["dispatcher"].py_func.__module__.rsplit(".", 1)[-1] + "." + name
@@ -135,9 +136,10 @@ print(json.dumps({"own": own, "inclusive": total}))
 """
 
 
-def total_compile(home) -> dict:
-    """``mobilenet-np warmup``'s work into an empty cache, with Numba's compile events recorded."""
-    wall, cpu, out, _ = _timed([sys.executable, "-c", COMPILE], _env(home, 2, MOBILENET_NP_QUIET="1"))
+def total_compile(home, kind: str = "float") -> dict:
+    """``mobilenet-np warmup``'s work into an empty cache, with Numba's compile events recorded:
+    the float engine (``kind="float"``) or the integer kernels of quantized models ("integer")."""
+    wall, cpu, out, _ = _timed([sys.executable, "-c", COMPILE, kind], _env(home, 2, MOBILENET_NP_QUIET="1"))
     return {"wall_s": wall, "cpu_s": cpu, **_json(out)}
 
 
@@ -300,6 +302,7 @@ def measure(keys, quick: bool, folder: Path) -> dict:
                                                        peer_first(engine, files[key][engine], files[key]["size"]))
     warm_home = next(fresh)
     results["compile"] = note("total compile", total_compile(warm_home))
+    results["compile_integer"] = note("integer compile", total_compile(next(fresh), "integer"))
     first_key = keys[0]
     h5 = files[first_key]["h5"]
     runs = 1 if quick else 5
@@ -346,14 +349,19 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
         key, engine = name.split(" ")
         lines.append(f"| {label[key]} {engine} | error: {r['error']} |" if "error" in r
                      else _row(f"{label[key]} {engine}", r, cols[:5]))
-    c = results["compile"]
+    c, ci = results["compile"], results.get("compile_integer")
     lines += ["", "## Total compile, warm start, switch", "",
-              f"- Total compile (`mobilenet-np warmup` into an empty cache): {c['wall_s']:.1f} s wall, "
-              f"{c['cpu_s']:.1f} CPU-s (user + system, the process and its children).  Wall seconds of "
-              "Numba's compile events per function, own (minus the compiles nested in it) and inclusive:", "",
-              "| function | own s | inclusive s |", "|---|---|---|",
-              *(f"| {f} | {c['own'][f]:.1f} | {c['inclusive'][f]:.1f} |"
-                for f in sorted(c["own"], key=c["own"].get, reverse=True) if c["own"][f] >= 0.05), ""]
+              f"- Total compile of the float engine (`mobilenet-np warmup`'s float part, into an empty cache): "
+              f"{c['wall_s']:.1f} s wall, {c['cpu_s']:.1f} CPU-s (user + system, the process and its children, "
+              "import included)."]
+    if ci:
+        lines.append(f"- The integer kernels of quantized models (the rest of `mobilenet-np warmup`, compiled "
+                     f"only when a quantized model is used), into another empty cache: {ci['wall_s']:.1f} s wall, "
+                     f"{ci['cpu_s']:.1f} CPU-s.  Together: {c['cpu_s'] + ci['cpu_s']:.1f} CPU-s.")
+    lines += ["", "Wall seconds of Numba's compile events per function, own (minus the compiles nested in it) "
+              "and inclusive:", "", "| function | own s | inclusive s |", "|---|---|---|",
+              *(f"| {f} | {r['own'][f]:.1f} | {r['inclusive'][f]:.1f} |" for r in (c, ci or {"own": {}})
+                for f in sorted(r["own"], key=r["own"].get, reverse=True) if r["own"][f] >= 0.05), ""]
     if results.get("switch"):
         s = results["switch"]
         lines.append(f"- Switch (cold Python process, {label[results['models'][0]]}, 1T): first result after "
