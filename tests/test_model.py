@@ -194,7 +194,7 @@ def test_chooser_takes_the_faster_way_and_tries_the_other_again():
 
 @pytest.mark.parametrize("fast", [0, 1, 2])
 def test_adaptive_small_batches_give_the_same_features_every_way(rng, monkeypatch, fast):
-    """Small batches on 2 threads split each layer (way 0), run on the calling thread (way 1) or
+    """Small batches on 2 threads run on the calling thread (way 0), split each layer (way 1) or
     share the images out to worker threads (way 2), whichever has been faster lately: make one
     look fast and the others slow, and the model must take it and still give the 1-thread
     features exactly."""
@@ -210,7 +210,7 @@ def test_adaptive_small_batches_give_the_same_features_every_way(rng, monkeypatc
 
     def timed(geo, x, start, stop, chunk, out, parallel, threads):
         worker = threading.current_thread() is not threading.main_thread()
-        way = 0 if parallel else 2 if worker else 1
+        way = 1 if parallel else 2 if worker else 0
         clock.now += 0.001 if way == fast else 1.0
         return real(geo, x, start, stop, chunk, out, parallel, threads)
 

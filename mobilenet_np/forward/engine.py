@@ -193,11 +193,14 @@ class NumbaBackend:
         if threads > 1 and n >= PARALLEL_SHARES_FROM * threads:
             self._features_shared(geo, x, chunk, out, threads)
         elif threads > 1 and self.adaptive:
-            # Each layer split over the threads, the whole batch on this thread, or (from one
+            # The whole batch on this thread, each layer split over the threads, or (from one
             # image per thread) the images shared out: whichever has been faster lately
-            # (``choice.py``; the split loses badly when a core is busy).
-            ways = (lambda: self._features_into(geo, x, 0, n, chunk, out, True, threads),
-                    lambda: self._features_into(geo, x, 0, n, chunk, out, False, 1),
+            # (``choice.py``; the split loses badly when a core is busy).  The calling thread
+            # comes first, so that a process's first call starts no thread pool: the first
+            # split calls took 0.4 s each for V2 0.5/96 with OpenMP's spinning workers and
+            # another process busy, against ~2 ms on one thread.
+            ways = (lambda: self._features_into(geo, x, 0, n, chunk, out, False, 1),
+                    lambda: self._features_into(geo, x, 0, n, chunk, out, True, threads),
                     lambda: self._features_shared(geo, x, chunk, out, threads))
             self._choice.run((geo[0].in_hw, n, threads), ways if n >= threads else ways[:2])
         else:

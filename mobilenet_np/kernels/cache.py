@@ -135,10 +135,24 @@ class KernelCache(caching.FunctionCache):
 
     def load_overload(self, sig, target_context):
         try:
+            return self._load_without_refresh(sig, target_context)
+        except Exception:          # noqa: BLE001 - then the way Numba does it, which can tell a damaged file
+            pass
+        try:
             return super().load_overload(sig, target_context)
         except Exception as e:     # unpickling a damaged file can raise almost anything
             self._drop(f"could not be read ({type(e).__name__}: {e})")
             return None
+
+    def _load_without_refresh(self, sig, target_context):
+        """Numba's ``load_overload`` without its ``target_context.refresh()``: that imports every
+        typing and lowering module Numba has (~1 s, the largest part of a warm start), which
+        only compiling needs, and Numba's compiler refreshes by itself before it compiles.
+        Loading machine code needs only the runtime's symbols, registered here."""
+        from numba.core.runtime import rtsys
+        rtsys.initialize(target_context)
+        with self._guard_against_spurious_io_errors():
+            return self._load_overload(sig, target_context)
 
     def save_overload(self, sig, data):
         try:
