@@ -19,7 +19,7 @@ import numpy as np
 from numba import prange
 
 from . import integer_simd as iv
-from .integer_gemm import ROUNDINGS, parts, requantized
+from .integer_gemm import ROUNDINGS, parts
 from .jit import kernel
 
 LANES = 8
@@ -80,7 +80,7 @@ def _pixel_border3(x, n, h, w_in, c, c8, wts, zpw, iy0, ix0, c0):
     return acc
 
 
-@kernel(inline=True)
+@kernel()
 def _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, count):
     """The sums of one output pixel's channels c0..c0+7 whose window starts at (iy0, ix0), taps
     outside the image adding zp * w, the channels loaded lane by lane when fewer than 8 remain."""
@@ -97,8 +97,8 @@ def _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, count):
     return acc
 
 
-@kernel(inline=True)
-def _rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
+@kernel()
+def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
           zero_point, lo, hi, out):
     """Output rows (image, row) r0..r1-1 of out [n, out_h, out_w, c] (flat bytes) from x [n, h, w_in, c] (flat bytes), SAME/VALID
     padding given by ``top``/``left``; ``wts`` centred [k, k, C8], ``zpw`` = zp * wts, ``params``
@@ -137,7 +137,7 @@ def _rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, p
                 acc = iv.mul_add(acc, iv.load_bytes_widened(x, a), iv.load_widened(wts, 6 * c8 + c0))
                 acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + c), iv.load_widened(wts, 7 * c8 + c0))
                 acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + 2 * c), iv.load_widened(wts, 8 * c8 + c0))
-                iv.store_bytes(out, o_row + c0, requantized(acc, params, scales, rounding, c0, zero_point, lo, hi))
+                iv.store_bytes(out, o_row + c0, iv.requantized(acc, params, scales, rounding, c0, zero_point, lo, hi))
             if full < c:
                 _tail(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, full, params, scales, rounding, zero_point,
                       lo, hi, out, o_row)
@@ -151,18 +151,18 @@ def _rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, p
                     acc = _pixel_border3(x, n, h, w_in, c, c8, wts, zpw, iy0, ix0, c0)
                 else:
                     acc = _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, 8)
-                iv.store_bytes(out, o_row + c0, requantized(acc, params, scales, rounding, c0, zero_point, lo, hi))
+                iv.store_bytes(out, o_row + c0, iv.requantized(acc, params, scales, rounding, c0, zero_point, lo, hi))
             if full < c:
                 _tail(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, full, params, scales, rounding, zero_point,
                       lo, hi, out, o_row)
 
 
-@kernel(inline=True)
+@kernel()
 def _tail(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, params, scales, rounding, zero_point, lo, hi, out, o_row):
     """The last group of fewer than eight channels of one pixel, lane by lane."""
     count = c - c0
     acc = _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, count)
-    r = requantized(acc, params, scales, rounding, c0, zero_point, lo, hi)
+    r = iv.requantized(acc, params, scales, rounding, c0, zero_point, lo, hi)
     for j in range(count):
         out[o_row + c0 + j] = iv.extract(r, j)
 
@@ -171,15 +171,8 @@ def _tail(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, params, scales, round
 def depthwise_parallel(x, rows, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
                        zero_point, lo, hi, out, parts):
     for part in prange(parts):
-        _rows(x, part * rows // parts, (part + 1) * rows // parts, h, w_in, c, wts, zpw, k, stride, top, left,
-              out_h, out_w, params, scales, rounding, zero_point, lo, hi, out)
-
-
-@kernel()
-def depthwise_serial(x, rows, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
-                     zero_point, lo, hi, out, parts):
-    _rows(x, 0, rows, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
-          zero_point, lo, hi, out)
+        depthwise_rows(x, part * rows // parts, (part + 1) * rows // parts, h, w_in, c, wts, zpw, k, stride, top, left,
+                       out_h, out_w, params, scales, rounding, zero_point, lo, hi, out)
 
 
 def depthwise_conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, out_zero_point, clamp, out,
@@ -192,8 +185,10 @@ def depthwise_conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, ou
     params, zpw = folded if folded is not None else fold_zero_point(packed, params, k, x_zero_point)
     scales = np.zeros(params.shape[1], np.float32) if scales is None else scales
     threads = parts(n * out_hw[0] * out_hw[1] * c * k * k)
-    (depthwise_serial if threads == 1 else depthwise_parallel)(
-        np.ascontiguousarray(x).reshape(-1), n * out_hw[0], h, w, c, packed, zpw, k, stride, pad[0], pad[2],
-        out_hw[0], out_hw[1], params, scales, ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1],
-        out.reshape(-1), threads)
+    args = (np.ascontiguousarray(x).reshape(-1), h, w, c, packed, zpw, k, stride, pad[0], pad[2], out_hw[0],
+            out_hw[1], params, scales, ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1], out.reshape(-1))
+    if threads == 1:
+        depthwise_rows(args[0], 0, n * out_hw[0], *args[1:])
+    else:
+        depthwise_parallel(args[0], n * out_hw[0], *args[1:], threads)
     return out

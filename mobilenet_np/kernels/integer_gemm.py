@@ -31,7 +31,6 @@ import numpy as np
 from numba import prange
 
 from . import integer_simd as iv
-from . import simd
 from .jit import kernel
 
 PANEL = 16            # output channels per tile: two vectors of 8 int32 sums
@@ -49,27 +48,9 @@ def pack_pairs(w: np.ndarray, zero_point) -> np.ndarray:
     return np.ascontiguousarray(blocks).reshape(-1)
 
 
-# How sums become output bytes: TFLite's reference kernels, its optimized kernels (ties of the
-# rounding shift go up), or XNNPACK (float32 scale, ties to even).  See forward/quantized.py.
-REFERENCE, OPTIMIZED, XNNPACK = 0, 1, 2
+# How sums become output bytes (see forward/quantized.py and ``integer_simd.requantized``).
+REFERENCE, OPTIMIZED, XNNPACK = iv.REFERENCE, iv.OPTIMIZED, iv.XNNPACK
 ROUNDINGS = {"reference": REFERENCE, "optimized": OPTIMIZED, "xnnpack": XNNPACK}
-
-
-@kernel(inline=True)
-def requantized(v, params, scales, rounding, c, zero_point, lo, hi):
-    """Eight sums of channels c..c+7 requantized to output values (int32 lanes, in the type's range).
-    ``params`` rows: bias, multiplier, left shift, right shift (int32, padded to whole panels);
-    ``scales``: XNNPACK's float32 scale per channel (padded too)."""
-    if rounding == XNNPACK:
-        return iv.requantize_fp32(v, iv.load(params[0], c), simd.load(scales, c), zero_point, lo, hi)
-    return iv.requantize(v, iv.load(params[0], c), iv.load(params[1], c), iv.load(params[2], c),
-                         iv.load(params[3], c), zero_point, lo, hi, 1 if rounding == REFERENCE else 0)
-
-
-@kernel(inline=True)
-def emit_bytes(v, params, scales, rounding, c, zero_point, lo, hi, out, at):
-    """Requantize eight sums of channels c..c+7 and store them as bytes at out[at:at + 8]."""
-    iv.store_bytes(out, at, requantized(v, params, scales, rounding, c, zero_point, lo, hi))
 
 
 @kernel(inline=True)
@@ -99,14 +80,14 @@ def _tile4(x, x_at, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi
         p = iv.splat_pair(x, x_at + 3 * kp + 2 * q)
         a3 = iv.madd(a3, p, wa)
         b3 = iv.madd(b3, p, wb)
-    emit_bytes(a0, params, scales, rounding, c, zero_point, lo, hi, out, o_at)
-    emit_bytes(b0, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 8)
-    emit_bytes(a1, params, scales, rounding, c, zero_point, lo, hi, out, o_at + row)
-    emit_bytes(b1, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + row + 8)
-    emit_bytes(a2, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 2 * row)
-    emit_bytes(b2, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 2 * row + 8)
-    emit_bytes(a3, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 3 * row)
-    emit_bytes(b3, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 3 * row + 8)
+    iv.store_bytes(out, o_at, iv.requantized(a0, params, scales, rounding, c, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + 8, iv.requantized(b0, params, scales, rounding, c + 8, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + row, iv.requantized(a1, params, scales, rounding, c, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + row + 8, iv.requantized(b1, params, scales, rounding, c + 8, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + 2 * row, iv.requantized(a2, params, scales, rounding, c, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + 2 * row + 8, iv.requantized(b2, params, scales, rounding, c + 8, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + 3 * row, iv.requantized(a3, params, scales, rounding, c, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + 3 * row + 8, iv.requantized(b3, params, scales, rounding, c + 8, zero_point, lo, hi))
 
 
 @kernel(inline=True)
@@ -118,12 +99,12 @@ def _tile1(x, x_at, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi
         p = iv.splat_pair(x, x_at + 2 * q)
         a = iv.madd(a, p, iv.load_pairs(w, w_at + 32 * q))
         b = iv.madd(b, p, iv.load_pairs(w, w_at + 32 * q + 16))
-    emit_bytes(a, params, scales, rounding, c, zero_point, lo, hi, out, o_at)
-    emit_bytes(b, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 8)
+    iv.store_bytes(out, o_at, iv.requantized(a, params, scales, rounding, c, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + 8, iv.requantized(b, params, scales, rounding, c + 8, zero_point, lo, hi))
 
 
-@kernel(inline=True)
-def _centre(x, p0, p1, c_in, zero_point, kp, out):
+@kernel()
+def centre_rows(x, p0, p1, c_in, zero_point, kp, out):
     """out [pixels, kp] int16 = x [pixels, C_in] - zero_point (flat arrays) for pixels p0..p1-1;
     an odd C_in's extra column is left as the caller made it (zero)."""
     for p in range(p0, p1):
@@ -131,8 +112,8 @@ def _centre(x, p0, p1, c_in, zero_point, kp, out):
             out[p * kp + k] = np.int16(x[p * c_in + k]) - zero_point
 
 
-@kernel(inline=True)
-def _gather(x, r0, r1, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out):
+@kernel()
+def gather_rows(x, r0, r1, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out):
     """out [n * out_h * out_w, kp] for output rows (image, row) r0..r1-1: each output pixel's
     k x k x C input patch less ``sub`` (rows dy, then dx, then C: TFLite's OHWI order), ``fill``
     in the padding and the extra column -- int16 centred values (sub = zp, fill = 0) or the
@@ -170,8 +151,8 @@ def _gather(x, r0, r1, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, k
 CHUNK = 32            # pixels per GEMM task
 
 
-@kernel(inline=True)
-def _gemm(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
+@kernel()
+def gemm_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
     """out [pixels, panels * 16] (bytes, flat) = requantized (centred x [pixels, kp] times the
     panels), for tasks t0..t1-1: task t is (up to 32 pixels) x (one panel), the chunk outermost."""
     row = panels * PANEL
@@ -193,38 +174,22 @@ def _gemm(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point
 @kernel(parallel=True)
 def centre_parallel(x, pixels, c_in, zero_point, kp, out, parts):
     for part in prange(parts):
-        _centre(x, part * pixels // parts, (part + 1) * pixels // parts, c_in, zero_point, kp, out)
-
-
-@kernel()
-def centre_serial(x, pixels, c_in, zero_point, kp, out, parts):
-    _centre(x, 0, pixels, c_in, zero_point, kp, out)
+        centre_rows(x, part * pixels // parts, (part + 1) * pixels // parts, c_in, zero_point, kp, out)
 
 
 @kernel(parallel=True)
 def gather_parallel(x, rows, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out, parts):
     for part in prange(parts):
-        _gather(x, part * rows // parts, (part + 1) * rows // parts, h, w, c, sub, fill, k, stride, top, left,
+        gather_rows(x, part * rows // parts, (part + 1) * rows // parts, h, w, c, sub, fill, k, stride, top, left,
                 out_h, out_w, kp, out)
-
-
-@kernel()
-def gather_serial(x, rows, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out, parts):
-    _gather(x, 0, rows, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out)
 
 
 @kernel(parallel=True)
 def gemm_parallel(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, parts):
     tasks = (pixels + CHUNK - 1) // CHUNK * panels
     for part in prange(parts):
-        _gemm(x, part * tasks // parts, (part + 1) * tasks // parts, pixels, kp, w, panels, params, scales,
+        gemm_tasks(x, part * tasks // parts, (part + 1) * tasks // parts, pixels, kp, w, panels, params, scales,
               rounding, zero_point, lo, hi, out)
-
-
-@kernel()
-def gemm_serial(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, parts):
-    _gemm(x, 0, (pixels + CHUNK - 1) // CHUNK * panels, pixels, kp, w, panels, params, scales, rounding,
-          zero_point, lo, hi, out)
 
 
 SERIAL_BELOW = 1 << 19      # multiply-adds (or values written) below which waking the thread pool costs more
@@ -301,8 +266,11 @@ def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, cla
     if kp != c_in:
         centred.reshape(pixels, kp)[:, c_in:] = 0
     n = parts(pixels * kp)
-    (centre_serial if n == 1 else centre_parallel)(np.ascontiguousarray(x).reshape(-1), pixels, c_in,
-                                                   x_zero_point, kp, centred, n)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    if n == 1:
+        centre_rows(flat, 0, pixels, c_in, x_zero_point, kp, centred)
+    else:
+        centre_parallel(flat, pixels, c_in, x_zero_point, kp, centred, n)
     return gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, clamp, out, rounding, scales)
 
 
@@ -316,8 +284,12 @@ def gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, cla
     padded = out.reshape(-1) if direct else np.empty(pixels * panels * PANEL, out.dtype)
     scales = np.zeros(panels * PANEL, np.float32) if scales is None else scales
     n = parts(pixels * kp * panels * PANEL)
-    (gemm_serial if n == 1 else gemm_parallel)(centred, pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding],
-                                               out_zero_point, clamp[0], clamp[1], padded, n)
+    if n == 1:
+        gemm_tasks(centred, 0, (pixels + CHUNK - 1) // CHUNK * panels, pixels, kp, packed, panels, params, scales,
+                   ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1], padded)
+    else:
+        gemm_parallel(centred, pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding], out_zero_point,
+                      clamp[0], clamp[1], padded, n)
     if not direct:
         out[:] = padded.reshape(pixels, panels * PANEL)[:, :c_out]
     return out
@@ -326,7 +298,7 @@ def gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, cla
 def conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point, clamp, out,
            rounding: str = "reference", scales=None, folded=None):
     """A full k x k convolution (the stem): x [N, H, W, C] -> out [N, OH, OW, C_out], the patches
-    gathered by ``_gather``, then ``gemm_centred``; ``packed = pack_pairs(w [k * k * C, C_out] in
+    gathered by ``gather_rows``, then ``gemm_centred``; ``packed = pack_pairs(w [k * k * C, C_out] in
     OHWI order, w_zero_point)``.  Short patches (below ``BYTES_BELOW``) are gathered as bytes, the
     padding filled with the zero point, which ``fold_zero_point`` takes out (``folded``, if the
     caller keeps it); longer ones as centred int16."""
@@ -342,9 +314,12 @@ def conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_z
         gathered = np.empty(pixels * kp, np.int16)
         sub, fill = x_zero_point, 0
     threads = parts(pixels * kp)
-    (gather_serial if threads == 1 else gather_parallel)(np.ascontiguousarray(x).reshape(-1), n * out_hw[0], h, w, c,
-                                                         sub, fill, k, stride, pad[0], pad[2], out_hw[0],
-                                                         out_hw[1], kp, gathered, threads)
+    flat, rows = np.ascontiguousarray(x).reshape(-1), n * out_hw[0]
+    if threads == 1:
+        gather_rows(flat, 0, rows, h, w, c, sub, fill, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], kp, gathered)
+    else:
+        gather_parallel(flat, rows, h, w, c, sub, fill, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], kp, gathered,
+                        threads)
     gemm_centred(gathered, pixels, kp, packed, params, c_out, out_zero_point, clamp, out.reshape(pixels, c_out),
                  rounding, scales)
     return out
