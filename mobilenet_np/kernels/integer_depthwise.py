@@ -150,7 +150,7 @@ def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h,
                 if k == 3:
                     acc = _pixel_border3(x, n, h, w_in, c, c8, wts, zpw, iy0, ix0, c0)
                 else:
-                    acc = _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, 8)
+                    acc = _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, c - c0)  # >= 8: all eight
                 iv.store_bytes(out, o_row + c0, iv.requantized(acc, params, scales, rounding, c0, zero_point, lo, hi))
             if full < c:
                 _tail(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, full, params, scales, rounding, zero_point,

@@ -282,14 +282,16 @@ def gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, cla
     panels = -(-c_out // PANEL)
     direct = c_out == panels * PANEL and out.flags.c_contiguous
     padded = out.reshape(-1) if direct else np.empty(pixels * panels * PANEL, out.dtype)
+    # int8 and uint8 outputs store the same bytes (the values are clamped in range): one compile for both
+    stored = padded.view(np.uint8)
     scales = np.zeros(panels * PANEL, np.float32) if scales is None else scales
     n = parts(pixels * kp * panels * PANEL)
     if n == 1:
         gemm_tasks(centred, 0, (pixels + CHUNK - 1) // CHUNK * panels, pixels, kp, packed, panels, params, scales,
-                   ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1], padded)
+                   ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1], stored)
     else:
         gemm_parallel(centred, pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding], out_zero_point,
-                      clamp[0], clamp[1], padded, n)
+                      clamp[0], clamp[1], stored, n)
     if not direct:
         out[:] = padded.reshape(pixels, panels * PANEL)[:, :c_out]
     return out
@@ -308,17 +310,20 @@ def conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_z
     raw = kp < BYTES_BELOW
     if raw:
         gathered = np.empty(pixels * kp, x.dtype)
-        sub, fill = 0, x_zero_point
+        sub, fill = 0, int(x_zero_point) & 0xFF     # copied bytes: int8 and uint8 alike (one compile)
         params = fold_zero_point(packed, params, x_zero_point) if folded is None else folded
     else:
         gathered = np.empty(pixels * kp, np.int16)
         sub, fill = x_zero_point, 0
     threads = parts(pixels * kp)
     flat, rows = np.ascontiguousarray(x).reshape(-1), n * out_hw[0]
+    into = gathered.view(np.uint8) if raw else gathered      # the GEMM below reads them with their sign
+    if raw:
+        flat = flat.view(np.uint8)
     if threads == 1:
-        gather_rows(flat, 0, rows, h, w, c, sub, fill, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], kp, gathered)
+        gather_rows(flat, 0, rows, h, w, c, sub, fill, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], kp, into)
     else:
-        gather_parallel(flat, rows, h, w, c, sub, fill, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], kp, gathered,
+        gather_parallel(flat, rows, h, w, c, sub, fill, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], kp, into,
                         threads)
     gemm_centred(gathered, pixels, kp, packed, params, c_out, out_zero_point, clamp, out.reshape(pixels, c_out),
                  rounding, scales)
