@@ -240,12 +240,14 @@ def test_softmax_is_within_one_step_of_the_real_softmax(rng):
 
 # --- the Numba integer 1x1 kernel against the reference ------------------------------------------
 
-@pytest.mark.parametrize("pixels, c_in, c_out", [(1, 1, 1), (7, 5, 13), (9, 16, 32), (37, 17, 40), (25, 160, 1001), (37, 128, 40), (25, 64, 17)])
+@pytest.mark.parametrize("pixels, c_in, c_out", [(1, 1, 1), (7, 5, 13), (9, 16, 32), (37, 17, 40), (25, 160, 1001), (37, 128, 40), (25, 64, 17),
+                                                     (11, 135, 24)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
 def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out, dtype, rounding):
     """uint8 with per-tensor zero points (the QAT files), int8 with per-channel scales; odd pixel
-    counts (the 4-pixel tiles and the single-pixel rest), odd C_in, C_out not multiples of 16;
+    counts (the 4-pixel tiles and the single-pixel rest), odd C_in (135: centred 16 at a time, then
+    one by one), C_out not multiples of 16;
     each of LiteRT's three requantizations."""
     from mobilenet_np.kernels import integer_gemm as ig
     from mobilenet_np.kernels import integer_xnnpack as ixnn

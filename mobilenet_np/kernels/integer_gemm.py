@@ -108,8 +108,14 @@ def centre_rows(x, p0, p1, c_in, zero_point, kp, out):
     """out [pixels, kp] int16 = x [pixels, C_in] - zero_point (flat arrays) for pixels p0..p1-1;
     an odd C_in's extra column is left as the caller made it (zero)."""
     for p in range(p0, p1):
-        for k in range(c_in):
-            out[p * kp + k] = np.int16(x[p * c_in + k]) - zero_point
+        src, dst = p * c_in, p * kp
+        k = 0
+        while k + 16 <= c_in:
+            iv.centre16(x, src + k, zero_point, out, dst + k)
+            k += 16
+        while k < c_in:
+            out[dst + k] = np.int16(x[src + k]) - zero_point
+            k += 1
 
 
 @kernel()

@@ -318,3 +318,22 @@ def requantized(typingctx, acc, params, scales, rounding, c, zero_point, lo, hi)
         value.add_incoming(by_shift, from_fixed)
         return value
     return i32x8(i32x8, params, scales, types.int64, types.intp, types.int64, types.int64, types.int64), codegen
+
+
+@intrinsic
+def centre16(typingctx, x, at, zero_point, out, to):
+    """out[to : to + 16] = x[at : at + 16] - zero_point: uint8 or int8 bytes widened to int16
+    (the centring pass; a scalar loop with Numba's index arithmetic did not vectorize)."""
+    if not ((_flat(x, types.int8) or _flat(x, types.uint8)) and _flat(out, types.int16)):
+        return None
+    signed = x.dtype == types.int8
+
+    def codegen(context, builder, sig, args):
+        v8 = ir.VectorType(ir.IntType(8), 16)
+        raw = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], v8), align=1)
+        wide = builder.sext(raw, _V16) if signed else builder.zext(raw, _V16)
+        zp = builder.insert_element(ir.Constant(_V16, ir.Undefined), builder.trunc(args[2], _I16), ir.Constant(_I32, 0))
+        zp = builder.shuffle_vector(zp, zp, ir.Constant(ir.VectorType(_I32, 16), [0] * 16))
+        builder.store(builder.sub(wide, zp), _pointer(context, builder, sig.args[3], args[3], args[4], _V16), align=2)
+        return context.get_dummy_value()
+    return types.void(x, types.intp, types.int64, out, types.intp), codegen
