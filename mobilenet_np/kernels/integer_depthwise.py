@@ -7,10 +7,13 @@ bias becomes bias - zp * sum_t w_t (``fold_zero_point``, once per graph), and a 
 falls in the SAME padding (whose value is zp, which centres to nothing) adds zp * w_t instead of
 a product (``zpw``, a table of k * k * C8 values).  The weights are centred at load
 (``pack_depthwise``).  Each output pixel takes eight channels at a time: k * k widened
-multiply-adds (``vpmulld``) into one ``<8 x i32>`` sum, requantized in registers (``integer_gemm.requantized``)
+multiply-adds (``vpmulld``) into one ``<8 x i32>`` sum, requantized in registers (``integer_simd.requantized``)
 and stored as bytes straight into the caller's array; a last group of fewer than eight channels
 is loaded and stored lane by lane.  Output rows (image, row) are split over Numba's threads
-(in one run on the calling thread for a small call, ``integer_gemm.parts``).
+(in one run on the calling thread for a small call, ``integer_gemm.parts``): each thread calls
+``depthwise_rows``, a real function (compiled once per input type; a small call runs it from
+Python directly), and the rare paths (``_tail``, ``_pixel_checked``) are real functions too,
+so the code is not inlined -- and compiled -- several times over.
 """
 
 from __future__ import annotations
