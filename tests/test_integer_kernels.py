@@ -364,8 +364,9 @@ def test_integer_peak_loop_equals_its_numpy_twin(rng):
 
 @pytest.mark.parametrize("rounding", ["reference", "xnnpack"])
 def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, rounding):
-    """The parallel entry points (rows / tasks split over Numba's threads) give the bytes of the
-    one-thread runs, at odd sizes: the split points must not drop or repeat a row or task."""
+    """The parallel entry points (rows / tasks split over Numba's threads; the stem's gather over
+    Python threads, centred and as bytes) give the bytes of the one-thread runs, at odd sizes:
+    the split points must not drop or repeat a row or task."""
     import numba
     from mobilenet_np.kernels import integer_depthwise as idw
     from mobilenet_np.kernels import integer_gemm as ig
@@ -377,6 +378,7 @@ def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, r
     dw = idw.pack_depthwise(rng.integers(0, 256, (3, 3, 21, 1)).astype(np.uint8), 131)
     pw = ig.pack_pairs(rng.integers(0, 256, (21, 21)).astype(np.uint8), 131)
     full = ig.pack_pairs(rng.integers(0, 256, (3 * 3 * 21, 21)).astype(np.uint8), 131)
+    stem = ig.pack_pairs(rng.integers(0, 256, (3 * 3 * 3, 21)).astype(np.uint8), 131)     # byte patches
 
     def run_all():
         a = idw.depthwise_conv2d(x, 117, dw, 3, 2, (1, 1, 0, 1), (7, 6), params, 3, (0, 255),
@@ -385,7 +387,9 @@ def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, r
                                 np.empty((3 * 13 * 11, 21), np.uint8), rounding, scales)
         c = ig.conv2d(x, 117, full, 3, 1, (1, 1, 1, 1), (13, 11), params, 21, 3, (0, 255),
                       np.empty((3, 13, 11, 21), np.uint8), rounding, scales)
-        return a, b, c
+        d = ig.conv2d(np.ascontiguousarray(x[..., :3]), 117, stem, 3, 2, (0, 1, 0, 1), (7, 6), params, 21, 3, (0, 255),
+                      np.empty((3, 7, 6, 21), np.uint8), rounding, scales)
+        return a, b, c, d
 
     one = run_all()
     monkeypatch.setattr(ig, "SERIAL_BELOW", 0)

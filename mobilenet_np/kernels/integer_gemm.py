@@ -32,6 +32,7 @@ copy and the centring pass).
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -185,13 +186,6 @@ def gemm_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_
 
 
 @kernel(parallel=True)
-def gather_parallel(x, rows, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out, parts):
-    for part in prange(parts):
-        gather_rows(x, part * rows // parts, (part + 1) * rows // parts, h, w, c, sub, fill, k, stride, top, left,
-                out_h, out_w, kp, out)
-
-
-@kernel(parallel=True)
 def gemm_parallel(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, parts):
     tasks = (pixels + CHUNK - 1) // CHUNK * panels
     for part in prange(parts):
@@ -217,6 +211,20 @@ def parts(work: int) -> int:
     if work < SERIAL_BELOW or getattr(_thread, "serial", False):
         return 1
     return numba.get_num_threads()
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """Python threads for the stem's gather (``conv2d``): ``gather_rows`` releases the GIL, so
+    ``threads - 1`` of them and the caller each take a range of rows.  Once per forward pass, so
+    a pool's ~20 us per call is nothing, where a prange twin of ``gather_rows`` cost 4.4 s of
+    compile (Numba's parallel lowering re-optimizes the linked loops)."""
+    pool = _pools.get(threads)
+    if pool is None:
+        pool = _pools.setdefault(threads, ThreadPoolExecutor(threads - 1, thread_name_prefix="mobilenet-np-gather"))
+    return pool
 
 
 def requantization_params(bias, multiplier, shift, c_out: int) -> np.ndarray:
@@ -324,11 +332,12 @@ def conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_z
     into = gathered.view(np.uint8) if raw else gathered      # the GEMM below reads them with their sign
     if raw:
         flat = flat.view(np.uint8)
-    if threads == 1:
-        gather_rows(flat, 0, rows, h, w, c, sub, fill, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], kp, into)
-    else:
-        gather_parallel(flat, rows, h, w, c, sub, fill, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], kp, into,
-                        threads)
+    args = (h, w, c, sub, fill, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], kp, into)
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    others = [_pool(threads).submit(gather_rows, flat, bounds[i], bounds[i + 1], *args) for i in range(1, threads)]
+    gather_rows(flat, bounds[0], bounds[1], *args)
+    for done in others:
+        done.result()
     gemm_centred(gathered, pixels, kp, packed, params, c_out, out_zero_point, clamp, out.reshape(pixels, c_out),
                  rounding, scales)
     return out
