@@ -15,12 +15,15 @@ A first fast integer kernel (issue 17), tested against ``integer_reference`` (co
   lanes at a time), the zero point and the clamp, and the bytes are stored: the int32 sums
   never go through memory.
 
-What compiles, and how often (a cold compile of every integer kernel took 125 s; now ~22 s):
+What compiles, and how often (a cold compile of every integer kernel took 125 s; now ~19 s):
 the requantization is one intrinsic, not a Numba function inlined at each of its dozen call
 sites (Numba's IR inlining re-runs its front end per site: that was most of the time); the
 tile loops are inlined once, into ``gemm_tasks``, a real function that the parallel kernel calls
 once per thread and Python calls directly for one thread (no serial copy of the code); int8
-and uint8 outputs are stored through one uint8 view (one compile for both).
+and uint8 outputs are stored through one uint8 view (one compile for both).  What is left is
+mostly the prange kernels: Numba's parallel lowering links and re-optimizes the task code they
+call, ~1.5-2 s per signature; so the centring runs on one thread and the stem's gather on
+Python threads (``conv2d``) rather than having prange twins.
 
 int16 holds every centred value: uint8 - zero point and int8 - zero point lie in [-255, 255],
 and a pair of products (at most 2 * 255^2) plus the sums over C_in fit int32 for any C_in below

@@ -50,9 +50,9 @@ ENTRY_POINTS = ("run_batch_serial", "run_plan_serial", "run_plan")
 COMPILE_SECONDS = 60
 # The integer kernels (quantized models) are many small entry points, compiled as the graph
 # first meets each op: any of them starts the one message, with its own estimate (all of them,
-# cold, for int8 and uint8 models: ~22 s CPU on the 2-core machine, 125 s before 2026-12-01).
+# cold, for int8 and uint8 models: ~19 s CPU on the 2-core machine, 125 s before 2026-12-01).
 INTEGER_MODULES = __package__ + ".integer_"
-INTEGER_COMPILE_SECONDS = 25
+INTEGER_COMPILE_SECONDS = 20
 
 
 def quiet(on: bool = True) -> None:
