@@ -240,12 +240,14 @@ def test_softmax_is_within_one_step_of_the_real_softmax(rng):
 
 # --- the Numba integer 1x1 kernel against the reference ------------------------------------------
 
-@pytest.mark.parametrize("pixels, c_in, c_out", [(1, 1, 1), (7, 5, 13), (9, 16, 32), (37, 17, 40), (25, 160, 1001), (37, 128, 40), (25, 64, 17)])
+@pytest.mark.parametrize("pixels, c_in, c_out", [(1, 1, 1), (7, 5, 13), (9, 16, 32), (37, 17, 40), (25, 160, 1001), (37, 128, 40), (25, 64, 17),
+                                                     (11, 135, 24)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
 def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out, dtype, rounding):
     """uint8 with per-tensor zero points (the QAT files), int8 with per-channel scales; odd pixel
-    counts (the 4-pixel tiles and the single-pixel rest), odd C_in, C_out not multiples of 16;
+    counts (the 4-pixel tiles and the single-pixel rest), odd C_in (135: centred 16 at a time, then
+    one by one), C_out not multiples of 16;
     each of LiteRT's three requantizations."""
     from mobilenet_np.kernels import integer_gemm as ig
     from mobilenet_np.kernels import integer_xnnpack as ixnn
@@ -362,8 +364,9 @@ def test_integer_peak_loop_equals_its_numpy_twin(rng):
 
 @pytest.mark.parametrize("rounding", ["reference", "xnnpack"])
 def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, rounding):
-    """The parallel entry points (rows / tasks split over Numba's threads) give the bytes of the
-    one-thread runs, at odd sizes: the split points must not drop or repeat a row or task."""
+    """The parallel entry points (rows / tasks split over Numba's threads; the stem's gather over
+    Python threads, centred and as bytes) give the bytes of the one-thread runs, at odd sizes:
+    the split points must not drop or repeat a row or task."""
     import numba
     from mobilenet_np.kernels import integer_depthwise as idw
     from mobilenet_np.kernels import integer_gemm as ig
@@ -375,6 +378,7 @@ def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, r
     dw = idw.pack_depthwise(rng.integers(0, 256, (3, 3, 21, 1)).astype(np.uint8), 131)
     pw = ig.pack_pairs(rng.integers(0, 256, (21, 21)).astype(np.uint8), 131)
     full = ig.pack_pairs(rng.integers(0, 256, (3 * 3 * 21, 21)).astype(np.uint8), 131)
+    stem = ig.pack_pairs(rng.integers(0, 256, (3 * 3 * 3, 21)).astype(np.uint8), 131)     # byte patches
 
     def run_all():
         a = idw.depthwise_conv2d(x, 117, dw, 3, 2, (1, 1, 0, 1), (7, 6), params, 3, (0, 255),
@@ -383,7 +387,9 @@ def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, r
                                 np.empty((3 * 13 * 11, 21), np.uint8), rounding, scales)
         c = ig.conv2d(x, 117, full, 3, 1, (1, 1, 1, 1), (13, 11), params, 21, 3, (0, 255),
                       np.empty((3, 13, 11, 21), np.uint8), rounding, scales)
-        return a, b, c
+        d = ig.conv2d(np.ascontiguousarray(x[..., :3]), 117, stem, 3, 2, (0, 1, 0, 1), (7, 6), params, 21, 3, (0, 255),
+                      np.empty((3, 7, 6, 21), np.uint8), rounding, scales)
+        return a, b, c, d
 
     one = run_all()
     monkeypatch.setattr(ig, "SERIAL_BELOW", 0)

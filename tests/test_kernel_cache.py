@@ -173,8 +173,8 @@ def test_compile_message_for_the_integer_kernels(caplog):
 
     with caplog.at_level(logging.INFO, logger="mobilenet_np.compile"):
         announcer = jit._Announcer()
-        start(announcer, integer_gemm.gemm_serial)
-        start(announcer, integer_depthwise.depthwise_serial)
+        start(announcer, integer_gemm.gemm_tasks)
+        start(announcer, integer_depthwise.depthwise_rows)
         where = f"cached in {jit._FOLDER}" if jit._FOLDER else "not cached"
         assert [r.getMessage() for r in caplog.records] == [
             f"{MESSAGE} (once, about {jit.INTEGER_COMPILE_SECONDS} s; {where})"]

@@ -7,10 +7,13 @@ bias becomes bias - zp * sum_t w_t (``fold_zero_point``, once per graph), and a 
 falls in the SAME padding (whose value is zp, which centres to nothing) adds zp * w_t instead of
 a product (``zpw``, a table of k * k * C8 values).  The weights are centred at load
 (``pack_depthwise``).  Each output pixel takes eight channels at a time: k * k widened
-multiply-adds (``vpmulld``) into one ``<8 x i32>`` sum, requantized in registers (``integer_gemm.requantized``)
+multiply-adds (``vpmulld``) into one ``<8 x i32>`` sum, requantized in registers (``integer_simd.requantized``)
 and stored as bytes straight into the caller's array; a last group of fewer than eight channels
 is loaded and stored lane by lane.  Output rows (image, row) are split over Numba's threads
-(in one run on the calling thread for a small call, ``integer_gemm.parts``).
+(in one run on the calling thread for a small call, ``integer_gemm.parts``): each thread calls
+``depthwise_rows``, a real function (compiled once per input type; a small call runs it from
+Python directly), and the rare paths (``_tail``, ``_pixel_checked``) are real functions too,
+so the code is not inlined -- and compiled -- several times over.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from . import integer_simd as iv
-from .integer_gemm import ROUNDINGS, parts, requantized
+from .integer_gemm import ROUNDINGS, parts
 from .jit import kernel
 
 LANES = 8
@@ -80,7 +83,7 @@ def _pixel_border3(x, n, h, w_in, c, c8, wts, zpw, iy0, ix0, c0):
     return acc
 
 
-@kernel(inline=True)
+@kernel()
 def _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, count):
     """The sums of one output pixel's channels c0..c0+7 whose window starts at (iy0, ix0), taps
     outside the image adding zp * w, the channels loaded lane by lane when fewer than 8 remain."""
@@ -97,8 +100,8 @@ def _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, count):
     return acc
 
 
-@kernel(inline=True)
-def _rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
+@kernel()
+def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
           zero_point, lo, hi, out):
     """Output rows (image, row) r0..r1-1 of out [n, out_h, out_w, c] (flat bytes) from x [n, h, w_in, c] (flat bytes), SAME/VALID
     padding given by ``top``/``left``; ``wts`` centred [k, k, C8], ``zpw`` = zp * wts, ``params``
@@ -137,7 +140,7 @@ def _rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, p
                 acc = iv.mul_add(acc, iv.load_bytes_widened(x, a), iv.load_widened(wts, 6 * c8 + c0))
                 acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + c), iv.load_widened(wts, 7 * c8 + c0))
                 acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + 2 * c), iv.load_widened(wts, 8 * c8 + c0))
-                iv.store_bytes(out, o_row + c0, requantized(acc, params, scales, rounding, c0, zero_point, lo, hi))
+                iv.store_bytes(out, o_row + c0, iv.requantized(acc, params, scales, rounding, c0, zero_point, lo, hi))
             if full < c:
                 _tail(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, full, params, scales, rounding, zero_point,
                       lo, hi, out, o_row)
@@ -150,19 +153,19 @@ def _rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, p
                 if k == 3:
                     acc = _pixel_border3(x, n, h, w_in, c, c8, wts, zpw, iy0, ix0, c0)
                 else:
-                    acc = _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, 8)
-                iv.store_bytes(out, o_row + c0, requantized(acc, params, scales, rounding, c0, zero_point, lo, hi))
+                    acc = _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, c - c0)  # >= 8: all eight
+                iv.store_bytes(out, o_row + c0, iv.requantized(acc, params, scales, rounding, c0, zero_point, lo, hi))
             if full < c:
                 _tail(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, full, params, scales, rounding, zero_point,
                       lo, hi, out, o_row)
 
 
-@kernel(inline=True)
+@kernel()
 def _tail(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, params, scales, rounding, zero_point, lo, hi, out, o_row):
     """The last group of fewer than eight channels of one pixel, lane by lane."""
     count = c - c0
     acc = _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, count)
-    r = requantized(acc, params, scales, rounding, c0, zero_point, lo, hi)
+    r = iv.requantized(acc, params, scales, rounding, c0, zero_point, lo, hi)
     for j in range(count):
         out[o_row + c0 + j] = iv.extract(r, j)
 
@@ -171,15 +174,8 @@ def _tail(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, params, scales, round
 def depthwise_parallel(x, rows, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
                        zero_point, lo, hi, out, parts):
     for part in prange(parts):
-        _rows(x, part * rows // parts, (part + 1) * rows // parts, h, w_in, c, wts, zpw, k, stride, top, left,
-              out_h, out_w, params, scales, rounding, zero_point, lo, hi, out)
-
-
-@kernel()
-def depthwise_serial(x, rows, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
-                     zero_point, lo, hi, out, parts):
-    _rows(x, 0, rows, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
-          zero_point, lo, hi, out)
+        depthwise_rows(x, part * rows // parts, (part + 1) * rows // parts, h, w_in, c, wts, zpw, k, stride, top, left,
+                       out_h, out_w, params, scales, rounding, zero_point, lo, hi, out)
 
 
 def depthwise_conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, out_zero_point, clamp, out,
@@ -192,8 +188,10 @@ def depthwise_conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, ou
     params, zpw = folded if folded is not None else fold_zero_point(packed, params, k, x_zero_point)
     scales = np.zeros(params.shape[1], np.float32) if scales is None else scales
     threads = parts(n * out_hw[0] * out_hw[1] * c * k * k)
-    (depthwise_serial if threads == 1 else depthwise_parallel)(
-        np.ascontiguousarray(x).reshape(-1), n * out_hw[0], h, w, c, packed, zpw, k, stride, pad[0], pad[2],
-        out_hw[0], out_hw[1], params, scales, ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1],
-        out.reshape(-1), threads)
+    args = (np.ascontiguousarray(x).reshape(-1), h, w, c, packed, zpw, k, stride, pad[0], pad[2], out_hw[0],
+            out_hw[1], params, scales, ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1], out.reshape(-1))
+    if threads == 1:
+        depthwise_rows(args[0], 0, n * out_hw[0], *args[1:])
+    else:
+        depthwise_parallel(args[0], n * out_hw[0], *args[1:], threads)
     return out

@@ -10,28 +10,38 @@ A first fast integer kernel (issue 17), tested against ``integer_reference`` (co
 * a tile of 4 pixels x 16 channels keeps eight ``<8 x i32>`` sums in registers; each step
   broadcasts a pixel's (x[k], x[k+1]) pair and does ``madd`` (``vpmaddwd`` on AVX2: 16
   multiply-adds per instruction) against the two weight vectors;
-* when a tile's sums are complete, ``integer_simd.requantize`` adds the bias and applies
+* when a tile's sums are complete, ``integer_simd.requantized`` adds the bias and applies
   TFLite's double-rounding fixed-point multiply (per-channel multiplier and shifts, eight
   lanes at a time), the zero point and the clamp, and the bytes are stored: the int32 sums
   never go through memory.
 
+What compiles, and how often (a cold compile of every integer kernel took 125 s; now ~19 s):
+the requantization is one intrinsic, not a Numba function inlined at each of its dozen call
+sites (Numba's IR inlining re-runs its front end per site: that was most of the time); the
+tile loops are inlined once, into ``gemm_tasks``, a real function that the parallel kernel calls
+once per thread and Python calls directly for one thread (no serial copy of the code); int8
+and uint8 outputs are stored through one uint8 view (one compile for both).  What is left is
+mostly the prange kernels: Numba's parallel lowering links and re-optimizes the task code they
+call, ~1.5-2 s per signature; so the centring runs on one thread and the stem's gather on
+Python threads (``conv2d``) rather than having prange twins.
+
 int16 holds every centred value: uint8 - zero point and int8 - zero point lie in [-255, 255],
 and a pair of products (at most 2 * 255^2) plus the sums over C_in fit int32 for any C_in below
 16,000.  The output is written with C_out padded to whole panels of 16 and then copied to the
-caller's array.  Deliberately not here yet: the 3x3 and depthwise integer kernels, threads,
-and activation buffers padded to 16 channels (which would remove that copy and the centring pass).
+caller's array.  Not done: activation buffers padded to 16 channels (which would remove that
+copy and the centring pass).
 """
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 from numba import prange
 
 from . import integer_simd as iv
-from . import simd
 from .jit import kernel
 
 PANEL = 16            # output channels per tile: two vectors of 8 int32 sums
@@ -49,27 +59,9 @@ def pack_pairs(w: np.ndarray, zero_point) -> np.ndarray:
     return np.ascontiguousarray(blocks).reshape(-1)
 
 
-# How sums become output bytes: TFLite's reference kernels, its optimized kernels (ties of the
-# rounding shift go up), or XNNPACK (float32 scale, ties to even).  See forward/quantized.py.
-REFERENCE, OPTIMIZED, XNNPACK = 0, 1, 2
+# How sums become output bytes (see forward/quantized.py and ``integer_simd.requantized``).
+REFERENCE, OPTIMIZED, XNNPACK = iv.REFERENCE, iv.OPTIMIZED, iv.XNNPACK
 ROUNDINGS = {"reference": REFERENCE, "optimized": OPTIMIZED, "xnnpack": XNNPACK}
-
-
-@kernel(inline=True)
-def requantized(v, params, scales, rounding, c, zero_point, lo, hi):
-    """Eight sums of channels c..c+7 requantized to output values (int32 lanes, in the type's range).
-    ``params`` rows: bias, multiplier, left shift, right shift (int32, padded to whole panels);
-    ``scales``: XNNPACK's float32 scale per channel (padded too)."""
-    if rounding == XNNPACK:
-        return iv.requantize_fp32(v, iv.load(params[0], c), simd.load(scales, c), zero_point, lo, hi)
-    return iv.requantize(v, iv.load(params[0], c), iv.load(params[1], c), iv.load(params[2], c),
-                         iv.load(params[3], c), zero_point, lo, hi, 1 if rounding == REFERENCE else 0)
-
-
-@kernel(inline=True)
-def emit_bytes(v, params, scales, rounding, c, zero_point, lo, hi, out, at):
-    """Requantize eight sums of channels c..c+7 and store them as bytes at out[at:at + 8]."""
-    iv.store_bytes(out, at, requantized(v, params, scales, rounding, c, zero_point, lo, hi))
 
 
 @kernel(inline=True)
@@ -99,14 +91,14 @@ def _tile4(x, x_at, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi
         p = iv.splat_pair(x, x_at + 3 * kp + 2 * q)
         a3 = iv.madd(a3, p, wa)
         b3 = iv.madd(b3, p, wb)
-    emit_bytes(a0, params, scales, rounding, c, zero_point, lo, hi, out, o_at)
-    emit_bytes(b0, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 8)
-    emit_bytes(a1, params, scales, rounding, c, zero_point, lo, hi, out, o_at + row)
-    emit_bytes(b1, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + row + 8)
-    emit_bytes(a2, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 2 * row)
-    emit_bytes(b2, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 2 * row + 8)
-    emit_bytes(a3, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 3 * row)
-    emit_bytes(b3, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 3 * row + 8)
+    iv.store_bytes(out, o_at, iv.requantized(a0, params, scales, rounding, c, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + 8, iv.requantized(b0, params, scales, rounding, c + 8, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + row, iv.requantized(a1, params, scales, rounding, c, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + row + 8, iv.requantized(b1, params, scales, rounding, c + 8, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + 2 * row, iv.requantized(a2, params, scales, rounding, c, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + 2 * row + 8, iv.requantized(b2, params, scales, rounding, c + 8, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + 3 * row, iv.requantized(a3, params, scales, rounding, c, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + 3 * row + 8, iv.requantized(b3, params, scales, rounding, c + 8, zero_point, lo, hi))
 
 
 @kernel(inline=True)
@@ -118,21 +110,27 @@ def _tile1(x, x_at, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi
         p = iv.splat_pair(x, x_at + 2 * q)
         a = iv.madd(a, p, iv.load_pairs(w, w_at + 32 * q))
         b = iv.madd(b, p, iv.load_pairs(w, w_at + 32 * q + 16))
-    emit_bytes(a, params, scales, rounding, c, zero_point, lo, hi, out, o_at)
-    emit_bytes(b, params, scales, rounding, c + 8, zero_point, lo, hi, out, o_at + 8)
+    iv.store_bytes(out, o_at, iv.requantized(a, params, scales, rounding, c, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + 8, iv.requantized(b, params, scales, rounding, c + 8, zero_point, lo, hi))
 
 
-@kernel(inline=True)
-def _centre(x, p0, p1, c_in, zero_point, kp, out):
+@kernel()
+def centre_rows(x, p0, p1, c_in, zero_point, kp, out):
     """out [pixels, kp] int16 = x [pixels, C_in] - zero_point (flat arrays) for pixels p0..p1-1;
     an odd C_in's extra column is left as the caller made it (zero)."""
     for p in range(p0, p1):
-        for k in range(c_in):
-            out[p * kp + k] = np.int16(x[p * c_in + k]) - zero_point
+        src, dst = p * c_in, p * kp
+        k = 0
+        while k + 16 <= c_in:
+            iv.centre16(x, src + k, zero_point, out, dst + k)
+            k += 16
+        while k < c_in:
+            out[dst + k] = np.int16(x[src + k]) - zero_point
+            k += 1
 
 
-@kernel(inline=True)
-def _gather(x, r0, r1, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out):
+@kernel()
+def gather_rows(x, r0, r1, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out):
     """out [n * out_h * out_w, kp] for output rows (image, row) r0..r1-1: each output pixel's
     k x k x C input patch less ``sub`` (rows dy, then dx, then C: TFLite's OHWI order), ``fill``
     in the padding and the extra column -- int16 centred values (sub = zp, fill = 0) or the
@@ -170,8 +168,8 @@ def _gather(x, r0, r1, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, k
 CHUNK = 32            # pixels per GEMM task
 
 
-@kernel(inline=True)
-def _gemm(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
+@kernel()
+def gemm_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
     """out [pixels, panels * 16] (bytes, flat) = requantized (centred x [pixels, kp] times the
     panels), for tasks t0..t1-1: task t is (up to 32 pixels) x (one panel), the chunk outermost."""
     row = panels * PANEL
@@ -191,40 +189,11 @@ def _gemm(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point
 
 
 @kernel(parallel=True)
-def centre_parallel(x, pixels, c_in, zero_point, kp, out, parts):
-    for part in prange(parts):
-        _centre(x, part * pixels // parts, (part + 1) * pixels // parts, c_in, zero_point, kp, out)
-
-
-@kernel()
-def centre_serial(x, pixels, c_in, zero_point, kp, out, parts):
-    _centre(x, 0, pixels, c_in, zero_point, kp, out)
-
-
-@kernel(parallel=True)
-def gather_parallel(x, rows, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out, parts):
-    for part in prange(parts):
-        _gather(x, part * rows // parts, (part + 1) * rows // parts, h, w, c, sub, fill, k, stride, top, left,
-                out_h, out_w, kp, out)
-
-
-@kernel()
-def gather_serial(x, rows, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out, parts):
-    _gather(x, 0, rows, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out)
-
-
-@kernel(parallel=True)
 def gemm_parallel(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, parts):
     tasks = (pixels + CHUNK - 1) // CHUNK * panels
     for part in prange(parts):
-        _gemm(x, part * tasks // parts, (part + 1) * tasks // parts, pixels, kp, w, panels, params, scales,
-              rounding, zero_point, lo, hi, out)
-
-
-@kernel()
-def gemm_serial(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, parts):
-    _gemm(x, 0, (pixels + CHUNK - 1) // CHUNK * panels, pixels, kp, w, panels, params, scales, rounding,
-          zero_point, lo, hi, out)
+        gemm_tasks(x, part * tasks // parts, (part + 1) * tasks // parts, pixels, kp, w, panels, params, scales,
+                   rounding, zero_point, lo, hi, out)
 
 
 SERIAL_BELOW = 1 << 19      # multiply-adds (or values written) below which waking the thread pool costs more
@@ -245,6 +214,20 @@ def parts(work: int) -> int:
     if work < SERIAL_BELOW or getattr(_thread, "serial", False):
         return 1
     return numba.get_num_threads()
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """Python threads for the stem's gather (``conv2d``): ``gather_rows`` releases the GIL, so
+    ``threads - 1`` of them and the caller each take a range of rows.  Once per forward pass, so
+    a pool's ~20 us per call is nothing, where a prange twin of ``gather_rows`` cost 4.4 s of
+    compile (Numba's parallel lowering re-optimizes the linked loops)."""
+    pool = _pools.get(threads)
+    if pool is None:
+        pool = _pools.setdefault(threads, ThreadPoolExecutor(threads - 1, thread_name_prefix="mobilenet-np-gather"))
+    return pool
 
 
 def requantization_params(bias, multiplier, shift, c_out: int) -> np.ndarray:
@@ -300,9 +283,9 @@ def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, cla
     centred = np.empty(pixels * kp, np.int16)
     if kp != c_in:
         centred.reshape(pixels, kp)[:, c_in:] = 0
-    n = parts(pixels * kp)
-    (centre_serial if n == 1 else centre_parallel)(np.ascontiguousarray(x).reshape(-1), pixels, c_in,
-                                                   x_zero_point, kp, centred, n)
+    # on one thread: 16 values per instruction, ~10 G/s, a small part of the GEMM that follows (V1's
+    # largest, 20 x 20 x 128 at batch 32, takes ~0.15 ms); a parallel twin cost 2 s of compile
+    centre_rows(np.ascontiguousarray(x).reshape(-1), 0, pixels, c_in, x_zero_point, kp, centred)
     return gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, clamp, out, rounding, scales)
 
 
@@ -314,10 +297,16 @@ def gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, cla
     panels = -(-c_out // PANEL)
     direct = c_out == panels * PANEL and out.flags.c_contiguous
     padded = out.reshape(-1) if direct else np.empty(pixels * panels * PANEL, out.dtype)
+    # int8 and uint8 outputs store the same bytes (the values are clamped in range): one compile for both
+    stored = padded.view(np.uint8)
     scales = np.zeros(panels * PANEL, np.float32) if scales is None else scales
     n = parts(pixels * kp * panels * PANEL)
-    (gemm_serial if n == 1 else gemm_parallel)(centred, pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding],
-                                               out_zero_point, clamp[0], clamp[1], padded, n)
+    if n == 1:
+        gemm_tasks(centred, 0, (pixels + CHUNK - 1) // CHUNK * panels, pixels, kp, packed, panels, params, scales,
+                   ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1], stored)
+    else:
+        gemm_parallel(centred, pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding], out_zero_point,
+                      clamp[0], clamp[1], stored, n)
     if not direct:
         out[:] = padded.reshape(pixels, panels * PANEL)[:, :c_out]
     return out
@@ -326,7 +315,7 @@ def gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, cla
 def conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point, clamp, out,
            rounding: str = "reference", scales=None, folded=None):
     """A full k x k convolution (the stem): x [N, H, W, C] -> out [N, OH, OW, C_out], the patches
-    gathered by ``_gather``, then ``gemm_centred``; ``packed = pack_pairs(w [k * k * C, C_out] in
+    gathered by ``gather_rows``, then ``gemm_centred``; ``packed = pack_pairs(w [k * k * C, C_out] in
     OHWI order, w_zero_point)``.  Short patches (below ``BYTES_BELOW``) are gathered as bytes, the
     padding filled with the zero point, which ``fold_zero_point`` takes out (``folded``, if the
     caller keeps it); longer ones as centred int16."""
@@ -336,15 +325,22 @@ def conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_z
     raw = kp < BYTES_BELOW
     if raw:
         gathered = np.empty(pixels * kp, x.dtype)
-        sub, fill = 0, x_zero_point
+        sub, fill = 0, int(x_zero_point) & 0xFF     # copied bytes: int8 and uint8 alike (one compile)
         params = fold_zero_point(packed, params, x_zero_point) if folded is None else folded
     else:
         gathered = np.empty(pixels * kp, np.int16)
         sub, fill = x_zero_point, 0
     threads = parts(pixels * kp)
-    (gather_serial if threads == 1 else gather_parallel)(np.ascontiguousarray(x).reshape(-1), n * out_hw[0], h, w, c,
-                                                         sub, fill, k, stride, pad[0], pad[2], out_hw[0],
-                                                         out_hw[1], kp, gathered, threads)
+    flat, rows = np.ascontiguousarray(x).reshape(-1), n * out_hw[0]
+    into = gathered.view(np.uint8) if raw else gathered      # the GEMM below reads them with their sign
+    if raw:
+        flat = flat.view(np.uint8)
+    args = (h, w, c, sub, fill, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], kp, into)
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    others = [_pool(threads).submit(gather_rows, flat, bounds[i], bounds[i + 1], *args) for i in range(1, threads)]
+    gather_rows(flat, bounds[0], bounds[1], *args)
+    for done in others:
+        done.result()
     gemm_centred(gathered, pixels, kp, packed, params, c_out, out_zero_point, clamp, out.reshape(pixels, c_out),
                  rounding, scales)
     return out

@@ -136,27 +136,7 @@ def requantize(typingctx, acc, bias, multiplier, left, right, zero_point, lo, hi
     halves (``vpmuldq``); its high word is taken with a logical shift and a truncation, which
     equals the arithmetic shift's low 32 bits."""
     def codegen(context, builder, sig, args):
-        acc, bias, multiplier, left, right = args[:5]
-        zero_point, lo, hi, away = (builder.trunc(a, _I32) for a in args[5:])
-        v64 = ir.VectorType(ir.IntType(64), 8)
-        lifted = builder.shl(builder.add(acc, bias), left)
-        product = builder.mul(builder.sext(lifted, v64), builder.sext(multiplier, v64))
-        negative = builder.icmp_signed("<", product, ir.Constant(v64, [0] * 8))
-        total = builder.add(product, builder.select(negative, ir.Constant(v64, [1 - (1 << 30)] * 8),
-                                                    ir.Constant(v64, [1 << 30] * 8)))
-        # truncate toward zero: add 2^31 - 1 to a negative total before shifting right by 31
-        total_negative = builder.icmp_signed("<", total, ir.Constant(v64, [0] * 8))
-        total = builder.add(total, builder.select(total_negative, ir.Constant(v64, [(1 << 31) - 1] * 8),
-                                                  ir.Constant(v64, [0] * 8)))
-        high = builder.trunc(builder.lshr(total, ir.Constant(v64, [31] * 8)), _V8)
-        mask = builder.sub(builder.shl(_lanes(1), right), _lanes(1))
-        negative_tie_bump = builder.and_(builder.zext(builder.icmp_signed("<", high, _lanes(0)), _V8),
-                                         _broadcast(builder, away))
-        threshold = builder.add(builder.ashr(mask, _lanes(1)), negative_tie_bump)
-        round_up = builder.zext(builder.icmp_signed(">", builder.and_(high, mask), threshold), _V8)
-        value = builder.add(builder.add(builder.ashr(high, right), round_up), _broadcast(builder, zero_point))
-        value = builder.select(builder.icmp_signed("<", value, _broadcast(builder, lo)), _broadcast(builder, lo), value)
-        return builder.select(builder.icmp_signed(">", value, _broadcast(builder, hi)), _broadcast(builder, hi), value)
+        return _requantize_ir(builder, *args[:5], *(builder.trunc(a, _I32) for a in args[5:]))
     return i32x8(i32x8, i32x8, i32x8, i32x8, i32x8, types.int64, types.int64, types.int64, types.int64), codegen
 
 
@@ -166,16 +146,43 @@ def requantize_fp32(typingctx, acc, bias, scale, zero_point, lo, hi):
     vector, one scale per channel), clamped to [lo - zero_point, hi - zero_point] in float,
     rounded to nearest with ties to even (``llvm.rint``), plus ``zero_point``."""
     def codegen(context, builder, sig, args):
-        vf = ir.VectorType(ir.FloatType(), 8)
-        zero_point, lo, hi = (builder.trunc(a, _I32) for a in args[3:])
-        value = builder.fmul(builder.sitofp(builder.add(args[0], args[1]), vf), args[2])
-        low = builder.sitofp(_broadcast(builder, builder.sub(lo, zero_point)), vf)
-        high = builder.sitofp(_broadcast(builder, builder.sub(hi, zero_point)), vf)
-        value = builder.select(builder.fcmp_ordered("<", value, low), low, value)
-        value = builder.select(builder.fcmp_ordered(">", value, high), high, value)
-        rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf]), "llvm.rint.v8f32")
-        return builder.add(builder.fptosi(builder.call(rint, [value]), _V8), _broadcast(builder, zero_point))
+        return _requantize_fp32_ir(builder, args[0], args[1], args[2], *(builder.trunc(a, _I32) for a in args[3:]))
     return i32x8(i32x8, i32x8, f32x8, types.int64, types.int64, types.int64), codegen
+
+
+def _requantize_ir(builder, acc, bias, multiplier, left, right, zero_point, lo, hi, away):
+    """``requantize``'s IR; the scalars are i32."""
+    v64 = ir.VectorType(ir.IntType(64), 8)
+    lifted = builder.shl(builder.add(acc, bias), left)
+    product = builder.mul(builder.sext(lifted, v64), builder.sext(multiplier, v64))
+    negative = builder.icmp_signed("<", product, ir.Constant(v64, [0] * 8))
+    total = builder.add(product, builder.select(negative, ir.Constant(v64, [1 - (1 << 30)] * 8),
+                                                ir.Constant(v64, [1 << 30] * 8)))
+    # truncate toward zero: add 2^31 - 1 to a negative total before shifting right by 31
+    total_negative = builder.icmp_signed("<", total, ir.Constant(v64, [0] * 8))
+    total = builder.add(total, builder.select(total_negative, ir.Constant(v64, [(1 << 31) - 1] * 8),
+                                              ir.Constant(v64, [0] * 8)))
+    high = builder.trunc(builder.lshr(total, ir.Constant(v64, [31] * 8)), _V8)
+    mask = builder.sub(builder.shl(_lanes(1), right), _lanes(1))
+    negative_tie_bump = builder.and_(builder.zext(builder.icmp_signed("<", high, _lanes(0)), _V8),
+                                     _broadcast(builder, away))
+    threshold = builder.add(builder.ashr(mask, _lanes(1)), negative_tie_bump)
+    round_up = builder.zext(builder.icmp_signed(">", builder.and_(high, mask), threshold), _V8)
+    value = builder.add(builder.add(builder.ashr(high, right), round_up), _broadcast(builder, zero_point))
+    value = builder.select(builder.icmp_signed("<", value, _broadcast(builder, lo)), _broadcast(builder, lo), value)
+    return builder.select(builder.icmp_signed(">", value, _broadcast(builder, hi)), _broadcast(builder, hi), value)
+
+
+def _requantize_fp32_ir(builder, acc, bias, scale, zero_point, lo, hi):
+    """``requantize_fp32``'s IR; the scalars are i32."""
+    vf = ir.VectorType(ir.FloatType(), 8)
+    value = builder.fmul(builder.sitofp(builder.add(acc, bias), vf), scale)
+    low = builder.sitofp(_broadcast(builder, builder.sub(lo, zero_point)), vf)
+    high = builder.sitofp(_broadcast(builder, builder.sub(hi, zero_point)), vf)
+    value = builder.select(builder.fcmp_ordered("<", value, low), low, value)
+    value = builder.select(builder.fcmp_ordered(">", value, high), high, value)
+    rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf]), "llvm.rint.v8f32")
+    return builder.add(builder.fptosi(builder.call(rint, [value]), _V8), _broadcast(builder, zero_point))
 
 
 def _broadcast(builder, scalar):
@@ -264,3 +271,69 @@ def extract(typingctx, vector, lane):
     def codegen(context, builder, sig, args):
         return builder.sext(builder.extract_element(args[0], builder.trunc(args[1], _I32)), ir.IntType(64))
     return types.int64(i32x8, types.intp), codegen
+
+
+# How sums become output bytes: TFLite's reference kernels, its optimized kernels (ties of the
+# rounding shift go up), or XNNPACK (float32 scale, ties to even).  See forward/quantized.py.
+REFERENCE, OPTIMIZED, XNNPACK = 0, 1, 2
+
+
+@intrinsic
+def requantized(typingctx, acc, params, scales, rounding, c, zero_point, lo, hi):
+    """Eight sums of channels c..c+7 requantized to output values (int32 lanes, in the type's
+    range) by ``rounding`` (REFERENCE, OPTIMIZED or XNNPACK, chosen by a branch).  ``params``
+    [4, C] int32 rows: bias, multiplier, left shift, right shift; ``scales`` [C] float32:
+    XNNPACK's scale per channel.  An intrinsic rather than a Numba function inlined at every
+    call site: Numba's IR-level inlining re-ran its front end for each of the dozen call sites
+    of a kernel and made most of the integer kernels' compile time; the IR here is the same
+    (LLVM hoists the branch out of the tile loops as it did before)."""
+    if not (isinstance(params, types.Array) and params.dtype == types.int32 and params.ndim == 2
+            and params.layout == "C" and _flat(scales, types.float32)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, params, scales = args[:3]
+        rounding, c, zero_point, lo, hi = args[3:]
+        table = context.make_array(sig.args[1])(context, builder, params)
+        width = cgutils.unpack_tuple(builder, table.shape, 2)[1]
+
+        def row(r):
+            at = builder.add(builder.mul(width, ir.Constant(width.type, r)), c)
+            return builder.load(builder.bitcast(builder.gep(table.data, [at]), _V8.as_pointer()), align=4)
+
+        zero_point, lo, hi = (builder.trunc(a, _I32) for a in (zero_point, lo, hi))
+        bias = row(0)
+        with builder.if_else(builder.icmp_signed("==", rounding, ir.Constant(rounding.type, XNNPACK))) as (fp, fixed):
+            with fp:
+                vf = ir.VectorType(ir.FloatType(), 8)
+                scale = builder.load(_pointer(context, builder, sig.args[2], scales, c, vf), align=4)
+                by_scale = _requantize_fp32_ir(builder, acc, bias, scale, zero_point, lo, hi)
+                from_fp = builder.basic_block
+            with fixed:
+                away = builder.zext(builder.icmp_signed("==", rounding, ir.Constant(rounding.type, REFERENCE)), _I32)
+                by_shift = _requantize_ir(builder, acc, bias, row(1), row(2), row(3), zero_point, lo, hi, away)
+                from_fixed = builder.basic_block
+        value = builder.phi(_V8)
+        value.add_incoming(by_scale, from_fp)
+        value.add_incoming(by_shift, from_fixed)
+        return value
+    return i32x8(i32x8, params, scales, types.int64, types.intp, types.int64, types.int64, types.int64), codegen
+
+
+@intrinsic
+def centre16(typingctx, x, at, zero_point, out, to):
+    """out[to : to + 16] = x[at : at + 16] - zero_point: uint8 or int8 bytes widened to int16
+    (the centring pass; a scalar loop with Numba's index arithmetic did not vectorize)."""
+    if not ((_flat(x, types.int8) or _flat(x, types.uint8)) and _flat(out, types.int16)):
+        return None
+    signed = x.dtype == types.int8
+
+    def codegen(context, builder, sig, args):
+        v8 = ir.VectorType(ir.IntType(8), 16)
+        raw = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], v8), align=1)
+        wide = builder.sext(raw, _V16) if signed else builder.zext(raw, _V16)
+        zp = builder.insert_element(ir.Constant(_V16, ir.Undefined), builder.trunc(args[2], _I16), ir.Constant(_I32, 0))
+        zp = builder.shuffle_vector(zp, zp, ir.Constant(ir.VectorType(_I32, 16), [0] * 16))
+        builder.store(builder.sub(wide, zp), _pointer(context, builder, sig.args[3], args[3], args[4], _V16), align=2)
+        return context.get_dummy_value()
+    return types.void(x, types.intp, types.int64, out, types.intp), codegen
