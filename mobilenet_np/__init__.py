@@ -20,7 +20,6 @@ from .load import load
 from .model import MobileNet, build
 from .pipeline import embed, iter_embed
 from .names import list_models
-from .quantized_model import QuantizedMobileNet
 
 __all__ = ["MobileNet", "QuantizedMobileNet", "WeightsError", "build", "embed", "embed_on_dask", "iter_embed", "list_models", "load",
            "__version__"]
@@ -31,3 +30,11 @@ def embed_on_dask(inputs, model, **options):
     .h5/.npy file, or in memory.  Options as ``mobilenet_np.distributed.embed_on_dask``."""
     from .distributed import embed_on_dask as _embed_on_dask
     return _embed_on_dask(inputs, model, **options)
+
+
+def __getattr__(name):
+    # QuantizedMobileNet on first use: its integer engine's imports cost every start ~50 ms.
+    if name == "QuantizedMobileNet":
+        from .quantized_model import QuantizedMobileNet
+        return QuantizedMobileNet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,6 @@ from pathlib import Path
 from . import names, registry, spec, weights_file
 from .errors import UnknownSourceError
 from .model import MobileNet
-from .quantized_model import QuantizedMobileNet
 from .weights_file_v2 import QuantizedWeightsFile
 
 
@@ -53,6 +52,7 @@ def from_file(path: str | os.PathLike, backend: str = "numba", input_size=None, 
     wf = weights_file.read(path)
     size = input_size or tuple(wf.attrs["default_input_size"])
     if isinstance(wf, QuantizedWeightsFile):
+        from .quantized_model import QuantizedMobileNet     # here: the integer engine's imports, only when needed
         return QuantizedMobileNet(wf, input_size=size, backend=backend, name=str(wf.attrs.get("model_name") or Path(path).stem),
                                   weights_sha256=weights_file.file_sha256(path), **options)
     return MobileNet(wf.architecture, wf.tensors, num_classes=int(wf.attrs["num_classes"]),
@@ -69,6 +69,7 @@ def from_source(path: str, backend: str = "numba", weights: str = "ema", dequant
 
     quantized = None if dequantize else read_quantized(path)
     if quantized is not None:
+        from .quantized_model import QuantizedMobileNet
         return QuantizedMobileNet(quantized, input_size=tuple(quantized.attrs["default_input_size"]), backend=backend,
                                   name=os.path.basename(path.rstrip("/")),
                                   weights_sha256=weights_file.file_sha256(path), **options)
