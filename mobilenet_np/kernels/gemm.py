@@ -4,7 +4,7 @@
 pixel p, a matrix product [pixels, C_in] x [C_in, C_out] with BatchNorm folded into W and bias
 and the epilogue fused.  A tile of 6 pixels x 16 output channels is accumulated in 12 vector
 registers over the whole C_in loop (``simd.py``), reading weights packed by ``pack_pointwise``
-so that each step loads one contiguous row.  The tile code (``_tile6``, ``_fma2``, ``simd.emit16``) is
+so that each step loads one contiguous row.  The tile code (``_tile6`` over ``simd.fma2`` and ``simd.emit16``) is
 shared with the stem (``stem.py``); ``_run`` splits a layer's tasks into runs for the threads.
 
 The layer kernel ``pointwise_tiles`` takes its plan row (``rows.py``) for its sizes and flags

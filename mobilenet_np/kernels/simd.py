@@ -231,14 +231,6 @@ def splat_at(typingctx, array, index):
 
 
 @intrinsic
-def zeros(typingctx):
-    """A vector of zeros."""
-    def codegen(context, builder, sig, args):
-        return ir.Constant(_VEC, [0.0] * LANES)
-    return f32x8(), codegen
-
-
-@intrinsic
 def fma(typingctx, a, b, c):
     """a * b + c in every lane, rounded once."""
     def codegen(context, builder, sig, args):
@@ -293,22 +285,6 @@ def load3(typingctx, array, index, step):
 
 
 @intrinsic
-def add(typingctx, a, b):
-    """a + b in every lane."""
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1])
-    return f32x8(f32x8, f32x8), codegen
-
-
-@intrinsic
-def relu6(typingctx, a):
-    """min(max(a, 0), 6) in every lane (NaN lanes become 0 or 6, as maxnum/minnum define)."""
-    def codegen(context, builder, sig, args):
-        return _relu6(builder, args[0])
-    return f32x8(f32x8), codegen
-
-
-@intrinsic
 def twice_minus_one(typingctx, a):
     """a * 2 - 1 in every lane, a multiply then a subtraction, as NumPy computes it."""
     def codegen(context, builder, sig, args):
@@ -316,11 +292,3 @@ def twice_minus_one(typingctx, a):
         one = ir.Constant(_VEC, [1.0] * LANES)
         return builder.fsub(builder.fmul(args[0], two), one)
     return f32x8(f32x8), codegen
-
-
-@intrinsic
-def lane(typingctx, a, i):
-    """Lane ``i`` of a vector, as a float32 scalar (for partial stores at the edges)."""
-    def codegen(context, builder, sig, args):
-        return builder.extract_element(args[0], builder.trunc(args[1], _I32))
-    return types.float32(f32x8, types.intp), codegen
