@@ -75,6 +75,21 @@ def _is_flat_f32(array) -> bool:
     return isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 1
 
 
+def _when(builder, condition, compute, otherwise):
+    """``compute()`` if ``condition`` else the value ``otherwise``, as a branch: what
+    ``compute`` emits (a load, say) runs only when the condition holds."""
+    with builder.if_else(condition) as (then, orelse):
+        with then:
+            value = compute()
+            then_block = builder.basic_block
+        with orelse:
+            else_block = builder.basic_block
+    out = builder.phi(otherwise.type)
+    out.add_incoming(value, then_block)
+    out.add_incoming(otherwise, else_block)
+    return out
+
+
 @intrinsic
 def load(typingctx, array, index):
     """array[index : index + 8] as a vector."""
@@ -114,17 +129,8 @@ def load_inside(typingctx, array, index, ix, width, checked):
         inside = builder.and_(builder.icmp_signed(">=", col, ir.Constant(col.type, 0)),
                               builder.icmp_signed("<", col, width_))
         read = builder.or_(builder.not_(check), inside)
-        zero = ir.Constant(_VEC, [0.0] * LANES)
-        with builder.if_else(read) as (then, otherwise):
-            with then:
-                loaded = builder.load(_vector_pointer(context, builder, sig.args[0], arr, at), align=4)
-                then_block = builder.basic_block
-            with otherwise:
-                else_block = builder.basic_block
-        out = builder.phi(_VEC)
-        out.add_incoming(loaded, then_block)
-        out.add_incoming(zero, else_block)
-        return out
+        return _when(builder, read, lambda: builder.load(_vector_pointer(context, builder, sig.args[0], arr, at),
+                                                          align=4), ir.Constant(_VEC, [0.0] * LANES))
     return f32x8(array, types.intp, ix, width, types.boolean), codegen
 
 
@@ -144,16 +150,8 @@ def store_act(typingctx, array, index, vector, relu6):
 
 def _with_residual(context, builder, vector, residual_at, add):
     """vector + the 8 floats at residual_at if ``add``, else vector (nothing read then)."""
-    with builder.if_else(add) as (then, otherwise):
-        with then:
-            summed = builder.fadd(vector, builder.load(builder.bitcast(residual_at, _VEC.as_pointer()), align=4))
-            then_block = builder.basic_block
-        with otherwise:
-            else_block = builder.basic_block
-    out = builder.phi(_VEC)
-    out.add_incoming(summed, then_block)
-    out.add_incoming(vector, else_block)
-    return out
+    return _when(builder, add, lambda: builder.fadd(
+        vector, builder.load(builder.bitcast(residual_at, _VEC.as_pointer()), align=4)), vector)
 
 
 @intrinsic
@@ -188,15 +186,8 @@ def emit16(typingctx, out, index, lo, hi, columns, relu6, residual, add_residual
                 with builder.if_then(builder.icmp_signed("<", const(first + c), columns_)):
                     i = builder.add(at, const(first + c))
                     s = builder.extract_element(vector, ir.Constant(_I32, c))
-                    with builder.if_else(add) as (then, otherwise):
-                        with then:
-                            summed = builder.fadd(s, builder.load(builder.gep(res_data, [i]), align=4))
-                            then_block = builder.basic_block
-                        with otherwise:
-                            else_block = builder.basic_block
-                    v = builder.phi(s.type)
-                    v.add_incoming(summed, then_block)
-                    v.add_incoming(s, else_block)
+                    v = _when(builder, add, lambda: builder.fadd(s, builder.load(builder.gep(res_data, [i]), align=4)),
+                              s)
                     one = ir.VectorType(ir.FloatType(), 1)
                     act = builder.extract_element(_relu6_any(builder, builder.insert_element(
                         ir.Constant(one, ir.Undefined), v, ir.Constant(_I32, 0))), ir.Constant(_I32, 0))
