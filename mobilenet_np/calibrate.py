@@ -25,7 +25,7 @@ from weights_tools import quantize as q
 from . import spec
 from . import weights_file_v2 as v2
 from .errors import ImageError, MissingFileError, WeightsError
-from .inputs import IMAGE_EXTENSIONS
+from .inputs import image_extensions
 
 BATCH = 8
 
@@ -92,7 +92,7 @@ def image_files(folder: str) -> list[str]:
     if not os.path.isdir(folder):
         raise WeightsError(f"{folder}: --calibration must be a folder of images")
     names = sorted(n for n in os.listdir(folder)
-                   if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, n)))
+                   if os.path.splitext(n)[1].lower() in image_extensions() and os.path.isfile(os.path.join(folder, n)))
     if not names:
         raise WeightsError(f"{folder}: no image files to calibrate on")
     return [os.path.join(folder, n) for n in names]

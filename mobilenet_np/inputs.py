@@ -7,6 +7,7 @@ and running the model (``pipeline.py``).
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -16,8 +17,11 @@ from PIL import Image
 #: Files given on the command line with these suffixes are lists of image paths, one a line.
 LIST_SUFFIXES = (".txt", ".lst")
 
-#: Inside folders, files are images when Pillow can open their extension.
-IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+@functools.cache
+def image_extensions() -> frozenset[str]:
+    """Inside folders, files are images when Pillow can open their extension.  (A function, not
+    a constant: asking Pillow imports all its format plugins, ~80 ms of every start.)"""
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
 class Item(NamedTuple):
@@ -116,7 +120,7 @@ def _list_items(list_file: str) -> list[Item]:
 
 
 def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(name)[1].lower() in image_extensions()
 
 
 def text_path(path: str) -> str:
