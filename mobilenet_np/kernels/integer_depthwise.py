@@ -24,6 +24,7 @@ from numba import prange
 from . import integer_simd as iv
 from .integer_gemm import ROUNDINGS, parts
 from .jit import kernel
+from .table import address_for, call
 
 LANES = 8
 
@@ -172,10 +173,10 @@ def _tail(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, params, scales, round
 
 @kernel(parallel=True)
 def depthwise_parallel(x, rows, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
-                       zero_point, lo, hi, out, parts):
+                       zero_point, lo, hi, out, parts, rows_at):
     for part in prange(parts):
-        depthwise_rows(x, part * rows // parts, (part + 1) * rows // parts, h, w_in, c, wts, zpw, k, stride, top, left,
-                       out_h, out_w, params, scales, rounding, zero_point, lo, hi, out)
+        call(rows_at, (x, part * rows // parts, (part + 1) * rows // parts, h, w_in, c, wts, zpw, k, stride, top, left,
+                       out_h, out_w, params, scales, rounding, zero_point, lo, hi, out))
 
 
 def depthwise_conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, out_zero_point, clamp, out,
@@ -192,6 +193,7 @@ def depthwise_conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, ou
             out_hw[1], params, scales, ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1], out.reshape(-1))
     if threads == 1:
         depthwise_rows(args[0], 0, n * out_hw[0], *args[1:])
-    else:
-        depthwise_parallel(args[0], n * out_hw[0], *args[1:], threads)
+    else:       # depthwise_rows called at its address: not compiled again inside (table.py)
+        depthwise_parallel(args[0], n * out_hw[0], *args[1:], threads,
+                           address_for(depthwise_rows, (args[0], 0, n * out_hw[0], *args[1:])))
     return out

@@ -15,15 +15,15 @@ A first fast integer kernel (issue 17), tested against ``integer_reference`` (co
   lanes at a time), the zero point and the clamp, and the bytes are stored: the int32 sums
   never go through memory.
 
-What compiles, and how often (a cold compile of every integer kernel took 125 s; now ~19 s):
+What compiles, and how often (a cold compile of every integer kernel took 125 s; now ~15 s):
 the requantization is one intrinsic, not a Numba function inlined at each of its dozen call
 sites (Numba's IR inlining re-runs its front end per site: that was most of the time); the
 tile loops are inlined once, into ``gemm_tasks``, a real function that the parallel kernel calls
 once per thread and Python calls directly for one thread (no serial copy of the code); int8
-and uint8 outputs are stored through one uint8 view (one compile for both).  What is left is
-mostly the prange kernels: Numba's parallel lowering links and re-optimizes the task code they
-call, ~1.5-2 s per signature; so the centring runs on one thread and the stem's gather on
-Python threads (``conv2d``) rather than having prange twins.
+and uint8 outputs are stored through one uint8 view (one compile for both).  The prange
+kernels call the task code at its address (``table.py``): linked in, Numba's parallel lowering
+re-optimized it, ~1.5-2 s per signature (19 -> 15 s in all).  The centring runs on one thread
+and the stem's gather on Python threads (``conv2d``) rather than having prange twins.
 
 int16 holds every centred value: uint8 - zero point and int8 - zero point lie in [-255, 255],
 and a pair of products (at most 2 * 255^2) plus the sums over C_in fit int32 for any C_in below
@@ -43,6 +43,7 @@ from numba import prange
 
 from . import integer_simd as iv
 from .jit import kernel
+from .table import address_for, call
 
 PANEL = 16            # output channels per tile: two vectors of 8 int32 sums
 
@@ -189,11 +190,13 @@ def gemm_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_
 
 
 @kernel(parallel=True)
-def gemm_parallel(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, parts):
+def gemm_parallel(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, parts, tasks_at):
+    """``gemm_tasks`` split over ``parts`` threads, called at ``tasks_at`` (``table.address_for``):
+    not linked in, so its code is not compiled again here (``table.py``)."""
     tasks = (pixels + CHUNK - 1) // CHUNK * panels
     for part in prange(parts):
-        gemm_tasks(x, part * tasks // parts, (part + 1) * tasks // parts, pixels, kp, w, panels, params, scales,
-                   rounding, zero_point, lo, hi, out)
+        call(tasks_at, (x, part * tasks // parts, (part + 1) * tasks // parts, pixels, kp, w, panels, params, scales,
+                        rounding, zero_point, lo, hi, out))
 
 
 SERIAL_BELOW = 1 << 19      # multiply-adds (or values written) below which waking the thread pool costs more
@@ -301,12 +304,12 @@ def gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, cla
     stored = padded.view(np.uint8)
     scales = np.zeros(panels * PANEL, np.float32) if scales is None else scales
     n = parts(pixels * kp * panels * PANEL)
+    args = (centred, 0, (pixels + CHUNK - 1) // CHUNK * panels, pixels, kp, packed, panels, params, scales,
+            ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1], stored)
     if n == 1:
-        gemm_tasks(centred, 0, (pixels + CHUNK - 1) // CHUNK * panels, pixels, kp, packed, panels, params, scales,
-                   ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1], stored)
+        gemm_tasks(*args)
     else:
-        gemm_parallel(centred, pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding], out_zero_point,
-                      clamp[0], clamp[1], stored, n)
+        gemm_parallel(centred, *args[3:], n, address_for(gemm_tasks, args))
     if not direct:
         out[:] = padded.reshape(pixels, panels * PANEL)[:, :c_out]
     return out

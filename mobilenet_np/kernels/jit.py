@@ -52,7 +52,7 @@ COMPILE_SECONDS = 15
 # first meets each op: any of them starts the one message, with its own estimate (all of them,
 # cold, for int8 and uint8 models: ~19 s CPU on the 2-core machine, 125 s before 2026-12-01).
 INTEGER_MODULES = __package__ + ".integer_"
-INTEGER_COMPILE_SECONDS = 20
+INTEGER_COMPILE_SECONDS = 15
 
 
 def quiet(on: bool = True) -> None:
