@@ -221,7 +221,7 @@ def pointwise_conv2d(x, w_packed, bias_padded, relu6, residual, add_residual, ou
     pixels, c_in = x.shape
     op = plan_row("pointwise", in_hw=(pixels, 1), in_c=c_in, out_hw=(pixels, 1), out_c=out.shape[1], relu6=relu6,
                   residual=add_residual)
-    tasks = -(-pixels // TILE_ROWS) * -(-out.shape[1] // PANEL)
+    tasks = _gemm_tasks.py_func(pixels, out.shape[1])
     x, residual, out = x.reshape(-1), residual.reshape(-1), out.reshape(-1)
     if serial:
         pointwise_tiles(op, 0, tasks, x, w_packed, bias_padded, residual, out, 1)

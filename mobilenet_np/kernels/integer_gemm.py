@@ -21,8 +21,8 @@ sites (Numba's IR inlining re-runs its front end per site: that was most of the 
 tile loops are inlined once, into ``gemm_tasks``, a real function that the parallel kernel calls
 once per thread and Python calls directly for one thread (no serial copy of the code); int8
 and uint8 outputs are stored through one uint8 view (one compile for both).  The prange
-kernels call the task code at its address (``table.py``): linked in, Numba's parallel lowering
-re-optimized it, ~1.5-2 s per signature (19 -> 15 s in all).  The centring runs on one thread
+kernels call the task code at its address (``table.py``) rather than linking it in, where
+Numba's parallel lowering re-optimized it, ~1.5-2 s per signature (19 -> 15 s in all).  The centring runs on one thread
 and the stem's gather on Python threads (``conv2d``) rather than having prange twins.
 
 int16 holds every centred value: uint8 - zero point and int8 - zero point lie in [-255, 255],

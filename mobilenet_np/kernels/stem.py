@@ -120,7 +120,7 @@ def conv2d(x, w_packed, bias_padded, taps, k, stride, pad_top, pad_left, relu6, 
     op = plan_row("conv", k=k, stride=stride, in_hw=(height, width), in_c=c_in, out_hw=out.shape[1:3],
                   out_c=out.shape[3], pad_top=pad_top, pad_left=pad_left, relu6=relu6)
     if serial:
-        tasks = n_img * out.shape[1] * -(-out.shape[3] // PANEL)
-        stem_tasks(op, 0, tasks, x.reshape(-1), taps, w_packed, bias_padded, out.reshape(-1), n_img)
+        stem_tasks(op, 0, _stem_tasks.py_func(op, n_img), x.reshape(-1), taps, w_packed, bias_padded, out.reshape(-1),
+                   n_img)
     else:
         stem_parallel(op, x.reshape(-1), taps, w_packed, bias_padded, out.reshape(-1), n_img, numba.get_num_threads())
