@@ -11,6 +11,7 @@ Exit status: 0 success, 1 partial success (some inputs failed), 2 failure or usa
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -56,17 +57,44 @@ def _profile(args) -> int:
 def _warmup(args) -> int:
     """Fill the kernel cache (the user cache folder) with the float and the integer kernels, for
     container images and fresh Dask or server nodes: their first call then loads the kernels in
-    about a second."""
-    from .forward.tiered import fill_cache
-    from .kernels import cache
+    about a second.  With a cache folder and two cores or more, the integer kernels compile in
+    a child process while this one compiles the float engine (Numba's compiler is Python code
+    under one lock: one process compiles on one core); the two sets are about the same size, so
+    that halves the wait.  Should the child fail, this process compiles what it left."""
+    import tempfile
+
+    from .forward.tiered import child_process, fill_cache
+    from .kernels import cache, jit
     from .quantized_model import warm_up_integer_kernels
 
     started = time.perf_counter()
-    fill_cache()
-    warm_up_integer_kernels()           # quantized (version-2) models' kernels, int8 and uint8
+    child = None
+    with tempfile.TemporaryFile() as errors:
+        if jit._FOLDER is not None and _cores() > 1:
+            child = child_process("from mobilenet_np.quantized_model import warm_up_integer_kernels as w; w()", errors)
+        try:
+            fill_cache()
+        except BaseException:
+            if child is not None:
+                child.kill()
+                child.wait()
+            raise
+        if child is not None and child.wait() != 0:
+            errors.seek(0)
+            tail = errors.read().decode(errors="replace").strip().splitlines()[-1:]
+            print(f"mobilenet-np: the integer kernels' compile in a second process failed (exit status "
+                  f"{child.returncode}{': ' + tail[0] if tail else ''}); compiling them here", file=sys.stderr)
+            child = None
+    if child is None:
+        warm_up_integer_kernels()       # quantized (version-2) models' kernels, int8 and uint8
     if not args.quiet:
         print(f"kernels ready in {time.perf_counter() - started:.1f} s (cache: {cache.root()})")
     return EXIT_OK
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _parity(args) -> int:

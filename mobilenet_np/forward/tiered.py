@@ -203,10 +203,7 @@ class _Job:
         self.proc = None
         if self.marker.exists():        # warm: only the loading, in the background
             return
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", f"from {__name__} import _child; _child({os.getpid()})"],
-            env=_child_env(), cwd=_PACKAGE_PARENT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=self._errors)
+        self.proc = child_process(f"from {__name__} import _child; _child({os.getpid()})", self._errors)
         atexit.register(self.stop)
         if os.environ.get("MOBILENET_NP_QUIET", "") in ("", "0"):
             announce.warning("mobilenet-np: compiling kernels for this CPU in the background (once, about %d s; "
@@ -270,6 +267,13 @@ def _forget_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):          # POSIX
     os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def child_process(code: str, stderr) -> subprocess.Popen:
+    """``python -c code`` in a compiling child (the tiered start's, and ``mobilenet-np warmup``'s
+    for the integer kernels), its error output to the file ``stderr``."""
+    return subprocess.Popen([sys.executable, "-c", code], env=_child_env(), cwd=_PACKAGE_PARENT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
 def _child_env() -> dict[str, str]:

@@ -13,8 +13,6 @@
   half speed; measured in the change that turned it off).
 * CPython 3.11's frame stack mapped and unmapped a chunk on every call at one depth of Numba's
   compiler (2.5x the compile time); ``frame_chunks.install()`` runs before the first compile.
-* CPython 3.11's frame stack mapped and unmapped a chunk on every call at one depth of Numba's
-  compiler (2.5x the compile time); ``frame_chunks.install()`` runs before the first compile.
 * The cache: compiled machine code is kept in the user cache folder (``cache.py``), so a new
   process does not recompile; ``MOBILENET_NP_JIT_CACHE=0`` turns it off (to measure a cold start).
 
@@ -71,7 +69,6 @@ class _Announcer(event.Listener):
         func = ev.data["dispatcher"].py_func
         if self.said or not func.__module__.startswith(__package__):
             return
-        frame_chunks.install()        # before the compile: it ran 2.5x slower without (frame_chunks.py)
         frame_chunks.install()        # before the compile: it ran 2.5x slower without (frame_chunks.py)
         if func.__module__.startswith(INTEGER_MODULES):
             seconds = INTEGER_COMPILE_SECONDS
