@@ -249,10 +249,16 @@ class NumbaBackend:
                 meeting[_sync.ABORT] = 1
                 raise
 
+        def check(future) -> None:          # a worker that never ran its part: release the others
+            if future.cancelled() or future.exception() is not None:
+                meeting[_sync.ABORT] = 1
+
         futures = []
         try:
             pool = self._thread_pool(parts - 1)
-            futures = [pool.submit(part_of, part) for part in range(1, parts)]
+            for part in range(1, parts):
+                futures.append(pool.submit(part_of, part))
+                futures[-1].add_done_callback(check)
             part_of(0)
         except BaseException:
             meeting[_sync.ABORT] = 1

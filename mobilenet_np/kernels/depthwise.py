@@ -1,7 +1,7 @@
 """Depthwise 3x3 convolutions: each channel filtered by its own 3x3 kernel, 8 channels per vector.
 
 Each output row is cut into tiles of 8 adjacent pixels (stride 1) or 4, and for each tile the
-channels are walked 8 at a time (``_dw_row``).  Every input column is loaded once and feeds all
+channels are walked 8 at a time (``depthwise_rows``).  Every input column is loaded once and feeds all
 the pixels it reaches (3 of them at stride 1), and the tile's sums are independent, so the
 multiply-adds do not wait on one another.  Tap rows in the padding are skipped; columns in the
 padding read as zeros.  Each pixel sums its bias, then its taps in (dy, dx) order.
@@ -103,91 +103,86 @@ def _pixel(xf, at, ix0, width, chans, line, w, c, dy0, dy1, b):
     return acc
 
 
-@kernel(inline=True)
-def _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h, out_w):
-    """Task ``row`` of ``depthwise_rows``: one output row, all channels.  The row is cut into
+@kernel()
+def depthwise_rows(op, r0, r1, xf, w, bias, of, n_img):
+    """Output rows r0..r1-1 (over the whole batch) of the depthwise row ``op``, on the calling
+    thread; each row with all its channels.  The row is cut into
     tiles of 8 pixels at stride 1, then of 4, and for each tile the channels are walked 8 at a
     time: the tile's input (3 rows x 6 to 10 columns x C) is read front to back, which the caches
     and prefetchers follow well even at C = 512 (walking a row per channel group instead strides
     by C*4 bytes and thrashes L1 sets).  Tap rows in the padding are skipped; columns in the
     padding read as zero.  A last single pixel takes ``_pixel``; the last C mod 8 channels a
     scalar loop."""
-    vector_chans = chans - chans % LANES
-    line = width * chans
-    n = row // out_h
-    oy = row % out_h
-    iy0 = oy * stride - pad_top
-    dy0 = max(0, -iy0)
-    dy1 = min(3, height - iy0)
-    ox = 0
-    while stride == 1 and ox + 8 <= out_w:
-        ix0 = ox - pad_left
-        at0 = ((n * height + iy0) * width + ix0) * chans
-        o_at0 = (row * out_w + ox) * chans
-        inside = ix0 >= 0 and ix0 + 9 < width
-        for c in range(0, vector_chans, LANES):
-            b = simd.load(bias, c)
-            a0, a1, a2, a3, a4, a5, a6, a7 = _tile8(xf, at0 + c, ix0, width, chans, line, w, c, dy0, dy1, b,
-                                                    not inside)
-            o_at = o_at0 + c
-            simd.store_act(of, o_at, a0, relu6)
-            simd.store_act(of, o_at + chans, a1, relu6)
-            simd.store_act(of, o_at + 2 * chans, a2, relu6)
-            simd.store_act(of, o_at + 3 * chans, a3, relu6)
-            simd.store_act(of, o_at + 4 * chans, a4, relu6)
-            simd.store_act(of, o_at + 5 * chans, a5, relu6)
-            simd.store_act(of, o_at + 6 * chans, a6, relu6)
-            simd.store_act(of, o_at + 7 * chans, a7, relu6)
-        ox += 8
-    while ox < out_w:
-        keep = min(4, out_w - ox)
-        ix0 = ox * stride - pad_left
-        # Offsets of taps may point outside the array for taps that are skipped or zeroed.
-        at0 = ((n * height + iy0) * width + ix0) * chans
-        o_at0 = (row * out_w + ox) * chans
-        if keep == 1:
-            for c in range(0, vector_chans, LANES):
-                simd.store_act(of, o_at0 + c, _pixel(xf, at0 + c, ix0, width, chans, line, w, c, dy0, dy1,
-                                             simd.load(bias, c)), relu6)
-            break
-        inside = keep == 4 and ix0 >= 0 and ix0 + 3 * stride + 2 < width
-        for c in range(0, vector_chans, LANES):
-            b = simd.load(bias, c)
-            a0, a1, a2, a3 = _tile4(xf, at0 + c, ix0, width, chans, line, stride, w, c, dy0, dy1, b, not inside)
-            o_at = o_at0 + c
-            simd.store_act(of, o_at, a0, relu6)
-            simd.store_act(of, o_at + chans, a1, relu6)
-            if keep > 2:
-                simd.store_act(of, o_at + 2 * chans, a2, relu6)
-            if keep > 3:
-                simd.store_act(of, o_at + 3 * chans, a3, relu6)
-        ox += 4
-    for ox in range(out_w):
-        ix0 = ox * stride - pad_left
-        for c in range(vector_chans, chans):
-            s = bias[c]
-            for dy in range(dy0, dy1):
-                for dx in range(max(0, -ix0), min(3, width - ix0)):
-                    s += xf[((n * height + iy0 + dy) * width + ix0 + dx) * chans + c] * w[(dy * 3 + dx) * chans + c]
-            if relu6:
-                s = min(max(s, np.float32(0.0)), np.float32(6.0))
-            of[(row * out_w + ox) * chans + c] = s
-
-
-@kernel()
-def depthwise_rows(op, r0, r1, xf, w, bias, of, n_img):
-    """Output rows r0..r1-1 (over the whole batch) of the depthwise row ``op``, on the calling thread."""
     height, width, chans = op[OP_IN_H], op[OP_IN_W], op[OP_IN_C]
     stride, pad_top, pad_left, relu6 = op[OP_STRIDE], op[OP_PAD_TOP], op[OP_PAD_LEFT], op[OP_RELU6] != 0
     out_h, out_w = op[OP_OUT_H], op[OP_OUT_W]
-    for row in range(r0, r1):
-        _dw_row(row, xf, n_img, height, width, chans, w, bias, stride, pad_top, pad_left, relu6, of, out_h, out_w)
+    vector_chans = chans - chans % LANES
+    line = width * chans
+    for row in range(r0, r1):  # (one function, not a row helper inlined here: ~1 s less compile)
+        n = row // out_h
+        oy = row % out_h
+        iy0 = oy * stride - pad_top
+        dy0 = max(0, -iy0)
+        dy1 = min(3, height - iy0)
+        ox = 0
+        while stride == 1 and ox + 8 <= out_w:
+            ix0 = ox - pad_left
+            at0 = ((n * height + iy0) * width + ix0) * chans
+            o_at0 = (row * out_w + ox) * chans
+            inside = ix0 >= 0 and ix0 + 9 < width
+            for c in range(0, vector_chans, LANES):
+                b = simd.load(bias, c)
+                a0, a1, a2, a3, a4, a5, a6, a7 = _tile8(xf, at0 + c, ix0, width, chans, line, w, c, dy0, dy1, b,
+                                                        not inside)
+                o_at = o_at0 + c
+                simd.store_act(of, o_at, a0, relu6)
+                simd.store_act(of, o_at + chans, a1, relu6)
+                simd.store_act(of, o_at + 2 * chans, a2, relu6)
+                simd.store_act(of, o_at + 3 * chans, a3, relu6)
+                simd.store_act(of, o_at + 4 * chans, a4, relu6)
+                simd.store_act(of, o_at + 5 * chans, a5, relu6)
+                simd.store_act(of, o_at + 6 * chans, a6, relu6)
+                simd.store_act(of, o_at + 7 * chans, a7, relu6)
+            ox += 8
+        while ox < out_w:
+            keep = min(4, out_w - ox)
+            ix0 = ox * stride - pad_left
+            # Offsets of taps may point outside the array for taps that are skipped or zeroed.
+            at0 = ((n * height + iy0) * width + ix0) * chans
+            o_at0 = (row * out_w + ox) * chans
+            if keep == 1:
+                for c in range(0, vector_chans, LANES):
+                    simd.store_act(of, o_at0 + c, _pixel(xf, at0 + c, ix0, width, chans, line, w, c, dy0, dy1,
+                                                 simd.load(bias, c)), relu6)
+                break
+            inside = keep == 4 and ix0 >= 0 and ix0 + 3 * stride + 2 < width
+            for c in range(0, vector_chans, LANES):
+                b = simd.load(bias, c)
+                a0, a1, a2, a3 = _tile4(xf, at0 + c, ix0, width, chans, line, stride, w, c, dy0, dy1, b, not inside)
+                o_at = o_at0 + c
+                simd.store_act(of, o_at, a0, relu6)
+                simd.store_act(of, o_at + chans, a1, relu6)
+                if keep > 2:
+                    simd.store_act(of, o_at + 2 * chans, a2, relu6)
+                if keep > 3:
+                    simd.store_act(of, o_at + 3 * chans, a3, relu6)
+            ox += 4
+        for ox in range(out_w):
+            ix0 = ox * stride - pad_left
+            for c in range(vector_chans, chans):
+                s = bias[c]
+                for dy in range(dy0, dy1):
+                    for dx in range(max(0, -ix0), min(3, width - ix0)):
+                        s += xf[((n * height + iy0 + dy) * width + ix0 + dx) * chans + c] * w[(dy * 3 + dx) * chans + c]
+                if relu6:
+                    s = min(max(s, np.float32(0.0)), np.float32(6.0))
+                of[(row * out_w + ox) * chans + c] = s
 
 
 @kernel(parallel=True)
 def depthwise_parallel(op, xf, w, bias, of, n_img, parts):
     """Depthwise 3x3: x flat [N,H,W,C], w flat [(dy*3 + dx)*C + c], bias [C] -> out flat [N,Ho,Wo,C].
-    Output rows are the tasks (``_dw_row``), in ``parts`` contiguous runs as in
+    Output rows are the tasks (``depthwise_rows``), in ``parts`` contiguous runs as in
     ``gemm.pointwise_parallel`` (the layer on its own; the engine splits it in ``plan.run_plan``)."""
     for part in prange(parts):
         r0, r1 = _run(n_img * op[OP_OUT_H], part, parts)

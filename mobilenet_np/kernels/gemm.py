@@ -135,38 +135,6 @@ def _tile3w(x, x_at, c_in, w, w_at, bias, c0, out, o_at, c_out, relu6, residual,
 
 
 @kernel(inline=True)
-def _gemm_task(g, j, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out):
-    """One tile of ``pointwise_tiles``: pixel group g (6 pixels) x weight panel j (16 channels).
-
-    The last group, when the pixel count is not a multiple of 6: with 1-3 pixels left, panels
-    run in pairs through ``_tile3w`` over the last 3 pixels (task j even does panels j and
-    j+1, task j+1 nothing); otherwise, and for an unpaired last panel, the last 6 pixels run
-    whole.  Either way a few pixels are recomputed to the same values, rather than run a
-    latency-bound pixel at a time."""
-    p0 = g * TILE_ROWS
-    c0 = j * PANEL
-    columns = min(PANEL, c_out - c0)
-    w_at = j * c_in * PANEL
-    b0 = simd.load(bias, c0)
-    b1 = simd.load(bias, c0 + LANES)
-    paired = False
-    if p0 + TILE_ROWS > pixels and pixels >= TILE_ROWS:
-        paired = pixels % TILE_ROWS <= 3 and (j % 2 == 1 or c0 + PANEL < c_out)
-        p0 = pixels - 3 if paired else pixels - TILE_ROWS
-    if paired:
-        if j % 2 == 0:
-            _tile3w(x, p0 * c_in, c_in, w, w_at, bias, c0, out, p0 * c_out + c0, c_out, relu6, residual,
-                    add_residual)
-    elif p0 + TILE_ROWS <= pixels:
-        _tile6(x, p0 * c_in, c_in, _DENSE, c_in, w, w_at, b0, b1, out, p0 * c_out + c0, c_out, columns,
-               relu6, residual, add_residual)
-    else:
-        for p in range(p0, pixels):
-            _tile1(x, p * c_in, c_in, w, w_at, b0, b1, out, p * c_out + c0, columns,
-                   relu6, residual, add_residual)
-
-
-@kernel(inline=True)
 def _gemm_tasks(pixels, c_out):
     return -(-pixels // TILE_ROWS) * -(-c_out // PANEL)
 
@@ -183,7 +151,16 @@ def pointwise_tiles(op, t0, t1, x, w, bias, residual, out, n_img):
     Visit order: consecutive tiles (one thread's run) keep the smaller operand in cache.  With
     more output channels than pixels the weights are the bigger stream, so all pixels meet one
     weight panel (16 columns x c_in, in L1) before the next panel.  The (group, panel) pair is
-    stepped, not divided out of t: two integer divisions per tile cost ~20 % at C_in = 16."""
+    stepped, not divided out of t: two integer divisions per tile cost ~20 % at C_in = 16.
+    Tile (g, j) is pixel group g (6 pixels) x weight panel j (16 channels).
+
+    The last group, when the pixel count is not a multiple of 6: with 1-3 pixels left, panels
+    run in pairs through ``_tile3w`` over the last 3 pixels (task j even does panels j and
+    j+1, task j+1 nothing); otherwise, and for an unpaired last panel, the last 6 pixels run
+    whole.  Either way a few pixels are recomputed to the same values, rather than run a
+    latency-bound pixel at a time.
+    (The tile's code is written out in the loop, not a helper inlined there: Numba's inlining
+    copied its IR at some cost to the compile.)"""
     pixels = _pixels(op, n_img)
     c_in = op[OP_IN_C]
     c_out = op[OP_OUT_C]
@@ -196,7 +173,27 @@ def pointwise_tiles(op, t0, t1, x, w, bias, residual, out, n_img):
     for _ in range(t0, t1):
         g = inner_at if panel_major else outer_at
         j = outer_at if panel_major else inner_at
-        _gemm_task(g, j, x, pixels, c_in, w, bias, c_out, relu6, residual, add_residual, out)
+        p0 = g * TILE_ROWS
+        c0 = j * PANEL
+        columns = min(PANEL, c_out - c0)
+        w_at = j * c_in * PANEL
+        b0 = simd.load(bias, c0)
+        b1 = simd.load(bias, c0 + LANES)
+        paired = False
+        if p0 + TILE_ROWS > pixels and pixels >= TILE_ROWS:
+            paired = pixels % TILE_ROWS <= 3 and (j % 2 == 1 or c0 + PANEL < c_out)
+            p0 = pixels - 3 if paired else pixels - TILE_ROWS
+        if paired:
+            if j % 2 == 0:
+                _tile3w(x, p0 * c_in, c_in, w, w_at, bias, c0, out, p0 * c_out + c0, c_out, relu6, residual,
+                        add_residual)
+        elif p0 + TILE_ROWS <= pixels:
+            _tile6(x, p0 * c_in, c_in, _DENSE, c_in, w, w_at, b0, b1, out, p0 * c_out + c0, c_out, columns,
+                   relu6, residual, add_residual)
+        else:
+            for p in range(p0, pixels):
+                _tile1(x, p * c_in, c_in, w, w_at, b0, b1, out, p * c_out + c0, columns,
+                       relu6, residual, add_residual)
         inner_at += 1
         if inner_at == inner:
             inner_at = 0

@@ -50,57 +50,51 @@ def _patch1(x, n, iy0, ix0, height, width, c_in, k, w, w_at, b0, b1, out, o_at, 
 
 
 @kernel(inline=True)
-def _stem_task(t, x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
-               out, out_h, out_w, c_out):
-    """Task t of ``stem_tasks``: one output row x one 16-channel panel."""
-    panels = -(-c_out // PANEL)
-    steps = k * k * c_in
-    row = t // panels
-    j = t % panels
-    n = row // out_h
-    oy = row % out_h
-    c0 = j * PANEL
-    columns = min(PANEL, c_out - c0)
-    w_at = j * steps * PANEL
-    b0 = simd.load(bias, c0)
-    b1 = simd.load(bias, c0 + LANES)
-    iy0 = oy * stride - pad_top
-    # Output columns whose whole patch lies inside the image: [inside_lo, inside_hi).  They run
-    # in 6-pixel tiles, the last one shifted left to end at inside_hi (the overlap is recomputed
-    # to the same values); the pixels whose patch touches the padding take _patch1.
-    inside_lo = out_w
-    inside_hi = out_w
-    if iy0 >= 0 and iy0 + k <= height:
-        inside_lo = min(-(-pad_left // stride), out_w)
-        inside_hi = max(min((width - k + pad_left) // stride + 1, out_w), inside_lo)
-    if inside_hi - inside_lo < TILE_ROWS:
-        inside_lo = out_w
-        inside_hi = out_w
-    for ox0 in range(inside_lo, inside_hi, TILE_ROWS):
-        ox0 = min(ox0, inside_hi - TILE_ROWS)
-        x_at = ((n * height + iy0) * width + ox0 * stride - pad_left) * c_in
-        _tile6(x, x_at, stride * c_in, taps, steps, w, w_at, b0, b1, out, (row * out_w + ox0) * c_out + c0, c_out,
-               columns, relu6, out, False)
-    for ox in range(out_w):
-        if ox < inside_lo or ox >= inside_hi:
-            _patch1(x, n, iy0, ox * stride - pad_left, height, width, c_in, k, w, w_at, b0, b1,
-                    out, (row * out_w + ox) * c_out + c0, columns, relu6)
-
-
-@kernel(inline=True)
 def _stem_tasks(op, n_img):
     return n_img * op[OP_OUT_H] * -(-op[OP_OUT_C] // PANEL)
 
 
 @kernel()
 def stem_tasks(op, t0, t1, x, taps, w, bias, out, n_img):
-    """Tasks t0..t1-1 (output row x 16-channel panel) of the stem row ``op``, on the calling thread."""
+    """Tasks t0..t1-1 of the stem row ``op``, on the calling thread: task t is one output row x
+    one 16-channel panel.  (The task's code is written out in the loop, not a helper inlined
+    there: Numba's inlining copied its IR at some cost to the compile.)"""
     height, width, c_in, k, stride = op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], op[OP_K], op[OP_STRIDE]
     pad_top, pad_left, relu6 = op[OP_PAD_TOP], op[OP_PAD_LEFT], op[OP_RELU6] != 0
     out_h, out_w, c_out = op[OP_OUT_H], op[OP_OUT_W], op[OP_OUT_C]
+    panels = -(-c_out // PANEL)
+    steps = k * k * c_in
     for t in range(t0, t1):
-        _stem_task(t, x, n_img, height, width, c_in, k, stride, pad_top, pad_left, taps, w, bias, relu6,
-                   out, out_h, out_w, c_out)
+        row = t // panels
+        j = t % panels
+        n = row // out_h
+        oy = row % out_h
+        c0 = j * PANEL
+        columns = min(PANEL, c_out - c0)
+        w_at = j * steps * PANEL
+        b0 = simd.load(bias, c0)
+        b1 = simd.load(bias, c0 + LANES)
+        iy0 = oy * stride - pad_top
+        # Output columns whose whole patch lies inside the image: [inside_lo, inside_hi).  They run
+        # in 6-pixel tiles, the last one shifted left to end at inside_hi (the overlap is recomputed
+        # to the same values); the pixels whose patch touches the padding take _patch1.
+        inside_lo = out_w
+        inside_hi = out_w
+        if iy0 >= 0 and iy0 + k <= height:
+            inside_lo = min(-(-pad_left // stride), out_w)
+            inside_hi = max(min((width - k + pad_left) // stride + 1, out_w), inside_lo)
+        if inside_hi - inside_lo < TILE_ROWS:
+            inside_lo = out_w
+            inside_hi = out_w
+        for ox0 in range(inside_lo, inside_hi, TILE_ROWS):
+            ox0 = min(ox0, inside_hi - TILE_ROWS)
+            x_at = ((n * height + iy0) * width + ox0 * stride - pad_left) * c_in
+            _tile6(x, x_at, stride * c_in, taps, steps, w, w_at, b0, b1, out, (row * out_w + ox0) * c_out + c0, c_out,
+                   columns, relu6, out, False)
+        for ox in range(out_w):
+            if ox < inside_lo or ox >= inside_hi:
+                _patch1(x, n, iy0, ox * stride - pad_left, height, width, c_in, k, w, w_at, b0, b1,
+                        out, (row * out_w + ox) * c_out + c0, columns, relu6)
 
 
 @kernel(parallel=True)
