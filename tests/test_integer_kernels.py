@@ -238,6 +238,43 @@ def test_softmax_is_within_one_step_of_the_real_softmax(rng):
     assert np.max(np.abs(got - np.clip(want, 0, 255))) <= 1.0
 
 
+
+def test_fast_softmax_reciprocal_equals_the_array_version(rng):
+    """The Python-int reciprocal of one row against the twin's array arithmetic, over [0, 1) in
+    Q0.31 (the ends, and 20,000 random values)."""
+    x = np.concatenate([[0, 1, 2, (1 << 30) - 1, 1 << 30, (1 << 31) - 2, (1 << 31) - 1],
+                        rng.integers(0, 1 << 31, 20000)]).astype(np.int64)
+    want = isoft.one_over_one_plus_x(x)
+    assert [isoft.one_over_one_plus_x_int(int(v)) for v in x] == want.tolist()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("shape", [(1, 1001), (3, 7), (2, 1, 1, 5), (5, 1), (1, 4096)])
+def test_fast_softmax_equals_the_twin(rng, dtype, shape):
+    """``Softmax`` against ``softmax`` byte for byte: odd lengths, leading dimensions, scales
+    from tiny (every difference kept, probabilities spread) to large (most differences cut off
+    by the smallest kept difference), beta != 1, and extreme rows: all equal, one maximum among
+    minima, the two extremes alternating, random."""
+    lo, hi = iref.DTYPE_RANGES[np.dtype(dtype)]
+    rows = [rng.integers(lo, hi, shape, endpoint=True), np.full(shape, lo), np.full(shape, hi),
+            np.where(np.arange(shape[-1]) % 2 == 0, lo, hi) + np.zeros(shape, np.int64)]
+    spike = np.full(shape, lo)
+    spike[..., shape[-1] // 2] = hi
+    rows.append(spike)
+    for beta, scale in [(1.0, 0.1464572), (1.0, 1e-4), (1.0, 0.9), (1.0, 12.5), (0.7, 0.05), (2.0, 0.3)]:
+        fast = isoft.Softmax(beta, scale, dtype)
+        for x in rows:
+            x = x.astype(dtype)
+            want = isoft.softmax(x, beta, scale, dtype)
+            got = fast(x)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert np.array_equal(got, want), (beta, scale, x.ravel()[:8])
+
+
+def test_fast_softmax_hands_other_types_to_the_twin():
+    x = np.array([[3, -200, 70]], np.int16)
+    assert np.array_equal(isoft.Softmax(1.0, 0.1, np.uint8)(x), isoft.softmax(x, 1.0, 0.1, np.uint8))
+
 # --- the Numba integer 1x1 kernel against the reference ------------------------------------------
 
 @pytest.mark.parametrize("pixels, c_in, c_out", [(1, 1, 1), (7, 5, 13), (9, 16, 32), (37, 17, 40), (25, 160, 1001), (37, 128, 40), (25, 64, 17),

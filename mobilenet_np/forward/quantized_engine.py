@@ -11,8 +11,8 @@ are (the input zero point folded into the bias at load) and writes the output by
 patches in Numba (``integer_gemm.conv2d``); depthwise convolutions read the input bytes
 directly (``integer_depthwise``).  The kernels split their rows over Numba's threads
 (``numba.set_num_threads``).  With ``kernels="xnnpack"`` the ADD and the global pools run in
-Numba too (``kernels/integer_add.py``); softmax, reshapes and the other kernel sets' ADD and
-pools stay the NumPy reference ops.
+Numba too (``kernels/integer_add.py``); softmax is ``integer_softmax.Softmax`` (tabled exponentials,
+the same bytes); reshapes and the other kernel sets' ADD and pools stay the NumPy reference ops.
 
 Not here yet: fused layers, activations kept centred/padded between ops, a compiled whole-graph executor.
 """
@@ -28,6 +28,7 @@ from ..kernels import integer_add as iadd
 from ..kernels import integer_depthwise as idw
 from ..kernels import integer_gemm as ig
 from ..kernels import integer_reference as iref
+from ..kernels import integer_softmax as isoft
 from ..kernels import integer_xnnpack as ixnn
 from .quantized import OPS, QuantizedGraph, _padding
 from weights_tools import tflite_ops as tfl
@@ -40,7 +41,7 @@ class FastQuantizedGraph(QuantizedGraph):
         super().__init__(path, kernels)
         self.packed = {id(op): _pack(self, op) for op in self.sub.operators
                        if op.opcode in (tfl.CONV_2D, tfl.DEPTHWISE_CONV_2D)}
-        self._ops = {**OPS, tfl.CONV_2D: _conv, tfl.DEPTHWISE_CONV_2D: _conv}
+        self._ops = {**OPS, tfl.CONV_2D: _conv, tfl.DEPTHWISE_CONV_2D: _conv, tfl.SOFTMAX: _softmax}
         if kernels == "xnnpack":
             self._ops.update({tfl.ADD: _add, tfl.AVERAGE_POOL_2D: _average_pool, tfl.MEAN: _mean})
         self._constants = [[self.constant(k) for k in op.inputs] for op in self.sub.operators]
@@ -133,6 +134,14 @@ def _conv(graph: FastQuantizedGraph, op, options, inputs):
         return out
     return ig.conv2d(x, p["in_zp"], p["weights"], k, stride, pad, out_hw, p["params"], p["c_out"], p["out_zp"],
                      p["clamp"], out, graph.kernels, p["scales"], p["folded"])
+
+
+def _softmax(graph: FastQuantizedGraph, op, options, inputs):
+    """``integer_softmax.Softmax``, its tables made once per op: the bytes of the NumPy op."""
+    fast = graph.packed.get(id(op))
+    if fast is None:
+        fast = graph.packed[id(op)] = isoft.Softmax(options["beta"], graph.scale(op.inputs[0]), graph.dtype(op.outputs[0]))
+    return fast(inputs[0])
 
 
 # --- XNNPACK's ADD and global pools in Numba (kernels="xnnpack" only; the other sets keep the NumPy ops) ---
