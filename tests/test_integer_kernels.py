@@ -437,6 +437,34 @@ def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, r
     assert len(np.unique(one[0])) > 2
 
 
+@pytest.mark.parametrize("c_in, c_out", [(16, 32), (135, 24)])
+def test_bound_kernels_follow_their_arrays(rng, c_in, c_out):
+    """A bound kernel (``Pointwise``, ``Depthwise``) keeps the argument tuple of the arrays it saw
+    last: the same arrays with new contents, other arrays, and a non-contiguous input changed in
+    place all give what a new call of the function gives."""
+    from mobilenet_np.kernels import integer_depthwise as idw
+    from mobilenet_np.kernels import integer_gemm as ig
+
+    params = ig.requantization_params(rng.integers(-3000, 3000, c_out).astype(np.int32), 1 << 30, -9, c_out)
+    packed = ig.pack_pairs(rng.integers(0, 256, (c_in, c_out)).astype(np.uint8), 131)
+    pointwise = ig.Pointwise(12, c_in, 117, packed, params, c_out, 3, (0, 255))
+    x, out = np.empty((12, c_in), np.uint8), np.empty((12, c_out), np.uint8)
+    wide = np.empty((12, 2 * c_in), np.uint8)
+    for inputs in (x, x, np.empty((12, c_in), np.uint8), wide[:, ::2], wide[:, ::2]):
+        inputs[...] = rng.integers(0, 256, inputs.shape)
+        want = ig.pointwise_conv2d(np.ascontiguousarray(inputs), 117, packed, params, c_out, 3, (0, 255),
+                                   np.empty((12, c_out), np.uint8))
+        assert np.array_equal(pointwise(inputs, out), want)
+    dw_params = ig.requantization_params(rng.integers(-3000, 3000, c_in).astype(np.int32), 1 << 30, -9, c_in)
+    dw = idw.pack_depthwise(rng.integers(0, 256, (3, 3, c_in, 1)).astype(np.uint8), 131)
+    depthwise = idw.Depthwise((1, 5, 6, c_in), 117, dw, 3, 1, (1, 1, 1, 1), (5, 6), dw_params, 3, (0, 255))
+    x, out = np.empty((1, 5, 6, c_in), np.uint8), np.empty((1, 5, 6, c_in), np.uint8)
+    for _ in range(2):
+        x[...] = rng.integers(0, 256, x.shape)
+        want = idw.depthwise_conv2d(x, 117, dw, 3, 1, (1, 1, 1, 1), (5, 6), dw_params, 3, (0, 255),
+                                    np.empty(x.shape, np.uint8))
+        assert np.array_equal(depthwise(x, out), want)
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("shape", [(2, 7, 5, 13), (1, 3, 3, 80), (3, 1, 1, 1)])
 def test_xnnpack_add_and_global_average_kernels_equal_their_twins(rng, dtype, shape):

@@ -249,7 +249,8 @@ def _prepare_conv(graph: FastQuantizedGraph, op, options, inputs):
                               clamp, rounding, scales, folded)
     else:
         params, *others = requantize
-        kernel = ig.Conv(x.shape, x.dtype, p["in_zp"], p["weights"], k, stride, pad, out_hw, params, p["c_out"], *others)
+        kernel = ig.Conv(x.shape, x.dtype, p["in_zp"], p["weights"], k, stride, pad, out_hw, params, p["c_out"],
+                         *others)
     return (lambda inputs, out: kernel(inputs[0], out)), (x.shape[0], *out_hw, p["c_out"]), p["out_dtype"]
 
 
@@ -257,7 +258,8 @@ def _prepare_softmax(graph: FastQuantizedGraph, op, options, inputs):
     """``integer_softmax.Softmax``: the bytes of the NumPy op, its tables made once per op."""
     fast = graph.packed.get(id(op))
     if fast is None:
-        fast = graph.packed[id(op)] = isoft.Softmax(options["beta"], graph.scale(op.inputs[0]), graph.dtype(op.outputs[0]))
+        fast = isoft.Softmax(options["beta"], graph.scale(op.inputs[0]), graph.dtype(op.outputs[0]))
+        graph.packed[id(op)] = fast
     return (lambda inputs, out: fast(inputs[0])), None, None
 
 

@@ -63,7 +63,8 @@ class Add:
         self.args = (m_a, m_b, bias, shift, clamp[0], clamp[1], out_zero_point)
 
     def __call__(self, a, b, out):
-        add_bytes(a.reshape(-1), b.reshape(-1), *self.args, out.reshape(-1))
+        flat_a, flat_b = np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
+        add_bytes(flat_a, flat_b, *self.args, out.reshape(-1))
         return out
 
 
@@ -82,7 +83,7 @@ class GlobalAverage:
         self.args = (n, h * w, c, in_zero_point, scale, clamp[0], clamp[1], out_zero_point)
 
     def __call__(self, x, out):
-        global_average_bytes(x.reshape(-1), *self.args, out.reshape(-1))
+        global_average_bytes(np.ascontiguousarray(x).reshape(-1), *self.args, out.reshape(-1))
         return out
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from . import integer_simd as iv
-from .integer_gemm import ROUNDINGS, parts
+from .integer_gemm import ROUNDINGS, remembered, parts
 from .jit import kernel
 from .table import address_for, call
 
@@ -182,7 +182,8 @@ def depthwise_parallel(x, rows, h, w_in, c, wts, zpw, k, stride, top, left, out_
 class Depthwise:
     """``depthwise_conv2d`` bound to its shapes and weights (the fast graph keeps one per op and
     input shape): the folded zero point, the thread count (``integer_gemm.parts``, decided now),
-    the kernel's scalar arguments and, for a split call, the row code's address."""
+    the scalar arguments; the call's argument tuple (flat views, a split call's row code address)
+    is kept while the same arrays come back (as ``integer_gemm.Gemm``).  One thread at a time."""
 
     def __init__(self, x_shape, x_zero_point, packed, k, stride, pad, out_hw, params, out_zero_point, clamp,
                  rounding="reference", scales=None, folded=None):
@@ -193,19 +194,18 @@ class Depthwise:
         self.parts = parts(self.rows * out_hw[1] * c * k * k)
         self.args = (h, w, c, packed, zpw, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], params, scales,
                      ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1])
-        self.addresses = {}
+        self.kernel = depthwise_rows if self.parts == 1 else depthwise_parallel
+        self.seen = (None, None)
 
     def __call__(self, x, out):
         """x [N, H, W, C] (uint8/int8) -> out, C-contiguous [N, OH, OW, C] of the output type."""
-        flat, into = x.reshape(-1), out.reshape(-1)
-        if self.parts == 1:
-            depthwise_rows(flat, 0, self.rows, *self.args, into)
-            return out
-        at = self.addresses.get((flat.dtype, into.dtype))
-        if at is None:      # depthwise_rows called at its address: not compiled again inside (table.py)
-            at = self.addresses[flat.dtype, into.dtype] = address_for(depthwise_rows,
-                                                                      (flat, 0, self.rows, *self.args, into))
-        depthwise_parallel(flat, self.rows, *self.args, into, self.parts, at)
+        if x is not self.seen[0] or out is not self.seen[1]:
+            self.seen = remembered(x, out)
+            flat, into = np.ascontiguousarray(x).reshape(-1), out.reshape(-1)
+            self.call = (flat, 0, self.rows, *self.args, into)
+            if self.parts > 1:      # depthwise_rows called at its address: not compiled again inside (table.py)
+                self.call = (flat, self.rows, *self.args, into, self.parts, address_for(depthwise_rows, self.call))
+        self.kernel(*self.call)
         return out
 
 

@@ -28,7 +28,8 @@ and the stem's gather on Python threads (``conv2d``) rather than having prange t
 int16 holds every centred value: uint8 - zero point and int8 - zero point lie in [-255, 255],
 and a pair of products (at most 2 * 255^2) plus the sums over C_in fit int32 for any C_in below
 16,000.  A C_out that is not whole panels of 16 is written padded, then copied to the caller's
-array.  ``Gemm``, ``Pointwise`` and ``Conv`` bind a call's shapes once (the fast graph's steps).
+array.  ``Gemm``, ``Pointwise`` and ``Conv`` bind a call's shapes once (the fast graph's steps);
+the module is longer than 400 lines because they sit with the kernels and wrappers they bind.
 """
 
 from __future__ import annotations
@@ -271,9 +272,11 @@ def fold_zero_point(packed: np.ndarray, params: np.ndarray, zero_point: int) -> 
 
 
 class Gemm:
-    """``gemm_centred`` with all but the two arrays worked out once (the fast graph keeps one per op and
-    input shape): the padded buffer if C_out is not whole panels, the thread count (``parts``, decided
-    now), the scalar arguments, a split call's task address.  These classes: one thread at a time."""
+    """The GEMM and requantization of rows [pixels * kp] (int16 centred values, or the raw bytes with the
+    zero point folded into ``params``) into [pixels, C_out], with all but the two arrays worked out once
+    (the fast graph keeps one per op and input shape): the padded buffer if C_out is not whole panels,
+    the thread count (``parts``, decided now), the scalar arguments.  The call's argument tuple (flat views, a split call's task address)
+    is kept while the same arrays come back, as the fast graph's buffers do.  One thread at a time."""
 
     def __init__(self, pixels, kp, packed, params, c_out, out_zero_point, clamp, rounding="reference", scales=None):
         panels = -(-c_out // PANEL)
@@ -282,23 +285,34 @@ class Gemm:
         scales = np.zeros(panels * PANEL, np.float32) if scales is None else scales
         self.parts = parts(pixels * kp * panels * PANEL)
         self.tasks = (pixels + CHUNK - 1) // CHUNK * panels
-        self.args = (pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1])
-        self.addresses = {}
+        self.args = (pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding], out_zero_point, *clamp)
+        self.kernel = gemm_tasks if self.parts == 1 else gemm_parallel
+        self.seen = (None, None)
 
     def __call__(self, rows, out):
         """rows [pixels * kp] (flat) -> out (C-contiguous, pixels x C_out values of the output type)."""
+        if rows is not self.seen[0] or out is not self.seen[1]:
+            self.seen, (self.call, self.copy) = remembered(rows, out), self._arguments(rows, out)
+        self.kernel(*self.call)
+        if self.copy:
+            np.copyto(*self.copy)
+        return out
+
+    def _arguments(self, rows, out):
         # int8 and uint8 outputs store the same bytes (the values are clamped in range): one compile for both
         stored = out.reshape(-1).view(np.uint8) if self.padded is None else self.padded
-        if self.parts == 1:
-            gemm_tasks(rows, 0, self.tasks, *self.args, stored)
-        else:
-            at = self.addresses.get(rows.dtype)
-            if at is None:
-                at = self.addresses[rows.dtype] = address_for(gemm_tasks, (rows, 0, self.tasks, *self.args, stored))
-            gemm_parallel(rows, *self.args, stored, self.parts, at)
-        if self.padded is not None:
-            out.reshape(self.pixels, self.c_out)[:] = self.padded.reshape(self.pixels, -1)[:, :self.c_out].view(out.dtype)
-        return out
+        call = (rows, 0, self.tasks, *self.args, stored)
+        if self.parts > 1:
+            call = (rows, *self.args, stored, self.parts, address_for(gemm_tasks, call))
+        copy = None if self.padded is None else (out.reshape(self.pixels, self.c_out),
+                                                 self.padded.reshape(self.pixels, -1)[:, :self.c_out].view(out.dtype))
+        return call, copy
+
+
+def remembered(*arrays) -> tuple:
+    """The arrays of a call, for the next call to compare with ``is``; a non-contiguous one is not
+    remembered (its flat copy would not follow changes to it)."""
+    return tuple(a if a.flags.c_contiguous else None for a in arrays)
 
 
 class Pointwise:
@@ -317,14 +331,16 @@ class Pointwise:
             self.kp = c_in + c_in % 2
             self.centred = np.zeros(pixels * self.kp, np.int16)     # an odd C_in's extra column stays zero
         self.gemm = Gemm(pixels, self.kp, packed, params, c_out, out_zero_point, clamp, rounding, scales)
+        self.seen = (None,)
 
     def __call__(self, x, out):
         """x [pixels, C_in] (any shape of those) -> out, C-contiguous [pixels, C_out]."""
-        rows = x.reshape(-1)
-        if self.centred is not None:
-            centre_rows(rows, 0, self.pixels, self.c_in, self.x_zero_point, self.kp, self.centred)
-            rows = self.centred
-        return self.gemm(rows, out)
+        if x is not self.seen[0]:
+            self.seen, self.rows = remembered(x), np.ascontiguousarray(x).reshape(-1)
+        if self.centred is None:
+            return self.gemm(self.rows, out)
+        centre_rows(self.rows, 0, self.pixels, self.c_in, self.x_zero_point, self.kp, self.centred)
+        return self.gemm(self.centred, out)
 
 
 def _contiguous(out, compute):
@@ -341,16 +357,9 @@ def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, cla
     with ``packed = pack_pairs(w, w_zero_point)`` and ``params = requantization_params(...)``;
     ``rounding`` "xnnpack" takes ``scales = xnnpack_scales(...)`` instead of the multipliers
     (``Pointwise`` does the work)."""
-    pointwise = Pointwise(*x.shape, x_zero_point, packed, params, c_out, out_zero_point, clamp, rounding, scales, folded)
+    pointwise = Pointwise(*x.shape, x_zero_point, packed, params, c_out, out_zero_point, clamp, rounding, scales,
+                          folded)
     return _contiguous(out, lambda buffer: pointwise(x, buffer))
-
-
-def gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, clamp, out, rounding="reference",
-                 scales=None):
-    """The GEMM and requantization of rows ``centred`` [pixels * kp] (int16 centred values, or the
-    raw bytes with the zero point folded into ``params``) into out [pixels, C_out] (``Gemm``)."""
-    gemm = Gemm(pixels, kp, packed, params, c_out, out_zero_point, clamp, rounding, scales)
-    return _contiguous(out, lambda buffer: gemm(centred, buffer))
 
 
 class Conv:
@@ -381,7 +390,7 @@ class Conv:
 
     def __call__(self, x, out):
         """x [N, H, W, C] -> out, C-contiguous [N, OH, OW, C_out]."""
-        flat = x.reshape(-1)
+        flat = np.ascontiguousarray(x).reshape(-1)
         if self.raw:
             flat = flat.view(np.uint8)
         others = [_pool(len(self.bounds)).submit(gather_rows, flat, a, b, *self.args) for a, b in self.bounds[1:]]
