@@ -3,13 +3,13 @@ convolutions replaced by ``kernels/integer_gemm.py`` and ``kernels/integer_depth
 
 ``FastQuantizedGraph(path, kernels=...)`` gives the same bytes as ``QuantizedGraph(path,
 kernels=...)`` for each of LiteRT's three kernel sets (the tests compare every op).  Everything
-that does not depend on the input is done once, at load: weights packed in the kernels' layouts,
-requantization parameters, the depthwise zero-point folding, and each op's constant inputs
-and, per input shape (and thread), a plan of the pass (``_Plan``): each op bound to its kernel
-with every argument that does not depend on the values (geometry, thread count, parameters, the
-scratch buffers), and the intermediate outputs in preallocated buffers that tensors whose lives do
-not overlap share.  A call then costs one bound kernel call per op: ~2-3 us of Python where the
-per-call path took 8-15 us, which at batch 1 (a V2 0.5/96 op computes in 1-5 us) was half the time.
+that does not depend on the input is done once: at load, the weights packed in the kernels'
+layouts, the requantization parameters, the depthwise zero-point folding, each op's constant
+inputs; per input shape (and thread), a plan of the pass (``_Plan``): each op bound to its kernel
+with every argument that does not depend on the values (geometry, thread count, parameters,
+scratch buffers), the intermediate outputs in preallocated buffers shared by tensors whose lives
+do not overlap.  A call then costs one bound kernel call per op, ~1-2 us of Python where calling
+the op functions took 8-15 us: at batch 1, where a V2 0.5/96 op computes in 1-5 us, half the time.
 1x1 convolutions at stride 1 go straight to the GEMM, which multiplies the input bytes as they
 are (the input zero point folded into the bias at load) and writes the output bytes in place; other full convolutions (the 3x3 stem) gather their centred
 patches in Numba (``integer_gemm.conv2d``); depthwise convolutions read the input bytes
@@ -100,9 +100,8 @@ class FastQuantizedGraph(QuantizedGraph):
 
 
 class _Plan:
-    """One input shape's forward pass, worked out on its first run: for each op the step that
-    ``_prepare`` binds (or the per-call op, for the ops it leaves to NumPy) and where its output
-    goes.  Outputs go to preallocated buffers, a buffer passing to a later tensor once every op
+    """One input shape's forward pass, worked out on its first run: for each op the step that its
+    ``_PREPARE`` function binds (or the NumPy op, called as it is) and where its output goes.  Outputs go to preallocated buffers, a buffer passing to a later tensor once every op
     reading the earlier one has run (``fresh``: new arrays instead, for an ``on_op`` that keeps
     them); the outputs asked for are copied out of them.  A step that allocates its own result
     (the NumPy ops) may return a view of its input (RESHAPE): its inputs' buffers are then kept as
@@ -134,7 +133,7 @@ class _Plan:
         values = dict(self.constants)
         values[graph.input_index] = x
         buffers, held = _Buffers(), {}            # held: tensor -> the buffers its value lives in
-        self.steps = []
+        steps = []
         for i, op in enumerate(ops):
             inputs = [values[k] for k in op.inputs]
             prepare = _PREPARE.get(op.opcode)
@@ -151,7 +150,7 @@ class _Plan:
                 out = buffers.take(shape, dtype)
                 held[write] = [out]
             values[write] = y = step(inputs, out)
-            self.steps.append((i, op, step, tuple(op.inputs), write, out))
+            steps.append((i, op, step, tuple(op.inputs), write, out))
             if on_op is not None:
                 on_op(i, op, y)
             for k in set(op.inputs) | {write}:
@@ -159,6 +158,7 @@ class _Plan:
                     for b in held.pop(k, ()):
                         buffers.drop(b)
         self.copies = [bool(held.get(k)) for k in self.outputs]
+        self.steps = steps                        # only now: a run that raised leaves no half plan
         return [values[k].copy() if copy else values[k] for k, copy in zip(self.outputs, self.copies)]
 
 
