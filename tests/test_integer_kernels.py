@@ -437,17 +437,21 @@ def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, r
     assert len(np.unique(one[0])) > 2
 
 
-@pytest.mark.parametrize("c_in, c_out", [(16, 32), (135, 24)])
+@pytest.mark.parametrize("c_in, c_out", [(16, 32), (135, 24), (21, 40)])
 def test_bound_kernels_follow_their_arrays(rng, c_in, c_out):
     """A bound kernel (``Pointwise``, ``Depthwise``) keeps the argument tuple of the arrays it saw
     last: the same arrays with new contents, other arrays, and a non-contiguous input changed in
-    place all give what a new call of the function gives."""
+    place all give what a new call of the function gives; its working memory shared (``Scratch``)
+    with garbage left in it by another kernel changes nothing (an odd C_in's extra column)."""
     from mobilenet_np.kernels import integer_depthwise as idw
     from mobilenet_np.kernels import integer_gemm as ig
 
     params = ig.requantization_params(rng.integers(-3000, 3000, c_out).astype(np.int32), 1 << 30, -9, c_out)
     packed = ig.pack_pairs(rng.integers(0, 256, (c_in, c_out)).astype(np.uint8), 131)
-    pointwise = ig.Pointwise(12, c_in, 117, packed, params, c_out, 3, (0, 255))
+    shared = (ig.Scratch(), ig.Scratch())
+    for scratch in shared:
+        scratch.take(1 << 16, np.uint8)[:] = 0x5A                  # another kernel's leftovers
+    pointwise = ig.Pointwise(12, c_in, 117, packed, params, c_out, 3, (0, 255), scratch=shared)
     x, out = np.empty((12, c_in), np.uint8), np.empty((12, c_out), np.uint8)
     wide = np.empty((12, 2 * c_in), np.uint8)
     for inputs in (x, x, np.empty((12, c_in), np.uint8), wide[:, ::2], wide[:, ::2]):

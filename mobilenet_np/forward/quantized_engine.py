@@ -133,11 +133,12 @@ class _Plan:
         values = dict(self.constants)
         values[graph.input_index] = x
         buffers, held = _Buffers(), {}            # held: tensor -> the buffers its value lives in
+        scratch = (ig.Scratch(), ig.Scratch())    # the kernels' working memory, shared by the steps
         steps = []
         for i, op in enumerate(ops):
             inputs = [values[k] for k in op.inputs]
             prepare = _PREPARE.get(op.opcode)
-            prepared = None if prepare is None else prepare(graph, op, graph.options[i], inputs)
+            prepared = None if prepare is None else prepare(graph, op, graph.options[i], inputs, scratch)
             step, shape, dtype = prepared or _unprepared(graph, op, graph.options[i], inputs)
             write, out = op.outputs[0], None
             if shape is None:                     # the step allocates its result, maybe a view of an input
@@ -163,17 +164,19 @@ class _Plan:
 
 
 class _Buffers:
-    """Preallocated arrays, each counted by the tensors that hold it, free for another tensor of the
-    same byte size when none does."""
+    """Preallocated arrays, each counted by the tensors that hold it; when none does, its memory
+    serves a later tensor that fits in it (the smallest such)."""
 
     def __init__(self):
-        self.free, self.count = {}, {}
+        self.free, self.count = [], {}
 
     def take(self, shape, dtype) -> np.ndarray:
         size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        spare = self.free.get(size)
-        raw = spare.pop() if spare else np.empty(size, np.uint8)
-        out = raw.view(dtype).reshape(shape)
+        fits = [raw for raw in self.free if raw.size >= size]
+        raw = min(fits, key=len) if fits else np.empty(size, np.uint8)
+        if fits:
+            self.free = [b for b in self.free if b is not raw]
+        out = raw[:size].view(dtype).reshape(shape)
         self.count[id(out)] = [raw, 1]
         return out
 
@@ -185,7 +188,7 @@ class _Buffers:
         entry[1] -= 1
         if entry[1] == 0:
             del self.count[id(out)]
-            self.free.setdefault(entry[0].size, []).append(entry[0])
+            self.free.append(entry[0])
 
 
 def _allocating(step, shape, dtype):
@@ -194,7 +197,7 @@ def _allocating(step, shape, dtype):
 
 def _single(graph: FastQuantizedGraph, op, options, inputs):
     """One op on its own (``graph.ops``): its step bound for these inputs and run once, into a new array."""
-    prepared = _PREPARE[op.opcode](graph, op, options, inputs)
+    prepared = _PREPARE[op.opcode](graph, op, options, inputs, (None, None))
     if prepared is None:
         return OPS[op.opcode](graph, op, options, inputs)
     step, shape, dtype = prepared
@@ -234,8 +237,9 @@ def _pack(graph: QuantizedGraph, op) -> dict:
 
 
 # --- each op's step: (step(inputs, out) -> out, the output's shape, dtype), or None for the NumPy op ----
+# (``scratch``: the plan's two ``integer_gemm.Scratch``, or (None, None) for buffers of the step's own)
 
-def _prepare_conv(graph: FastQuantizedGraph, op, options, inputs):
+def _prepare_conv(graph: FastQuantizedGraph, op, options, inputs, scratch):
     p = graph.packed[id(op)]
     x, opts = inputs[0], op.conv_options
     k, stride = p["kernel"], opts.stride_h
@@ -246,15 +250,15 @@ def _prepare_conv(graph: FastQuantizedGraph, op, options, inputs):
     elif (k, stride) == (1, 1):
         params, out_zp, clamp, rounding, scales, folded = requantize
         kernel = ig.Pointwise(x.size // x.shape[3], x.shape[3], p["in_zp"], p["weights"], params, p["c_out"], out_zp,
-                              clamp, rounding, scales, folded)
+                              clamp, rounding, scales, folded, scratch)
     else:
         params, *others = requantize
         kernel = ig.Conv(x.shape, x.dtype, p["in_zp"], p["weights"], k, stride, pad, out_hw, params, p["c_out"],
-                         *others)
+                         *others, scratch)
     return (lambda inputs, out: kernel(inputs[0], out)), (x.shape[0], *out_hw, p["c_out"]), p["out_dtype"]
 
 
-def _prepare_softmax(graph: FastQuantizedGraph, op, options, inputs):
+def _prepare_softmax(graph: FastQuantizedGraph, op, options, inputs, scratch):
     """``integer_softmax.Softmax``: the bytes of the NumPy op, its tables made once per op."""
     fast = graph.packed.get(id(op))
     if fast is None:
@@ -265,7 +269,7 @@ def _prepare_softmax(graph: FastQuantizedGraph, op, options, inputs):
 
 # XNNPACK's ADD and global pools in Numba (kernels="xnnpack" only; the other sets keep the NumPy ops)
 
-def _prepare_add(graph: FastQuantizedGraph, op, options, inputs):
+def _prepare_add(graph: FastQuantizedGraph, op, options, inputs, scratch):
     a, b = inputs
     if graph.kernels != "xnnpack" or a.shape != b.shape:        # broadcasting: the NumPy op
         return None
@@ -286,7 +290,7 @@ def _global(graph: FastQuantizedGraph, op, x, out_shape):
     return (lambda inputs, out: kernel(inputs[0], out)), out_shape, dtype
 
 
-def _prepare_average_pool(graph: FastQuantizedGraph, op, options, inputs):
+def _prepare_average_pool(graph: FastQuantizedGraph, op, options, inputs, scratch):
     x = inputs[0]
     window, stride = (options["filter_h"], options["filter_w"]), (options["stride_h"], options["stride_w"])
     out_hw, pad = _padding(options["padding"], x.shape[1:3], window, stride)
@@ -295,7 +299,7 @@ def _prepare_average_pool(graph: FastQuantizedGraph, op, options, inputs):
     return _global(graph, op, x, (x.shape[0], 1, 1, x.shape[3]))
 
 
-def _prepare_mean(graph: FastQuantizedGraph, op, options, inputs):
+def _prepare_mean(graph: FastQuantizedGraph, op, options, inputs, scratch):
     x, axes = inputs
     if graph.kernels != "xnnpack" or x.ndim != 4 or sorted(int(a) % 4 for a in np.reshape(axes, -1)) != [1, 2]:
         return None                                             # the NumPy op (which refuses others by name)

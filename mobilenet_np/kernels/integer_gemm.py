@@ -118,7 +118,7 @@ def _tile1(x, x_at, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi
 @kernel()
 def centre_rows(x, p0, p1, c_in, zero_point, kp, out):
     """out [pixels, kp] int16 = x [pixels, C_in] - zero_point (flat arrays) for pixels p0..p1-1;
-    an odd C_in's extra column is left as the caller made it (zero)."""
+    an odd C_in's extra column is left as it is (the packed weights are zero there)."""
     for p in range(p0, p1):
         src, dst = p * c_in, p * kp
         k = 0
@@ -278,10 +278,11 @@ class Gemm:
     the thread count (``parts``, decided now), the scalar arguments.  The call's argument tuple (flat views, a split call's task address)
     is kept while the same arrays come back, as the fast graph's buffers do.  One thread at a time."""
 
-    def __init__(self, pixels, kp, packed, params, c_out, out_zero_point, clamp, rounding="reference", scales=None):
+    def __init__(self, pixels, kp, packed, params, c_out, out_zero_point, clamp, rounding="reference", scales=None,
+                 scratch=None):
         panels = -(-c_out // PANEL)
         self.pixels, self.c_out = pixels, c_out
-        self.padded = None if c_out == panels * PANEL else np.empty(pixels * panels * PANEL, np.uint8)
+        self.padded = None if c_out == panels * PANEL else Scratch.take_from(scratch, pixels * panels * PANEL, np.uint8)
         scales = np.zeros(panels * PANEL, np.float32) if scales is None else scales
         self.parts = parts(pixels * kp * panels * PANEL)
         self.tasks = (pixels + CHUNK - 1) // CHUNK * panels
@@ -309,6 +310,28 @@ class Gemm:
         return call, copy
 
 
+class Scratch:
+    """Working memory for bound kernels that run one after another (the steps of one plan):
+    ``take`` hands out the start of one shared buffer, replaced by a larger one when a request
+    exceeds it (views handed out keep the old one), so the kernels of a pass share about the
+    largest request instead of each keeping its own.  A step holds two at once (centred rows or
+    gathered patches, and a padded output): ``scratch`` arguments are (input side, output side)."""
+
+    def __init__(self):
+        self.buffer = np.empty(0, np.uint8)
+
+    def take(self, count: int, dtype) -> np.ndarray:
+        size = count * np.dtype(dtype).itemsize
+        if size > self.buffer.size:
+            self.buffer = np.empty(size, np.uint8)
+        return self.buffer[:size].view(dtype)
+
+    @staticmethod
+    def take_from(scratch, count: int, dtype) -> np.ndarray:
+        """``scratch.take``, or a buffer of its own when ``scratch`` is None."""
+        return np.empty(count, dtype) if scratch is None else scratch.take(count, dtype)
+
+
 def remembered(*arrays) -> tuple:
     """The arrays of a call, for the next call to compare with ``is``; a non-contiguous one is not
     remembered (its flat copy would not follow changes to it)."""
@@ -318,19 +341,20 @@ def remembered(*arrays) -> tuple:
 class Pointwise:
     """``pointwise_conv2d`` bound to its shapes and weights (see ``Gemm``): an even C_in below
     ``BYTES_BELOW`` multiplies the input bytes as they are (``fold_zero_point``; ``folded``, if kept);
-    others are centred into an int16 buffer first (a zero column when C_in is odd), on one thread
+    others are centred into an int16 buffer first (one more column when C_in is odd), on one thread
     (~10 G/s: V1's largest, 20 x 20 x 128 at batch 32, ~0.15 ms; a parallel twin cost 2 s of compile)."""
 
     def __init__(self, pixels, c_in, x_zero_point, packed, params, c_out, out_zero_point, clamp,
-                 rounding="reference", scales=None, folded=None):
+                 rounding="reference", scales=None, folded=None, scratch=(None, None)):
         self.pixels, self.c_in, self.x_zero_point = pixels, c_in, x_zero_point
         if c_in % 2 == 0 and c_in < BYTES_BELOW:
             self.centred, self.kp = None, c_in
             params = fold_zero_point(packed, params, x_zero_point) if folded is None else folded
         else:
             self.kp = c_in + c_in % 2
-            self.centred = np.zeros(pixels * self.kp, np.int16)     # an odd C_in's extra column stays zero
-        self.gemm = Gemm(pixels, self.kp, packed, params, c_out, out_zero_point, clamp, rounding, scales)
+            # (an odd C_in's extra column may hold anything: it meets the zero weights pack_pairs pads with)
+            self.centred = Scratch.take_from(scratch[0], pixels * self.kp, np.int16)
+        self.gemm = Gemm(pixels, self.kp, packed, params, c_out, out_zero_point, clamp, rounding, scales, scratch[1])
         self.seen = (None,)
 
     def __call__(self, x, out):
@@ -370,23 +394,23 @@ class Conv:
     Python threads (``_pool``)."""
 
     def __init__(self, x_shape, x_dtype, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point,
-                 clamp, rounding="reference", scales=None, folded=None):
+                 clamp, rounding="reference", scales=None, folded=None, scratch=(None, None)):
         n, h, w, c = x_shape
         kp = k * k * c + (k * k * c) % 2
         pixels = n * out_hw[0] * out_hw[1]
         self.raw = kp < BYTES_BELOW
         if self.raw:
-            self.gathered = np.empty(pixels * kp, x_dtype)
+            self.gathered = Scratch.take_from(scratch[0], pixels * kp, x_dtype)
             sub, fill = 0, int(x_zero_point) & 0xFF     # copied bytes: int8 and uint8 alike (one compile)
             params = fold_zero_point(packed, params, x_zero_point) if folded is None else folded
         else:
-            self.gathered = np.empty(pixels * kp, np.int16)
+            self.gathered = Scratch.take_from(scratch[0], pixels * kp, np.int16)
             sub, fill = x_zero_point, 0
         into = self.gathered.view(np.uint8) if self.raw else self.gathered   # the GEMM reads them with their sign
         self.args = (h, w, c, sub, fill, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], kp, into)
         threads, rows = parts(pixels * kp), n * out_hw[0]
         self.bounds = [(rows * i // threads, rows * (i + 1) // threads) for i in range(threads)]
-        self.gemm = Gemm(pixels, kp, packed, params, c_out, out_zero_point, clamp, rounding, scales)
+        self.gemm = Gemm(pixels, kp, packed, params, c_out, out_zero_point, clamp, rounding, scales, scratch[1])
 
     def __call__(self, x, out):
         """x [N, H, W, C] -> out, C-contiguous [N, OH, OW, C_out]."""
