@@ -238,6 +238,43 @@ def test_softmax_is_within_one_step_of_the_real_softmax(rng):
     assert np.max(np.abs(got - np.clip(want, 0, 255))) <= 1.0
 
 
+
+def test_fast_softmax_reciprocal_equals_the_array_version(rng):
+    """The Python-int reciprocal of one row against the twin's array arithmetic, over [0, 1) in
+    Q0.31 (the ends, and 20,000 random values)."""
+    x = np.concatenate([[0, 1, 2, (1 << 30) - 1, 1 << 30, (1 << 31) - 2, (1 << 31) - 1],
+                        rng.integers(0, 1 << 31, 20000)]).astype(np.int64)
+    want = isoft.one_over_one_plus_x(x)
+    assert [isoft.one_over_one_plus_x_int(int(v)) for v in x] == want.tolist()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("shape", [(1, 1001), (3, 7), (2, 1, 1, 5), (5, 1), (1, 4096)])
+def test_fast_softmax_equals_the_twin(rng, dtype, shape):
+    """``Softmax`` against ``softmax`` byte for byte: odd lengths, leading dimensions, scales
+    from tiny (every difference kept, probabilities spread) to large (most differences cut off
+    by the smallest kept difference), beta != 1, and extreme rows: all equal, one maximum among
+    minima, the two extremes alternating, random."""
+    lo, hi = iref.DTYPE_RANGES[np.dtype(dtype)]
+    rows = [rng.integers(lo, hi, shape, endpoint=True), np.full(shape, lo), np.full(shape, hi),
+            np.where(np.arange(shape[-1]) % 2 == 0, lo, hi) + np.zeros(shape, np.int64)]
+    spike = np.full(shape, lo)
+    spike[..., shape[-1] // 2] = hi
+    rows.append(spike)
+    for beta, scale in [(1.0, 0.1464572), (1.0, 1e-4), (1.0, 0.9), (1.0, 12.5), (0.7, 0.05), (2.0, 0.3)]:
+        fast = isoft.Softmax(beta, scale, dtype)
+        for x in rows:
+            x = x.astype(dtype)
+            want = isoft.softmax(x, beta, scale, dtype)
+            got = fast(x)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert np.array_equal(got, want), (beta, scale, x.ravel()[:8])
+
+
+def test_fast_softmax_hands_other_types_to_the_twin():
+    x = np.array([[3, -200, 70]], np.int16)
+    assert np.array_equal(isoft.Softmax(1.0, 0.1, np.uint8)(x), isoft.softmax(x, 1.0, 0.1, np.uint8))
+
 # --- the Numba integer 1x1 kernel against the reference ------------------------------------------
 
 @pytest.mark.parametrize("pixels, c_in, c_out", [(1, 1, 1), (7, 5, 13), (9, 16, 32), (37, 17, 40), (25, 160, 1001), (37, 128, 40), (25, 64, 17),
@@ -399,6 +436,38 @@ def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, r
         assert np.array_equal(s, o)
     assert len(np.unique(one[0])) > 2
 
+
+@pytest.mark.parametrize("c_in, c_out", [(16, 32), (135, 24), (21, 40)])
+def test_bound_kernels_follow_their_arrays(rng, c_in, c_out):
+    """A bound kernel (``Pointwise``, ``Depthwise``) keeps the argument tuple of the arrays it saw
+    last: the same arrays with new contents, other arrays, and a non-contiguous input changed in
+    place all give what a new call of the function gives; its working memory shared (``Scratch``)
+    with garbage left in it by another kernel changes nothing (an odd C_in's extra column)."""
+    from mobilenet_np.kernels import integer_depthwise as idw
+    from mobilenet_np.kernels import integer_gemm as ig
+
+    params = ig.requantization_params(rng.integers(-3000, 3000, c_out).astype(np.int32), 1 << 30, -9, c_out)
+    packed = ig.pack_pairs(rng.integers(0, 256, (c_in, c_out)).astype(np.uint8), 131)
+    shared = (ig.Scratch(), ig.Scratch())
+    for scratch in shared:
+        scratch.take(1 << 16, np.uint8)[:] = 0x5A                  # another kernel's leftovers
+    pointwise = ig.Pointwise(12, c_in, 117, packed, params, c_out, 3, (0, 255), scratch=shared)
+    x, out = np.empty((12, c_in), np.uint8), np.empty((12, c_out), np.uint8)
+    wide = np.empty((12, 2 * c_in), np.uint8)
+    for inputs in (x, x, np.empty((12, c_in), np.uint8), wide[:, ::2], wide[:, ::2]):
+        inputs[...] = rng.integers(0, 256, inputs.shape)
+        want = ig.pointwise_conv2d(np.ascontiguousarray(inputs), 117, packed, params, c_out, 3, (0, 255),
+                                   np.empty((12, c_out), np.uint8))
+        assert np.array_equal(pointwise(inputs, out), want)
+    dw_params = ig.requantization_params(rng.integers(-3000, 3000, c_in).astype(np.int32), 1 << 30, -9, c_in)
+    dw = idw.pack_depthwise(rng.integers(0, 256, (3, 3, c_in, 1)).astype(np.uint8), 131)
+    depthwise = idw.Depthwise((1, 5, 6, c_in), 117, dw, 3, 1, (1, 1, 1, 1), (5, 6), dw_params, 3, (0, 255))
+    x, out = np.empty((1, 5, 6, c_in), np.uint8), np.empty((1, 5, 6, c_in), np.uint8)
+    for _ in range(2):
+        x[...] = rng.integers(0, 256, x.shape)
+        want = idw.depthwise_conv2d(x, 117, dw, 3, 1, (1, 1, 1, 1), (5, 6), dw_params, 3, (0, 255),
+                                    np.empty(x.shape, np.uint8))
+        assert np.array_equal(depthwise(x, out), want)
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("shape", [(2, 7, 5, 13), (1, 3, 3, 80), (3, 1, 1, 1)])

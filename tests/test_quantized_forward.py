@@ -383,9 +383,27 @@ def check_fast_graph(case):
     for kernels in KERNELS:
         want, got = {}, {}
         QuantizedGraph(path, kernels).run(images[:2], on_op=lambda i, op, y: want.__setitem__(i, y))
-        FastQuantizedGraph(path, kernels).run(images[:2], on_op=lambda i, op, y: got.__setitem__(i, y))
+        fast = FastQuantizedGraph(path, kernels)
+        fast.run(images[:2], on_op=lambda i, op, y: got.__setitem__(i, y))
         differ = [i for i in want if not np.array_equal(want[i], got[i])]
         assert not differ, f"{path.name} ({kernels}): ops {differ[:5]} differ"
+        check_planned_runs(fast, images, want)
+
+
+def check_planned_runs(fast, images, want):
+    """The plans' later runs (bound steps, shared buffers still holding another batch's values)
+    give the same bytes, and the arrays a run returned stay as they were after the next run."""
+    ops = fast.sub.operators
+    every = [op.outputs[0] for op in ops]
+    other = images[::-1][:2]
+    for outputs in (None, every):
+        first = fast.run(other, outputs=outputs)          # builds the plan on other images
+        kept = [a.copy() for a in first]
+        again = fast.run(images[:2], outputs=outputs)      # runs it
+        expected = [want[len(ops) - 1]] if outputs is None else [want[i] for i in range(len(ops))]
+        differ = [i for i, (a, b) in enumerate(zip(again, expected)) if not np.array_equal(a, b)]
+        assert not differ, f"{fast.file} ({fast.kernels}, outputs={'all' if outputs else 'default'}): {differ[:5]} differ"
+        assert all(np.array_equal(a, b) for a, b in zip(first, kept)), "a returned array was overwritten"
 
 
 def test_fast_graph_equals_the_reference_loop_uint8(uint8_case):

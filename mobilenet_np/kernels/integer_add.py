@@ -54,18 +54,39 @@ def global_average_bytes(x, n_img, pixels, c, zero_point, scale, lo, hi, out_zer
             out[n * c + ch] = np.int64(np.rint(value)) + out_zero_point
 
 
+class Add:
+    """XNNPACK's ADD of same-shape inputs with ``params = add_params(...)``, the clamp and the zero
+    point bound once: ``Add(...)(a, b, out)``."""
+
+    def __init__(self, params, clamp, out_zero_point):
+        m_a, m_b, bias, shift = params
+        self.args = (m_a, m_b, bias, shift, clamp[0], clamp[1], out_zero_point)
+
+    def __call__(self, a, b, out):
+        flat_a, flat_b = np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
+        add_bytes(flat_a, flat_b, *self.args, out.reshape(-1))
+        return out
+
+
 def add(a, b, params, clamp, out_zero_point, out):
-    """XNNPACK's ADD of same-shape a and b into ``out`` (``params = add_params(...)``)."""
-    m_a, m_b, bias, shift = params
-    add_bytes(np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1), m_a, m_b, bias, shift,
-              clamp[0], clamp[1], out_zero_point, out.reshape(-1))
-    return out
+    """XNNPACK's ADD of same-shape a and b into ``out`` (C-contiguous; ``params = add_params(...)``)."""
+    return Add(params, clamp, out_zero_point)(a, b, out)
+
+
+class GlobalAverage:
+    """XNNPACK's pool over the whole map of x [N, H, W, C] into N * C values, the scale worked out
+    once: ``GlobalAverage(x.shape, ...)(x, out)``."""
+
+    def __init__(self, x_shape, in_scale, in_zero_point, out_scale, out_zero_point, clamp):
+        n, h, w, c = x_shape
+        scale = np.float32(in_scale) / (np.float32(out_scale) * np.float32(h * w))
+        self.args = (n, h * w, c, in_zero_point, scale, clamp[0], clamp[1], out_zero_point)
+
+    def __call__(self, x, out):
+        global_average_bytes(np.ascontiguousarray(x).reshape(-1), *self.args, out.reshape(-1))
+        return out
 
 
 def global_average(x, in_scale, in_zero_point, out_scale, out_zero_point, clamp, out):
-    """XNNPACK's pool over the whole map: x [N, H, W, C] -> out [N, C] (any shape of N * C values)."""
-    n, h, w, c = x.shape
-    scale = np.float32(in_scale) / (np.float32(out_scale) * np.float32(h * w))
-    global_average_bytes(np.ascontiguousarray(x).reshape(-1), n, h * w, c, in_zero_point, scale, clamp[0], clamp[1],
-                         out_zero_point, out.reshape(-1))
-    return out
+    """XNNPACK's pool over the whole map: x [N, H, W, C] -> out [N, C] (any C-contiguous shape of N * C values)."""
+    return GlobalAverage(x.shape, in_scale, in_zero_point, out_scale, out_zero_point, clamp)(x, out)

@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from . import integer_simd as iv
-from .integer_gemm import ROUNDINGS, parts
+from .integer_gemm import ROUNDINGS, remembered, parts
 from .jit import kernel
 from .table import address_for, call
 
@@ -179,21 +179,41 @@ def depthwise_parallel(x, rows, h, w_in, c, wts, zpw, k, stride, top, left, out_
                        out_h, out_w, params, scales, rounding, zero_point, lo, hi, out))
 
 
+class Depthwise:
+    """``depthwise_conv2d`` bound to its shapes and weights (the fast graph keeps one per op and
+    input shape): the folded zero point, the thread count (``integer_gemm.parts``, decided now),
+    the scalar arguments; the call's argument tuple (flat views, a split call's row code address)
+    is kept while the same arrays come back (as ``integer_gemm.Gemm``).  One thread at a time."""
+
+    def __init__(self, x_shape, x_zero_point, packed, k, stride, pad, out_hw, params, out_zero_point, clamp,
+                 rounding="reference", scales=None, folded=None):
+        n, h, w, c = x_shape
+        params, zpw = folded if folded is not None else fold_zero_point(packed, params, k, x_zero_point)
+        scales = np.zeros(params.shape[1], np.float32) if scales is None else scales
+        self.rows = n * out_hw[0]
+        self.parts = parts(self.rows * out_hw[1] * c * k * k)
+        self.args = (h, w, c, packed, zpw, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], params, scales,
+                     ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1])
+        self.kernel = depthwise_rows if self.parts == 1 else depthwise_parallel
+        self.seen = (None, None)
+
+    def __call__(self, x, out):
+        """x [N, H, W, C] (uint8/int8) -> out, C-contiguous [N, OH, OW, C] of the output type."""
+        if x is not self.seen[0] or out is not self.seen[1]:
+            self.seen = remembered(x, out)
+            flat, into = np.ascontiguousarray(x).reshape(-1), out.reshape(-1)
+            self.call = (flat, 0, self.rows, *self.args, into)
+            if self.parts > 1:      # depthwise_rows called at its address: not compiled again inside (table.py)
+                self.call = (flat, self.rows, *self.args, into, self.parts, address_for(depthwise_rows, self.call))
+        self.kernel(*self.call)
+        return out
+
+
 def depthwise_conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, out_zero_point, clamp, out,
                      rounding: str = "reference", scales=None, folded=None):
     """Depthwise k x k convolution (multiplier 1): x [N, H, W, C] -> out [N, OH, OW, C] (C-contiguous)
     of the output type, ``packed = pack_depthwise(w, w_zero_point)``, ``params`` and ``scales`` as for
     ``integer_gemm.pointwise_conv2d`` (padded to at least a multiple of 8 channels); ``folded``:
-    ``fold_zero_point(packed, params, k, x_zero_point)`` if the caller keeps it."""
-    n, h, w, c = x.shape
-    params, zpw = folded if folded is not None else fold_zero_point(packed, params, k, x_zero_point)
-    scales = np.zeros(params.shape[1], np.float32) if scales is None else scales
-    threads = parts(n * out_hw[0] * out_hw[1] * c * k * k)
-    args = (np.ascontiguousarray(x).reshape(-1), h, w, c, packed, zpw, k, stride, pad[0], pad[2], out_hw[0],
-            out_hw[1], params, scales, ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1], out.reshape(-1))
-    if threads == 1:
-        depthwise_rows(args[0], 0, n * out_hw[0], *args[1:])
-    else:       # depthwise_rows called at its address: not compiled again inside (table.py)
-        depthwise_parallel(args[0], n * out_hw[0], *args[1:], threads,
-                           address_for(depthwise_rows, (args[0], 0, n * out_hw[0], *args[1:])))
-    return out
+    ``fold_zero_point(packed, params, k, x_zero_point)`` if the caller keeps it (``Depthwise``)."""
+    return Depthwise(x.shape, x_zero_point, packed, k, stride, pad, out_hw, params, out_zero_point, clamp, rounding,
+                     scales, folded)(x, out)

@@ -27,9 +27,9 @@ and the stem's gather on Python threads (``conv2d``) rather than having prange t
 
 int16 holds every centred value: uint8 - zero point and int8 - zero point lie in [-255, 255],
 and a pair of products (at most 2 * 255^2) plus the sums over C_in fit int32 for any C_in below
-16,000.  The output is written with C_out padded to whole panels of 16 and then copied to the
-caller's array.  Not done: activation buffers padded to 16 channels (which would remove that
-copy and the centring pass).
+16,000.  A C_out that is not whole panels of 16 is written padded, then copied to the caller's
+array.  ``Gemm``, ``Pointwise`` and ``Conv`` bind a call's shapes once (the fast graph's steps);
+the module is longer than 400 lines because they sit with the kernels and wrappers they bind.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def _tile1(x, x_at, kp, w, w_at, params, scales, rounding, c, zero_point, lo, hi
 @kernel()
 def centre_rows(x, p0, p1, c_in, zero_point, kp, out):
     """out [pixels, kp] int16 = x [pixels, C_in] - zero_point (flat arrays) for pixels p0..p1-1;
-    an odd C_in's extra column is left as the caller made it (zero)."""
+    an odd C_in's extra column is left as it is (the packed weights are zero there)."""
     for p in range(p0, p1):
         src, dst = p * c_in, p * kp
         k = 0
@@ -201,7 +201,6 @@ def gemm_parallel(x, pixels, kp, w, panels, params, scales, rounding, zero_point
 
 SERIAL_BELOW = 1 << 19      # multiply-adds (or values written) below which waking the thread pool costs more
 
-
 _thread = threading.local()
 
 
@@ -211,10 +210,14 @@ def one_thread(on: bool = True) -> None:
     _thread.serial = on
 
 
+def on_one_thread() -> bool:
+    return getattr(_thread, "serial", False)
+
+
 def parts(work: int) -> int:
     """How many threads a kernel call of ``work`` units uses: Numba's count, or 1 for small calls
     and on a thread marked by ``one_thread``."""
-    if work < SERIAL_BELOW or getattr(_thread, "serial", False):
+    if work < SERIAL_BELOW or on_one_thread():
         return 1
     return numba.get_num_threads()
 
@@ -224,9 +227,8 @@ _pools: dict[int, ThreadPoolExecutor] = {}
 
 def _pool(threads: int) -> ThreadPoolExecutor:
     """Python threads for the stem's gather (``conv2d``): ``gather_rows`` releases the GIL, so
-    ``threads - 1`` of them and the caller each take a range of rows.  Once per forward pass, so
-    a pool's ~20 us per call is nothing, where a prange twin of ``gather_rows`` cost 4.4 s of
-    compile (Numba's parallel lowering re-optimizes the linked loops)."""
+    ``threads - 1`` of them and the caller each take a range of rows.  Once per forward pass (~20 us),
+    where a prange twin of ``gather_rows`` cost 4.4 s of compile (the linked loops re-optimized)."""
     pool = _pools.get(threads)
     if pool is None:
         pool = _pools.setdefault(threads, ThreadPoolExecutor(threads - 1, thread_name_prefix="mobilenet-np-gather"))
@@ -269,81 +271,163 @@ def fold_zero_point(packed: np.ndarray, params: np.ndarray, zero_point: int) -> 
     return folded
 
 
+class Gemm:
+    """The GEMM and requantization of rows [pixels * kp] (int16 centred values, or the raw bytes with the
+    zero point folded into ``params``) into [pixels, C_out], with all but the two arrays worked out once
+    (the fast graph keeps one per op and input shape): the padded buffer if C_out is not whole panels,
+    the thread count (``parts``, decided now), the scalar arguments.  The call's argument tuple (flat views, a split call's task address)
+    is kept while the same arrays come back, as the fast graph's buffers do.  One thread at a time."""
+
+    def __init__(self, pixels, kp, packed, params, c_out, out_zero_point, clamp, rounding="reference", scales=None,
+                 scratch=None):
+        panels = -(-c_out // PANEL)
+        self.pixels, self.c_out = pixels, c_out
+        self.padded = None if c_out == panels * PANEL else Scratch.take_from(scratch, pixels * panels * PANEL, np.uint8)
+        scales = np.zeros(panels * PANEL, np.float32) if scales is None else scales
+        self.parts = parts(pixels * kp * panels * PANEL)
+        self.tasks = (pixels + CHUNK - 1) // CHUNK * panels
+        self.args = (pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding], out_zero_point, *clamp)
+        self.kernel = gemm_tasks if self.parts == 1 else gemm_parallel
+        self.seen = (None, None)
+
+    def __call__(self, rows, out):
+        """rows [pixels * kp] (flat) -> out (C-contiguous, pixels x C_out values of the output type)."""
+        if rows is not self.seen[0] or out is not self.seen[1]:
+            self.seen, (self.call, self.copy) = remembered(rows, out), self._arguments(rows, out)
+        self.kernel(*self.call)
+        if self.copy:
+            np.copyto(*self.copy)
+        return out
+
+    def _arguments(self, rows, out):
+        # int8 and uint8 outputs store the same bytes (the values are clamped in range): one compile for both
+        stored = out.reshape(-1).view(np.uint8) if self.padded is None else self.padded
+        call = (rows, 0, self.tasks, *self.args, stored)
+        if self.parts > 1:
+            call = (rows, *self.args, stored, self.parts, address_for(gemm_tasks, call))
+        copy = None if self.padded is None else (out.reshape(self.pixels, self.c_out),
+                                                 self.padded.reshape(self.pixels, -1)[:, :self.c_out].view(out.dtype))
+        return call, copy
+
+
+class Scratch:
+    """Working memory for bound kernels that run one after another (the steps of one plan):
+    ``take`` hands out the start of one shared buffer, replaced by a larger one when a request
+    exceeds it (views handed out keep the old one), so the kernels of a pass share about the
+    largest request instead of each keeping its own.  A step holds two at once (centred rows or
+    gathered patches, and a padded output): ``scratch`` arguments are (input side, output side)."""
+
+    def __init__(self):
+        self.buffer = np.empty(0, np.uint8)
+
+    def take(self, count: int, dtype) -> np.ndarray:
+        size = count * np.dtype(dtype).itemsize
+        if size > self.buffer.size:
+            self.buffer = np.empty(size, np.uint8)
+        return self.buffer[:size].view(dtype)
+
+    @staticmethod
+    def take_from(scratch, count: int, dtype) -> np.ndarray:
+        """``scratch.take``, or a buffer of its own when ``scratch`` is None."""
+        return np.empty(count, dtype) if scratch is None else scratch.take(count, dtype)
+
+
+def remembered(*arrays) -> tuple:
+    """The arrays of a call, for the next call to compare with ``is``; a non-contiguous one is not
+    remembered (its flat copy would not follow changes to it)."""
+    return tuple(a if a.flags.c_contiguous else None for a in arrays)
+
+
+class Pointwise:
+    """``pointwise_conv2d`` bound to its shapes and weights (see ``Gemm``): an even C_in below
+    ``BYTES_BELOW`` multiplies the input bytes as they are (``fold_zero_point``; ``folded``, if kept);
+    others are centred into an int16 buffer first (one more column when C_in is odd), on one thread
+    (~10 G/s: V1's largest, 20 x 20 x 128 at batch 32, ~0.15 ms; a parallel twin cost 2 s of compile)."""
+
+    def __init__(self, pixels, c_in, x_zero_point, packed, params, c_out, out_zero_point, clamp,
+                 rounding="reference", scales=None, folded=None, scratch=(None, None)):
+        self.pixels, self.c_in, self.x_zero_point = pixels, c_in, x_zero_point
+        if c_in % 2 == 0 and c_in < BYTES_BELOW:
+            self.centred, self.kp = None, c_in
+            params = fold_zero_point(packed, params, x_zero_point) if folded is None else folded
+        else:
+            self.kp = c_in + c_in % 2
+            # (an odd C_in's extra column may hold anything: it meets the zero weights pack_pairs pads with)
+            self.centred = Scratch.take_from(scratch[0], pixels * self.kp, np.int16)
+        self.gemm = Gemm(pixels, self.kp, packed, params, c_out, out_zero_point, clamp, rounding, scales, scratch[1])
+        self.seen = (None,)
+
+    def __call__(self, x, out):
+        """x [pixels, C_in] (any shape of those) -> out, C-contiguous [pixels, C_out]."""
+        if x is not self.seen[0]:
+            self.seen, self.rows = remembered(x), np.ascontiguousarray(x).reshape(-1)
+        if self.centred is None:
+            return self.gemm(self.rows, out)
+        centre_rows(self.rows, 0, self.pixels, self.c_in, self.x_zero_point, self.kp, self.centred)
+        return self.gemm(self.centred, out)
+
+
+def _contiguous(out, compute):
+    """compute(buffer) into ``out`` itself if it is C-contiguous, else through a copy."""
+    if out.flags.c_contiguous:
+        return compute(out)
+    out[...] = compute(np.empty(out.shape, out.dtype))
+    return out
+
+
 def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, clamp, out,
                      rounding: str = "reference", scales=None, folded=None):
     """1x1 integer convolution: x [P, C_in] (uint8/int8) -> out [P, C_out] of the output type,
     with ``packed = pack_pairs(w, w_zero_point)`` and ``params = requantization_params(...)``;
-    ``rounding`` "xnnpack" takes ``scales = xnnpack_scales(...)`` instead of the multipliers.
-    An even C_in below ``BYTES_BELOW`` multiplies the input bytes as they are (``fold_zero_point``;
-    ``folded``, if the caller keeps it); others are centred into an int16 copy first (with a zero
-    column when C_in is odd)."""
-    pixels, c_in = x.shape
-    if c_in % 2 == 0 and c_in < BYTES_BELOW:
-        folded = fold_zero_point(packed, params, x_zero_point) if folded is None else folded
-        return gemm_centred(np.ascontiguousarray(x).reshape(-1), pixels, c_in, packed, folded, c_out,
-                            out_zero_point, clamp, out, rounding, scales)
-    kp = c_in + c_in % 2
-    centred = np.empty(pixels * kp, np.int16)
-    if kp != c_in:
-        centred.reshape(pixels, kp)[:, c_in:] = 0
-    # on one thread: 16 values per instruction, ~10 G/s, a small part of the GEMM that follows (V1's
-    # largest, 20 x 20 x 128 at batch 32, takes ~0.15 ms); a parallel twin cost 2 s of compile
-    centre_rows(np.ascontiguousarray(x).reshape(-1), 0, pixels, c_in, x_zero_point, kp, centred)
-    return gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, clamp, out, rounding, scales)
+    ``rounding`` "xnnpack" takes ``scales = xnnpack_scales(...)`` instead of the multipliers
+    (``Pointwise`` does the work)."""
+    pointwise = Pointwise(*x.shape, x_zero_point, packed, params, c_out, out_zero_point, clamp, rounding, scales,
+                          folded)
+    return _contiguous(out, lambda buffer: pointwise(x, buffer))
 
 
-def gemm_centred(centred, pixels, kp, packed, params, c_out, out_zero_point, clamp, out, rounding="reference",
-                 scales=None):
-    """The GEMM and requantization of rows ``centred`` [pixels * kp] (int16 centred values, or the
-    raw bytes with the zero point folded into ``params``) into out [pixels, C_out]: written in place when C_out is a whole number of panels, else through
-    a padded buffer."""
-    panels = -(-c_out // PANEL)
-    direct = c_out == panels * PANEL and out.flags.c_contiguous
-    padded = out.reshape(-1) if direct else np.empty(pixels * panels * PANEL, out.dtype)
-    # int8 and uint8 outputs store the same bytes (the values are clamped in range): one compile for both
-    stored = padded.view(np.uint8)
-    scales = np.zeros(panels * PANEL, np.float32) if scales is None else scales
-    n = parts(pixels * kp * panels * PANEL)
-    args = (centred, 0, (pixels + CHUNK - 1) // CHUNK * panels, pixels, kp, packed, panels, params, scales,
-            ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1], stored)
-    if n == 1:
-        gemm_tasks(*args)
-    else:
-        gemm_parallel(centred, *args[3:], n, address_for(gemm_tasks, args))
-    if not direct:
-        out[:] = padded.reshape(pixels, panels * PANEL)[:, :c_out]
-    return out
+class Conv:
+    """``conv2d`` bound to its shapes and weights (see ``Gemm``): the patches gathered by
+    ``gather_rows`` into a buffer kept here, then the GEMM.  Short patches (below ``BYTES_BELOW``)
+    are gathered as bytes, the padding filled with the zero point, which ``fold_zero_point`` takes
+    out (``folded``, if the caller keeps it); longer ones as centred int16.  A split gather runs on
+    Python threads (``_pool``)."""
+
+    def __init__(self, x_shape, x_dtype, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point,
+                 clamp, rounding="reference", scales=None, folded=None, scratch=(None, None)):
+        n, h, w, c = x_shape
+        kp = k * k * c + (k * k * c) % 2
+        pixels = n * out_hw[0] * out_hw[1]
+        self.raw = kp < BYTES_BELOW
+        if self.raw:
+            self.gathered = Scratch.take_from(scratch[0], pixels * kp, x_dtype)
+            sub, fill = 0, int(x_zero_point) & 0xFF     # copied bytes: int8 and uint8 alike (one compile)
+            params = fold_zero_point(packed, params, x_zero_point) if folded is None else folded
+        else:
+            self.gathered = Scratch.take_from(scratch[0], pixels * kp, np.int16)
+            sub, fill = x_zero_point, 0
+        into = self.gathered.view(np.uint8) if self.raw else self.gathered   # the GEMM reads them with their sign
+        self.args = (h, w, c, sub, fill, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], kp, into)
+        threads, rows = parts(pixels * kp), n * out_hw[0]
+        self.bounds = [(rows * i // threads, rows * (i + 1) // threads) for i in range(threads)]
+        self.gemm = Gemm(pixels, kp, packed, params, c_out, out_zero_point, clamp, rounding, scales, scratch[1])
+
+    def __call__(self, x, out):
+        """x [N, H, W, C] -> out, C-contiguous [N, OH, OW, C_out]."""
+        flat = np.ascontiguousarray(x).reshape(-1)
+        if self.raw:
+            flat = flat.view(np.uint8)
+        others = [_pool(len(self.bounds)).submit(gather_rows, flat, a, b, *self.args) for a, b in self.bounds[1:]]
+        gather_rows(flat, *self.bounds[0], *self.args)
+        for done in others:
+            done.result()
+        return self.gemm(self.gathered, out)
 
 
 def conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point, clamp, out,
            rounding: str = "reference", scales=None, folded=None):
-    """A full k x k convolution (the stem): x [N, H, W, C] -> out [N, OH, OW, C_out], the patches
-    gathered by ``gather_rows``, then ``gemm_centred``; ``packed = pack_pairs(w [k * k * C, C_out] in
-    OHWI order, w_zero_point)``.  Short patches (below ``BYTES_BELOW``) are gathered as bytes, the
-    padding filled with the zero point, which ``fold_zero_point`` takes out (``folded``, if the
-    caller keeps it); longer ones as centred int16."""
-    n, h, w, c = x.shape
-    kp = k * k * c + (k * k * c) % 2
-    pixels = n * out_hw[0] * out_hw[1]
-    raw = kp < BYTES_BELOW
-    if raw:
-        gathered = np.empty(pixels * kp, x.dtype)
-        sub, fill = 0, int(x_zero_point) & 0xFF     # copied bytes: int8 and uint8 alike (one compile)
-        params = fold_zero_point(packed, params, x_zero_point) if folded is None else folded
-    else:
-        gathered = np.empty(pixels * kp, np.int16)
-        sub, fill = x_zero_point, 0
-    threads = parts(pixels * kp)
-    flat, rows = np.ascontiguousarray(x).reshape(-1), n * out_hw[0]
-    into = gathered.view(np.uint8) if raw else gathered      # the GEMM below reads them with their sign
-    if raw:
-        flat = flat.view(np.uint8)
-    args = (h, w, c, sub, fill, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], kp, into)
-    bounds = [rows * i // threads for i in range(threads + 1)]
-    others = [_pool(threads).submit(gather_rows, flat, bounds[i], bounds[i + 1], *args) for i in range(1, threads)]
-    gather_rows(flat, bounds[0], bounds[1], *args)
-    for done in others:
-        done.result()
-    gemm_centred(gathered, pixels, kp, packed, params, c_out, out_zero_point, clamp, out.reshape(pixels, c_out),
-                 rounding, scales)
-    return out
+    """A full k x k convolution (the stem): x [N, H, W, C] -> out [N, OH, OW, C_out] (``Conv``);
+    ``packed = pack_pairs(w [k * k * C, C_out] in OHWI order, w_zero_point)``."""
+    conv = Conv(x.shape, x.dtype, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point, clamp,
+                rounding, scales, folded)
+    return _contiguous(out, lambda buffer: conv(x, buffer))
