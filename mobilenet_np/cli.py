@@ -59,8 +59,9 @@ def _warmup(args) -> int:
     container images and fresh Dask or server nodes: their first call then loads the kernels in
     about a second.  With a cache folder and two cores or more, the integer kernels compile in
     a child process while this one compiles the float engine (Numba's compiler is Python code
-    under one lock: one process compiles on one core); the two sets are about the same size, so
-    that halves the wait.  Should the child fail, this process compiles what it left."""
+    under one lock: one process compiles on one core).  On the 2-core development machine that
+    took everything from 28 s to 15-21 s (the two processes slow each other down).  Should the
+    child fail, this process compiles what it left."""
     import tempfile
 
     from .forward.tiered import child_process, fill_cache
