@@ -266,6 +266,38 @@ def test_help_in_a_subprocess_is_clean():
     assert result.returncode == 0 and "``" not in result.stdout and "--version" in result.stdout
 
 
+@pytest.mark.parametrize("child_status", [0, 3])
+def test_warmup_compiles_the_integer_kernels_in_a_second_process(monkeypatch, capsys, child_status):
+    """With two cores the integer kernels go to a child; should it fail, this process compiles
+    them and says so (the compiles themselves replaced by recorders: the test above runs them)."""
+    from mobilenet_np.forward import tiered
+    from mobilenet_np.kernels import jit
+    from mobilenet_np import quantized_model
+
+    if jit._FOLDER is None:
+        pytest.skip("no usable kernel cache folder: warmup compiles everything in one process")
+    done = []
+    monkeypatch.setattr(cli, "_cores", lambda: 2)
+    monkeypatch.setattr(tiered, "fill_cache", lambda: done.append("float"))
+    monkeypatch.setattr(quantized_model, "warm_up_integer_kernels", lambda: done.append("integer here"))
+    started = []
+
+    def child(code, stderr):
+        started.append(code)
+        return subprocess.Popen([sys.executable, "-c", f"import sys; sys.stderr.write('boom'); sys.exit({child_status})"],
+                                stderr=stderr)
+
+    monkeypatch.setattr(tiered, "child_process", child)
+    assert cli.main(["warmup"]) == 0
+    assert len(started) == 1 and "warm_up_integer_kernels" in started[0]
+    err = capsys.readouterr().err
+    if child_status == 0:
+        assert done == ["float"] and "failed" not in err
+    else:
+        assert done == ["float", "integer here"]
+        assert "second process failed (exit status 3: boom); compiling them here" in err
+
+
 def test_warmup_fills_the_kernel_cache_and_quiet_silences_it():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("MOBILENET_NP_QUIET", None)
