@@ -105,7 +105,11 @@ def load_engine(eid: str, m: dict, batch: int, threads: int):
         return run, {"litert_batch": mode}
     if eid == "float":
         import mobilenet_np as mnp
-        model = mnp.load(m["float"])
+        # dequantize: a quantized .tflite loads quantized since format version 2 (this column ran
+        # the integer path on float input until 2026-12-01)
+        model = mnp.load(m["float"], dequantize=True)
+        if model.quantized:
+            raise RuntimeError(f"{m['float']}: the float column got a quantized model")
         return (lambda x: model(x)), {"float_input": "float32 [0, 1]"}
     raise ValueError(eid)
 
