@@ -1,7 +1,7 @@
 """Tiered start: answer with the NumPy path while the compiled kernels build, then switch.
 
-A cold kernel cache (``kernels/cache.py``) means about a minute of compiling before the Numba
-engine gives its first result, and even a warm one a second of loading; the NumPy reference
+A cold kernel cache (``kernels/cache.py``) means 11-16 s of compiling (over a minute before
+2026-12) before the Numba engine gives its first result, and even a warm one a second of loading; the NumPy reference
 path (``reference.py``, BLAS) gives one in tens of milliseconds per image.  So until the
 kernels are loaded in the process, ``make`` returns a ``TieredBackend``:
 
