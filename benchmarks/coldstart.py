@@ -21,7 +21,8 @@ Every figure comes from a new process, with the kernel cache in a temporary, emp
   weights (``peers.py`` exports), 1 thread.
 
 ``cold_start`` (warm vs disabled Numba cache, for ``run.py``'s table) lives here too.  The
-machine is shared and not quiet: single runs, so read differences below ~20 % as noise.
+machine is shared and not quiet: single runs, so read differences below ~20 % as noise.  (The
+module is longer than 400 lines because each of these paths needs its own child script.)
 """
 
 from __future__ import annotations
