@@ -23,7 +23,6 @@ from .choice import Chooser
 
 
 _NOT_POOLED = np.zeros((0, 0), np.float32)     # ``run_plan``'s pooled output when it does not pool
-_NO_SYNC = np.zeros(8, np.int64)                # ... and its barrier's counters on one thread (unused)
 
 
 class NumbaBackend:
@@ -134,11 +133,14 @@ class NumbaBackend:
         plan, taps, buffers = self._plan(geo, n)
         xf = x.reshape(-1)
         parts = parts if parallel else 1
+        run_plan = self._kernels.run_plan
         if on_layer is None:
-            self._run_plan(xf, n, n, buffers, plan, taps, parts, _NOT_POOLED, False)
+            run_plan(xf, n, n, buffers, plan, self._weights, self._biases, taps, parts, _NOT_POOLED, False,
+                     self._kernels.kernel_table())
         else:
             for i, g in enumerate(geo):     # layer i is plan row i + 1; row 0 goes with layer 0
-                self._run_plan(xf, n, n, buffers, plan[i + 1 if i else 0:i + 2], taps, parts, _NOT_POOLED, False)
+                run_plan(xf, n, n, buffers, plan[i + 1 if i else 0:i + 2], self._weights, self._biases, taps, parts,
+                         _NOT_POOLED, False, self._kernels.kernel_table())
                 on_layer(i, self._output(plan[i + 1], g, n, buffers))
         return self._output(plan[-1], geo[-1], n, buffers)
 
@@ -225,47 +227,9 @@ class NumbaBackend:
         compiled call: each layer split over the threads (``parallel``), or all on the calling
         thread."""
         plan, taps, buffers = self._plan(geo, min(chunk, stop - start))
-        self._run_plan(x[start:stop].reshape(-1), stop - start, chunk, buffers, plan, taps, threads if parallel else 1,
-                       out[start:stop], True)
-
-    def _run_plan(self, x, n_img: int, per_pass: int, buffers, plan, taps, parts: int, pooled, pool: bool) -> None:
-        """One compiled ``run_plan`` call; with ``parts`` > 1, on this thread and ``parts`` - 1
-        workers of the pool at once, which meet after every layer (``kernels/sync.py``).  Should
-        a worker fail, or not start, the others are released (``sync.ABORT``) and its error
-        raised here."""
-        args = (x, n_img, per_pass, buffers, plan, self._weights, self._biases, taps)
-        tail = (pooled, pool, self._kernels.kernel_table())
-        run_plan = self._kernels.run_plan
-        if parts <= 1:
-            run_plan(*args, 0, 1, _NO_SYNC, *tail)
-            return
-        from ..kernels import sync as _sync
-        meeting = _sync.new()
-
-        def part_of(part: int) -> None:
-            try:
-                run_plan(*args, part, parts, meeting, *tail)
-            except BaseException:
-                meeting[_sync.ABORT] = 1
-                raise
-
-        def check(future) -> None:          # a worker that never ran its part: release the others
-            if future.cancelled() or future.exception() is not None:
-                meeting[_sync.ABORT] = 1
-
-        futures = []
-        try:
-            pool = self._thread_pool(parts - 1)
-            for part in range(1, parts):
-                futures.append(pool.submit(part_of, part))
-                futures[-1].add_done_callback(check)
-            part_of(0)
-        except BaseException:
-            meeting[_sync.ABORT] = 1
-            raise
-        finally:
-            for f in futures:
-                f.result()
+        self._kernels.run_plan(x[start:stop].reshape(-1), stop - start, chunk, buffers, plan, self._weights,
+                               self._biases, taps, threads if parallel else 1, out[start:stop], True,
+                               self._kernels.kernel_table())
 
     def _thread_pool(self, threads: int):
         """Worker threads for batch chunks (kept: starting threads per call costs more than a

@@ -7,10 +7,9 @@ with its operands sliced out of three rotating activation buffers and one flat a
 weights, biases and stem tap offsets.  Row 0 of a plan (``KIND_INPUT``) maps the images to
 x * 2 - 1 inside the stem's zero padding.
 
-``run_plan`` is the engine's one entry point.  With ``parts`` > 1, ``parts`` threads call it
-at once (``forward/engine.py``), each running its contiguous run of every layer's tasks, and
-they meet at a barrier after each layer (``sync.py``); with ``parts`` = 1 it runs every layer
-on the calling thread.  It runs a
+``run_plan`` is the engine's one entry point.  With ``parts`` > 1 it splits every layer's tasks
+into ``parts`` contiguous runs for Numba's threads (one ``prange`` per layer); with ``parts`` = 1
+it runs every layer on the calling thread without touching the parallel runtime.  It runs a
 batch a few images per pass and, if asked, averages each pass's last output into ``pooled``.
 
 Why one entry point: Numba compiles each compiled function that calls another by linking the
@@ -26,7 +25,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import types
+from numba import prange, types
 
 from . import simd
 from .depthwise import depthwise_rows
@@ -36,7 +35,6 @@ from .rows import (INPUT, KIND_DEPTHWISE, KIND_INPUT, KIND_POINTWISE, OP_B, OP_B
                    OP_IN_W, OP_KIND, OP_OUT_C, OP_OUT_H, OP_OUT_W, OP_PAD_LEFT, OP_PAD_TOP, OP_RES, OP_SRC, OP_TAPS,
                    OP_TAPS_LEN, OP_W, OP_W_LEN)
 from .stem import _stem_tasks, stem_tasks
-from .sync import barrier
 from .table import address, by_address
 
 
@@ -129,17 +127,16 @@ def _row_tasks(op, t0, t1, x, buffers, weights, biases, taps, n_img, table):
         _call_stem(table[2], (op, t0, t1, src, taps[op[OP_TAPS]:op[OP_TAPS] + op[OP_TAPS_LEN]], w, b, dst, n_img))
 
 
-@kernel()
-def run_plan(x, n_img, per_pass, buffers, plan, weights, biases, taps, part, parts, sync, pooled, pool, table):
+@kernel(parallel=True)
+def run_plan(x, n_img, per_pass, buffers, plan, weights, biases, taps, parts, pooled, pool, table):
     """Run the layers of ``plan`` on a batch of ``n_img`` images, x flat [N, H, W, C], in
     passes of ``per_pass`` images: layer outputs go to rows of ``buffers`` (each pass
     overwrites the last), weights/biases/taps are slices of one flat array each.  One compiled
-    call for the whole batch: no interpreter work between layers.  ``parts`` > 1: ``parts``
-    threads call this at once with the same arguments but ``part`` (0 to parts - 1); each runs
-    its contiguous run of every layer's tasks, and they meet at a barrier on ``sync``
-    (``sync.py``) after every layer.  ``pool``: each pass's last output averaged into its rows
-    of ``pooled`` [N, C], each thread pooling its share of the images.  ``table``: the layer
-    kernels (``kernel_table()``)."""
+    call for the whole batch: no interpreter work between layers.  ``parts`` > 1: each layer's
+    tasks in ``parts`` contiguous runs for Numba's threads (give the thread count: as a static
+    ``prange`` over the tasks would split them; an argument because a kernel that calls
+    ``numba.get_num_threads`` cannot be cached).  ``pool``: each pass's last output averaged
+    into its rows of ``pooled`` [N, C].  ``table``: the layer kernels (``kernel_table()``)."""
     first = plan[0]
     in_size = first[OP_IN_H] * first[OP_IN_W] * first[OP_IN_C]
     last = plan[plan.shape[0] - 1]
@@ -148,17 +145,16 @@ def run_plan(x, n_img, per_pass, buffers, plan, weights, biases, taps, part, par
         xs = x if count == n_img else x[at * in_size:(at + count) * in_size]
         for i in range(plan.shape[0]):
             op = plan[i]
-            t0, t1 = _run(_tasks(op, count), part, parts)
-            _row_tasks(op, t0, t1, xs, buffers, weights, biases, taps, count, table)
-            if parts > 1:
-                barrier(sync, parts)
+            tasks = _tasks(op, count)
+            if parts <= 1:
+                _row_tasks(op, tasks - tasks, tasks, xs, buffers, weights, biases, taps, count, table)
+            else:
+                for part in prange(parts):
+                    t0, t1 = _run(tasks, part, parts)
+                    _row_tasks(op, t0, t1, xs, buffers, weights, biases, taps, count, table)
         if pool:
-            i0, i1 = _run(count, part, parts)
-            pixels = last[OP_OUT_H] * last[OP_OUT_W]
-            size = pixels * last[OP_OUT_C]
-            _mean(buffers[last[OP_DST]][i0 * size:i1 * size], i1 - i0, pixels, last[OP_OUT_C], pooled[at + i0:at + i1])
-            if parts > 1:
-                barrier(sync, parts)        # the next pass overwrites the buffers
+            _mean(buffers[last[OP_DST]], count, last[OP_OUT_H] * last[OP_OUT_W], last[OP_OUT_C],
+                  pooled[at:at + count])
 
 
 # --- the pool -------------------------------------------------------------------------------
