@@ -509,5 +509,5 @@ def test_fast_graph_batch_split_over_threads_gives_the_same_bytes(shared):
         whole = graph.run(x, on_op=lambda i, op, y: None)[0]      # on_op: the unsplit path
     finally:
         numba.set_num_threads(before)
-    assert graph._pool is not None                                 # the split path was taken
+    assert graph._pools                                            # the split path was taken
     assert split.shape == whole.shape == (5, 1001) and np.array_equal(split, whole)

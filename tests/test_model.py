@@ -224,6 +224,18 @@ def test_adaptive_small_batches_give_the_same_features_every_way(rng, monkeypatc
     np.testing.assert_array_equal(model(x, threads=2), one)
 
 
+def test_a_pool_handed_out_stays_usable_when_another_size_is_asked_for():
+    """A thread that got the chunk workers' pool may submit to it after another thread asked for
+    a pool of another size (it used to be shut down then, and the submit raised)."""
+    model = mnp.build("mobilenet_v1", 0.25, 64, num_classes=0, seed=3)
+    backend = model.backend
+    if not hasattr(backend, "_thread_pool"):
+        pytest.skip(f"the {backend.name} backend has no worker pool")
+    two = backend._thread_pool(2)
+    assert backend._thread_pool(3) is not two
+    assert two.submit(sum, [1, 2]).result() == 3 and backend._thread_pool(2) is two
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_warm_calls_reuse_the_workspace(rng, threads):
     """Steady state allocates nothing per layer: a second call of the same shape runs in the

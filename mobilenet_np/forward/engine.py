@@ -59,7 +59,7 @@ class NumbaBackend:
         self._chunks: dict[tuple[int, int], int] = {}      # images per pass, by input size
         import numba
         self._threads = numba.get_num_threads
-        self._pool = None                     # (size, executor) for batch chunks, made on first use
+        self._pools = {}                      # executors for batch chunks by size, made on first use
         self._pool_lock = threading.Lock()
         # Small batches on several threads: split each layer or run on one thread, by the
         # recent times of both (``choice.py``).  False: always split (the old behaviour).
@@ -233,14 +233,16 @@ class NumbaBackend:
 
     def _thread_pool(self, threads: int):
         """Worker threads for batch chunks (kept: starting threads per call costs more than a
-        small batch's work).  Each has its own plans and buffers (``_local``)."""
+        small batch's work).  Each has its own plans and buffers (``_local``).
+        One pool per size, never shut down: another thread may be about to submit to the pool it
+        was given (a pool shut down under it raised), and an executor starts its threads only as
+        work comes."""
         with self._pool_lock:
-            if self._pool is None or self._pool[0] < threads:
+            pool = self._pools.get(threads)
+            if pool is None:
                 from concurrent.futures import ThreadPoolExecutor
-                if self._pool is not None:
-                    self._pool[1].shutdown(wait=False)     # its running chunks still finish
-                self._pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="mobilenet-np"))
-            return self._pool[1]
+                pool = self._pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="mobilenet-np")
+            return pool
 
     def release(self) -> None:
         """Drop this thread's cached plan and buffers (they are rebuilt on the next call)."""

@@ -51,7 +51,7 @@ class FastQuantizedGraph(QuantizedGraph):
                        if op.opcode in (tfl.CONV_2D, tfl.DEPTHWISE_CONV_2D)}
         self._ops = {**OPS, **{code: _single for code in _PREPARE}}
         self._constants = [[self.constant(k) for k in op.inputs] for op in self.sub.operators]
-        self._pool = None
+        self._pools, self._pool_lock = {}, threading.Lock()
         self._local = threading.local()         # each thread's plans: their buffers are not shared
 
     @property
@@ -75,10 +75,12 @@ class FastQuantizedGraph(QuantizedGraph):
         return self._run(x, on_op, outputs, threads)
 
     def _run_split(self, x: np.ndarray, threads: int, outputs) -> list[np.ndarray]:
-        if self._pool is None or self._pool[0] != threads:
-            self._pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="mnp-int8"))
+        with self._pool_lock:        # one pool per size, never shut down (as NumbaBackend._thread_pool)
+            pool = self._pools.get(threads)
+            if pool is None:
+                pool = self._pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="mnp-int8")
         bounds = [len(x) * i // threads for i in range(threads + 1)]
-        futures = [self._pool[1].submit(self._run_one_thread, x[a:b], outputs) for a, b in zip(bounds, bounds[1:])]
+        futures = [pool.submit(self._run_one_thread, x[a:b], outputs) for a, b in zip(bounds, bounds[1:])]
         results = [f.result() for f in futures]
         return [np.concatenate(parts) for parts in zip(*results)]
 
