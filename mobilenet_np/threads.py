@@ -1,4 +1,5 @@
-"""Thread counts for one call, set and restored: Numba's parallel kernels and the BLAS library.
+"""Thread counts for one call, set and restored: Numba's parallel kernels and the BLAS library;
+and the worker pools the engines split batches over (``Pools``).
 
 On a small machine the two pools fight if both run wide (PERF-NOTES.md: OpenBLAS keeps a core
 spinning after each call), so a call that asks for ``threads=n`` gets exactly n of each, and
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 
 @contextlib.contextmanager
@@ -47,3 +50,24 @@ def _numba():
     except ImportError:
         return None
     return numba
+
+
+class Pools:
+    """Worker thread pools by size, each made on first use and kept, never shut down: a thread
+    may be about to submit to the pool it was handed (a pool shut down under it raised), and an
+    executor starts its threads only as work comes.  ``len``: how many have been made."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._made: dict[int, ThreadPoolExecutor] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    def get(self, size: int) -> ThreadPoolExecutor:
+        with self._lock:
+            found = self._made.get(size)
+            if found is None:
+                found = self._made[size] = ThreadPoolExecutor(size, thread_name_prefix=self.name)
+            return found

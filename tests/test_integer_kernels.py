@@ -405,6 +405,7 @@ def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, r
     Python threads, centred and as bytes) give the bytes of the one-thread runs, at odd sizes:
     the split points must not drop or repeat a row or task."""
     import numba
+    from mobilenet_np.kernels import integer_calls as calls
     from mobilenet_np.kernels import integer_depthwise as idw
     from mobilenet_np.kernels import integer_gemm as ig
 
@@ -429,7 +430,7 @@ def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, r
         return a, b, c, d
 
     one = run_all()
-    monkeypatch.setattr(ig, "SERIAL_BELOW", 0)
+    monkeypatch.setattr(calls, "SERIAL_BELOW", 0)
     monkeypatch.setattr(numba, "get_num_threads", lambda: 3)       # more parts than this machine's cores is fine
     split = run_all()
     for s, o in zip(split, one):
@@ -443,12 +444,13 @@ def test_bound_kernels_follow_their_arrays(rng, c_in, c_out):
     last: the same arrays with new contents, other arrays, and a non-contiguous input changed in
     place all give what a new call of the function gives; its working memory shared (``Scratch``)
     with garbage left in it by another kernel changes nothing (an odd C_in's extra column)."""
+    from mobilenet_np.kernels import integer_calls as calls
     from mobilenet_np.kernels import integer_depthwise as idw
     from mobilenet_np.kernels import integer_gemm as ig
 
     params = ig.requantization_params(rng.integers(-3000, 3000, c_out).astype(np.int32), 1 << 30, -9, c_out)
     packed = ig.pack_pairs(rng.integers(0, 256, (c_in, c_out)).astype(np.uint8), 131)
-    shared = (ig.Scratch(), ig.Scratch())
+    shared = (calls.Scratch(), calls.Scratch())
     for scratch in shared:
         scratch.take(1 << 16, np.uint8)[:] = 0x5A                  # another kernel's leftovers
     pointwise = ig.Pointwise(12, c_in, 117, packed, params, c_out, 3, (0, 255), scratch=shared)

@@ -17,6 +17,7 @@ import threading
 import numpy as np
 
 from .. import spec
+from .. import threads as _threads
 from ..kernels import reference as ref
 from ..kernels import rows
 from .choice import Chooser
@@ -59,8 +60,7 @@ class NumbaBackend:
         self._chunks: dict[tuple[int, int], int] = {}      # images per pass, by input size
         import numba
         self._threads = numba.get_num_threads
-        self._pools = {}                      # executors for batch chunks by size, made on first use
-        self._pool_lock = threading.Lock()
+        self._pools = _threads.Pools("mobilenet-np")     # for batch chunks, by size
         # Small batches on several threads: split each layer or run on one thread, by the
         # recent times of both (``choice.py``).  False: always split (the old behaviour).
         self.adaptive = True
@@ -233,16 +233,9 @@ class NumbaBackend:
 
     def _thread_pool(self, threads: int):
         """Worker threads for batch chunks (kept: starting threads per call costs more than a
-        small batch's work).  Each has its own plans and buffers (``_local``).
-        One pool per size, never shut down: another thread may be about to submit to the pool it
-        was given (a pool shut down under it raised), and an executor starts its threads only as
-        work comes."""
-        with self._pool_lock:
-            pool = self._pools.get(threads)
-            if pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-                pool = self._pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="mobilenet-np")
-            return pool
+        small batch's work; one per size, ``threads.Pools``).  Each has its own plans and buffers
+        (``_local``)."""
+        return self._pools.get(threads)
 
     def release(self) -> None:
         """Drop this thread's cached plan and buffers (they are rebuilt on the next call)."""

@@ -24,12 +24,13 @@ Not here yet: fused layers, activations kept centred/padded between ops, a compi
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
+from .. import threads as _threads
 from ..kernels import integer_add as iadd
+from ..kernels import integer_calls as calls
 from ..kernels import integer_depthwise as idw
 from ..kernels import integer_gemm as ig
 from ..kernels import integer_reference as iref
@@ -51,7 +52,7 @@ class FastQuantizedGraph(QuantizedGraph):
                        if op.opcode in (tfl.CONV_2D, tfl.DEPTHWISE_CONV_2D)}
         self._ops = {**OPS, **{code: _single for code in _PREPARE}}
         self._constants = [[self.constant(k) for k in op.inputs] for op in self.sub.operators]
-        self._pools, self._pool_lock = {}, threading.Lock()
+        self._pools = _threads.Pools("mnp-int8")       # for batch splits, by size
         self._local = threading.local()         # each thread's plans: their buffers are not shared
 
     @property
@@ -75,23 +76,20 @@ class FastQuantizedGraph(QuantizedGraph):
         return self._run(x, on_op, outputs, threads)
 
     def _run_split(self, x: np.ndarray, threads: int, outputs) -> list[np.ndarray]:
-        with self._pool_lock:        # one pool per size, never shut down (as NumbaBackend._thread_pool)
-            pool = self._pools.get(threads)
-            if pool is None:
-                pool = self._pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="mnp-int8")
+        pool = self._pools.get(threads)
         bounds = [len(x) * i // threads for i in range(threads + 1)]
         futures = [pool.submit(self._run_one_thread, x[a:b], outputs) for a, b in zip(bounds, bounds[1:])]
         results = [f.result() for f in futures]
         return [np.concatenate(parts) for parts in zip(*results)]
 
     def _run_one_thread(self, x: np.ndarray, outputs) -> list[np.ndarray]:
-        ig.one_thread(True)
+        calls.one_thread(True)
         return self._run(x, None, outputs, 1)
 
     def _run(self, x: np.ndarray, on_op, outputs, threads: int) -> list[np.ndarray]:
         x = np.ascontiguousarray(x)
-        # what the plan depends on besides the shape: the kernels' split decisions (``ig.parts``)
-        key = (x.shape, outputs, on_op is not None, 1 if ig.on_one_thread() else threads, ig.SERIAL_BELOW)
+        # what the plan depends on besides the shape: the kernels' split decisions (``calls.parts``)
+        key = (x.shape, outputs, on_op is not None, 1 if calls.on_one_thread() else threads, calls.SERIAL_BELOW)
         plans = self._local.__dict__.setdefault("plans", {})
         plan = plans.get(key)
         if plan is None:
@@ -135,7 +133,7 @@ class _Plan:
         values = dict(self.constants)
         values[graph.input_index] = x
         buffers, held = _Buffers(), {}            # held: tensor -> the buffers its value lives in
-        scratch = (ig.Scratch(), ig.Scratch())    # the kernels' working memory, shared by the steps
+        scratch = (calls.Scratch(), calls.Scratch())    # the kernels' working memory, shared by the steps
         steps = []
         for i, op in enumerate(ops):
             inputs = [values[k] for k in op.inputs]
@@ -239,7 +237,7 @@ def _pack(graph: QuantizedGraph, op) -> dict:
 
 
 # --- each op's step: (step(inputs, out) -> out, the output's shape, dtype), or None for the NumPy op ----
-# (``scratch``: the plan's two ``integer_gemm.Scratch``, or (None, None) for buffers of the step's own)
+# (``scratch``: the plan's two ``integer_calls.Scratch``, or (None, None) for buffers of the step's own)
 
 def _prepare_conv(graph: FastQuantizedGraph, op, options, inputs, scratch):
     p = graph.packed[id(op)]

@@ -10,7 +10,7 @@ a product (``zpw``, a table of k * k * C8 values).  The weights are centred at l
 multiply-adds (``vpmulld``) into one ``<8 x i32>`` sum, requantized in registers (``integer_simd.requantized``)
 and stored as bytes straight into the caller's array; a last group of fewer than eight channels
 is loaded and stored lane by lane.  Output rows (image, row) are split over Numba's threads
-(in one run on the calling thread for a small call, ``integer_gemm.parts``): each thread calls
+(in one run on the calling thread for a small call, ``integer_calls.parts``): each thread calls
 ``depthwise_rows``, a real function (compiled once per input type; a small call runs it from
 Python directly), and the rare paths (``_tail``, ``_pixel_checked``) are real functions too,
 so the code is not inlined -- and compiled -- several times over.
@@ -22,7 +22,8 @@ import numpy as np
 from numba import prange
 
 from . import integer_simd as iv
-from .integer_gemm import ROUNDINGS, remembered, parts
+from .integer_calls import parts, remembered
+from .integer_gemm import ROUNDINGS
 from .jit import kernel
 from .table import address_for, call
 
@@ -181,7 +182,7 @@ def depthwise_parallel(x, rows, h, w_in, c, wts, zpw, k, stride, top, left, out_
 
 class Depthwise:
     """``depthwise_conv2d`` bound to its shapes and weights (the fast graph keeps one per op and
-    input shape): the folded zero point, the thread count (``integer_gemm.parts``, decided now),
+    input shape): the folded zero point, the thread count (``integer_calls.parts``, decided now),
     the scalar arguments; the call's argument tuple (flat views, a split call's row code address)
     is kept while the same arrays come back (as ``integer_gemm.Gemm``).  One thread at a time."""
 

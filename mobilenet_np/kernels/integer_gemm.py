@@ -28,20 +28,17 @@ and the stem's gather on Python threads (``conv2d``) rather than having prange t
 int16 holds every centred value: uint8 - zero point and int8 - zero point lie in [-255, 255],
 and a pair of products (at most 2 * 255^2) plus the sums over C_in fit int32 for any C_in below
 16,000.  A C_out that is not whole panels of 16 is written padded, then copied to the caller's
-array.  ``Gemm``, ``Pointwise`` and ``Conv`` bind a call's shapes once (the fast graph's steps);
-the module is longer than 400 lines because they sit with the kernels and wrappers they bind.
+array.  ``Gemm``, ``Pointwise`` and ``Conv`` bind a call's shapes once (the fast graph's steps); the
+thread split and the memory they share are in ``integer_calls.py``.
 """
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
-import numba
 import numpy as np
 from numba import prange
 
 from . import integer_simd as iv
+from .integer_calls import Scratch, contiguous, parts, pool, remembered
 from .jit import kernel
 from .table import address_for, call
 
@@ -199,42 +196,6 @@ def gemm_parallel(x, pixels, kp, w, panels, params, scales, rounding, zero_point
                         rounding, zero_point, lo, hi, out))
 
 
-SERIAL_BELOW = 1 << 19      # multiply-adds (or values written) below which waking the thread pool costs more
-
-_thread = threading.local()
-
-
-def one_thread(on: bool = True) -> None:
-    """Make every kernel called from this Python thread run on it alone (a caller that splits
-    the batch over its own threads sets it in each)."""
-    _thread.serial = on
-
-
-def on_one_thread() -> bool:
-    return getattr(_thread, "serial", False)
-
-
-def parts(work: int) -> int:
-    """How many threads a kernel call of ``work`` units uses: Numba's count, or 1 for small calls
-    and on a thread marked by ``one_thread``."""
-    if work < SERIAL_BELOW or on_one_thread():
-        return 1
-    return numba.get_num_threads()
-
-
-_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """Python threads for the stem's gather (``conv2d``): ``gather_rows`` releases the GIL, so
-    ``threads - 1`` of them and the caller each take a range of rows.  Once per forward pass (~20 us),
-    where a prange twin of ``gather_rows`` cost 4.4 s of compile (the linked loops re-optimized)."""
-    pool = _pools.get(threads)
-    if pool is None:
-        pool = _pools.setdefault(threads, ThreadPoolExecutor(threads - 1, thread_name_prefix="mobilenet-np-gather"))
-    return pool
-
-
 def requantization_params(bias, multiplier, shift, c_out: int) -> np.ndarray:
     """[4, panels * 16] int32: bias, multiplier, left shift, right shift per output channel
     (zero-padded: the padded channels compute garbage that is never read)."""
@@ -310,34 +271,6 @@ class Gemm:
         return call, copy
 
 
-class Scratch:
-    """Working memory for bound kernels that run one after another (the steps of one plan):
-    ``take`` hands out the start of one shared buffer, replaced by a larger one when a request
-    exceeds it (views handed out keep the old one), so the kernels of a pass share about the
-    largest request instead of each keeping its own.  A step holds two at once (centred rows or
-    gathered patches, and a padded output): ``scratch`` arguments are (input side, output side)."""
-
-    def __init__(self):
-        self.buffer = np.empty(0, np.uint8)
-
-    def take(self, count: int, dtype) -> np.ndarray:
-        size = count * np.dtype(dtype).itemsize
-        if size > self.buffer.size:
-            self.buffer = np.empty(size, np.uint8)
-        return self.buffer[:size].view(dtype)
-
-    @staticmethod
-    def take_from(scratch, count: int, dtype) -> np.ndarray:
-        """``scratch.take``, or a buffer of its own when ``scratch`` is None."""
-        return np.empty(count, dtype) if scratch is None else scratch.take(count, dtype)
-
-
-def remembered(*arrays) -> tuple:
-    """The arrays of a call, for the next call to compare with ``is``; a non-contiguous one is not
-    remembered (its flat copy would not follow changes to it)."""
-    return tuple(a if a.flags.c_contiguous else None for a in arrays)
-
-
 class Pointwise:
     """``pointwise_conv2d`` bound to its shapes and weights (see ``Gemm``): an even C_in below
     ``BYTES_BELOW`` multiplies the input bytes as they are (``fold_zero_point``; ``folded``, if kept);
@@ -367,14 +300,6 @@ class Pointwise:
         return self.gemm(self.centred, out)
 
 
-def _contiguous(out, compute):
-    """compute(buffer) into ``out`` itself if it is C-contiguous, else through a copy."""
-    if out.flags.c_contiguous:
-        return compute(out)
-    out[...] = compute(np.empty(out.shape, out.dtype))
-    return out
-
-
 def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, clamp, out,
                      rounding: str = "reference", scales=None, folded=None):
     """1x1 integer convolution: x [P, C_in] (uint8/int8) -> out [P, C_out] of the output type,
@@ -383,7 +308,7 @@ def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, cla
     (``Pointwise`` does the work)."""
     pointwise = Pointwise(*x.shape, x_zero_point, packed, params, c_out, out_zero_point, clamp, rounding, scales,
                           folded)
-    return _contiguous(out, lambda buffer: pointwise(x, buffer))
+    return contiguous(out, lambda buffer: pointwise(x, buffer))
 
 
 class Conv:
@@ -391,7 +316,7 @@ class Conv:
     ``gather_rows`` into a buffer kept here, then the GEMM.  Short patches (below ``BYTES_BELOW``)
     are gathered as bytes, the padding filled with the zero point, which ``fold_zero_point`` takes
     out (``folded``, if the caller keeps it); longer ones as centred int16.  A split gather runs on
-    Python threads (``_pool``)."""
+    Python threads (``integer_calls.pool``)."""
 
     def __init__(self, x_shape, x_dtype, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point,
                  clamp, rounding="reference", scales=None, folded=None, scratch=(None, None)):
@@ -417,7 +342,7 @@ class Conv:
         flat = np.ascontiguousarray(x).reshape(-1)
         if self.raw:
             flat = flat.view(np.uint8)
-        others = [_pool(len(self.bounds)).submit(gather_rows, flat, a, b, *self.args) for a, b in self.bounds[1:]]
+        others = [pool(len(self.bounds)).submit(gather_rows, flat, a, b, *self.args) for a, b in self.bounds[1:]]
         gather_rows(flat, *self.bounds[0], *self.args)
         for done in others:
             done.result()
@@ -430,4 +355,4 @@ def conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_z
     ``packed = pack_pairs(w [k * k * C, C_out] in OHWI order, w_zero_point)``."""
     conv = Conv(x.shape, x.dtype, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point, clamp,
                 rounding, scales, folded)
-    return _contiguous(out, lambda buffer: conv(x, buffer))
+    return contiguous(out, lambda buffer: conv(x, buffer))

@@ -1,0 +1,91 @@
+"""How the integer kernels are called: the thread split, and the memory bound calls share.
+
+* **The split.**  ``parts(work)`` is how many threads a kernel call of ``work`` multiply-adds (or
+  values written) uses: Numba's count, or 1 below ``SERIAL_BELOW`` and on a Python thread marked
+  by ``one_thread`` (the fast graph's batch split runs one whole pass per thread).  The stem's
+  gather splits its rows over Python threads (``pool``) instead of a prange twin.
+* **Memory.**  ``Scratch`` is working memory shared by bound kernels that run one after another
+  (the steps of one plan); ``remembered`` keeps a call's arrays for the next call to compare
+  with ``is``; ``contiguous`` runs a computation into an array that may not be C-contiguous.
+
+Used by ``integer_gemm``, ``integer_depthwise`` and the fast graph (``forward/quantized_engine.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+
+SERIAL_BELOW = 1 << 19      # multiply-adds (or values written) below which waking the thread pool costs more
+
+_thread = threading.local()
+
+
+def one_thread(on: bool = True) -> None:
+    """Make every kernel called from this Python thread run on it alone (a caller that splits
+    the batch over its own threads sets it in each)."""
+    _thread.serial = on
+
+
+def on_one_thread() -> bool:
+    return getattr(_thread, "serial", False)
+
+
+def parts(work: int) -> int:
+    """How many threads a kernel call of ``work`` units uses: Numba's count, or 1 for small calls
+    and on a thread marked by ``one_thread``."""
+    if work < SERIAL_BELOW or on_one_thread():
+        return 1
+    return numba.get_num_threads()
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def pool(threads: int) -> ThreadPoolExecutor:
+    """Python threads for the stem's gather (``integer_gemm.Conv``): ``gather_rows`` releases the GIL, so
+    ``threads - 1`` of them and the caller each take a range of rows.  Once per forward pass (~20 us),
+    where a prange twin of ``gather_rows`` cost 4.4 s of compile (the linked loops re-optimized)."""
+    found = _pools.get(threads)
+    if found is None:
+        found = _pools.setdefault(threads, ThreadPoolExecutor(threads - 1, thread_name_prefix="mobilenet-np-gather"))
+    return found
+
+
+class Scratch:
+    """Working memory for bound kernels that run one after another (the steps of one plan):
+    ``take`` hands out the start of one shared buffer, replaced by a larger one when a request
+    exceeds it (views handed out keep the old one), so the kernels of a pass share about the
+    largest request instead of each keeping its own.  A step holds two at once (centred rows or
+    gathered patches, and a padded output): ``scratch`` arguments are (input side, output side)."""
+
+    def __init__(self):
+        self.buffer = np.empty(0, np.uint8)
+
+    def take(self, count: int, dtype) -> np.ndarray:
+        size = count * np.dtype(dtype).itemsize
+        if size > self.buffer.size:
+            self.buffer = np.empty(size, np.uint8)
+        return self.buffer[:size].view(dtype)
+
+    @staticmethod
+    def take_from(scratch, count: int, dtype) -> np.ndarray:
+        """``scratch.take``, or a buffer of its own when ``scratch`` is None."""
+        return np.empty(count, dtype) if scratch is None else scratch.take(count, dtype)
+
+
+def remembered(*arrays) -> tuple:
+    """The arrays of a call, for the next call to compare with ``is``; a non-contiguous one is not
+    remembered (its flat copy would not follow changes to it)."""
+    return tuple(a if a.flags.c_contiguous else None for a in arrays)
+
+
+def contiguous(out, compute):
+    """compute(buffer) into ``out`` itself if it is C-contiguous, else through a copy."""
+    if out.flags.c_contiguous:
+        return compute(out)
+    out[...] = compute(np.empty(out.shape, out.dtype))
+    return out
