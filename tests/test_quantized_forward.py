@@ -385,7 +385,7 @@ def check_fast_graph(case):
         QuantizedGraph(path, kernels).run(images[:2], on_op=lambda i, op, y: want.__setitem__(i, y))
         fast = FastQuantizedGraph(path, kernels)
         fast.run(images[:2], on_op=lambda i, op, y: got.__setitem__(i, y))
-        differ = [i for i in want if not np.array_equal(want[i], got[i])]
+        differ = [i for i in want if not np.array_equal(want[i], got[i]) or want[i].dtype != got[i].dtype]
         assert not differ, f"{path.name} ({kernels}): ops {differ[:5]} differ"
         check_planned_runs(fast, images, want)
 
@@ -401,7 +401,7 @@ def check_planned_runs(fast, images, want):
         kept = [a.copy() for a in first]
         again = fast.run(images[:2], outputs=outputs)      # runs it
         expected = [want[len(ops) - 1]] if outputs is None else [want[i] for i in range(len(ops))]
-        differ = [i for i, (a, b) in enumerate(zip(again, expected)) if not np.array_equal(a, b)]
+        differ = [i for i, (a, b) in enumerate(zip(again, expected)) if not np.array_equal(a, b) or a.dtype != b.dtype]
         assert not differ, f"{fast.file} ({fast.kernels}, outputs={'all' if outputs else 'default'}): {differ[:5]} differ"
         assert all(np.array_equal(a, b) for a, b in zip(first, kept)), "a returned array was overwritten"
 

@@ -18,6 +18,15 @@ directly (``integer_depthwise``).  The kernels split their rows over Numba's thr
 Numba too (``kernels/integer_add.py``); softmax is ``integer_softmax.Softmax`` (tabled exponentials,
 the same bytes); reshapes and the other kernel sets' ADD and pools stay the NumPy reference ops.
 
+int8 activations run as uint8: a plan holds an int8 tensor that a kernel step reads or writes as
+its bytes with the top bit flipped, uint8 = int8 + 128, and the step's zero points and clamps
++ 128.  The convolutions, the ADD and the global pool depend on values only through q - zero
+point, so they give the same bytes + 128; the kernels then need one compiled form (uint8)
+instead of two, ~4 s less of the integer kernels' cold compile.  Steps that are not
+shift-invariant (the NumPy ops: the reference pools' rounding, softmax, FULLY_CONNECTED) get
+their inputs flipped back (``_flip``, one pass over the tensor, inserted into the plan), and
+``on_op`` and the outputs see int8 as always.
+
 Not here yet: fused layers, activations kept centred/padded between ops, a compiled whole-graph executor.
 """
 
@@ -118,9 +127,13 @@ class _Plan:
         values[self.graph.input_index] = x
         for i, op, step, reads, write, out in self.steps:
             y = values[write] = step([values[k] for k in reads], out)
-            if on_op is not None:
-                on_op(i, op, y)
-        return [values[k].copy() if copy else values[k] for k, copy in zip(self.outputs, self.copies)]
+            if on_op is not None and op is not None:
+                on_op(i, op, _flip(y) if write in self.shifted else y)
+        return self._results(values)
+
+    def _results(self, values) -> list[np.ndarray]:
+        return [_flip(values[k]) if k in self.shifted else values[k].copy() if copy else values[k]
+                for k, copy in zip(self.outputs, self.copies)]
 
     def _build(self, x: np.ndarray, on_op) -> list[np.ndarray]:
         """The first run, binding each op's step as it goes (the input values give the shapes)."""
@@ -134,13 +147,28 @@ class _Plan:
         values[graph.input_index] = x
         buffers, held = _Buffers(), {}            # held: tensor -> the buffers its value lives in
         scratch = (calls.Scratch(), calls.Scratch())    # the kernels' working memory, shared by the steps
-        steps = []
+        steps, shifted, flipped = [], set(), {}   # shifted: tensors held as uint8 + 128; flipped: their other form
         for i, op in enumerate(ops):
-            inputs = [values[k] for k in op.inputs]
             prepare = _PREPARE.get(op.opcode)
-            prepared = None if prepare is None else prepare(graph, op, graph.options[i], inputs, scratch)
-            step, shape, dtype = prepared or _unprepared(graph, op, graph.options[i], inputs)
+            prepared = None if prepare is None else prepare(graph, op, graph.options[i], [values[k] for k in op.inputs],
+                                                            scratch)
+            step, shape, dtype, form = prepared or _unprepared(graph, op, graph.options[i])
+            reads = []
+            for k in op.inputs:                   # each activation input in the form the step takes
+                if form is not None and k not in self.constants and (k in shifted) != form:
+                    if k not in flipped:
+                        flipped[k] = ("flipped", k)
+                        buffer = None if self.fresh else buffers.take(values[k].shape, _FLIPPED[values[k].dtype])
+                        if buffer is not None:
+                            held.setdefault(k, []).append(buffer)   # lives as long as k's value
+                        values[flipped[k]] = _flip(values[k], buffer)
+                        steps.append((i, None, _flip_step, (k,), flipped[k], buffer))
+                    k = flipped[k]
+                reads.append(k)
+            inputs = [values[k] for k in reads]
             write, out = op.outputs[0], None
+            if form or (form is None and op.inputs[0] in shifted):
+                shifted.add(write)
             if shape is None:                     # the step allocates its result, maybe a view of an input
                 held[write] = [b for k in set(op.inputs) for b in held.get(k, ())]
                 for b in held[write]:
@@ -151,16 +179,17 @@ class _Plan:
                 out = buffers.take(shape, dtype)
                 held[write] = [out]
             values[write] = y = step(inputs, out)
-            steps.append((i, op, step, tuple(op.inputs), write, out))
+            steps.append((i, op, step, tuple(reads), write, out))
             if on_op is not None:
-                on_op(i, op, y)
+                on_op(i, op, _flip(y) if write in shifted else y)
             for k in set(op.inputs) | {write}:
                 if last.get(k, i) <= i:
                     for b in held.pop(k, ()):
                         buffers.drop(b)
         self.copies = [bool(held.get(k)) for k in self.outputs]
+        self.shifted = frozenset(shifted)
         self.steps = steps                        # only now: a run that raised leaves no half plan
-        return [values[k].copy() if copy else values[k] for k, copy in zip(self.outputs, self.copies)]
+        return self._results(values)
 
 
 class _Buffers:
@@ -196,22 +225,51 @@ def _allocating(step, shape, dtype):
 
 
 def _single(graph: FastQuantizedGraph, op, options, inputs):
-    """One op on its own (``graph.ops``): its step bound for these inputs and run once, into a new array."""
+    """One op on its own (``graph.ops``): its step bound for these inputs and run once, into a new array
+    (int8 in and out, a step on uint8 + 128 between two flips)."""
     prepared = _PREPARE[op.opcode](graph, op, options, inputs, (None, None))
     if prepared is None:
         return OPS[op.opcode](graph, op, options, inputs)
-    step, shape, dtype = prepared
-    return step(inputs, None if shape is None else np.empty(shape, dtype))
+    step, shape, dtype, form = prepared
+    if form:
+        inputs = [v if graph.constant(k) is not None else _flip(v) for k, v in zip(op.inputs, inputs)]
+    y = step(inputs, None if shape is None else np.empty(shape, dtype))
+    return _flip(y) if form else y
 
 
-def _unprepared(graph: FastQuantizedGraph, op, options, inputs):
+# An op's form: True, its step takes and gives int8 tensors as uint8 + 128 (the kernel steps of int8 ops);
+# False, as they are (the NumPy ops); None, either, the output in the input's (RESHAPE, SQUEEZE).
+_EITHER = (tfl.RESHAPE, tfl.SQUEEZE)
+_FLIPPED = {np.dtype(np.int8): np.dtype(np.uint8), np.dtype(np.uint8): np.dtype(np.int8)}
+
+
+def _unprepared(graph: FastQuantizedGraph, op, options):
     """The step of an op left to the NumPy op: called as it is, allocating its result."""
     fn = OPS[op.opcode]
-    return (lambda inputs, out: fn(graph, op, options, inputs)), None, None
+    return (lambda inputs, out: fn(graph, op, options, inputs)), None, None, None if op.opcode in _EITHER else False
+
+
+def _flip(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """int8 x -> uint8 x + 128, and back: the same bytes with the top bit flipped (into ``out`` if given)."""
+    if out is None:
+        out = np.empty(x.shape, _FLIPPED[x.dtype])
+    np.bitwise_xor(x.view(np.uint8), np.uint8(0x80), out=out.view(np.uint8))
+    return out
+
+
+def _flip_step(inputs, out):
+    return _flip(inputs[0], out)
+
+
+def _shift(graph: QuantizedGraph, op) -> int:
+    """128 when the op's input and output are int8 (its kernel step runs on uint8 + 128), else 0."""
+    int8 = np.dtype(np.int8)
+    return 128 if graph.dtype(op.inputs[0]) == int8 and graph.dtype(op.outputs[0]) == int8 else 0
 
 
 def _pack(graph: QuantizedGraph, op) -> dict:
-    """Weights in the kernels' layouts and the requantization parameters of one conv op."""
+    """Weights in the kernels' layouts and the requantization parameters of one conv op (an int8
+    op's zero points and clamp + 128: its step runs on uint8 + 128, ``_shift``)."""
     w = graph.constant(op.inputs[1])
     w_q = graph.tensor(op.inputs[1]).quantization
     depthwise = op.opcode == tfl.DEPTHWISE_CONV_2D
@@ -221,12 +279,13 @@ def _pack(graph: QuantizedGraph, op) -> dict:
     multiplier, shift = iref.conv_multipliers(in_scale, w_q.scale, out_scale,
                                               per_tensor=graph.dtype(op.inputs[0]) == np.uint8)
     out_zp, out_dtype = graph.zero_point(op.outputs[0]), graph.dtype(op.outputs[0])
+    clamp = iref.activation_range(tfl.ACTIVATION_NAMES[op.conv_options.activation], out_scale, out_zp, out_dtype)
     params = ig.requantization_params(bias, multiplier, shift, c_out)
+    up = _shift(graph, op)
     packed = {"c_out": c_out, "kernel": w.shape[1], "depthwise": depthwise, "params": params,
               "scales": ig.xnnpack_scales(ixnn.conv_scales(in_scale, w_q.scale, out_scale), c_out),
-              "clamp": iref.activation_range(tfl.ACTIVATION_NAMES[op.conv_options.activation], out_scale,
-                                             out_zp, out_dtype),
-              "in_zp": graph.zero_point(op.inputs[0]), "out_zp": out_zp, "out_dtype": out_dtype}
+              "clamp": (clamp[0] + up, clamp[1] + up), "in_zp": graph.zero_point(op.inputs[0]) + up,
+              "out_zp": out_zp + up, "out_dtype": np.dtype(np.uint8) if up else out_dtype, "form": bool(up)}
     if depthwise:      # TFLite [1, kh, kw, C] -> [kh, kw, C, 1]
         packed["weights"] = idw.pack_depthwise(w.transpose(1, 2, 3, 0), w_q.zero_point)
         packed["folded"] = idw.fold_zero_point(packed["weights"], params, w.shape[1], packed["in_zp"])
@@ -236,8 +295,9 @@ def _pack(graph: QuantizedGraph, op) -> dict:
     return packed
 
 
-# --- each op's step: (step(inputs, out) -> out, the output's shape, dtype), or None for the NumPy op ----
-# (``scratch``: the plan's two ``integer_calls.Scratch``, or (None, None) for buffers of the step's own)
+# --- each op's step: (step(inputs, out) -> out, the output's shape, dtype, form), or None for the NumPy op
+# (form: True when it runs on uint8 + 128, ``_shift``; ``scratch``: the plan's two
+# ``integer_calls.Scratch``, or (None, None) for buffers of the step's own)
 
 def _prepare_conv(graph: FastQuantizedGraph, op, options, inputs, scratch):
     p = graph.packed[id(op)]
@@ -253,9 +313,10 @@ def _prepare_conv(graph: FastQuantizedGraph, op, options, inputs, scratch):
                               clamp, rounding, scales, folded, scratch)
     else:
         params, *others = requantize
-        kernel = ig.Conv(x.shape, x.dtype, p["in_zp"], p["weights"], k, stride, pad, out_hw, params, p["c_out"],
+        x_dtype = np.dtype(np.uint8) if p["form"] else x.dtype
+        kernel = ig.Conv(x.shape, x_dtype, p["in_zp"], p["weights"], k, stride, pad, out_hw, params, p["c_out"],
                          *others, scratch)
-    return (lambda inputs, out: kernel(inputs[0], out)), (x.shape[0], *out_hw, p["c_out"]), p["out_dtype"]
+    return (lambda inputs, out: kernel(inputs[0], out)), (x.shape[0], *out_hw, p["c_out"]), p["out_dtype"], p["form"]
 
 
 def _prepare_softmax(graph: FastQuantizedGraph, op, options, inputs, scratch):
@@ -264,7 +325,7 @@ def _prepare_softmax(graph: FastQuantizedGraph, op, options, inputs, scratch):
     if fast is None:
         fast = isoft.Softmax(options["beta"], graph.scale(op.inputs[0]), graph.dtype(op.outputs[0]))
         graph.packed[id(op)] = fast
-    return (lambda inputs, out: fast(inputs[0])), None, None
+    return (lambda inputs, out: fast(inputs[0])), None, None, False
 
 
 # XNNPACK's ADD and global pools in Numba (kernels="xnnpack" only; the other sets keep the NumPy ops)
@@ -273,21 +334,21 @@ def _prepare_add(graph: FastQuantizedGraph, op, options, inputs, scratch):
     a, b = inputs
     if graph.kernels != "xnnpack" or a.shape != b.shape:        # broadcasting: the NumPy op
         return None
-    k = op.outputs[0]
+    k, up = op.outputs[0], _shift(graph, op) if graph.dtype(op.inputs[1]) == graph.dtype(op.inputs[0]) else 0
     out_scale, out_zp, out_dtype = graph.scale(k), graph.zero_point(k), graph.dtype(k)
-    clamp = iref.activation_range(options["activation"], out_scale, out_zp, out_dtype)
-    params = iadd.add_params(graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]),
-                             graph.scale(op.inputs[1]), graph.zero_point(op.inputs[1]), out_scale)
-    kernel = iadd.Add(params, clamp, out_zp)
-    return (lambda inputs, out: kernel(inputs[0], inputs[1], out)), a.shape, out_dtype
+    lo, hi = iref.activation_range(options["activation"], out_scale, out_zp, out_dtype)
+    params = iadd.add_params(graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]) + up,
+                             graph.scale(op.inputs[1]), graph.zero_point(op.inputs[1]) + up, out_scale)
+    kernel = iadd.Add(params, (lo + up, hi + up), out_zp + up)
+    return (lambda inputs, out: kernel(inputs[0], inputs[1], out)), a.shape, np.uint8 if up else out_dtype, bool(up)
 
 
 def _global(graph: FastQuantizedGraph, op, x, out_shape):
-    k = op.outputs[0]
-    dtype = graph.dtype(k)
-    kernel = iadd.GlobalAverage(x.shape, graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]), graph.scale(k),
-                                graph.zero_point(k), iref.DTYPE_RANGES[np.dtype(dtype)])
-    return (lambda inputs, out: kernel(inputs[0], out)), out_shape, dtype
+    k, up = op.outputs[0], _shift(graph, op)
+    dtype = np.dtype(np.uint8) if up else graph.dtype(k)
+    kernel = iadd.GlobalAverage(x.shape, graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]) + up, graph.scale(k),
+                                graph.zero_point(k) + up, iref.DTYPE_RANGES[dtype])
+    return (lambda inputs, out: kernel(inputs[0], out)), out_shape, dtype, bool(up)
 
 
 def _prepare_average_pool(graph: FastQuantizedGraph, op, options, inputs, scratch):

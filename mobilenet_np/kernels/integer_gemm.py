@@ -15,12 +15,13 @@ A first fast integer kernel (issue 17), tested against ``integer_reference`` (co
   lanes at a time), the zero point and the clamp, and the bytes are stored: the int32 sums
   never go through memory.
 
-What compiles, and how often (a cold compile of every integer kernel took 125 s; now ~15 s):
+What compiles, and how often (a cold compile of every integer kernel took 125 s; now ~11 s):
 the requantization is one intrinsic, not a Numba function inlined at each of its dozen call
 sites (Numba's IR inlining re-runs its front end per site: that was most of the time); the
 tile loops are inlined once, into ``gemm_tasks``, a real function that the parallel kernel calls
 once per thread and Python calls directly for one thread (no serial copy of the code); int8
-and uint8 outputs are stored through one uint8 view (one compile for both).  The prange
+and uint8 outputs are stored through one uint8 view (one compile for both; the fast graph
+runs int8 activations as uint8 + 128, so it compiles only the uint8 forms).  The prange
 kernels call the task code at its address (``table.py``) rather than linking it in, where
 Numba's parallel lowering re-optimized it, ~1.5-2 s per signature (19 -> 15 s in all).  The centring runs on one thread
 and the stem's gather on Python threads (``conv2d``) rather than having prange twins.

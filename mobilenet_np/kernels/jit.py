@@ -48,9 +48,10 @@ ENTRY_POINTS = ("run_plan", "pointwise_tiles", "depthwise_rows", "stem_tasks", "
 COMPILE_SECONDS = 15
 # The integer kernels (quantized models) are many small entry points, compiled as the graph
 # first meets each op: any of them starts the one message, with its own estimate (all of them,
-# cold, for int8 and uint8 models: 13-18 s CPU on the 2-core machine, 125 s before 2026-12-01).
+# cold, for int8 and uint8 models: 11-12 s CPU on the quiet 2-core machine in 2026-12, 125 s
+# before 2026-12-01; int8 models run the uint8 forms, forward/quantized_engine.py).
 INTEGER_MODULES = __package__ + ".integer_"
-INTEGER_COMPILE_SECONDS = 15
+INTEGER_COMPILE_SECONDS = 12
 
 
 def quiet(on: bool = True) -> None:
