@@ -54,6 +54,11 @@ def _profile(args) -> int:
     return 0
 
 
+# The float layer kernels ``mobilenet-np warmup``'s second process compiles before the integer ones, so
+# that the two take about as long (the first one finds them in the cache when it comes to them).
+CHILD_KERNELS = ("stem_tasks",)
+
+
 def _warmup(args) -> int:
     """Fill the kernel cache (the user cache folder) with the float and the integer kernels, for
     container images and fresh Dask or server nodes: their first call then loads the kernels in
@@ -72,7 +77,8 @@ def _warmup(args) -> int:
     child = None
     with tempfile.TemporaryFile() as errors:
         if jit._FOLDER is not None and _cores() > 1:
-            child = child_process("from mobilenet_np.quantized_model import warm_up_integer_kernels as w; w()", errors)
+            child = child_process(f"from mobilenet_np.kernels.plan import compile_layer_kernels as c; c({CHILD_KERNELS}); "
+                                  "from mobilenet_np.quantized_model import warm_up_integer_kernels as w; w()", errors)
         try:
             fill_cache()
         except BaseException:

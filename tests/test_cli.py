@@ -290,6 +290,7 @@ def test_warmup_compiles_the_integer_kernels_in_a_second_process(monkeypatch, ca
     monkeypatch.setattr(tiered, "child_process", child)
     assert cli.main(["warmup"]) == 0
     assert len(started) == 1 and "warm_up_integer_kernels" in started[0]
+    assert f"compile_layer_kernels as c; c({cli.CHILD_KERNELS})" in started[0]
     err = capsys.readouterr().err
     if child_status == 0:
         assert done == ["float"] and "failed" not in err

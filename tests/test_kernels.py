@@ -103,3 +103,15 @@ def test_reference_is_cross_correlation():
     out = ref.conv2d(x, w, 1, (1, 1, 1, 1), (5, 5))
     assert out[0, 2, 2, 0] == x[0, 1, 1, 0]
 
+
+
+def test_compile_layer_kernels_compiles_each_for_its_declared_signature():
+    """``mobilenet-np warmup``'s second process compiles some layer kernels on their own
+    (``plan.compile_layer_kernels``); each gets exactly the signature ``run_plan`` calls it with."""
+    plan.compile_layer_kernels(["input_rows", "stem_tasks"])
+    for name in ("input_rows", "stem_tasks"):
+        dispatcher, signature = plan.LAYER_KERNELS[name]
+        assert tuple(signature) in dispatcher.overloads, name
+    assert list(plan.LAYER_KERNELS) == ["pointwise_tiles", "depthwise_rows", "stem_tasks", "input_rows"]
+    with pytest.raises(KeyError):
+        plan.compile_layer_kernels(["no_such_kernel"])

@@ -83,12 +83,24 @@ _call_stem = by_address("stem_tasks", STEM)
 _call_input = by_address("input_rows", INPUT_ROWS)
 
 
+# In the order of ``kernel_table``.
+LAYER_KERNELS = {"pointwise_tiles": (pointwise_tiles, POINTWISE), "depthwise_rows": (depthwise_rows, DEPTHWISE),
+                 "stem_tasks": (stem_tasks, STEM), "input_rows": (input_rows, INPUT_ROWS)}
+
+
 @functools.cache
 def kernel_table() -> np.ndarray:
     """The addresses of the layer kernels for ``run_plan``'s ``table`` argument, in the order
     pointwise, depthwise, stem, input; compiled or loaded from the cache on first use."""
-    return np.array([address(pointwise_tiles, POINTWISE), address(depthwise_rows, DEPTHWISE),
-                     address(stem_tasks, STEM), address(input_rows, INPUT_ROWS)], np.int64)
+    return np.array([address(*LAYER_KERNELS[name]) for name in LAYER_KERNELS], np.int64)
+
+
+def compile_layer_kernels(names) -> None:
+    """Compile the named layer kernels (``LAYER_KERNELS``), or load them from the cache, on
+    their own: ``mobilenet-np warmup``'s second process compiles one while the first compiles
+    the others (each is compiled on its own, ``table.py``)."""
+    for name in names:
+        address(*LAYER_KERNELS[name])
 
 
 @kernel(inline=True)
