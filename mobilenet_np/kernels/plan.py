@@ -14,8 +14,9 @@ batch a few images per pass and, if asked, averages each pass's last output into
 What one thread does for one row (count the row's tasks, take its share, slice the operands,
 call the layer kernel) is ``row_tasks``, a kernel of its own that ``run_plan`` also calls by
 address, from its one-thread loop and from its ``prange``: Numba's parfor lowering compiles a
-``prange`` body once more as a function of its own, and with that body inlined the
-``prange`` cost 2.1 s of compile; a body of one call costs ~1 s (``row_tasks`` itself 0.5 s).
+``prange`` body once more as a function of its own: with that body inlined, ``run_plan`` took
+~4 s to compile (2 s of it the parfor lowering), with a body of one call ~1.8 s, and
+``row_tasks`` ~0.7 s (medians on the loaded 2-core machine, 2026-12).
 
 Why one entry point: Numba compiles each compiled function that calls another by linking the
 callee's code into its own and optimising the whole again, so every wrapper level (a serial and
