@@ -1,6 +1,6 @@
 """The kernel cache and the compile message, each in fresh processes with their own cache folder
 (``MOBILENET_NP_HOME``).  Only ``test_cold_then_warm_then_corrupted`` compiles a forward pass
-from nothing (tens of seconds); the others compile the pool, which takes a second or two."""
+from nothing (tens of seconds); the others compile the input row, which takes a second or two."""
 
 import logging
 import os
@@ -36,15 +36,21 @@ np.save(sys.argv[1], np.concatenate([model(x, threads=1), model(x[:1], threads=2
 print("compiled", sum(sum(f.stats.cache_misses.values()) - n for f, n in before.items()))
 """
 
-# The pool into a contiguous and into a strided output: two signatures in one cache index.
+# The input row (a small kernel) for row counts typed int64 and int32: two signatures in one
+# cache index.  Quiet: it is an entry point, whose compile is announced.
 POOL = """
 import numpy as np
-from mobilenet_np.kernels import plan, reference
-x = np.random.default_rng(1).random((2, 5, 6, 16), dtype=np.float32)
-for out in (np.empty((2, 16), np.float32), np.empty((2, 32), np.float32)[:, ::2]):
-    plan.global_mean(x, out)
-    np.testing.assert_allclose(out, reference.global_mean(x), rtol=1e-6)
-print("hits", sum(plan.global_mean.stats.cache_hits.values()))
+from mobilenet_np.kernels import jit, plan, reference
+from mobilenet_np.kernels.rows import plan_row
+jit.quiet()
+x = np.random.default_rng(1).random((2, 5, 6, 3), dtype=np.float32)
+op = plan_row("input", in_hw=(5, 6), in_c=3, out_hw=(7, 8), out_c=3, pad_top=1, pad_left=1)
+expected = np.pad(reference.hub_input(x), ((0, 0), (1, 1), (1, 1), (0, 0)))
+for rows in (14, np.int32(14)):
+    out = np.full(expected.size, np.nan, np.float32)
+    plan.input_rows(op, 0, rows, x.reshape(-1), out, 2)
+    np.testing.assert_array_equal(out.reshape(expected.shape), expected)
+print("hits", sum(plan.input_rows.stats.cache_hits.values()))
 """
 
 
@@ -105,7 +111,7 @@ def test_read_only_package_writes_nothing_beside_it(tmp_path):
         result = _run(POOL, home, pythonpath=site, extra_env={"PYTHONDONTWRITEBYTECODE": "1"})
         assert "hits 0" in result.stdout
         assert sorted(p.relative_to(site) for p in site.rglob("*")) == before
-        assert any(f.name.startswith("plan.global_mean") for f in _cache_files(home))
+        assert any(f.name.startswith("plan.input_rows") for f in _cache_files(home))
         warm = _run(POOL, home, pythonpath=site, extra_env={"PYTHONDONTWRITEBYTECODE": "1"})
         assert "hits 2" in warm.stdout, warm.stdout
     finally:
@@ -147,7 +153,7 @@ def test_compile_message_once_and_quiet(caplog):
 
     with caplog.at_level(logging.INFO, logger="mobilenet_np.compile"):
         announcer = jit._Announcer()
-        start(announcer, plan.global_mean)
+        start(announcer, plan.row_tasks)
         assert caplog.records == []
         start(announcer, plan.run_plan)
         start(announcer, plan.pointwise_tiles)

@@ -81,6 +81,36 @@ def test_global_mean(rng, n, h, w, c):
     np.testing.assert_allclose(got, ref.global_mean(x), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("n, h, w", SIZES)
+def test_global_mean_has_the_bytes_of_the_compiled_pool(rng, n, h, w):
+    """The NumPy pool gives the bytes of ``run_plan``'s compiled one (``plan._mean``), also where
+    the order of the float32 sums shows (values of very different sizes) and for signed zeros."""
+    x = (rng.standard_normal((n, h, w, 24)) * 10.0 ** rng.integers(-6, 7, (n, h, w, 24))).astype(np.float32)
+    x[..., :4] = -0.0                        # all negative zeros: +0.0 + -0.0 = +0.0
+    x[..., 4:8] = rng.choice(np.float32([0.0, -0.0]), (n, h, w, 4))
+    x[..., 8] = np.float32(1e30)
+    x[:, -1, -1, 8] = np.float32(-1e30)      # cancels last: the sums' order decides the result
+    compiled = np.empty((n, 24), np.float32)
+    plan._mean(x.reshape(-1), n, h * w, 24, compiled)
+    got = plan.global_mean(x)
+    assert np.array_equal(got.view(np.uint32), compiled.view(np.uint32))
+
+
+@pytest.mark.parametrize("arch, alpha, size", [("mobilenet_v1", 0.25, 64), ("mobilenet_v2", 0.35, 96)])
+def test_global_mean_of_the_last_layer_is_the_plans_pool(rng, arch, alpha, size):
+    """The pool of a forward pass's last output (the endpoints path, calibration) equals the
+    features ``run_plan`` pools itself, bit for bit."""
+    from mobilenet_np.forward.engine import NumbaBackend
+    architecture = spec.build(arch, alpha)
+    tensors = {name: rng.standard_normal(shape).astype(np.float32) * np.float32(0.2)
+               for name, shape in architecture.variables(0, folded=True).items()}
+    backend = NumbaBackend(architecture, tensors, folded=True, epsilon=spec.TF_BATCHNORM_EPSILON)
+    geo = spec.geometry(architecture, (size, size))
+    x = rng.random((3, size, size, 3), dtype=np.float32)
+    pooled = backend.global_mean(backend.run(geo, x, parallel=False))
+    assert np.array_equal(pooled.view(np.uint32), backend.features(geo, x).view(np.uint32))
+
+
 def test_fold_batch_norm_matches_unfolded(rng):
     """Folding BN into the kernel equals conv -> BN up to float32 reordering (SPEC pitfall 12)."""
     x = rng.standard_normal((2, 9, 9, 8), dtype=np.float32)

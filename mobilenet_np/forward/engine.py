@@ -293,9 +293,9 @@ def _pack(arrays: list[np.ndarray]) -> tuple[list[tuple[int, int]], np.ndarray]:
 
 def warmup() -> None:
     """Compile every compiled entry point of the engine, or load it from the kernel cache
-    (``kernels/cache.py``): the plan runner (with the layer kernels it calls, which the logits
-    also use) and the pool.  For container images and fresh Dask nodes, so that their first
-    real call does not compile.  Runs a small V2 with constant weights; any size and weights
+    (``kernels/cache.py``): the plan runner with the layer kernels it calls (which the logits
+    also use; the pool on its own, ``global_mean``, is NumPy).  For container images and fresh
+    Dask nodes, so that their first real call does not compile.  Runs a small V2 with constant weights; any size and weights
     compile the same code."""
     arch = spec.build("mobilenet_v2", 0.35)
     tensors = {name: np.full(shape, 0.01, np.float32) for name, shape in arch.variables(0, folded=True).items()}
@@ -303,4 +303,3 @@ def warmup() -> None:
     geo = spec.geometry(arch, (32, 32))
     x = np.zeros((1, 32, 32, 3), np.float32)
     backend._features_into(geo, x, 0, 1, 1, np.empty((1, arch.num_features), np.float32), False, 1)
-    backend.global_mean(backend.run(geo, x, parallel=False))

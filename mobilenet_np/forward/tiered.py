@@ -55,7 +55,7 @@ ENV = "MOBILENET_NP_TIERED"
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 announce = logging.getLogger("mobilenet_np.compile")
 log = logging.getLogger("mobilenet_np")
-_ENTRY_POINTS = ("run_plan", "global_mean")
+_ENTRY_POINTS = ("run_plan",)
 
 
 def wanted(option: bool | None = None) -> bool:

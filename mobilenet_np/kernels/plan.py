@@ -11,13 +11,20 @@ x * 2 - 1 inside the stem's zero padding.
 into ``parts`` contiguous runs for Numba's threads (one ``prange`` per layer); with ``parts`` = 1
 it runs every layer on the calling thread without touching the parallel runtime.  It runs a
 batch a few images per pass and, if asked, averages each pass's last output into ``pooled``.
+What one thread does for one row (count the row's tasks, take its share, slice the operands,
+call the layer kernel) is ``row_tasks``, a kernel of its own that ``run_plan`` also calls by
+address, from its one-thread loop and from its ``prange``: Numba's parfor lowering compiles a
+``prange`` body once more as a function of its own: with that body inlined, ``run_plan`` took
+~4 s to compile (2 s of it the parfor lowering), with a body of one call ~1.8 s, and
+``row_tasks`` ~0.7 s (medians on the loaded 2-core machine, 2026-12).
 
 Why one entry point: Numba compiles each compiled function that calls another by linking the
 callee's code into its own and optimising the whole again, so every wrapper level (a serial and
 a parallel form per layer kind, a plan runner per form, a batch runner) paid for the tile code
 once more.  One entry point, calling the kernels by address (``table.py``), took the engine's
 cold compile from 36 to 15 s.
-``global_mean`` is the pool on its own (slow twin: ``reference.global_mean``).
+``global_mean`` is the pool on its own (after ``run``, for endpoints), in NumPy with the bytes
+of ``run_plan``'s compiled pool (slow twin: ``reference.global_mean``).
 """
 
 from __future__ import annotations
@@ -71,16 +78,19 @@ def input_rows(op, r0, r1, x, out, n_img):
             out[o_at + i] = zero
 
 
-# The layer kernels ``run_plan`` calls by address (``table.py``), each with its one signature.
+# The kernels called by address (``table.py``), each with its one signature: the layer kernels
+# (by ``row_tasks``) and ``row_tasks`` (by ``run_plan``).
 _F32, _I64, _INT = types.float32[::1], types.int64[::1], types.int64
 POINTWISE = (_I64, _INT, _INT, _F32, _F32, _F32, _F32, _F32, _INT)
 DEPTHWISE = (_I64, _INT, _INT, _F32, _F32, _F32, _F32, _INT)
 STEM = (_I64, _INT, _INT, _F32, _I64, _F32, _F32, _F32, _INT)
 INPUT_ROWS = (_I64, _INT, _INT, _F32, _F32, _INT)
+ROW_TASKS = (_I64, _INT, _INT, _F32, types.float32[:, ::1], _F32, _F32, _I64, _INT, _I64)
 _call_pointwise = by_address("pointwise_tiles", POINTWISE)
 _call_depthwise = by_address("depthwise_rows", DEPTHWISE)
 _call_stem = by_address("stem_tasks", STEM)
 _call_input = by_address("input_rows", INPUT_ROWS)
+_call_rows = by_address("row_tasks", ROW_TASKS)
 
 
 # In the order of ``kernel_table``.
@@ -91,8 +101,10 @@ LAYER_KERNELS = {"pointwise_tiles": (pointwise_tiles, POINTWISE), "depthwise_row
 @functools.cache
 def kernel_table() -> np.ndarray:
     """The addresses of the layer kernels for ``run_plan``'s ``table`` argument, in the order
-    pointwise, depthwise, stem, input; compiled or loaded from the cache on first use."""
-    return np.array([address(*LAYER_KERNELS[name]) for name in LAYER_KERNELS], np.int64)
+    pointwise, depthwise, stem, input (``LAYER_KERNELS``), then ``row_tasks`` (which calls the
+    first four); compiled or loaded from the cache on first use."""
+    return np.array([address(*LAYER_KERNELS[name]) for name in LAYER_KERNELS] + [address(row_tasks, ROW_TASKS)],
+                    np.int64)
 
 
 def compile_layer_kernels(names) -> None:
@@ -120,10 +132,11 @@ def _tasks(op, n_img):
     return _stem_tasks(op, n_img)
 
 
-@kernel(inline=True)
-def _row_tasks(op, t0, t1, x, buffers, weights, biases, taps, n_img, table):
-    """Tasks t0..t1-1 of one plan row over a pass of ``n_img`` images, by the row's kernel in
-    ``table`` (``kernel_table``)."""
+@kernel()
+def row_tasks(op, part, parts, x, buffers, weights, biases, taps, n_img, table):
+    """Run ``part`` of ``parts`` (``gemm._run``) of the tasks of one plan row over a pass of
+    ``n_img`` images, by the row's kernel in ``table`` (``kernel_table``)."""
+    t0, t1 = _run(_tasks(op, n_img), part, parts)
     src = _operand(x, buffers, op[OP_SRC])
     dst = buffers[op[OP_DST]]
     w = weights[op[OP_W]:op[OP_W] + op[OP_W_LEN]]
@@ -152,18 +165,18 @@ def run_plan(x, n_img, per_pass, buffers, plan, weights, biases, taps, parts, po
     first = plan[0]
     in_size = first[OP_IN_H] * first[OP_IN_W] * first[OP_IN_C]
     last = plan[plan.shape[0] - 1]
+    zero = parts - parts                # int64, as ``row_tasks`` takes it (a literal 0 is typed apart)
     for at in range(0, n_img, per_pass):
         count = min(per_pass, n_img - at)
         xs = x if count == n_img else x[at * in_size:(at + count) * in_size]
         for i in range(plan.shape[0]):
             op = plan[i]
-            tasks = _tasks(op, count)
             if parts <= 1:
-                _row_tasks(op, tasks - tasks, tasks, xs, buffers, weights, biases, taps, count, table)
+                _call_rows(table[4], (op, zero, zero + 1, xs, buffers, weights, biases, taps, count, table))
             else:
-                for part in prange(parts):
-                    t0, t1 = _run(tasks, part, parts)
-                    _row_tasks(op, t0, t1, xs, buffers, weights, biases, taps, count, table)
+                for part in prange(parts):      # the index is unsigned in the prange's body
+                    _call_rows(table[4], (op, np.int64(part), parts, xs, buffers, weights, biases, taps, count,
+                                          table))
         if pool:
             _mean(buffers[last[OP_DST]], count, last[OP_OUT_H] * last[OP_OUT_W], last[OP_OUT_C],
                   pooled[at:at + count])
@@ -187,9 +200,15 @@ def _mean(xf, n_img, pixels, chans, out):
             acc[c] /= count      # divide, as TF's mean does, rather than multiply by 1/count
 
 
-@kernel()
-def global_mean(x, out):
-    """Mean over H and W: x [N,H,W,C] -> out [N,C].  (Serial: a few hundred thousand
-    additions, less than starting a parallel region costs.)"""
+def global_mean(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Mean over H and W: x [N,H,W,C] -> out [N,C], in NumPy, with the bytes of ``run_plan``'s
+    compiled pool (``_mean``): float32 sums from +0.0 over the pixels in row-major order (one
+    elementwise add per pixel), then a division by float32(H * W).  (Compiled, this loop cost
+    ~0.9 s of the cold compile; NumPy takes ~50 us for a 7x7 image.)"""
     n_img, height, width, chans = x.shape
-    _mean(x.reshape(-1), n_img, height * width, chans, out)
+    out = np.empty((n_img, chans), np.float32) if out is None else out
+    acc = np.zeros((n_img, chans), np.float32)
+    for pixel in np.asarray(x, np.float32).reshape(n_img, height * width, chans).transpose(1, 0, 2):
+        acc += pixel
+    np.divide(acc, np.float32(height * width), out=out)
+    return out
