@@ -55,8 +55,10 @@ def _profile(args) -> int:
 
 
 # The float layer kernels ``mobilenet-np warmup``'s second process compiles before the integer ones, so
-# that the two take about as long (the first one finds them in the cache when it comes to them).
-CHILD_KERNELS = ("stem_tasks",)
+# that the two take about as long (the first one finds them in the cache when it comes to them):
+# measured in alternating runs, the two were done after 11.4-13.7 s with the input row's kernel
+# here, 12.9-14.7 s with none, 14.0 s with the stem's (2026-12-02, the machine shared).
+CHILD_KERNELS = ("input_rows",)
 
 
 def _warmup(args) -> int:
@@ -64,9 +66,10 @@ def _warmup(args) -> int:
     container images and fresh Dask or server nodes: their first call then loads the kernels in
     about a second.  With a cache folder and two cores or more, the integer kernels compile in
     a child process while this one compiles the float engine (Numba's compiler is Python code
-    under one lock: one process compiles on one core).  On the 2-core development machine that
-    took everything from 28 s to 15-21 s (the two processes slow each other down).  Should the
-    child fail, this process compiles what it left."""
+    under one lock: one process compiles on one core); the child takes the input row's float
+    kernel too (``CHILD_KERNELS``), so that the two finish together.  On the 2-core development
+    machine everything took 13.5-15.4 s (2026-12-02; the two processes slow each other down).
+    Should the child fail, this process compiles what it left."""
     import tempfile
 
     from .forward.tiered import child_process, fill_cache
