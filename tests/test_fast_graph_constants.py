@@ -1,7 +1,8 @@
-"""Review (review22): FastQuantizedGraph on an int8 ADD whose second operand is a constant of the
-activation's shape.  The plan holds int8 activations as uint8 + 128 and adds 128 to both of the
-ADD's zero points, but flips only activation inputs, not constants (``_Plan._build``, ``_single``):
-with kernels="xnnpack" at batch 1 (same shapes, so the Numba ADD runs) the constant is read 128 off."""
+"""FastQuantizedGraph on an int8 ADD whose second operand is a constant of the activation's shape
+(found in review): the plan holds int8 activations as uint8 + 128 but flips only activations, not
+constants, so the ADD's shift applies to its activation operands only.  With kernels="xnnpack" at
+batch 1 (same shapes: the Numba ADD runs) the constant was read 128 off before the fix.  Every op's
+bytes and dtype, through the plan and through ``graph.ops`` (``_single``), for each kernel set."""
 
 from __future__ import annotations
 

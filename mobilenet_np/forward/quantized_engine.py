@@ -21,7 +21,8 @@ the same bytes); reshapes and the other kernel sets' ADD and pools stay the NumP
 int8 activations run as uint8: a plan holds an int8 tensor that a kernel step reads or writes as
 its bytes with the top bit flipped, uint8 = int8 + 128, and the step's zero points and clamps
 + 128.  The convolutions, the ADD and the global pool depend on values only through q - zero
-point, so they give the same bytes + 128; the kernels then need one compiled form (uint8)
+point, so they give the same bytes + 128 (constant operands are not flipped: an ADD of one keeps
+its zero point); the kernels then need one compiled form (uint8)
 instead of two, ~4 s less of the integer kernels' cold compile.  Steps that are not
 shift-invariant (the NumPy ops: the reference pools' rounding, softmax, FULLY_CONNECTED) get
 their inputs flipped back (``_flip``, one pass over the tensor, inserted into the plan), and
@@ -337,8 +338,10 @@ def _prepare_add(graph: FastQuantizedGraph, op, options, inputs, scratch):
     k, up = op.outputs[0], _shift(graph, op) if graph.dtype(op.inputs[1]) == graph.dtype(op.inputs[0]) else 0
     out_scale, out_zp, out_dtype = graph.scale(k), graph.zero_point(k), graph.dtype(k)
     lo, hi = iref.activation_range(options["activation"], out_scale, out_zp, out_dtype)
-    params = iadd.add_params(graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]) + up,
-                             graph.scale(op.inputs[1]), graph.zero_point(op.inputs[1]) + up, out_scale)
+    # the plan flips activations only: a constant operand keeps its int8 values and zero point
+    ups = [0 if graph.constant(j) is not None else up for j in op.inputs]
+    params = iadd.add_params(graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]) + ups[0],
+                             graph.scale(op.inputs[1]), graph.zero_point(op.inputs[1]) + ups[1], out_scale)
     kernel = iadd.Add(params, (lo + up, hi + up), out_zp + up)
     return (lambda inputs, out: kernel(inputs[0], inputs[1], out)), a.shape, np.uint8 if up else out_dtype, bool(up)
 
