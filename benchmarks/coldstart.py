@@ -20,8 +20,9 @@ Every figure comes from a new process, with the kernel cache in a temporary, emp
 * **peers**: ONNX Runtime and LiteRT (XNNPACK), import + load + first result on the same
   weights (``peers.py`` exports), 1 thread.
 
-Before measuring, the package's Python files are byte-compiled (``compileall``), as ``pip install``
-does: run from a checkout with ``PYTHONDONTWRITEBYTECODE=1`` (this machine sets it), every
+Before measuring (here and in ``cold_start``), the package's Python files are byte-compiled
+(``compileall``), as ``pip install .`` does and as the first import does wherever bytecode may be
+written: run from a checkout with ``PYTHONDONTWRITEBYTECODE=1`` (this machine sets it), every
 process would otherwise compile them from source, ~0.15 s more per start (measured 2026-12-02).
 
 ``cold_start`` (warm vs disabled Numba cache, for ``run.py``'s table) lives here too.  The
@@ -242,6 +243,7 @@ def cold_start(paths: dict[str, Path], runs: int, nocache_runs: int) -> dict:
     and with the cache disabled (every kernel compiled in the process: tiering off, so that
     this times the engine itself)."""
     import shutil
+    byte_compile()
     out = {}
     kernel_home = tempfile.mkdtemp(prefix="mobilenet-np-cold-")
     for key, path in paths.items():

@@ -92,8 +92,8 @@ def _warmup(args) -> int:
         if child is not None and child.wait() != 0:
             errors.seek(0)
             tail = errors.read().decode(errors="replace").strip().splitlines()[-1:]
-            print(f"mobilenet-np: the integer kernels' compile in a second process failed (exit status "
-                  f"{child.returncode}{': ' + tail[0] if tail else ''}); compiling them here", file=sys.stderr)
+            print(f"mobilenet-np: the compile in a second process failed (exit status "
+                  f"{child.returncode}{': ' + tail[0] if tail else ''}); compiling its kernels here", file=sys.stderr)
             child = None
     if child is None:
         warm_up_integer_kernels()       # quantized (version-2) models' kernels, int8 and uint8

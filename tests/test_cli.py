@@ -296,7 +296,7 @@ def test_warmup_compiles_the_integer_kernels_in_a_second_process(monkeypatch, ca
         assert done == ["float"] and "failed" not in err
     else:
         assert done == ["float", "integer here"]
-        assert "second process failed (exit status 3: boom); compiling them here" in err
+        assert "second process failed (exit status 3: boom); compiling its kernels here" in err
 
 
 def test_warmup_fills_the_kernel_cache_and_quiet_silences_it():
