@@ -278,13 +278,13 @@ def test_fast_softmax_hands_other_types_to_the_twin():
 # --- the Numba integer 1x1 kernel against the reference ------------------------------------------
 
 @pytest.mark.parametrize("pixels, c_in, c_out", [(1, 1, 1), (7, 5, 13), (9, 16, 32), (37, 17, 40), (25, 160, 1001), (37, 128, 40), (25, 64, 17),
-                                                     (11, 135, 24)])
+                                                     (11, 135, 24), (13, 16, 8), (6, 20, 20), (5, 6, 18)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
 def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out, dtype, rounding):
     """uint8 with per-tensor zero points (the QAT files), int8 with per-channel scales; odd pixel
     counts (the 4-pixel tiles and the single-pixel rest), odd C_in (135: centred 16 at a time, then
-    one by one), C_out not multiples of 16;
+    one by one), C_out not multiples of 16 (the padded rows copied out 8, 4, 2 or 1 bytes at a time: 24 / 8, 20, 18, 13);
     each of LiteRT's three requantizations."""
     from mobilenet_np.kernels import integer_gemm as ig
     from mobilenet_np.kernels import integer_xnnpack as ixnn

