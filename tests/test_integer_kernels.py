@@ -493,6 +493,37 @@ def test_xnnpack_add_and_global_average_kernels_equal_their_twins(rng, dtype, sh
         assert np.array_equal(got, want)
 
 
+def test_bound_calls_and_entry_points_give_the_kernels_bytes(rng):
+    """``calls`` of the bound kernels (what the fast graph's plan runs) and ``integer_calls.direct`` (a
+    dispatcher's compiled code for exactly these arguments) give the bytes of the bound kernels' own
+    calls; ``direct`` hands back what it cannot look up (a NumPy function, types never compiled)."""
+    from mobilenet_np.kernels import integer_add as iadd
+    from mobilenet_np.kernels import integer_calls as calls
+    from mobilenet_np.kernels import integer_depthwise as idw
+    from mobilenet_np.kernels import integer_gemm as ig
+
+    x = rng.integers(0, 256, (1, 7, 6, 24)).astype(np.uint8)
+    params = ig.requantization_params(rng.integers(-3000, 3000, 24), 1 << 30, -8, 24)
+    pw = ig.Pointwise(42, 24, 117, ig.pack_pairs(rng.integers(0, 256, (24, 24)).astype(np.uint8), 131), params, 24,
+                      3, (0, 255))
+    dw = idw.Depthwise(x.shape, 117, idw.pack_depthwise(rng.integers(0, 256, (3, 3, 24, 1)).astype(np.uint8), 131), 3,
+                       1, (1, 1, 1, 1), (7, 6), params, 3, (0, 255))
+    add = iadd.Add(iadd.add_params(0.02, 117, 0.05, 120, 0.06), (0, 255), 5)
+    for kernel, inputs in ((pw, (x,)), (dw, (x,)), (add, (x, x[:, ::-1].copy()))):
+        want = kernel(*inputs, np.empty(x.shape, np.uint8)).copy()
+        out = np.zeros(x.shape, np.uint8)
+        made = kernel.calls(*inputs, out)
+        for fn, args in made:
+            fast = calls.direct(fn, args)
+            assert fast is not fn or not hasattr(fn, "overloads")
+            fast(*args)
+        assert np.array_equal(out, want), type(kernel).__name__
+    assert calls.direct(np.copyto, (x, x)) is np.copyto
+    assert calls.direct(iadd.add_bytes, (x.reshape(-1).astype(np.float64),) * 2 + (1, 1, 0, 1, 0, 255, 0, x)) \
+        is iadd.add_bytes
+    assert pw.calls(x[:, :, ::-1], out) is None          # not C-contiguous: left to the bound call
+
+
 def test_fast_graph_batch_split_over_threads_gives_the_same_bytes(shared):
     """A batch split over T Python threads (each part through the whole graph on one thread)
     gives every image's bytes of the unsplit run, for an odd batch not divisible by T."""

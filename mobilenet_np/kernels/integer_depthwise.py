@@ -201,13 +201,21 @@ class Depthwise:
     def __call__(self, x, out):
         """x [N, H, W, C] (uint8/int8) -> out, C-contiguous [N, OH, OW, C] of the output type."""
         if x is not self.seen[0] or out is not self.seen[1]:
-            self.seen = remembered(x, out)
-            flat, into = np.ascontiguousarray(x).reshape(-1), out.reshape(-1)
-            self.call = (flat, 0, self.rows, *self.args, into)
-            if self.parts > 1:      # depthwise_rows called at its address: not compiled again inside (table.py)
-                self.call = (flat, self.rows, *self.args, into, self.parts, address_for(depthwise_rows, self.call))
+            self.seen, self.call = remembered(x, out), self._arguments(x, out)
         self.kernel(*self.call)
         return out
+
+    def calls(self, x, out):
+        """``__call__(x, out)`` as [(compiled function, arguments)] for a caller that passes these same
+        arrays every time (``integer_gemm.Gemm.calls``); None if x is not C-contiguous."""
+        return [(self.kernel, self._arguments(x, out))] if x.flags.c_contiguous else None
+
+    def _arguments(self, x, out):
+        flat, into = np.ascontiguousarray(x).reshape(-1), out.reshape(-1)
+        call = (flat, 0, self.rows, *self.args, into)
+        if self.parts > 1:      # depthwise_rows called at its address: not compiled again inside (table.py)
+            call = (flat, self.rows, *self.args, into, self.parts, address_for(depthwise_rows, call))
+        return call
 
 
 def depthwise_conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, out_zero_point, clamp, out,

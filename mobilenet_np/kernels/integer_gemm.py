@@ -262,6 +262,12 @@ class Gemm:
             np.copyto(*self.copy)
         return out
 
+    def calls(self, rows, out) -> list:
+        """``__call__(rows, out)`` as the compiled calls it makes, [(function, arguments)], for a caller
+        that passes these same arrays every time (the fast graph's plan runs them without this wrapper)."""
+        call, copy = self._arguments(rows, out)
+        return [(self.kernel, call)] + ([(np.copyto, copy)] if copy else [])
+
     def _arguments(self, rows, out):
         # int8 and uint8 outputs store the same bytes (the values are clamped in range): one compile for both
         stored = out.reshape(-1).view(np.uint8) if self.padded is None else self.padded
@@ -299,6 +305,16 @@ class Pointwise:
             self.centred = Scratch.take_from(scratch[0], pixels * self.kp, np.int16)
         self.gemm = Gemm(pixels, self.kp, packed, params, c_out, out_zero_point, clamp, rounding, scales, scratch[1])
         self.seen = (None,)
+
+    def calls(self, x, out):
+        """As ``Gemm.calls``; None if x is not C-contiguous (its flat copy would not follow it)."""
+        if not x.flags.c_contiguous:
+            return None
+        rows = x.reshape(-1)
+        if self.centred is None:
+            return self.gemm.calls(rows, out)
+        centre = (centre_rows, (rows, 0, self.pixels, self.c_in, self.x_zero_point, self.kp, self.centred))
+        return [centre] + self.gemm.calls(self.centred, out)
 
     def __call__(self, x, out):
         """x [pixels, C_in] (any shape of those) -> out, C-contiguous [pixels, C_out]."""
@@ -346,6 +362,13 @@ class Conv:
         threads, rows = parts(pixels * kp), n * out_hw[0]
         self.bounds = [(rows * i // threads, rows * (i + 1) // threads) for i in range(threads)]
         self.gemm = Gemm(pixels, kp, packed, params, c_out, out_zero_point, clamp, rounding, scales, scratch[1])
+
+    def calls(self, x, out):
+        """As ``Gemm.calls``; None for a gather split over threads or an x that is not C-contiguous."""
+        if len(self.bounds) > 1 or not x.flags.c_contiguous:
+            return None
+        flat = x.reshape(-1).view(np.uint8) if self.raw else x.reshape(-1)
+        return [(gather_rows, (flat, *self.bounds[0], *self.args))] + self.gemm.calls(self.gathered, out)
 
     def __call__(self, x, out):
         """x [N, H, W, C] -> out, C-contiguous [N, OH, OW, C_out]."""
