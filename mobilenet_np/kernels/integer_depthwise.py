@@ -28,6 +28,10 @@ from .jit import kernel
 from .table import address_for, call
 
 LANES = 8
+# A depthwise multiply-add costs ~3 of the GEMM's (V2 0.5/96 at batch 1: 7-9 GMAC/s against 20-30): its work
+# counts 3x against ``integer_calls.SERIAL_BELOW``, so the 48 x 48 x 16 and 24 x 24 x 96 layers split over two
+# threads (49 against 61 us and 55 against 71 us in the pass at T=2), the smaller ones, which the split made slower, not.
+SPLIT_WEIGHT = 3
 
 
 def padded_channels(c: int) -> int:
@@ -192,7 +196,7 @@ class Depthwise:
         params, zpw = folded if folded is not None else fold_zero_point(packed, params, k, x_zero_point)
         scales = np.zeros(params.shape[1], np.float32) if scales is None else scales
         self.rows = n * out_hw[0]
-        self.parts = parts(self.rows * out_hw[1] * c * k * k)
+        self.parts = parts(self.rows * out_hw[1] * c * k * k * SPLIT_WEIGHT)
         self.args = (h, w, c, packed, zpw, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], params, scales,
                      ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1])
         self.kernel = depthwise_rows if self.parts == 1 else depthwise_parallel

@@ -152,8 +152,7 @@ def gather_rows(x, r0, r1, h, w, c, sub, fill, k, stride, top, left, out_h, out_
                     for j in range(kc):
                         out[t + j] = fill
                 elif inside_x:      # unsigned indices: no negative-index fix-up per byte (2x faster)
-                    src = np.uint64(((n * h + iy) * w + ix0) * c)
-                    to = np.uint64(t)
+                    src, to = np.uint64(((n * h + iy) * w + ix0) * c), np.uint64(t)
                     for j in range(np.uint64(kc)):
                         out[to + j] = np.int64(x[src + j]) - sub
                 else:
@@ -191,11 +190,21 @@ def gemm_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_
 @kernel(parallel=True)
 def gemm_parallel(x, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, parts, tasks_at):
     """``gemm_tasks`` split over ``parts`` threads, called at ``tasks_at`` (``table.address_for``):
-    not linked in, so its code is not compiled again here (``table.py``)."""
-    tasks = (pixels + CHUNK - 1) // CHUNK * panels
+    not linked in, so its code is not compiled again here (``table.py``).  Each part takes an equal range of
+    the tasks, or, for a few chunks of pixels that do not divide among the parts, its share of the panels in
+    every chunk (6 x 6: 32 + 4 pixels, one part had 8x the other's work and the split ran slower)."""
+    chunks = (pixels + CHUNK - 1) // CHUNK
+    tasks = chunks * panels
     for part in prange(parts):
-        call(tasks_at, (x, part * tasks // parts, (part + 1) * tasks // parts, pixels, kp, w, panels, params, scales,
-                        rounding, zero_point, lo, hi, out))
+        if chunks % parts == 0 or chunks >= 8 * parts:
+            call(tasks_at, (x, part * tasks // parts, (part + 1) * tasks // parts, pixels, kp, w, panels, params,
+                            scales, rounding, zero_point, lo, hi, out))
+        else:
+            g0 = part * panels // parts
+            g1 = (part + 1) * panels // parts
+            for ch in range(chunks):
+                call(tasks_at, (x, ch * panels + g0, ch * panels + g1, pixels, kp, w, panels, params, scales,
+                                rounding, zero_point, lo, hi, out))
 
 
 def requantization_params(bias, multiplier, shift, c_out: int) -> np.ndarray:
@@ -279,8 +288,8 @@ class Gemm:
 
 
 def _columns(out, padded, pixels: int, c_out: int) -> tuple:
-    """(destination, source) for copying the first C_out bytes of each padded row into ``out``, in
-    units of up to 8 bytes (C_out 8: one uint64 per pixel, 2.6 us at 48 x 48 where byte rows took 26 us)."""
+    """(destination, source) copying each padded row's first C_out bytes into ``out`` up to 8 bytes at a time
+    (C_out 8: one uint64 per pixel, 2.6 us at 48 x 48 where byte rows took 26 us)."""
     unit = next(u for u in (8, 4, 2, 1) if c_out % u == 0)
     wide = np.dtype(f"u{unit}")
     source = padded.reshape(pixels, -1).view(wide)[:, :c_out // unit]
