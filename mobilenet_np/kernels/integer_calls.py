@@ -20,7 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-SERIAL_BELOW = 1 << 19      # multiply-adds (or values written) below which waking the thread pool costs more
+# Multiply-adds (or values written) below which a call runs on one thread.  A split costs ~3 us back to back
+# and ~12 us when the pool last ran 300 us before (an empty 2-part call, T=2), and the next layer then reads
+# data the other core wrote.  At batch 1 on the 2-core development VM (shared with other jobs) no split paid
+# in the whole pass: T=2, A/B in one process, V2 0.5/96 int8 1354 / 1340 / 1336 us and V1 0.5/160 uint8
+# 2699 / 2668 / 2655 us at 2^19 / 2^21 / never.  2^21: only calls of ~70 us and more on one thread split.
+SERIAL_BELOW = 1 << 21
 
 _thread = threading.local()
 

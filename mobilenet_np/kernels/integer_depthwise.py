@@ -29,8 +29,8 @@ from .table import address_for, call
 
 LANES = 8
 # A depthwise multiply-add costs ~3 of the GEMM's (V2 0.5/96 at batch 1: 7-9 GMAC/s against 20-30): its work
-# counts 3x against ``integer_calls.SERIAL_BELOW``, so the 48 x 48 x 16 and 24 x 24 x 96 layers split over two
-# threads (49 against 61 us and 55 against 71 us in the pass at T=2), the smaller ones, which the split made slower, not.
+# counts 3x against ``integer_calls.SERIAL_BELOW`` (at 2^19, T=2, b1: V2 0.5/96 int8 1249 -> 1154 us and
+# V1 0.5/160 uint8 3376 -> 3191 us against counting it 1x, A/B in one process).
 SPLIT_WEIGHT = 3
 
 
