@@ -208,7 +208,7 @@ class _Plan:
         the same arrays on every run (their buffers; ``_Bound.calls``), and (None, (step, reads, write,
         out)) for the others (those reading the input or a new array): ~0.5-1 us less per step at batch 1
         than the step, its wrapper and the argument checks (``run``)."""
-        fixed, made = set(self.constants), []
+        fixed, made, self.owners = set(self.constants), [], []    # owners: each call's op index (a profile's)
         for i, op, step, reads, write, out in steps:
             bound = None
             if isinstance(step, _Bound) and out is not None and all(k in fixed for k in reads):
@@ -217,6 +217,7 @@ class _Plan:
                 made.append((None, (step, reads, write, out)))
             else:
                 made.extend((calls.direct(fn, args), args) for fn, args in bound)
+            self.owners += [i] * (len(made) - len(self.owners))
             if out is not None and values[write] is out:
                 fixed.add(write)                  # its value is the buffer on every run
         return made
