@@ -22,10 +22,12 @@ import numpy as np
 
 # Multiply-adds (or values written) below which a call runs on one thread.  A split costs ~3 us back to back
 # and ~12 us when the pool last ran 300 us before (an empty 2-part call, T=2), and the next layer then reads
-# data the other core wrote.  At batch 1 on the 2-core development VM (shared with other jobs) no split paid
-# in the whole pass: T=2, A/B in one process, V2 0.5/96 int8 1354 / 1340 / 1336 us and V1 0.5/160 uint8
-# 2699 / 2668 / 2655 us at 2^19 / 2^21 / never.  2^21: only calls of ~70 us and more on one thread split.
-SERIAL_BELOW = 1 << 21
+# data the other core wrote.  At batch 1, T=2, on the shared 2-core development VM: alone in a process the
+# split policy made no difference beyond the noise (V2 0.5/96 int8 1354 / 1340 / 1336 us, V1 0.5/160 uint8
+# 2699 / 2668 / 2655 us at 2^19 / 2^21 / never); beside LiteRT (int8_bench, its threads spinning between its
+# calls) 2^19 ran V2 at 0.69 / 0.71 / 0.73x LiteRT's speed where 2^21 (no split) gave 0.60 / 0.42 / 0.52x,
+# and 2^17 0.65 / 0.58x (alternating runs).
+SERIAL_BELOW = 1 << 19
 
 _thread = threading.local()
 
