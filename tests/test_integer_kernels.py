@@ -278,13 +278,13 @@ def test_fast_softmax_hands_other_types_to_the_twin():
 # --- the Numba integer 1x1 kernel against the reference ------------------------------------------
 
 @pytest.mark.parametrize("pixels, c_in, c_out", [(1, 1, 1), (7, 5, 13), (9, 16, 32), (37, 17, 40), (25, 160, 1001), (37, 128, 40), (25, 64, 17),
-                                                     (11, 135, 24)])
+                                                     (11, 135, 24), (13, 16, 8), (6, 20, 20), (5, 6, 18)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
 def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out, dtype, rounding):
     """uint8 with per-tensor zero points (the QAT files), int8 with per-channel scales; odd pixel
     counts (the 4-pixel tiles and the single-pixel rest), odd C_in (135: centred 16 at a time, then
-    one by one), C_out not multiples of 16;
+    one by one), C_out not multiples of 16 (the padded rows copied out 8, 4, 2 or 1 bytes at a time: 24 / 8, 20, 18, 13);
     each of LiteRT's three requantizations."""
     from mobilenet_np.kernels import integer_gemm as ig
     from mobilenet_np.kernels import integer_xnnpack as ixnn
@@ -431,10 +431,13 @@ def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, r
 
     one = run_all()
     monkeypatch.setattr(calls, "SERIAL_BELOW", 0)
-    monkeypatch.setattr(numba, "get_num_threads", lambda: 3)       # more parts than this machine's cores is fine
-    split = run_all()
-    for s, o in zip(split, one):
-        assert np.array_equal(s, o)
+    # 3 parts: the GEMMs' 14 and 4 chunks of pixels do not divide, each part takes panels in every chunk
+    # (more parts than this machine's cores is fine); 2 parts: they do, each takes a range of tasks
+    for threads in (3, 2):
+        monkeypatch.setattr(numba, "get_num_threads", lambda: threads)
+        split = run_all()
+        for s, o in zip(split, one):
+            assert np.array_equal(s, o)
     assert len(np.unique(one[0])) > 2
 
 
@@ -491,6 +494,37 @@ def test_xnnpack_add_and_global_average_kernels_equal_their_twins(rng, dtype, sh
         want = ixnn.global_average(a, in_scale, 9, out_scale, -4, dtype)
         got = iadd.global_average(a, in_scale, 9, out_scale, -4, (lo, hi), np.empty(want.shape, dtype))
         assert np.array_equal(got, want)
+
+
+def test_bound_calls_and_entry_points_give_the_kernels_bytes(rng):
+    """``calls`` of the bound kernels (what the fast graph's plan runs) and ``integer_calls.direct`` (a
+    dispatcher's compiled code for exactly these arguments) give the bytes of the bound kernels' own
+    calls; ``direct`` hands back what it cannot look up (a NumPy function, types never compiled)."""
+    from mobilenet_np.kernels import integer_add as iadd
+    from mobilenet_np.kernels import integer_calls as calls
+    from mobilenet_np.kernels import integer_depthwise as idw
+    from mobilenet_np.kernels import integer_gemm as ig
+
+    x = rng.integers(0, 256, (1, 7, 6, 24)).astype(np.uint8)
+    params = ig.requantization_params(rng.integers(-3000, 3000, 24), 1 << 30, -8, 24)
+    pw = ig.Pointwise(42, 24, 117, ig.pack_pairs(rng.integers(0, 256, (24, 24)).astype(np.uint8), 131), params, 24,
+                      3, (0, 255))
+    dw = idw.Depthwise(x.shape, 117, idw.pack_depthwise(rng.integers(0, 256, (3, 3, 24, 1)).astype(np.uint8), 131), 3,
+                       1, (1, 1, 1, 1), (7, 6), params, 3, (0, 255))
+    add = iadd.Add(iadd.add_params(0.02, 117, 0.05, 120, 0.06), (0, 255), 5)
+    for kernel, inputs in ((pw, (x,)), (dw, (x,)), (add, (x, x[:, ::-1].copy()))):
+        want = kernel(*inputs, np.empty(x.shape, np.uint8)).copy()
+        out = np.zeros(x.shape, np.uint8)
+        made = kernel.calls(*inputs, out)
+        for fn, args in made:
+            fast = calls.direct(fn, args)
+            assert fast is not fn or not hasattr(fn, "overloads")
+            fast(*args)
+        assert np.array_equal(out, want), type(kernel).__name__
+    assert calls.direct(np.copyto, (x, x)) is np.copyto
+    assert calls.direct(iadd.add_bytes, (x.reshape(-1).astype(np.float64),) * 2 + (1, 1, 0, 1, 0, 255, 0, x)) \
+        is iadd.add_bytes
+    assert pw.calls(x[:, :, ::-1], out) is None          # not C-contiguous: left to the bound call
 
 
 def test_fast_graph_batch_split_over_threads_gives_the_same_bytes(shared):

@@ -8,15 +8,17 @@ layouts, the requantization parameters, the depthwise zero-point folding, each o
 inputs; per input shape (and thread), a plan of the pass (``_Plan``): each op bound to its kernel
 with every argument that does not depend on the values (geometry, thread count, parameters,
 scratch buffers), the intermediate outputs in preallocated buffers shared by tensors whose lives
-do not overlap.  A call then costs one bound kernel call per op, ~1-2 us of Python where calling
-the op functions took 8-15 us: at batch 1, where a V2 0.5/96 op computes in 1-5 us, half the time.
-1x1 convolutions at stride 1 go straight to the GEMM, which multiplies the input bytes as they
-are (the input zero point folded into the bias at load) and writes the output bytes in place; other full convolutions (the 3x3 stem) gather their centred
-patches in Numba (``integer_gemm.conv2d``); depthwise convolutions read the input bytes
-directly (``integer_depthwise``).  The kernels split their rows over Numba's threads
-(``numba.set_num_threads``).  With ``kernels="xnnpack"`` the ADD and the global pools run in
-Numba too (``kernels/integer_add.py``); softmax is ``integer_softmax.Softmax`` (tabled exponentials,
-the same bytes); reshapes and the other kernel sets' ADD and pools stay the NumPy reference ops.
+do not overlap.  A later run is then one list of compiled calls with their argument tuples made
+once (``_Plan._compiled_calls``), ~0.5 us of Python per op, where calling the op functions took
+8-15 us and the bound steps 1-2: at batch 1, where a V2 0.5/96 op computes in 1-5 us, that is
+most of the difference.  1x1 convolutions at stride 1 go straight to the GEMM, which multiplies
+the input bytes as they are (the input zero point folded into the bias at load); other full
+convolutions (the 3x3 stem) gather their patches in Numba (``integer_gemm.conv2d``); depthwise
+convolutions read the input bytes directly (``integer_depthwise``).  The kernels split their rows
+over Numba's threads (``numba.set_num_threads``).  With ``kernels="xnnpack"`` the ADD and the
+global pools run in Numba too (``kernels/integer_add.py``); softmax is ``integer_softmax.Softmax``
+(tabled exponentials, the same bytes); reshapes and the other kernel sets' ADD and pools stay the
+NumPy reference ops.
 
 int8 activations run as uint8: a plan holds an int8 tensor that a kernel step reads or writes as
 its bytes with the top bit flipped, uint8 = int8 + 128, and the step's zero points and clamps
@@ -25,10 +27,8 @@ point, so they give the same bytes + 128 (constant operands are not flipped: an 
 its zero point); the kernels then need one compiled form (uint8)
 instead of two, ~4 s less of the integer kernels' cold compile.  Steps that are not
 shift-invariant (the NumPy ops: the reference pools' rounding, softmax, FULLY_CONNECTED) get
-their inputs flipped back (``_flip``, one pass over the tensor, inserted into the plan), and
-``on_op`` and the outputs see int8 as always.
-
-Not here yet: fused layers, activations kept centred/padded between ops, a compiled whole-graph executor.
+their inputs flipped back (``_flip``, inserted into the plan), and ``on_op`` and the outputs see
+int8 as always.  Not here yet: fused layers, a compiled whole-graph executor.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from ..kernels import integer_gemm as ig
 from ..kernels import integer_reference as iref
 from ..kernels import integer_softmax as isoft
 from ..kernels import integer_xnnpack as ixnn
+from .plan_buffers import Buffers
 from .quantized import OPS, QuantizedGraph, _padding
 from weights_tools import tflite_ops as tfl
 
@@ -119,11 +120,21 @@ class _Plan:
 
     def __init__(self, graph: FastQuantizedGraph, outputs: tuple, fresh: bool):
         self.graph, self.outputs, self.fresh = graph, outputs, fresh
-        self.steps = None
+        self.steps = self.calls = None
 
     def run(self, x: np.ndarray, on_op) -> list[np.ndarray]:
         if self.steps is None:
             return self._build(x, on_op)
+        if on_op is None and self.calls is not None:
+            values = dict(self.values)
+            values[self.graph.input_index] = x
+            for fn, args in self.calls:
+                if fn is None:                    # a step whose arrays change: as below
+                    step, reads, write, out = args
+                    values[write] = step([values[k] for k in reads], out)
+                else:
+                    fn(*args)
+            return self._results(values)
         values = dict(self.constants)
         values[self.graph.input_index] = x
         for i, op, step, reads, write, out in self.steps:
@@ -146,7 +157,7 @@ class _Plan:
                           if c is not None or k < 0}
         values = dict(self.constants)
         values[graph.input_index] = x
-        buffers, held = _Buffers(), {}            # held: tensor -> the buffers its value lives in
+        buffers, held = Buffers(), {}            # held: tensor -> the buffers its value lives in
         scratch = (calls.Scratch(), calls.Scratch())    # the kernels' working memory, shared by the steps
         steps, shifted, flipped = [], set(), {}   # shifted: tensors held as uint8 + 128; flipped: their other form
         for i, op in enumerate(ops):
@@ -189,36 +200,44 @@ class _Plan:
                         buffers.drop(b)
         self.copies = [bool(held.get(k)) for k in self.outputs]
         self.shifted = frozenset(shifted)
+        self.calls, self.values = (None, None) if self.fresh else (self._compiled_calls(steps, values), values)
         self.steps = steps                        # only now: a run that raised leaves no half plan
         return self._results(values)
 
+    def _compiled_calls(self, steps, values) -> list:
+        """The plan as one list of compiled calls, [(function, arguments)], for the steps that read and write
+        the same arrays on every run (their buffers; ``_Bound.calls``), and (None, (step, reads, write,
+        out)) for the others (those reading the input or a new array): ~0.5-1 us less per step at batch 1
+        than the step, its wrapper and the argument checks (``run``)."""
+        fixed, made, self.owners = set(self.constants), [], []    # owners: each call's op index (a profile's)
+        for i, op, step, reads, write, out in steps:
+            bound = None
+            if isinstance(step, _Bound) and out is not None and all(k in fixed for k in reads):
+                bound = step.calls([values[k] for k in reads], out)
+            if bound is None:
+                made.append((None, (step, reads, write, out)))
+            else:
+                made.extend((calls.direct(fn, args), args) for fn, args in bound)
+            self.owners += [i] * (len(made) - len(self.owners))
+            if out is not None and values[write] is out:
+                fixed.add(write)                  # its value is the buffer on every run
+        return made
 
-class _Buffers:
-    """Preallocated arrays, each counted by the tensors that hold it; when none does, its memory
-    serves a later tensor that fits in it (the smallest such)."""
 
-    def __init__(self):
-        self.free, self.count = [], {}
+class _Bound:
+    """A kernel step: the bound kernel called on the step's first ``arity`` inputs and its output buffer;
+    ``calls`` gives the compiled calls that this makes for the same arrays (``_Plan._compiled_calls``)."""
 
-    def take(self, shape, dtype) -> np.ndarray:
-        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        fits = [raw for raw in self.free if raw.size >= size]
-        raw = min(fits, key=len) if fits else np.empty(size, np.uint8)
-        if fits:
-            self.free = [b for b in self.free if b is not raw]
-        out = raw[:size].view(dtype).reshape(shape)
-        self.count[id(out)] = [raw, 1]
-        return out
+    __slots__ = ("kernel", "arity")
 
-    def hold(self, out) -> None:
-        self.count[id(out)][1] += 1
+    def __init__(self, kernel, arity: int = 1):
+        self.kernel, self.arity = kernel, arity
 
-    def drop(self, out) -> None:
-        entry = self.count[id(out)]
-        entry[1] -= 1
-        if entry[1] == 0:
-            del self.count[id(out)]
-            self.free.append(entry[0])
+    def __call__(self, inputs, out):
+        return self.kernel(*inputs[:self.arity], out)
+
+    def calls(self, inputs, out):
+        return self.kernel.calls(*inputs[:self.arity], out)
 
 
 def _allocating(step, shape, dtype):
@@ -317,7 +336,7 @@ def _prepare_conv(graph: FastQuantizedGraph, op, options, inputs, scratch):
         x_dtype = np.dtype(np.uint8) if p["form"] else x.dtype
         kernel = ig.Conv(x.shape, x_dtype, p["in_zp"], p["weights"], k, stride, pad, out_hw, params, p["c_out"],
                          *others, scratch)
-    return (lambda inputs, out: kernel(inputs[0], out)), (x.shape[0], *out_hw, p["c_out"]), p["out_dtype"], p["form"]
+    return _Bound(kernel), (x.shape[0], *out_hw, p["c_out"]), p["out_dtype"], p["form"]
 
 
 def _prepare_softmax(graph: FastQuantizedGraph, op, options, inputs, scratch):
@@ -343,7 +362,7 @@ def _prepare_add(graph: FastQuantizedGraph, op, options, inputs, scratch):
     params = iadd.add_params(graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]) + ups[0],
                              graph.scale(op.inputs[1]), graph.zero_point(op.inputs[1]) + ups[1], out_scale)
     kernel = iadd.Add(params, (lo + up, hi + up), out_zp + up)
-    return (lambda inputs, out: kernel(inputs[0], inputs[1], out)), a.shape, np.uint8 if up else out_dtype, bool(up)
+    return _Bound(kernel, 2), a.shape, np.uint8 if up else out_dtype, bool(up)
 
 
 def _global(graph: FastQuantizedGraph, op, x, out_shape):
@@ -351,7 +370,7 @@ def _global(graph: FastQuantizedGraph, op, x, out_shape):
     dtype = np.dtype(np.uint8) if up else graph.dtype(k)
     kernel = iadd.GlobalAverage(x.shape, graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]) + up, graph.scale(k),
                                 graph.zero_point(k) + up, iref.DTYPE_RANGES[dtype])
-    return (lambda inputs, out: kernel(inputs[0], out)), out_shape, dtype, bool(up)
+    return _Bound(kernel), out_shape, dtype, bool(up)
 
 
 def _prepare_average_pool(graph: FastQuantizedGraph, op, options, inputs, scratch):

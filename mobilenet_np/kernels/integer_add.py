@@ -67,6 +67,13 @@ class Add:
         add_bytes(flat_a, flat_b, *self.args, out.reshape(-1))
         return out
 
+    def calls(self, a, b, out):
+        """``__call__`` as [(compiled function, arguments)] for the same arrays every time (the fast
+        graph's plan); None if an input is not C-contiguous."""
+        if not (a.flags.c_contiguous and b.flags.c_contiguous):
+            return None
+        return [(add_bytes, (a.reshape(-1), b.reshape(-1), *self.args, out.reshape(-1)))]
+
 
 def add(a, b, params, clamp, out_zero_point, out):
     """XNNPACK's ADD of same-shape a and b into ``out`` (C-contiguous; ``params = add_params(...)``)."""
@@ -85,6 +92,10 @@ class GlobalAverage:
     def __call__(self, x, out):
         global_average_bytes(np.ascontiguousarray(x).reshape(-1), *self.args, out.reshape(-1))
         return out
+
+    def calls(self, x, out):
+        """As ``Add.calls``."""
+        return [(global_average_bytes, (x.reshape(-1), *self.args, out.reshape(-1)))] if x.flags.c_contiguous else None
 
 
 def global_average(x, in_scale, in_zero_point, out_scale, out_zero_point, clamp, out):

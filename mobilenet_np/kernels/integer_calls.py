@@ -6,7 +6,8 @@
   gather splits its rows over Python threads (``pool``) instead of a prange twin.
 * **Memory.**  ``Scratch`` is working memory shared by bound kernels that run one after another
   (the steps of one plan); ``remembered`` keeps a call's arrays for the next call to compare
-  with ``is``; ``contiguous`` runs a computation into an array that may not be C-contiguous.
+  with ``is``; ``direct`` skips the dispatcher for a call made with the same arguments each time
+  (the fast graph's plans); ``contiguous`` runs a computation into an array that may not be C-contiguous.
 
 Used by ``integer_gemm``, ``integer_depthwise`` and the fast graph (``forward/quantized_engine.py``).
 """
@@ -19,7 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-SERIAL_BELOW = 1 << 19      # multiply-adds (or values written) below which waking the thread pool costs more
+# Multiply-adds (or values written) below which a call runs on one thread.  A split costs ~3 us back to back
+# and ~12 us when the pool last ran 300 us before (an empty 2-part call, T=2), and the next layer then reads
+# data the other core wrote.  At batch 1, T=2, on the shared 2-core development VM: alone in a process the
+# split policy made no difference beyond the noise (V2 0.5/96 int8 1354 / 1340 / 1336 us, V1 0.5/160 uint8
+# 2699 / 2668 / 2655 us at 2^19 / 2^21 / never); beside LiteRT (int8_bench, its threads spinning between its
+# calls) 2^19 ran V2 at 0.69 / 0.71 / 0.73x LiteRT's speed where 2^21 (no split) gave 0.60 / 0.42 / 0.52x,
+# and 2^17 0.65 / 0.58x (alternating runs).
+SERIAL_BELOW = 1 << 19
 
 _thread = threading.local()
 
@@ -75,6 +83,21 @@ class Scratch:
     def take_from(scratch, count: int, dtype) -> np.ndarray:
         """``scratch.take``, or a buffer of its own when ``scratch`` is None."""
         return np.empty(count, dtype) if scratch is None else scratch.take(count, dtype)
+
+
+def direct(function, args: tuple):
+    """For a compiled kernel called again and again with these very arguments: its compiled code for
+    exactly their types (the overload's entry point, which skips the dispatcher's typing of each
+    argument: ~0.5 us less per call), or ``function`` itself when it is not a Numba dispatcher or has
+    nothing compiled for those types."""
+    overloads = getattr(function, "overloads", None)
+    if overloads is None:
+        return function
+    try:
+        found = overloads.get(tuple(numba.typeof(a) for a in args))
+    except ValueError:
+        found = None
+    return function if found is None else found.entry_point
 
 
 def remembered(*arrays) -> tuple:

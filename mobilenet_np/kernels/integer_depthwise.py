@@ -28,6 +28,10 @@ from .jit import kernel
 from .table import address_for, call
 
 LANES = 8
+# A depthwise multiply-add costs ~3 of the GEMM's (V2 0.5/96 at batch 1: 7-9 GMAC/s against 20-30): its work
+# counts 3x against ``integer_calls.SERIAL_BELOW`` (at 2^19, T=2, b1: V2 0.5/96 int8 1249 -> 1154 us and
+# V1 0.5/160 uint8 3376 -> 3191 us against counting it 1x, A/B in one process).
+SPLIT_WEIGHT = 3
 
 
 def padded_channels(c: int) -> int:
@@ -192,7 +196,7 @@ class Depthwise:
         params, zpw = folded if folded is not None else fold_zero_point(packed, params, k, x_zero_point)
         scales = np.zeros(params.shape[1], np.float32) if scales is None else scales
         self.rows = n * out_hw[0]
-        self.parts = parts(self.rows * out_hw[1] * c * k * k)
+        self.parts = parts(self.rows * out_hw[1] * c * k * k * SPLIT_WEIGHT)
         self.args = (h, w, c, packed, zpw, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], params, scales,
                      ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1])
         self.kernel = depthwise_rows if self.parts == 1 else depthwise_parallel
@@ -201,13 +205,21 @@ class Depthwise:
     def __call__(self, x, out):
         """x [N, H, W, C] (uint8/int8) -> out, C-contiguous [N, OH, OW, C] of the output type."""
         if x is not self.seen[0] or out is not self.seen[1]:
-            self.seen = remembered(x, out)
-            flat, into = np.ascontiguousarray(x).reshape(-1), out.reshape(-1)
-            self.call = (flat, 0, self.rows, *self.args, into)
-            if self.parts > 1:      # depthwise_rows called at its address: not compiled again inside (table.py)
-                self.call = (flat, self.rows, *self.args, into, self.parts, address_for(depthwise_rows, self.call))
+            self.seen, self.call = remembered(x, out), self._arguments(x, out)
         self.kernel(*self.call)
         return out
+
+    def calls(self, x, out):
+        """``__call__(x, out)`` as [(compiled function, arguments)] for a caller that passes these same
+        arrays every time (``integer_gemm.Gemm.calls``); None if x is not C-contiguous."""
+        return [(self.kernel, self._arguments(x, out))] if x.flags.c_contiguous else None
+
+    def _arguments(self, x, out):
+        flat, into = np.ascontiguousarray(x).reshape(-1), out.reshape(-1)
+        call = (flat, 0, self.rows, *self.args, into)
+        if self.parts > 1:      # depthwise_rows called at its address: not compiled again inside (table.py)
+            call = (flat, self.rows, *self.args, into, self.parts, address_for(depthwise_rows, call))
+        return call
 
 
 def depthwise_conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, out_zero_point, clamp, out,
