@@ -302,6 +302,8 @@ def _child(parent: int) -> None:
     if jit._FOLDER is None:
         sys.exit("no usable kernel cache folder")
     fill_cache()
+    sys.stderr.flush()
+    os._exit(0)      # the parent switches when this process is gone: skip the ~1 s teardown of the compiler
 
 
 def fill_cache() -> bool:
