@@ -153,7 +153,7 @@ def test_compile_message_once_and_quiet(caplog):
 
     with caplog.at_level(logging.INFO, logger="mobilenet_np.compile"):
         announcer = jit._Announcer()
-        start(announcer, plan.row_tasks)
+        start(announcer, plan._operand)        # a helper, not an entry point
         assert caplog.records == []
         start(announcer, plan.run_plan)
         start(announcer, plan.pointwise_tiles)
