@@ -69,7 +69,7 @@ def _warmup(args) -> int:
     under one lock: one process compiles on one core); the child takes the input row's float
     kernel too (``CHILD_KERNELS``), so that the two finish together.  On the 2-core development
     machine everything took 13.9-14.2 s (2026-12-02; the two processes slow each other down, and
-    both leave without the interpreter's teardown, ``_exit_now``).
+    both leave without the interpreter's teardown, ``tiered.exit_now``).
     Should the child fail, this process compiles what it left."""
     import tempfile
 
@@ -83,7 +83,7 @@ def _warmup(args) -> int:
         if jit._FOLDER is not None and _cores() > 1:
             child = child_process(f"from mobilenet_np.kernels.plan import compile_layer_kernels as c; c({CHILD_KERNELS}); "
                                   "from mobilenet_np.quantized_model import warm_up_integer_kernels as w; w(); "
-                                  "import os, sys; sys.stderr.flush(); os._exit(0)", errors)   # as _exit_now
+                                  "from mobilenet_np.forward.tiered import exit_now; exit_now(0)", errors)
         try:
             fill_cache()
         except BaseException:
@@ -102,15 +102,6 @@ def _warmup(args) -> int:
     if not args.quiet:
         print(f"kernels ready in {time.perf_counter() - started:.1f} s (cache: {cache.root()})")
     return EXIT_OK
-
-
-def _exit_now(code: int) -> None:
-    """End a process that has compiled kernels without the interpreter's teardown, which then
-    takes about a second (measured after a cold warmup: 1.0 s from the last line to the exit, 0.04 s
-    with ``os._exit``); the output is flushed first, and the cache files are complete by then."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def _cores() -> int:
@@ -201,7 +192,7 @@ EXTRAS = {"tensorflow": "parity", "ai_edge_litert": "parity", "dask": "dask", "d
 
 def main(argv=None) -> int:
     """The ``mobilenet-np`` command (``argv`` None: this process's command line; the process is then
-    the command's own, and ``warmup`` leaves it at once, see ``_exit_now``)."""
+    the command's own, and ``warmup`` leaves it at once, ``tiered.exit_now``)."""
     args = build_parser().parse_args(argv)
     if getattr(args, "quiet", False):
         from .kernels import jit
@@ -209,7 +200,8 @@ def main(argv=None) -> int:
     try:
         code = int(args.func(args) or 0)
         if argv is None and getattr(args, "exit_now", False):
-            _exit_now(code)
+            from .forward.tiered import exit_now
+            exit_now(code)
         return code
     except ModuleNotFoundError as exc:
         top = (exc.name or "").split(".")[0]

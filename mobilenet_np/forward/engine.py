@@ -295,8 +295,8 @@ def warmup() -> None:
     """Compile every compiled entry point of the engine, or load it from the kernel cache
     (``kernels/cache.py``): the plan runner with the layer kernels it calls (which the logits
     also use; the pool on its own, ``global_mean``, is NumPy).  For container images and fresh
-    Dask nodes, so that their first real call does not compile.  Runs a small V2 with constant weights; any size and weights
-    compile the same code."""
+    Dask nodes, so that their first real call does not compile.  Runs a small V2 with constant
+    weights; any size and weights compile the same code."""
     arch = spec.build("mobilenet_v2", 0.35)
     tensors = {name: np.full(shape, 0.01, np.float32) for name, shape in arch.variables(0, folded=True).items()}
     backend = NumbaBackend(arch, tensors, folded=True, epsilon=spec.TF_BATCHNORM_EPSILON)

@@ -26,9 +26,9 @@ its bytes with the top bit flipped, uint8 = int8 + 128, and the step's zero poin
 point, so they give the same bytes + 128 (constant operands are not flipped: an ADD of one keeps
 its zero point); the kernels then need one compiled form (uint8)
 instead of two, ~4 s less of the integer kernels' cold compile.  Steps that are not
-shift-invariant (the NumPy ops: the reference pools' rounding, softmax, FULLY_CONNECTED) get
-their inputs flipped back (``_flip``, inserted into the plan), and ``on_op`` and the outputs see
-int8 as always.  Not here yet: fused layers, a compiled whole-graph executor.
+shift-invariant (the NumPy ops: the reference pools' rounding, softmax, FULLY_CONNECTED, and
+the ADD of the reference and optimized kernel sets) get their inputs flipped back (``_flip``,
+inserted into the plan), and ``on_op`` and the outputs see int8 as always.  Not here yet: fused layers, a compiled whole-graph executor.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ in Python by ``address``, once per process) and calls them through ``by_address`
 compiled (and cached) once, on its own; ``run_plan`` compiles to a few loops.  (Since 2026-12
 the layer kernels are called by ``plan.row_tasks``, itself called by address from both places,
 so that the ``prange`` body Numba compiles again is one call: ``run_plan`` 4.1 -> 1.8 s, with
-``row_tasks`` 0.7 s.)  The price is one
-indirect call per layer and thread, against the microseconds a layer takes.
+``row_tasks`` 0.7 s.)  The price is one indirect call per layer and thread, against the
+microseconds a layer takes.
 
 The calling convention must match exactly, so each kernel has one declared signature
 (``POINTWISE``, ``DEPTHWISE``, ``STEM``, ``INPUT_ROWS``, ``ROW_TASKS`` in ``plan.py``): ``address`` compiles
