@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
 
 #: Files given on the command line with these suffixes are lists of image paths, one a line.
 LIST_SUFFIXES = (".txt", ".lst")
@@ -21,6 +21,7 @@ LIST_SUFFIXES = (".txt", ".lst")
 def image_extensions() -> frozenset[str]:
     """Inside folders, files are images when Pillow can open their extension.  (A function, not
     a constant: asking Pillow imports all its format plugins, ~80 ms of every start.)"""
+    from PIL import Image       # here: importing Pillow costs ~25 ms, which a model call need not pay
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
@@ -69,7 +70,12 @@ def collect_inputs(inputs, recursive: bool = False, skipped: list | None = None)
 def _is_one_input(x) -> bool:
     if isinstance(x, np.ndarray):
         return x.ndim < 4
-    return isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)) or hasattr(x, "read")
+    return isinstance(x, (str, os.PathLike, bytes, bytearray, memoryview)) or _is_pil_image(x) or hasattr(x, "read")
+
+
+def _is_pil_image(x) -> bool:
+    image = sys.modules.get("PIL.Image")        # no PIL image exists before Pillow is imported
+    return image is not None and isinstance(x, image.Image)
 
 
 def _in_memory_name(source, index: int) -> str:

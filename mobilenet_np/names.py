@@ -20,7 +20,6 @@ timm's MobileNets are trained differently, so their names are not aliases of the
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import re
 
@@ -53,6 +52,7 @@ def canonical_name(text: str) -> str | None:
 def suggest(text: str, limit: int = 3) -> list[str]:
     """Registry names close to ``text`` (by its last path part, so that a mistyped handle or
     file name still finds the model)."""
+    import difflib      # here: only a miss needs it, not every start
     tail = str(text).strip().lower().rstrip("/").rsplit("/", 1)[-1]
     return difflib.get_close_matches(tail, registry.list_models(), n=limit, cutoff=0.6)
 

@@ -25,16 +25,8 @@ import warnings
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from .data_config import PRESETS, SLIM_CENTRAL_FRACTION, uint8_to_float
 from .errors import ImageError
-
-PRESETS = ("hub", "slim")
-
-#: tf.image.convert_image_dtype(uint8 -> float32) multiplies by float32(1/255); dividing by 255
-#: differs by 1 ulp on about half the codes (pitfall 16).
-UINT8_TO_UNIT = np.float32(1.0 / 255.0)
-
-#: tf.image.central_crop fraction used by inception_preprocessing.preprocess_for_eval.
-SLIM_CENTRAL_FRACTION = 0.875
 
 #: JPEG draft decoding keeps at least this many source pixels per output pixel, so the DCT
 #: scaling (1/2, 1/4, 1/8) never replaces the final bilinear reduction.
@@ -145,14 +137,6 @@ def _float_array(image: np.ndarray, size, preset: str) -> np.ndarray:
     channels = [Image.fromarray(np.ascontiguousarray(image[:, :, c]), mode="F")
                 .resize((size[1], size[0]), Image.Resampling.BILINEAR) for c in range(3)]
     return np.stack([np.asarray(c) for c in channels], axis=2)
-
-
-def uint8_to_float(image: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 in [0, 1] exactly as ``tf.image.convert_image_dtype``: cast, then
-    multiply by float32(1/255)."""
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    return image.astype(np.float32) * UINT8_TO_UNIT
 
 
 def central_crop(image: np.ndarray, fraction: float) -> np.ndarray:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import time
 import zlib
@@ -214,6 +213,7 @@ def _checkpoint_member(name: str, entry: Entry) -> bool:
 def _extract_checkpoint(archive: Path, into: Path, entry: Entry, url: str) -> Path:
     """Unpack the checkpoint files (only those, each once, within MAX_EXTRACTED_BYTES) from the
     archive and return the prefix.  Errors name ``url``, where the archive came from."""
+    import tarfile      # here: only a checkpoint download needs it, not every start
     try:
         with tarfile.open(archive) as tar:
             members = [m for m in tar.getmembers() if m.isfile() and _checkpoint_member(m.name, entry)]

@@ -268,6 +268,22 @@ def test_reference_backend_imports_without_numba():
     assert out.stdout.strip() == "(1, 1280)"
 
 
+def test_loading_and_calling_a_model_imports_neither_pillow_nor_threadpoolctl(tmp_path):
+    """Every start pays for what it imports: Pillow (~25 ms) is for decoding images and
+    threadpoolctl (~13 ms) for limiting BLAS, which the Numba engine never calls.  Both are made
+    unimportable here, so any import of them on this path fails the call."""
+    path = tmp_path / "m.h5"
+    mnp.build("mobilenet_v2", 0.35, 32, num_classes=0, seed=1).save(path)
+    code = ("import sys; sys.modules['PIL'] = None; sys.modules['threadpoolctl'] = None\n"
+            "import numpy as np, mobilenet_np as mnp\n"
+            f"m = mnp.load({str(path)!r})\n"
+            "f = m(np.full((2, 32, 32, 3), 200, np.uint8), threads=1)\n"
+            "print(m.backend.name, f.shape, m.data_config.preset)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["numba", "(2,", "1280)", "hub"]
+
+
 def test_random_weights_cover_every_variable():
     arch = spec.mobilenet_v1(0.5)
     model = mnp.build("mobilenet_v1", 0.5, 160, num_classes=1001)

@@ -30,6 +30,7 @@ class NumbaBackend:
     """The fast path: folded weights, fused kernels, one compiled call per forward pass."""
 
     name = "numba"
+    uses_blas = False       # every op is a compiled kernel (threads.limit leaves BLAS alone)
 
     def __init__(self, arch: spec.Architecture, tensors: dict[str, np.ndarray], folded: bool,
                  epsilon: float):
