@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
+from ..pools import Pools
+
 # Multiply-adds (or values written) below which a call runs on one thread.  A split costs ~3 us back to back
 # and ~12 us when the pool last ran 300 us before (an empty 2-part call, T=2), and the next layer then reads
 # data the other core wrote.  At batch 1, T=2, on the shared 2-core development VM: alone in a process the
@@ -50,17 +52,14 @@ def parts(work: int) -> int:
     return numba.get_num_threads()
 
 
-_pools: dict[int, ThreadPoolExecutor] = {}
+_GATHER_POOLS = Pools("mobilenet-np-gather")
 
 
 def pool(threads: int) -> ThreadPoolExecutor:
     """Python threads for the stem's gather (``integer_gemm.Conv``): ``gather_rows`` releases the GIL, so
     ``threads - 1`` of them and the caller each take a range of rows.  Once per forward pass (~20 us),
     where a prange twin of ``gather_rows`` cost 4.4 s of compile (the linked loops re-optimized)."""
-    found = _pools.get(threads)
-    if found is None:
-        found = _pools.setdefault(threads, ThreadPoolExecutor(threads - 1, thread_name_prefix="mobilenet-np-gather"))
-    return found
+    return _GATHER_POOLS.get(threads - 1)
 
 
 class Scratch:
