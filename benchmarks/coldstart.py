@@ -1,6 +1,7 @@
 """Cold start: how long a fresh install takes to give its first feature vector, next to the peers.
 
     python -m benchmarks.coldstart [--quick] [--models v1,v2] [--out benchmarks/results/coldstart.md]
+                                   [--venv DIR]
 
 Every figure comes from a new process, with the kernel cache in a temporary, empty
 ``MOBILENET_NP_HOME`` unless said otherwise (nothing touches the user's own cache):
@@ -24,6 +25,11 @@ Before measuring (here and in ``cold_start``), the package's Python files are by
 (``compileall``), as ``pip install .`` does and as the first import does wherever bytecode may be
 written: run from a checkout with ``PYTHONDONTWRITEBYTECODE=1`` (this machine sets it), every
 process would otherwise compile them from source, ~0.15 s more per start (measured 2026-12-02).
+
+With ``--venv DIR`` our processes run as after ``pip install .`` in a fresh venv (the issue's setting):
+the package installed in DIR (made if absent), not this checkout.  In a large environment every start
+pays more: Numba's first compile or cache load scans every installed package's entry points (67 ms in
+this development environment, 3.5 ms in a fresh venv; measured 2026-12-02).
 
 ``cold_start`` (warm vs disabled Numba cache, for ``run.py``'s table) lives here too.  The
 machine is shared and not quiet: single runs, so read differences below ~20 % as noise.  (The
@@ -49,23 +55,47 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results" / "coldstart.md"
 
 
+#: How our processes run: this checkout on PYTHONPATH with this interpreter, or (``--venv``, ``use_venv``)
+#: the package pip-installed in a venv, run from a folder outside the checkout.
+OURS = {"python": sys.executable, "cwd": REPO, "venv": None}
+
+
+def use_venv(folder: Path) -> None:
+    """Run our processes in the venv ``folder`` (made, with the dependencies, if absent), this checkout
+    pip-installed into it as a user installs it (not editable; reinstalled each time)."""
+    python = folder / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", str(REPO)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", str(REPO)],
+                   check=True)
+    OURS.update(python=str(python), cwd=folder, venv=str(folder))
+
+
 def _pythonpath() -> str:
     return os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def _env(home, threads: int | None = None, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOBILENET_NP_") and k != "XDG_CACHE_HOME"}
-    env.update({"PYTHONPATH": _pythonpath(), "MOBILENET_NP_HOME": str(home)}, **extra)
+    env.update({"MOBILENET_NP_HOME": str(home)}, **extra)
+    if OURS["venv"]:
+        env.pop("PYTHONPATH", None)
+    else:
+        env["PYTHONPATH"] = _pythonpath()
     if threads:
         env.update({k: str(threads) for k in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")})
     return env
 
 
-def _timed(args, env, timeout=3600) -> tuple[float, float, str, str]:
-    """Run a command: (wall s, CPU s of it and its children, stdout, stderr)."""
+def _timed(args, env, timeout=3600, cwd=None) -> tuple[float, float, str, str]:
+    """Run a command (ours: ``OURS``' interpreter and folder): (wall s, CPU s of it and its children, stdout,
+    stderr)."""
+    if cwd is None:
+        args, cwd = [OURS["python"], *args[1:]] if args[0] == sys.executable else args, OURS["cwd"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
@@ -172,7 +202,8 @@ print(json.dumps({"cluster_s": t1 - t0, "first_partition_s": t2 - t1}))
 
 
 def dask_first(h5: Path, images: Path, home) -> dict:
-    wall, cpu, out, _ = _timed([sys.executable, "-c", DASK_FIRST, str(h5), str(images)], _env(home, 1))
+    env = {**_env(home, 1), "PYTHONPATH": _pythonpath()}     # the dask extra: this interpreter and checkout
+    wall, cpu, out, _ = _timed([sys.executable, "-c", DASK_FIRST, str(h5), str(images)], env, cwd=REPO)
     return {**_json(out), "wall_s": wall, "cpu_s": cpu}
 
 
@@ -214,7 +245,7 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_call_s": t3 - t
 
 def peer_first(engine: str, path: Path, size: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    wall, cpu, out, _ = _timed([sys.executable, "-c", PEER_FIRST[engine], str(path), str(size)], env)
+    wall, cpu, out, _ = _timed([sys.executable, "-c", PEER_FIRST[engine], str(path), str(size)], env, cwd=REPO)
     return {**_json(out), "wall_s": wall, "cpu_s": cpu}
 
 
@@ -347,7 +378,9 @@ def write_markdown(results: dict, path: Path, command: str) -> None:
     lines = ["# Cold start", "", f"`{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
              f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work was running: "
              "single runs, read differences below ~20 % as noise; the package byte-compiled first, as pip install does).  "
-             "What each row is: benchmarks/coldstart.py.", "",
+             + (f"Our processes ran in the venv {OURS['venv']}, the package pip-installed there (Dask's and the "
+                "peers' in this checkout's environment).  " if OURS["venv"] else "")
+             + "What each row is: benchmarks/coldstart.py.", "",
              "## First feature with an empty kernel cache (tiered: NumPy path while the child compiles)", "",
              "wall = the whole process as the parent sees it (interpreter start to exit; `embed` includes decoding "
              "and writing the file); in process = from the first line of the script to the first result.", "",
@@ -416,9 +449,14 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="one model, no switch or untiered run (each compiles)")
     ap.add_argument("--models", default=None, help="comma-separated: v1, v2 (default both; --quick: v2)")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--venv", metavar="DIR", help="run our processes (not Dask's, nor the peers') in the venv DIR, "
+                    "made if absent, with this checkout pip-installed into it: the issue's 'fresh venv' "
+                    "(a large environment pays more per start: Numba scans every installed package's entry points)")
     args = ap.parse_args(argv)
     keys = (args.models or ("v2" if args.quick else "v1,v2")).split(",")
     byte_compile()
+    if args.venv:
+        use_venv(Path(args.venv).resolve())
     with tempfile.TemporaryDirectory(prefix="mnp-coldstart-") as tmp:
         results = measure(keys, args.quick, Path(tmp))
     write_markdown(results, Path(args.out), "python -m benchmarks.coldstart " + " ".join(argv or sys.argv[1:]))
