@@ -398,6 +398,41 @@ def test_integer_full_conv_kernel_equals_the_reference(rng, size, k, stride, cha
     assert len(np.unique(want)) > 2         # not all clamped: the sums were exercised
 
 
+@pytest.mark.parametrize("ties_up", [False, True])
+def test_vector_requantization_equals_tflites_at_the_extremes(rng, ties_up):
+    """``integer_simd.requantize`` (one add and a shift for TFLite's nudge and truncation toward zero) against
+    the NumPy twin on int32 sums over the whole range, both signs, exact ties of both roundings, multipliers
+    from 2^30 to 2^31 - 1 and shifts from -31 to +4 (the left shift kept in int32 range), no clamp."""
+    import numba
+    from mobilenet_np.kernels import integer_simd as iv
+
+    @numba.njit
+    def requantize_all(acc, params, away, out):
+        for i in range(0, acc.size, 8):
+            v = iv.requantize(iv.load(acc, i), iv.load(params[0], i), iv.load(params[1], i), iv.load(params[2], i),
+                              iv.load(params[3], i), 0, -(1 << 31), (1 << 31) - 1, away)
+            iv.store(out, i, v)
+
+    count = 8 * 4096
+    shift = rng.integers(-31, 5, count)
+    shift[::7] = -rng.integers(1, 30, count)[::7]
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+    bound = (1 << 31) >> left
+    acc = rng.integers(-bound, bound, endpoint=False)
+    acc[::11] = -bound[::11]
+    acc[::13] = bound[::13] - 1
+    multiplier = rng.integers(1 << 30, (1 << 31) - 1, count, endpoint=True)
+    acc[::3], multiplier[::3] = acc[::3] | 1, 1 << 30        # ties of the high multiply: half an odd sum
+    # ties of the right shift: with the multiplier 2^30 the high multiply halves an even sum exactly, so
+    # (2j + 1) * 2^right gives (2j + 1) * 2^(right - 1), half way between two results
+    odd = 2 * rng.integers(-(1 << (30 - right[::7])), 1 << (30 - right[::7])) + 1
+    acc[::7], multiplier[::7] = odd << right[::7], 1 << 30
+    params = np.stack([np.zeros(count), multiplier, left, right]).astype(np.int32)
+    out = np.empty(count, np.int32)
+    requantize_all(acc.astype(np.int32), params, 0 if ties_up else 1, out)
+    assert np.array_equal(out, iref.multiply_by_quantized_multiplier(acc, multiplier, shift, ties_up))
+
+
 def test_integer_peak_loop_equals_its_numpy_twin(rng):
     """The benchmark's vpmaddwd loop computes what it says (so the compiler cannot drop the work)."""
     from mobilenet_np.kernels.integer_peak import madd_loop, madd_loop_numpy
