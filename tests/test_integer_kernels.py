@@ -352,29 +352,37 @@ def test_integer_depthwise_kernel_equals_the_reference(rng, size, stride, channe
     assert np.array_equal(got, want)
 
 
-@pytest.mark.parametrize("size, stride, channels, c_out", [((7, 7), 2, 3, 16), ((9, 6), 1, 3, 13), ((8, 11), 2, 5, 40),
-                                                           ((5, 5), 1, 1, 1), ((160, 160), 2, 3, 16),
-                                                           ((6, 7), 2, 16, 8)])
+@pytest.mark.parametrize("size, k, stride, channels, c_out", [((7, 7), 3, 2, 3, 16), ((9, 6), 3, 1, 3, 13),
+                                                              ((8, 11), 3, 2, 5, 40), ((5, 5), 3, 1, 1, 1),
+                                                              ((160, 160), 3, 2, 3, 16), ((6, 7), 3, 2, 16, 8),
+                                                              ((9, 8), 5, 2, 2, 17), ((7, 6), 1, 2, 3, 16)])
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
-def test_integer_full_conv_kernel_equals_the_reference(rng, size, stride, channels, c_out, dtype, rounding):
-    """The 3x3 full convolution (the stem: patches gathered and centred in Numba, then the GEMM):
-    odd and non-square sizes, both strides, odd C_in (odd patch length), C_out not a multiple of
-    16, both types, each requantization; the 160 x 160 case has interior and border pixels as
-    the real stem does; 16 input channels make patches long enough for the centred int16 path."""
+def test_integer_full_conv_kernel_equals_the_reference(rng, size, k, stride, channels, c_out, padding, dtype, rounding):
+    """The full convolution (the stem: the input centred into a padded buffer, patches read in place):
+    odd and non-square sizes, both strides, SAME (padding on every side, or only after) and VALID (none:
+    the images centred in one call), patch rows of an odd k * C (9, 15, 3: a zero weight after each) and an
+    even one (10, 48), C_out not a multiple of 16 and over one panel, 4-pixel tiles across two output
+    rows and past a task's end (the 160 x 160 case: 3200 pixels, tasks of 32), both types, each
+    requantization."""
+    from mobilenet_np.kernels import integer_conv as iconv
     from mobilenet_np.kernels import integer_gemm as ig
     from mobilenet_np.kernels import integer_xnnpack as ixnn
 
     lo, hi = iref.DTYPE_RANGES[np.dtype(dtype)]
     per_tensor = dtype == np.uint8
     x = rng.integers(lo, hi, (2, *size, channels), endpoint=True).astype(dtype)
-    w = rng.integers(lo, hi, (c_out, 3, 3, channels), endpoint=True).astype(dtype)       # TFLite OHWI
+    w = rng.integers(lo, hi, (c_out, k, k, channels), endpoint=True).astype(dtype)       # TFLite OHWI
     w_zero_point = 131 if per_tensor else np.zeros(c_out, np.int64)
     x_zero_point = 117 if per_tensor else -5
     bias = rng.integers(-3000, 3000, c_out).astype(np.int32)
     filter_scales = rng.uniform(0.001, 0.02, 1 if per_tensor else c_out)
     multiplier, shift = iref.conv_multipliers(0.02, filter_scales, 0.05, per_tensor)
-    (oh, top, bottom), (ow, left, right) = (spec.same_padding(s, 3, stride) for s in size)
+    if padding == "SAME":
+        (oh, top, bottom), (ow, left, right) = (spec.same_padding(s, k, stride) for s in size)
+    else:
+        (oh, ow), top, bottom, left, right = ((s - k) // stride + 1 for s in size), 0, 0, 0, 0
     pad = (top, bottom, left, right)
     clamp = iref.activation_range("RELU6", 0.05, 3 if per_tensor else -120, dtype)
     acc = iref.conv2d_accumulate(x, x_zero_point, w.transpose(1, 2, 3, 0), w_zero_point, bias, stride, pad, (oh, ow))
@@ -383,10 +391,46 @@ def test_integer_full_conv_kernel_equals_the_reference(rng, size, stride, channe
         want = ixnn.requantize_fp32(acc, scales, clamp[0], clamp, dtype)
     else:
         want = iref.requantize(acc, multiplier, shift, clamp[0], clamp, dtype, ties_up=rounding == "optimized")
-    got = ig.conv2d(x, x_zero_point, ig.pack_pairs(w.reshape(c_out, -1).T, w_zero_point), 3, stride, pad, (oh, ow),
-                    ig.requantization_params(bias, multiplier, shift, c_out), c_out, clamp[0], clamp,
-                    np.empty(want.shape, dtype), rounding, ig.xnnpack_scales(scales, c_out))
+    got = iconv.conv2d(x, x_zero_point, ig.pack_pairs(w.reshape(c_out, -1).T, w_zero_point), k, stride, pad, (oh, ow),
+                       ig.requantization_params(bias, multiplier, shift, c_out), c_out, clamp[0], clamp,
+                       np.empty(want.shape, dtype), rounding, ig.xnnpack_scales(scales, c_out))
     assert np.array_equal(got, want)
+    assert len(np.unique(want)) > 2         # not all clamped: the sums were exercised
+
+
+@pytest.mark.parametrize("ties_up", [False, True])
+def test_vector_requantization_equals_tflites_at_the_extremes(rng, ties_up):
+    """``integer_simd.requantize`` (one add and a shift for TFLite's nudge and truncation toward zero) against
+    the NumPy twin on int32 sums over the whole range, both signs, exact ties of both roundings, multipliers
+    from 2^30 to 2^31 - 1 and shifts from -31 to +4 (the left shift kept in int32 range), no clamp."""
+    import numba
+    from mobilenet_np.kernels import integer_simd as iv
+
+    @numba.njit
+    def requantize_all(acc, params, away, out):
+        for i in range(0, acc.size, 8):
+            v = iv.requantize(iv.load(acc, i), iv.load(params[0], i), iv.load(params[1], i), iv.load(params[2], i),
+                              iv.load(params[3], i), 0, -(1 << 31), (1 << 31) - 1, away)
+            iv.store(out, i, v)
+
+    count = 8 * 4096
+    shift = rng.integers(-31, 5, count)
+    shift[::7] = -rng.integers(1, 30, count)[::7]
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+    bound = (1 << 31) >> left
+    acc = rng.integers(-bound, bound, endpoint=False)
+    acc[::11] = -bound[::11]
+    acc[::13] = bound[::13] - 1
+    multiplier = rng.integers(1 << 30, (1 << 31) - 1, count, endpoint=True)
+    acc[::3], multiplier[::3] = acc[::3] | 1, 1 << 30        # ties of the high multiply: half an odd sum
+    # ties of the right shift: with the multiplier 2^30 the high multiply halves an even sum exactly, so
+    # (2j + 1) * 2^right gives (2j + 1) * 2^(right - 1), half way between two results
+    odd = 2 * rng.integers(-(1 << (30 - right[::7])), 1 << (30 - right[::7])) + 1
+    acc[::7], multiplier[::7] = odd << right[::7], 1 << 30
+    params = np.stack([np.zeros(count), multiplier, left, right]).astype(np.int32)
+    out = np.empty(count, np.int32)
+    requantize_all(acc.astype(np.int32), params, 0 if ties_up else 1, out)
+    assert np.array_equal(out, iref.multiply_by_quantized_multiplier(acc, multiplier, shift, ties_up))
 
 
 def test_integer_peak_loop_equals_its_numpy_twin(rng):
@@ -401,11 +445,12 @@ def test_integer_peak_loop_equals_its_numpy_twin(rng):
 
 @pytest.mark.parametrize("rounding", ["reference", "xnnpack"])
 def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, rounding):
-    """The parallel entry points (rows / tasks split over Numba's threads; the stem's gather over
-    Python threads, centred and as bytes) give the bytes of the one-thread runs, at odd sizes:
-    the split points must not drop or repeat a row or task."""
+    """The parallel entry points (rows / tasks split over Numba's threads, for the GEMM and the full
+    convolution's tasks in place) give the bytes of the one-thread runs, at odd sizes: the split
+    points must not drop or repeat a row or task."""
     import numba
     from mobilenet_np.kernels import integer_calls as calls
+    from mobilenet_np.kernels import integer_conv as iconv
     from mobilenet_np.kernels import integer_depthwise as idw
     from mobilenet_np.kernels import integer_gemm as ig
 
@@ -416,17 +461,17 @@ def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, r
     dw = idw.pack_depthwise(rng.integers(0, 256, (3, 3, 21, 1)).astype(np.uint8), 131)
     pw = ig.pack_pairs(rng.integers(0, 256, (21, 21)).astype(np.uint8), 131)
     full = ig.pack_pairs(rng.integers(0, 256, (3 * 3 * 21, 21)).astype(np.uint8), 131)
-    stem = ig.pack_pairs(rng.integers(0, 256, (3 * 3 * 3, 21)).astype(np.uint8), 131)     # byte patches
+    stem = ig.pack_pairs(rng.integers(0, 256, (3 * 3 * 3, 21)).astype(np.uint8), 131)     # odd patch rows
 
     def run_all():
         a = idw.depthwise_conv2d(x, 117, dw, 3, 2, (1, 1, 0, 1), (7, 6), params, 3, (0, 255),
                                  np.empty((3, 7, 6, 21), np.uint8), rounding, scales)
         b = ig.pointwise_conv2d(x.reshape(-1, 21), 117, pw, params, 21, 3, (0, 255),
                                 np.empty((3 * 13 * 11, 21), np.uint8), rounding, scales)
-        c = ig.conv2d(x, 117, full, 3, 1, (1, 1, 1, 1), (13, 11), params, 21, 3, (0, 255),
-                      np.empty((3, 13, 11, 21), np.uint8), rounding, scales)
-        d = ig.conv2d(np.ascontiguousarray(x[..., :3]), 117, stem, 3, 2, (0, 1, 0, 1), (7, 6), params, 21, 3, (0, 255),
-                      np.empty((3, 7, 6, 21), np.uint8), rounding, scales)
+        c = iconv.conv2d(x, 117, full, 3, 1, (1, 1, 1, 1), (13, 11), params, 21, 3, (0, 255),
+                         np.empty((3, 13, 11, 21), np.uint8), rounding, scales)
+        d = iconv.conv2d(np.ascontiguousarray(x[..., :3]), 117, stem, 3, 2, (0, 1, 0, 1), (7, 6), params, 21, 3,
+                         (0, 255), np.empty((3, 7, 6, 21), np.uint8), rounding, scales)
         return a, b, c, d
 
     one = run_all()

@@ -18,8 +18,7 @@ PACKAGES = ("mobilenet_np", "weights_tools")
 
 # Lowest first.  A module may import modules of its own layer or of the layers before it.
 LAYERS = [
-    ("base", ["mobilenet_np._version", "mobilenet_np.errors", "mobilenet_np.atomic", "mobilenet_np.argparsing",
-              "mobilenet_np.pools"]),
+    ("base", ["mobilenet_np._version", "mobilenet_np.errors", "mobilenet_np.atomic", "mobilenet_np.argparsing"]),
     ("architecture", ["mobilenet_np.spec", "mobilenet_np.tables", "mobilenet_np.weights_file",
                       "mobilenet_np.weights_common", "mobilenet_np.weights_file_v2"]),
     ("readers", ["weights_tools", "weights_tools.*"]),

@@ -13,7 +13,7 @@ once (``_Plan._compiled_calls``), ~0.5 us of Python per op, where calling the op
 8-15 us and the bound steps 1-2: at batch 1, where a V2 0.5/96 op computes in 1-5 us, that is
 most of the difference.  1x1 convolutions at stride 1 go straight to the GEMM, which multiplies
 the input bytes as they are (the input zero point folded into the bias at load); other full
-convolutions (the 3x3 stem) gather their patches in Numba (``integer_gemm.conv2d``); depthwise
+convolutions (the 3x3 stem) read their patches in place (``integer_conv.Conv``); depthwise
 convolutions read the input bytes directly (``integer_depthwise``).  The kernels split their rows
 over Numba's threads (``numba.set_num_threads``).  With ``kernels="xnnpack"`` the ADD and the
 global pools run in Numba too (``kernels/integer_add.py``); softmax is ``integer_softmax.Softmax``
@@ -41,6 +41,7 @@ import numpy as np
 from .. import threads as _threads
 from ..kernels import integer_add as iadd
 from ..kernels import integer_calls as calls
+from ..kernels import integer_conv as iconv
 from ..kernels import integer_depthwise as idw
 from ..kernels import integer_gemm as ig
 from ..kernels import integer_reference as iref
@@ -334,7 +335,7 @@ def _prepare_conv(graph: FastQuantizedGraph, op, options, inputs, scratch):
     else:
         params, *others = requantize
         x_dtype = np.dtype(np.uint8) if p["form"] else x.dtype
-        kernel = ig.Conv(x.shape, x_dtype, p["in_zp"], p["weights"], k, stride, pad, out_hw, params, p["c_out"],
+        kernel = iconv.Conv(x.shape, x_dtype, p["in_zp"], p["weights"], k, stride, pad, out_hw, params, p["c_out"],
                          *others, scratch)
     return _Bound(kernel), (x.shape[0], *out_hw, p["c_out"]), p["out_dtype"], p["form"]
 

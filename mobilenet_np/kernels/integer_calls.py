@@ -2,25 +2,22 @@
 
 * **The split.**  ``parts(work)`` is how many threads a kernel call of ``work`` multiply-adds (or
   values written) uses: Numba's count, or 1 below ``SERIAL_BELOW`` and on a Python thread marked
-  by ``one_thread`` (the fast graph's batch split runs one whole pass per thread).  The stem's
-  gather splits its rows over Python threads (``pool``) instead of a prange twin.
+  by ``one_thread`` (the fast graph's batch split runs one whole pass per thread).
 * **Memory.**  ``Scratch`` is working memory shared by bound kernels that run one after another
   (the steps of one plan); ``remembered`` keeps a call's arrays for the next call to compare
   with ``is``; ``direct`` skips the dispatcher for a call made with the same arguments each time
   (the fast graph's plans); ``contiguous`` runs a computation into an array that may not be C-contiguous.
 
-Used by ``integer_gemm``, ``integer_depthwise`` and the fast graph (``forward/quantized_engine.py``).
+Used by ``integer_gemm``, ``integer_conv``, ``integer_depthwise`` and the fast graph (``forward/quantized_engine.py``).
 """
 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
-from ..pools import Pools
 
 # Multiply-adds (or values written) below which a call runs on one thread.  A split costs ~3 us back to back
 # and ~12 us when the pool last ran 300 us before (an empty 2-part call, T=2), and the next layer then reads
@@ -50,16 +47,6 @@ def parts(work: int) -> int:
     if work < SERIAL_BELOW or on_one_thread():
         return 1
     return numba.get_num_threads()
-
-
-_GATHER_POOLS = Pools("mobilenet-np-gather")
-
-
-def pool(threads: int) -> ThreadPoolExecutor:
-    """Python threads for the stem's gather (``integer_gemm.Conv``): ``gather_rows`` releases the GIL, so
-    ``threads - 1`` of them and the caller each take a range of rows.  Once per forward pass (~20 us),
-    where a prange twin of ``gather_rows`` cost 4.4 s of compile (the linked loops re-optimized)."""
-    return _GATHER_POOLS.get(threads - 1)
 
 
 class Scratch:

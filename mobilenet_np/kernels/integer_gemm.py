@@ -24,12 +24,12 @@ and uint8 outputs are stored through one uint8 view (one compile for both; the f
 runs int8 activations as uint8 + 128, so it compiles only the uint8 forms).  The prange
 kernels call the task code at its address (``table.py``) rather than linking it in, where
 Numba's parallel lowering re-optimized it, ~1.5-2 s per signature (19 -> 15 s in all).  The centring runs on one thread
-and the stem's gather on Python threads (``conv2d``) rather than having prange twins.
+rather than having a prange twin.  Full k x k convolutions (the stem) are in ``integer_conv.py``.
 
 int16 holds every centred value: uint8 - zero point and int8 - zero point lie in [-255, 255],
 and a pair of products (at most 2 * 255^2) plus the sums over C_in fit int32 for any C_in below
 16,000.  A C_out that is not whole panels of 16 is written padded, then copied to the caller's
-array.  ``Gemm``, ``Pointwise`` and ``Conv`` bind a call's shapes once (the fast graph's steps); the
+array.  ``Gemm`` and ``Pointwise`` bind a call's shapes once (the fast graph's steps); the
 thread split and the memory they share are in ``integer_calls.py``.
 """
 
@@ -39,7 +39,7 @@ import numpy as np
 from numba import prange
 
 from . import integer_simd as iv
-from .integer_calls import Scratch, contiguous, parts, pool, remembered
+from .integer_calls import Scratch, contiguous, parts, remembered
 from .jit import kernel
 from .table import address_for, call
 
@@ -128,42 +128,6 @@ def centre_rows(x, p0, p1, c_in, zero_point, kp, out):
             k += 1
 
 
-@kernel()
-def gather_rows(x, r0, r1, h, w, c, sub, fill, k, stride, top, left, out_h, out_w, kp, out):
-    """out [n * out_h * out_w, kp] for output rows (image, row) r0..r1-1: each output pixel's
-    k x k x C input patch less ``sub`` (rows dy, then dx, then C: TFLite's OHWI order), ``fill``
-    in the padding and the extra column -- int16 centred values (sub = zp, fill = 0) or the
-    bytes themselves (sub = 0, fill = zp).  A patch row (dx, C) is one contiguous run of k * C
-    input values when it lies inside the image."""
-    kc = k * c
-    for row in range(r0, r1):
-        n = row // out_h
-        oy = row - n * out_h
-        for ox in range(out_w):
-            at = (row * out_w + ox) * kp
-            for j in range(k * kc, kp):
-                out[at + j] = fill
-            ix0 = ox * stride - left
-            inside_x = ix0 >= 0 and ix0 + k <= w
-            for dy in range(k):
-                iy = oy * stride - top + dy
-                t = at + dy * kc
-                if iy < 0 or iy >= h:
-                    for j in range(kc):
-                        out[t + j] = fill
-                elif inside_x:      # unsigned indices: no negative-index fix-up per byte (2x faster)
-                    src, to = np.uint64(((n * h + iy) * w + ix0) * c), np.uint64(t)
-                    for j in range(np.uint64(kc)):
-                        out[to + j] = np.int64(x[src + j]) - sub
-                else:
-                    for dx in range(k):
-                        ix = ix0 + dx
-                        src = ((n * h + iy) * w + ix) * c
-                        inside = ix >= 0 and ix < w
-                        for ci in range(c):
-                            out[t + dx * c + ci] = np.int64(x[src + ci]) - sub if inside else fill
-
-
 CHUNK = 32            # pixels per GEMM task
 
 
@@ -248,10 +212,12 @@ class Gemm:
     zero point folded into ``params``) into [pixels, C_out], with all but the two arrays worked out once
     (the fast graph keeps one per op and input shape): the padded buffer if C_out is not whole panels,
     the thread count (``parts``, decided now), the scalar arguments.  The call's argument tuple (flat views, a split call's task address)
-    is kept while the same arrays come back, as the fast graph's buffers do.  One thread at a time."""
+    is kept while the same arrays come back, as the fast graph's buffers do.  One thread at a time.  ``tasks``: a
+    kernel with ``gemm_tasks``' arguments to run instead (``integer_conv.conv_tasks``), split by ``gemm_parallel``
+    at its address."""
 
     def __init__(self, pixels, kp, packed, params, c_out, out_zero_point, clamp, rounding="reference", scales=None,
-                 scratch=None):
+                 scratch=None, tasks=None):
         panels = -(-c_out // PANEL)
         self.pixels, self.c_out = pixels, c_out
         self.padded = None if c_out == panels * PANEL else Scratch.take_from(scratch, pixels * panels * PANEL, np.uint8)
@@ -259,7 +225,8 @@ class Gemm:
         self.parts = parts(pixels * kp * panels * PANEL)
         self.tasks = (pixels + CHUNK - 1) // CHUNK * panels
         self.args = (pixels, kp, packed, panels, params, scales, ROUNDINGS[rounding], out_zero_point, *clamp)
-        self.kernel = gemm_tasks if self.parts == 1 else gemm_parallel
+        self.tasks_kernel = gemm_tasks if tasks is None else tasks
+        self.kernel = self.tasks_kernel if self.parts == 1 else gemm_parallel
         self.seen = (None, None)
 
     def __call__(self, rows, out):
@@ -282,7 +249,7 @@ class Gemm:
         stored = out.reshape(-1).view(np.uint8) if self.padded is None else self.padded
         call = (rows, 0, self.tasks, *self.args, stored)
         if self.parts > 1:
-            call = (rows, *self.args, stored, self.parts, address_for(gemm_tasks, call))
+            call = (rows, *self.args, stored, self.parts, address_for(self.tasks_kernel, call))
         copy = None if self.padded is None else _columns(out, self.padded, self.pixels, self.c_out)
         return call, copy
 
@@ -344,57 +311,3 @@ def pointwise_conv2d(x, x_zero_point, packed, params, c_out, out_zero_point, cla
     pointwise = Pointwise(*x.shape, x_zero_point, packed, params, c_out, out_zero_point, clamp, rounding, scales,
                           folded)
     return contiguous(out, lambda buffer: pointwise(x, buffer))
-
-
-class Conv:
-    """``conv2d`` bound to its shapes and weights (see ``Gemm``): the patches gathered by
-    ``gather_rows`` into a buffer kept here, then the GEMM.  Short patches (below ``BYTES_BELOW``)
-    are gathered as bytes, the padding filled with the zero point, which ``fold_zero_point`` takes
-    out (``folded``, if the caller keeps it); longer ones as centred int16.  A split gather runs on
-    Python threads (``integer_calls.pool``)."""
-
-    def __init__(self, x_shape, x_dtype, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point,
-                 clamp, rounding="reference", scales=None, folded=None, scratch=(None, None)):
-        n, h, w, c = x_shape
-        kp = k * k * c + (k * k * c) % 2
-        pixels = n * out_hw[0] * out_hw[1]
-        self.raw = kp < BYTES_BELOW
-        if self.raw:
-            self.gathered = Scratch.take_from(scratch[0], pixels * kp, x_dtype)
-            sub, fill = 0, int(x_zero_point) & 0xFF     # copied bytes: int8 and uint8 alike (one compile)
-            params = fold_zero_point(packed, params, x_zero_point) if folded is None else folded
-        else:
-            self.gathered = Scratch.take_from(scratch[0], pixels * kp, np.int16)
-            sub, fill = x_zero_point, 0
-        into = self.gathered.view(np.uint8) if self.raw else self.gathered   # the GEMM reads them with their sign
-        self.args = (h, w, c, sub, fill, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], kp, into)
-        threads, rows = parts(pixels * kp), n * out_hw[0]
-        self.bounds = [(rows * i // threads, rows * (i + 1) // threads) for i in range(threads)]
-        self.gemm = Gemm(pixels, kp, packed, params, c_out, out_zero_point, clamp, rounding, scales, scratch[1])
-
-    def calls(self, x, out):
-        """As ``Gemm.calls``; None for a gather split over threads or an x that is not C-contiguous."""
-        if len(self.bounds) > 1 or not x.flags.c_contiguous:
-            return None
-        flat = x.reshape(-1).view(np.uint8) if self.raw else x.reshape(-1)
-        return [(gather_rows, (flat, *self.bounds[0], *self.args))] + self.gemm.calls(self.gathered, out)
-
-    def __call__(self, x, out):
-        """x [N, H, W, C] -> out, C-contiguous [N, OH, OW, C_out]."""
-        flat = np.ascontiguousarray(x).reshape(-1)
-        if self.raw:
-            flat = flat.view(np.uint8)
-        others = [pool(len(self.bounds)).submit(gather_rows, flat, a, b, *self.args) for a, b in self.bounds[1:]]
-        gather_rows(flat, *self.bounds[0], *self.args)
-        for done in others:
-            done.result()
-        return self.gemm(self.gathered, out)
-
-
-def conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point, clamp, out,
-           rounding: str = "reference", scales=None, folded=None):
-    """A full k x k convolution (the stem): x [N, H, W, C] -> out [N, OH, OW, C_out] (``Conv``);
-    ``packed = pack_pairs(w [k * k * C, C_out] in OHWI order, w_zero_point)``."""
-    conv = Conv(x.shape, x.dtype, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point, clamp,
-                rounding, scales, folded)
-    return contiguous(out, lambda buffer: conv(x, buffer))
