@@ -317,13 +317,18 @@ def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out,
 
 @pytest.mark.parametrize("size, stride, channels", [((7, 7), 1, 5), ((9, 6), 2, 13), ((8, 11), 2, 40),
                                                     ((10, 10), 1, 64), ((5, 5), 1, 1), ((3, 2), 2, 9),
-                                                    ((2, 9), 1, 24)])
+                                                    ((2, 9), 1, 24), ((6, 9), 1, 19), ((5, 13), 2, 21),
+                                                    ((1, 3), 1, 16), ((4, 3), 2, 8), ((3, 1), 1, 8)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
 def test_integer_depthwise_kernel_equals_the_reference(rng, size, stride, channels, dtype, rounding):
     """Odd and non-square sizes, both strides (so SAME pads (1, 1) and (0, 1)), channel counts
-    not multiples of 8, maps too small for any interior column or row (3 x 2, 2 x 9), both
-    types, each of LiteRT's three requantizations."""
+    not multiples of 8, maps too small for any interior column or row (3 x 2, 2 x 9, 1 x 3),
+    both types, each of LiteRT's three requantizations.  The kernel's pixel blocks (4 at stride
+    1, 2 at stride 2): rows whose width is not a multiple of the block (the last block moved
+    back: 9 and 7 wide at stride 1, 7 at stride 2), a channel tail inside the blocks (19, 21),
+    rows narrower than a block (3 and 1 wide at stride 1), padding at both ends of a block (the
+    3-wide input at stride 2) and of a single column or row (3 x 1, 1 x 3)."""
     from mobilenet_np.kernels import integer_depthwise as idw
     from mobilenet_np.kernels import integer_gemm as ig
     from mobilenet_np.kernels import integer_xnnpack as ixnn
@@ -350,6 +355,28 @@ def test_integer_depthwise_kernel_equals_the_reference(rng, size, stride, channe
                                ig.requantization_params(bias, multiplier, shift, channels), clamp[0], clamp,
                                np.empty(want.shape, dtype), rounding, ig.xnnpack_scales(scales, channels))
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("pad", [(0, 0, 0, 0), (2, 1, 2, 0), (1, 2, 0, 2)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_integer_depthwise_kernel_other_paddings(rng, pad, stride):
+    """VALID (no padding) and padding wider than one column or row, which SAME never gives a
+    3 x 3 window: the blocks whose inner columns would leave the image take the checked path."""
+    from mobilenet_np.kernels import integer_depthwise as idw
+    from mobilenet_np.kernels import integer_gemm as ig
+
+    x = rng.integers(0, 256, (2, 9, 11, 13), endpoint=True).astype(np.uint8)
+    w = rng.integers(0, 256, (3, 3, 13, 1), endpoint=True).astype(np.uint8)
+    bias = rng.integers(-3000, 3000, 13).astype(np.int32)
+    out_hw = ((9 + pad[0] + pad[1] - 3) // stride + 1, (11 + pad[2] + pad[3] - 3) // stride + 1)
+    multiplier, shift = iref.conv_multipliers(0.02, np.array([0.01]), 0.05, True)
+    acc = iref.depthwise_conv2d_accumulate(x, 117, w, 131, bias, stride, pad, out_hw)
+    want = iref.requantize(acc, multiplier, shift, 3, (0, 255), np.uint8)
+    got = idw.depthwise_conv2d(x, 117, idw.pack_depthwise(w, 131), 3, stride, pad, out_hw,
+                               ig.requantization_params(bias, multiplier, shift, 13), 3, (0, 255),
+                               np.empty(want.shape, np.uint8))
+    assert np.array_equal(got, want)
+    assert len(np.unique(want)) > 2
 
 
 @pytest.mark.parametrize("size, stride, channels, c_out", [((7, 7), 2, 3, 16), ((9, 6), 1, 3, 13), ((8, 11), 2, 5, 40),
