@@ -93,10 +93,9 @@ def _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, count):
 @kernel(inline=True)
 def _block4(x, a, c, row_w, wts, zpw, c8, c0, r_lo, r_hi):
     """Stride 1: the sums of four adjacent output pixels, channels c0..c0+7, whose first window
-    starts at x[a]: window rows outside r_lo..r_hi-1 and the first (last) of the six input
-    columns unless ``first_ok`` (``last_ok``) lie in the padding and add zp * w.  The three
-    weight vectors of a window row serve all four pixels, and each input column is loaded once
-    and used by every pixel it reaches (3 of them)."""
+    starts at x[a] (all inside the image's width); window rows outside r_lo..r_hi-1 lie in the
+    padding and add zp * w.  The three weight vectors of a window row serve all four pixels,
+    and each of its six input columns is loaded once and used by every pixel it reaches."""
     s0, s1, s2, s3 = iv.zeros(), iv.zeros(), iv.zeros(), iv.zeros()
     for r in range(3):
         t = 3 * r * c8 + c0
@@ -141,7 +140,8 @@ def _block2(x, a, c, row_w, wts, zpw, c8, c0, r_lo, r_hi):
 
 @kernel(inline=True)
 def _block1(x, a, c, row_w, wts, zpw, c8, c0, r_lo, r_hi, first_ok, last_ok):
-    """``_block4`` for one pixel (any stride; three input columns a row)."""
+    """``_block4`` for one pixel (any stride; three input columns a row), whose first (last)
+    input column lies in the padding unless ``first_ok`` (``last_ok``)."""
     s = iv.zeros()
     for r in range(3):
         t = 3 * r * c8 + c0
@@ -176,8 +176,11 @@ def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h,
     weight vectors in registers over a whole row instead, channel group outermost, measured 3x
     slower at batch 32 -- the strided walk defeats the prefetcher).  Padding wider than one
     column, the channel tail and other kernel sizes take the checked path (``_group_checked``).
-    One requantization in the code serves all block sizes (a loop over the block's pixels):
-    one per pixel made the compile ~0.5 s longer and measured no faster."""
+    Each block size has its own loop over the channel groups (one loop with a branch on the
+    size per group measured 10-40% slower on the narrow maps) and requantizes in a loop over
+    its pixels (one requantization per pixel in the code compiled longer, measured no faster).
+    Blocks of four at stride 2 too (a fourth block size) added 15-20% on the large stride-2
+    layers; not kept, for its compile time."""
     c8 = (c + 7) // 8 * 8
     full = c // 8 * 8                                   # channels in whole groups of eight
     row_w = w_in * c
@@ -203,23 +206,30 @@ def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h,
             ix0 = ox * stride - left
             span = (step - 1) * stride + 3              # input columns under the block
             o_row = (row * out_w + ox) * c
-            wide = ix0 + 1 < 0 or ix0 + span - 2 >= w_in     # padding wider than a column: all checked
+            wide = ix0 + 1 < 0 or ix0 + span - 2 >= w_in     # padding wider than a column
+            done = 0 if wide else full                  # channels done here; the rest checked
             first_ok, last_ok = ix0 >= 0, ix0 + span <= w_in
             a = ((n * h + iy0) * w_in + ix0) * c
-            for c0 in range(0, 0 if wide else full, 8):
-                s1 = s2 = s3 = iv.zeros()
-                if step == 4:
+            if step == 4:                               # a loop per block size: no branch per group
+                for c0 in range(0, done, 8):
                     s0, s1, s2, s3 = _block4(x, a + c0, c, row_w, wts, zpw, c8, c0, r_lo, r_hi)
-                elif step == 2:
+                    for p in range(4):
+                        s = s0 if p == 0 else (s1 if p == 1 else (s2 if p == 2 else s3))
+                        iv.store_bytes(out, o_row + p * c + c0, iv.requantized(s, params, scales, rounding, c0,
+                                                                               zero_point, lo, hi))
+            elif step == 2:
+                for c0 in range(0, done, 8):
                     s0, s1 = _block2(x, a + c0, c, row_w, wts, zpw, c8, c0, r_lo, r_hi)
-                else:
+                    for p in range(2):
+                        iv.store_bytes(out, o_row + p * c + c0, iv.requantized(s0 if p == 0 else s1, params, scales,
+                                                                               rounding, c0, zero_point, lo, hi))
+            else:
+                for c0 in range(0, done, 8):
                     s0 = _block1(x, a + c0, c, row_w, wts, zpw, c8, c0, r_lo, r_hi, first_ok, last_ok)
-                for p in range(step):                   # one requantization in the code for all
-                    s = s0 if p == 0 else (s1 if p == 1 else (s2 if p == 2 else s3))
-                    iv.store_bytes(out, o_row + p * c + c0, iv.requantized(s, params, scales, rounding, c0, zero_point,
-                                                                           lo, hi))
+                    iv.store_bytes(out, o_row + c0, iv.requantized(s0, params, scales, rounding, c0, zero_point,
+                                                                   lo, hi))
             for p in range(step):
-                for c0 in range(0 if wide else full, c, 8):
+                for c0 in range(done, c, 8):
                     _group_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0 + p * stride, c0, params, scales,
                                    rounding, zero_point, lo, hi, out, o_row + p * c)
         for ox in range(out_w if k != 3 else 0):
