@@ -318,17 +318,18 @@ def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out,
 @pytest.mark.parametrize("size, stride, channels", [((7, 7), 1, 5), ((9, 6), 2, 13), ((8, 11), 2, 40),
                                                     ((10, 10), 1, 64), ((5, 5), 1, 1), ((3, 2), 2, 9),
                                                     ((2, 9), 1, 24), ((6, 9), 1, 19), ((5, 13), 2, 21),
-                                                    ((1, 3), 1, 16), ((4, 3), 2, 8), ((3, 1), 1, 8)])
+                                                    ((1, 3), 1, 16), ((4, 3), 2, 8), ((3, 1), 1, 8),
+                                                    ((5, 7), 1, 9), ((7, 5), 1, 12)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
 def test_integer_depthwise_kernel_equals_the_reference(rng, size, stride, channels, dtype, rounding):
     """Odd and non-square sizes, both strides (so SAME pads (1, 1) and (0, 1)), channel counts
     not multiples of 8, maps too small for any interior column or row (3 x 2, 2 x 9, 1 x 3),
-    both types, each of LiteRT's three requantizations.  The kernel's pixel blocks (4 at stride
-    1, 2 at stride 2): rows whose width is not a multiple of the block (the last block moved
-    back: 9 and 7 wide at stride 1, 7 at stride 2), a channel tail inside the blocks (19, 21),
-    rows narrower than a block (3 and 1 wide at stride 1), padding at both ends of a block (the
-    3-wide input at stride 2) and of a single column or row (3 x 1, 1 x 3)."""
+    both types, each of LiteRT's three requantizations.  The kernel's blocks of four pixels:
+    interiors whose width is not a multiple of four (the last block moved back: 7 and 5 wide at
+    stride 1, 5 at stride 2), a channel tail inside the blocks (19, 21), interiors narrower
+    than a block (1 and 3 wide at stride 1, 2 at stride 2), padding on both sides of a single
+    column or row (3 x 1, 1 x 3) and beside a lone pixel at stride 2 (4 x 3)."""
     from mobilenet_np.kernels import integer_depthwise as idw
     from mobilenet_np.kernels import integer_gemm as ig
     from mobilenet_np.kernels import integer_xnnpack as ixnn
