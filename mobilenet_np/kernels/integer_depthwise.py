@@ -90,108 +90,32 @@ def _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, count):
     return acc
 
 
-@kernel(inline=True)
-def _block4(x, a, c, row_w, wts, zpw, c8, c0, r_lo, r_hi):
-    """Stride 1: the sums of four adjacent output pixels, channels c0..c0+7, whose first window
-    starts at x[a] (all inside the image's width); window rows outside r_lo..r_hi-1 lie in the
-    padding and add zp * w.  The three weight vectors of a window row serve all four pixels,
-    and each of its six input columns is loaded once and used by every pixel it reaches.  The
-    rows are a loop with a run-time count, which LLVM does not unroll: ~0.2 s less compile per
-    input type than three unrolled rows with a branch each, as fast."""
-    s0, s1, s2, s3 = iv.zeros(), iv.zeros(), iv.zeros(), iv.zeros()
-    for r in range(r_lo, r_hi):                 # the window rows inside the image
-        t = 3 * r * c8 + c0
-        w0, w1, w2 = iv.load_widened(wts, t), iv.load_widened(wts, t + c8), iv.load_widened(wts, t + 2 * c8)
-        at = a + r * row_w
-        s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at), w0)
-        v = iv.load_bytes_widened(x, at + c)
-        s0, s1 = iv.mul_add(s0, v, w1), iv.mul_add(s1, v, w0)
-        v = iv.load_bytes_widened(x, at + 2 * c)
-        s0, s1, s2 = iv.mul_add(s0, v, w2), iv.mul_add(s1, v, w1), iv.mul_add(s2, v, w0)
-        v = iv.load_bytes_widened(x, at + 3 * c)
-        s1, s2, s3 = iv.mul_add(s1, v, w2), iv.mul_add(s2, v, w1), iv.mul_add(s3, v, w0)
-        v = iv.load_bytes_widened(x, at + 4 * c)
-        s2, s3 = iv.mul_add(s2, v, w2), iv.mul_add(s3, v, w1)
-        s3 = iv.mul_add(s3, iv.load_bytes_widened(x, at + 5 * c), w2)
-    for r in range(3):                          # rows in the padding: zp * w
-        if r < r_lo or r >= r_hi:
-            t = 3 * r * c8 + c0
-            z = iv.add(iv.add(iv.load(zpw, t), iv.load(zpw, t + c8)), iv.load(zpw, t + 2 * c8))
-            s0, s1, s2, s3 = iv.add(s0, z), iv.add(s1, z), iv.add(s2, z), iv.add(s3, z)
-    return s0, s1, s2, s3
-
-
-@kernel(inline=True)
-def _block4s2(x, a, c, row_w, wts, zpw, c8, c0, r_lo, r_hi):
-    """``_block4`` at stride 2 (nine input columns a row, every other one used by two pixels)."""
-    s0, s1, s2, s3 = iv.zeros(), iv.zeros(), iv.zeros(), iv.zeros()
-    for r in range(r_lo, r_hi):                 # the window rows inside the image
-        t = 3 * r * c8 + c0
-        w0, w1, w2 = iv.load_widened(wts, t), iv.load_widened(wts, t + c8), iv.load_widened(wts, t + 2 * c8)
-        at = a + r * row_w
-        s0 = iv.mul_add(iv.mul_add(s0, iv.load_bytes_widened(x, at), w0), iv.load_bytes_widened(x, at + c), w1)
-        v = iv.load_bytes_widened(x, at + 2 * c)
-        s0, s1 = iv.mul_add(s0, v, w2), iv.mul_add(s1, v, w0)
-        s1 = iv.mul_add(s1, iv.load_bytes_widened(x, at + 3 * c), w1)
-        v = iv.load_bytes_widened(x, at + 4 * c)
-        s1, s2 = iv.mul_add(s1, v, w2), iv.mul_add(s2, v, w0)
-        s2 = iv.mul_add(s2, iv.load_bytes_widened(x, at + 5 * c), w1)
-        v = iv.load_bytes_widened(x, at + 6 * c)
-        s2, s3 = iv.mul_add(s2, v, w2), iv.mul_add(s3, v, w0)
-        s3 = iv.mul_add(s3, iv.load_bytes_widened(x, at + 7 * c), w1)
-        s3 = iv.mul_add(s3, iv.load_bytes_widened(x, at + 8 * c), w2)
-    for r in range(3):                          # rows in the padding: zp * w
-        if r < r_lo or r >= r_hi:
-            t = 3 * r * c8 + c0
-            z = iv.add(iv.add(iv.load(zpw, t), iv.load(zpw, t + c8)), iv.load(zpw, t + 2 * c8))
-            s0, s1, s2, s3 = iv.add(s0, z), iv.add(s1, z), iv.add(s2, z), iv.add(s3, z)
-    return s0, s1, s2, s3
-
-
-@kernel(inline=True)
-def _block1(x, a, c, row_w, wts, zpw, c8, c0, r_lo, r_hi, first_ok, last_ok):
-    """``_block4`` for one pixel (any stride; three input columns a row), whose first (last)
-    input column lies in the padding unless ``first_ok`` (``last_ok``)."""
-    s = iv.zeros()
-    for r in range(3):
-        t = 3 * r * c8 + c0
-        if r >= r_lo and r < r_hi:
-            at = a + r * row_w
-            if first_ok:
-                s = iv.mul_add(s, iv.load_bytes_widened(x, at), iv.load_widened(wts, t))
-            else:
-                s = iv.add(s, iv.load(zpw, t))
-            s = iv.mul_add(s, iv.load_bytes_widened(x, at + c), iv.load_widened(wts, t + c8))
-            if last_ok:
-                s = iv.mul_add(s, iv.load_bytes_widened(x, at + 2 * c), iv.load_widened(wts, t + 2 * c8))
-            else:
-                s = iv.add(s, iv.load(zpw, t + 2 * c8))
-        else:
-            s = iv.add(s, iv.add(iv.add(iv.load(zpw, t), iv.load(zpw, t + c8)), iv.load(zpw, t + 2 * c8)))
-    return s
-
-
 @kernel()
 def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
           zero_point, lo, hi, out):
     """Output rows (image, row) r0..r1-1 of out [n, out_h, out_w, c] (flat bytes) from x [n, h, w_in, c] (flat bytes), SAME/VALID
     padding given by ``top``/``left``; ``wts`` centred [k, k, C8], ``zpw`` = zp * wts, ``params``
     with the folded bias.  A 3 x 3 row's interior columns (window inside the image's width) run
-    in blocks of four output pixels (``_block4`` at stride 1, ``_block4s2`` at stride 2), one at
-    a time at other strides or when the interior is narrower than a block; the last block is
-    moved back to end at the last interior column (it recomputes a few pixels rather than
-    taking a path of its own).  The border columns run one pixel at a time (``_block1``, whose
-    first or last input column may lie in the padding).  Window rows above or below the image
-    add zp * w in the blocks themselves.  Eight channels at a time, block outermost (memory in
-    order: keeping the nine weight vectors in registers over a whole row instead, channel group
-    outermost, measured 3x slower at batch 32 -- the strided walk defeats the prefetcher).
-    Padding wider than one column, the channel tail and other kernel sizes take the checked
-    path (``_group_checked``).  Each block kind has its own loop over the channel groups (one
-    loop with a branch on the block size per group measured 10-40% slower on the narrow maps)
-    and requantizes in a loop over its pixels (one requantization per pixel in the code
-    compiled longer, measured no faster).  Blocks of two at stride 2 (five input columns)
-    instead of four were 15-20% slower on the large stride-2 layers, ~10% faster on 6 x 6 and
-    12 x 12 maps."""
+    in blocks of four output pixels at stride 1 and 2, one at a time at other strides or when
+    the interior is narrower than a block; the last block is moved back to end at the last
+    interior column (it recomputes a few pixels rather than taking a path of its own).  In a
+    block the three weight vectors of a window row serve all four pixels, and each input column
+    of the row (6 at stride 1, 9 at stride 2) is loaded once and used by every pixel it reaches.
+    The border columns run one pixel at a time, its first or last input column maybe in the
+    padding.  Window rows above or below the image add zp * w in the blocks themselves.  Eight
+    channels at a time, block outermost (memory in order: keeping the nine weight vectors in
+    registers over a whole row instead, channel group outermost, measured 3x slower at batch 32
+    -- the strided walk defeats the prefetcher).  Padding wider than one column, the channel
+    tail and other kernel sizes take the checked path (``_group_checked``).
+
+    Measured choices: each block size has its own loop over the channel groups (one loop with a
+    branch on the size per group: 10-40% slower on the narrow maps); the blocks' window rows
+    are a loop with a run-time count, which LLVM does not unroll (three unrolled rows with a
+    branch each compiled ~0.2 s longer per input type, no faster); the blocks are written out
+    here rather than as inlined helpers (Numba's inlining pass cost ~0.5 s per input type);
+    requantization in a loop over the block's pixels (one per pixel in the code compiled
+    longer, no faster); blocks of two at stride 2 instead of four: 15-20% slower on the large
+    stride-2 layers, ~10% faster on the 6 x 6 and 12 x 12 maps."""
     c8 = (c + 7) // 8 * 8
     full = c // 8 * 8                                   # channels in whole groups of eight
     row_w = w_in * c
@@ -221,23 +145,82 @@ def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h,
             done = 0 if wide else full                  # channels done here; the rest checked
             first_ok, last_ok = ix0 >= 0, ix0 + span <= w_in
             a = ((n * h + iy0) * w_in + ix0) * c
-            if step == 4 and stride == 1:
+            if step == 4 and stride == 1:               # four pixels, six input columns a row
                 for c0 in range(0, done, 8):
-                    s0, s1, s2, s3 = _block4(x, a + c0, c, row_w, wts, zpw, c8, c0, r_lo, r_hi)
+                    s0, s1, s2, s3 = iv.zeros(), iv.zeros(), iv.zeros(), iv.zeros()
+                    for r in range(r_lo, r_hi):
+                        t = 3 * r * c8 + c0
+                        w0, w1 = iv.load_widened(wts, t), iv.load_widened(wts, t + c8)
+                        w2 = iv.load_widened(wts, t + 2 * c8)
+                        at = a + c0 + r * row_w
+                        s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at), w0)
+                        v = iv.load_bytes_widened(x, at + c)
+                        s0, s1 = iv.mul_add(s0, v, w1), iv.mul_add(s1, v, w0)
+                        v = iv.load_bytes_widened(x, at + 2 * c)
+                        s0, s1, s2 = iv.mul_add(s0, v, w2), iv.mul_add(s1, v, w1), iv.mul_add(s2, v, w0)
+                        v = iv.load_bytes_widened(x, at + 3 * c)
+                        s1, s2, s3 = iv.mul_add(s1, v, w2), iv.mul_add(s2, v, w1), iv.mul_add(s3, v, w0)
+                        v = iv.load_bytes_widened(x, at + 4 * c)
+                        s2, s3 = iv.mul_add(s2, v, w2), iv.mul_add(s3, v, w1)
+                        s3 = iv.mul_add(s3, iv.load_bytes_widened(x, at + 5 * c), w2)
+                    for r in range(3):                  # window rows in the padding: zp * w
+                        if r < r_lo or r >= r_hi:
+                            t = 3 * r * c8 + c0
+                            z = iv.add(iv.add(iv.load(zpw, t), iv.load(zpw, t + c8)), iv.load(zpw, t + 2 * c8))
+                            s0, s1, s2, s3 = iv.add(s0, z), iv.add(s1, z), iv.add(s2, z), iv.add(s3, z)
                     for p in range(4):
                         s = s0 if p == 0 else (s1 if p == 1 else (s2 if p == 2 else s3))
                         iv.store_bytes(out, o_row + p * c + c0, iv.requantized(s, params, scales, rounding, c0,
                                                                                zero_point, lo, hi))
-            elif step == 4:
+            elif step == 4:                             # stride 2: nine input columns a row
                 for c0 in range(0, done, 8):
-                    s0, s1, s2, s3 = _block4s2(x, a + c0, c, row_w, wts, zpw, c8, c0, r_lo, r_hi)
+                    s0, s1, s2, s3 = iv.zeros(), iv.zeros(), iv.zeros(), iv.zeros()
+                    for r in range(r_lo, r_hi):
+                        t = 3 * r * c8 + c0
+                        w0, w1 = iv.load_widened(wts, t), iv.load_widened(wts, t + c8)
+                        w2 = iv.load_widened(wts, t + 2 * c8)
+                        at = a + c0 + r * row_w
+                        s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at), w0)
+                        s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at + c), w1)
+                        v = iv.load_bytes_widened(x, at + 2 * c)
+                        s0, s1 = iv.mul_add(s0, v, w2), iv.mul_add(s1, v, w0)
+                        s1 = iv.mul_add(s1, iv.load_bytes_widened(x, at + 3 * c), w1)
+                        v = iv.load_bytes_widened(x, at + 4 * c)
+                        s1, s2 = iv.mul_add(s1, v, w2), iv.mul_add(s2, v, w0)
+                        s2 = iv.mul_add(s2, iv.load_bytes_widened(x, at + 5 * c), w1)
+                        v = iv.load_bytes_widened(x, at + 6 * c)
+                        s2, s3 = iv.mul_add(s2, v, w2), iv.mul_add(s3, v, w0)
+                        s3 = iv.mul_add(s3, iv.load_bytes_widened(x, at + 7 * c), w1)
+                        s3 = iv.mul_add(s3, iv.load_bytes_widened(x, at + 8 * c), w2)
+                    for r in range(3):
+                        if r < r_lo or r >= r_hi:
+                            t = 3 * r * c8 + c0
+                            z = iv.add(iv.add(iv.load(zpw, t), iv.load(zpw, t + c8)), iv.load(zpw, t + 2 * c8))
+                            s0, s1, s2, s3 = iv.add(s0, z), iv.add(s1, z), iv.add(s2, z), iv.add(s3, z)
                     for p in range(4):
                         s = s0 if p == 0 else (s1 if p == 1 else (s2 if p == 2 else s3))
                         iv.store_bytes(out, o_row + p * c + c0, iv.requantized(s, params, scales, rounding, c0,
                                                                                zero_point, lo, hi))
-            else:
+            else:                                       # one pixel (the rows unrolled: faster here)
                 for c0 in range(0, done, 8):
-                    s0 = _block1(x, a + c0, c, row_w, wts, zpw, c8, c0, r_lo, r_hi, first_ok, last_ok)
+                    s0 = iv.zeros()
+                    for r in range(3):
+                        t = 3 * r * c8 + c0
+                        if r >= r_lo and r < r_hi:
+                            at = a + c0 + r * row_w
+                            if first_ok:
+                                s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at), iv.load_widened(wts, t))
+                            else:
+                                s0 = iv.add(s0, iv.load(zpw, t))
+                            s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at + c), iv.load_widened(wts, t + c8))
+                            if last_ok:
+                                s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at + 2 * c),
+                                                iv.load_widened(wts, t + 2 * c8))
+                            else:
+                                s0 = iv.add(s0, iv.load(zpw, t + 2 * c8))
+                        else:                           # a window row in the padding
+                            z = iv.add(iv.add(iv.load(zpw, t), iv.load(zpw, t + c8)), iv.load(zpw, t + 2 * c8))
+                            s0 = iv.add(s0, z)
                     iv.store_bytes(out, o_row + c0, iv.requantized(s0, params, scales, rounding, c0, zero_point,
                                                                    lo, hi))
             for p in range(step):
