@@ -112,10 +112,12 @@ def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h,
     branch on the size per group: 10-40% slower on the narrow maps); the blocks' window rows
     are a loop with a run-time count, which LLVM does not unroll (three unrolled rows with a
     branch each compiled ~0.2 s longer per input type, no faster); the blocks are written out
-    here rather than as inlined helpers (Numba's inlining pass cost ~0.5 s per input type);
+    here rather than as inlined helpers (Numba's inlining pass took 0.3-0.5 s of the pipeline
+    per input type, but the warm-up's total moved by 0.2 s at most, within its noise);
     requantization in a loop over the block's pixels (one per pixel in the code compiled
     longer, no faster); blocks of two at stride 2 instead of four: 15-20% slower on the large
-    stride-2 layers, ~10% faster on the 6 x 6 and 12 x 12 maps."""
+    stride-2 layers, ~10% faster on the 6 x 6 and 12 x 12 maps.  Cost: the cold compile of
+    ``depthwise_rows`` (both input types, with its helpers) went from ~2.3 to ~4 s."""
     c8 = (c + 7) // 8 * 8
     full = c // 8 * 8                                   # channels in whole groups of eight
     row_w = w_in * c
