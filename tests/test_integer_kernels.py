@@ -360,20 +360,22 @@ def test_integer_depthwise_kernel_equals_the_reference(rng, size, stride, channe
 
 @pytest.mark.parametrize("pad", [(0, 0, 0, 0), (2, 1, 2, 0), (1, 2, 0, 2)])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_integer_depthwise_kernel_other_paddings(rng, pad, stride):
+@pytest.mark.parametrize("k", [3, 2])
+def test_integer_depthwise_kernel_other_paddings(rng, pad, stride, k):
     """VALID (no padding) and padding wider than one column or row, which SAME never gives a
-    3 x 3 window: the blocks whose inner columns would leave the image take the checked path."""
+    3 x 3 window: the blocks whose inner columns would leave the image take the checked path;
+    a 2 x 2 window (every pixel on the checked path)."""
     from mobilenet_np.kernels import integer_depthwise as idw
     from mobilenet_np.kernels import integer_gemm as ig
 
     x = rng.integers(0, 256, (2, 9, 11, 13), endpoint=True).astype(np.uint8)
-    w = rng.integers(0, 256, (3, 3, 13, 1), endpoint=True).astype(np.uint8)
+    w = rng.integers(0, 256, (k, k, 13, 1), endpoint=True).astype(np.uint8)
     bias = rng.integers(-3000, 3000, 13).astype(np.int32)
-    out_hw = ((9 + pad[0] + pad[1] - 3) // stride + 1, (11 + pad[2] + pad[3] - 3) // stride + 1)
+    out_hw = ((9 + pad[0] + pad[1] - k) // stride + 1, (11 + pad[2] + pad[3] - k) // stride + 1)
     multiplier, shift = iref.conv_multipliers(0.02, np.array([0.01]), 0.05, True)
     acc = iref.depthwise_conv2d_accumulate(x, 117, w, 131, bias, stride, pad, out_hw)
     want = iref.requantize(acc, multiplier, shift, 3, (0, 255), np.uint8)
-    got = idw.depthwise_conv2d(x, 117, idw.pack_depthwise(w, 131), 3, stride, pad, out_hw,
+    got = idw.depthwise_conv2d(x, 117, idw.pack_depthwise(w, 131), k, stride, pad, out_hw,
                                ig.requantization_params(bias, multiplier, shift, 13), 3, (0, 255),
                                np.empty(want.shape, np.uint8))
     assert np.array_equal(got, want)
