@@ -317,13 +317,19 @@ def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out,
 
 @pytest.mark.parametrize("size, stride, channels", [((7, 7), 1, 5), ((9, 6), 2, 13), ((8, 11), 2, 40),
                                                     ((10, 10), 1, 64), ((5, 5), 1, 1), ((3, 2), 2, 9),
-                                                    ((2, 9), 1, 24)])
+                                                    ((2, 9), 1, 24), ((6, 9), 1, 19), ((5, 13), 2, 21),
+                                                    ((1, 3), 1, 16), ((4, 3), 2, 8), ((3, 1), 1, 8),
+                                                    ((5, 7), 1, 9), ((7, 5), 1, 12)])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
 def test_integer_depthwise_kernel_equals_the_reference(rng, size, stride, channels, dtype, rounding):
     """Odd and non-square sizes, both strides (so SAME pads (1, 1) and (0, 1)), channel counts
-    not multiples of 8, maps too small for any interior column or row (3 x 2, 2 x 9), both
-    types, each of LiteRT's three requantizations."""
+    not multiples of 8, maps too small for any interior column or row (3 x 2, 2 x 9, 1 x 3),
+    both types, each of LiteRT's three requantizations.  The kernel's blocks of four pixels:
+    interiors whose width is not a multiple of four (the last block moved back: 7 and 5 wide at
+    stride 1, 5 at stride 2), a channel tail inside the blocks (19, 21), interiors narrower
+    than a block (1 and 3 wide at stride 1, 2 at stride 2), padding on both sides of a single
+    column or row (3 x 1, 1 x 3) and beside a lone pixel at stride 2 (4 x 3)."""
     from mobilenet_np.kernels import integer_depthwise as idw
     from mobilenet_np.kernels import integer_gemm as ig
     from mobilenet_np.kernels import integer_xnnpack as ixnn
@@ -350,6 +356,30 @@ def test_integer_depthwise_kernel_equals_the_reference(rng, size, stride, channe
                                ig.requantization_params(bias, multiplier, shift, channels), clamp[0], clamp,
                                np.empty(want.shape, dtype), rounding, ig.xnnpack_scales(scales, channels))
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("pad", [(0, 0, 0, 0), (2, 1, 2, 0), (1, 2, 0, 2)])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("k", [3, 2])
+def test_integer_depthwise_kernel_other_paddings(rng, pad, stride, k):
+    """VALID (no padding) and padding wider than one column or row, which SAME never gives a
+    3 x 3 window: the blocks whose inner columns would leave the image take the checked path;
+    a 2 x 2 window (every pixel on the checked path)."""
+    from mobilenet_np.kernels import integer_depthwise as idw
+    from mobilenet_np.kernels import integer_gemm as ig
+
+    x = rng.integers(0, 256, (2, 9, 11, 13), endpoint=True).astype(np.uint8)
+    w = rng.integers(0, 256, (k, k, 13, 1), endpoint=True).astype(np.uint8)
+    bias = rng.integers(-3000, 3000, 13).astype(np.int32)
+    out_hw = ((9 + pad[0] + pad[1] - k) // stride + 1, (11 + pad[2] + pad[3] - k) // stride + 1)
+    multiplier, shift = iref.conv_multipliers(0.02, np.array([0.01]), 0.05, True)
+    acc = iref.depthwise_conv2d_accumulate(x, 117, w, 131, bias, stride, pad, out_hw)
+    want = iref.requantize(acc, multiplier, shift, 3, (0, 255), np.uint8)
+    got = idw.depthwise_conv2d(x, 117, idw.pack_depthwise(w, 131), k, stride, pad, out_hw,
+                               ig.requantization_params(bias, multiplier, shift, 13), 3, (0, 255),
+                               np.empty(want.shape, np.uint8))
+    assert np.array_equal(got, want)
+    assert len(np.unique(want)) > 2
 
 
 @pytest.mark.parametrize("size, k, stride, channels, c_out", [((7, 7), 3, 2, 3, 16), ((9, 6), 3, 1, 3, 13),

@@ -7,12 +7,16 @@ bias becomes bias - zp * sum_t w_t (``fold_zero_point``, once per graph), and a 
 falls in the SAME padding (whose value is zp, which centres to nothing) adds zp * w_t instead of
 a product (``zpw``, a table of k * k * C8 values).  The weights are centred at load
 (``pack_depthwise``).  Each output pixel takes eight channels at a time: k * k widened
-multiply-adds (``vpmulld``) into one ``<8 x i32>`` sum, requantized in registers (``integer_simd.requantized``)
-and stored as bytes straight into the caller's array; a last group of fewer than eight channels
-is loaded and stored lane by lane.  Output rows (image, row) are split over Numba's threads
+multiply-adds into one ``<8 x i32>`` sum (bytes times int16 weights: LLVM emits ``vpmaddwd``
+with zero odd halves), requantized in registers (``integer_simd.requantized``) and stored as
+bytes straight into the caller's array; a last group of fewer than eight channels is loaded
+and stored lane by lane.  A 3 x 3 layer's interior pixels go in blocks of four adjacent ones
+that share the weight vectors and the input columns they have in common: per pixel 4.5 input
+(6.75 at stride 2) and 2.25 weight loads instead of 9 and 9 (the loads, each a widening
+shuffle, bounded the one-pixel loop).  Output rows (image, row) are split over Numba's threads
 (in one run on the calling thread for a small call, ``integer_calls.parts``): each thread calls
 ``depthwise_rows``, a real function (compiled once per input type; a small call runs it from
-Python directly), and the rare paths (``_tail``, ``_pixel_checked``) are real functions too,
+Python directly), and the rare paths (``_group_checked``, ``_pixel_checked``) are real functions too,
 so the code is not inlined -- and compiled -- several times over.
 """
 
@@ -69,26 +73,6 @@ def _load_x(x, at, count):
     return v
 
 
-@kernel(inline=True)
-def _pixel_border3(x, n, h, w_in, c, c8, wts, zpw, iy0, ix0, c0):
-    """``_pixel_checked`` for a 3 x 3 window and eight whole channels: the loops have constant
-    trip counts, so they unroll (the generic path made the border pixels ~10x dearer than the
-    interior ones: the depthwise layers ran at 2-4 GMAC/s against 11 for their interior alone)."""
-    acc = iv.zeros()
-    for dy in range(3):
-        iy = iy0 + dy
-        row_ok = iy >= 0 and iy < h
-        for dx in range(3):
-            ix = ix0 + dx
-            t = (dy * 3 + dx) * c8 + c0
-            if row_ok and ix >= 0 and ix < w_in:
-                acc = iv.mul_add(acc, iv.load_bytes_widened(x, ((n * h + iy) * w_in + ix) * c + c0),
-                                 iv.load_widened(wts, t))
-            else:
-                acc = iv.add(acc, iv.load(zpw, t))
-    return acc
-
-
 @kernel()
 def _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, count):
     """The sums of one output pixel's channels c0..c0+7 whose window starts at (iy0, ix0), taps
@@ -111,65 +95,152 @@ def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h,
           zero_point, lo, hi, out):
     """Output rows (image, row) r0..r1-1 of out [n, out_h, out_w, c] (flat bytes) from x [n, h, w_in, c] (flat bytes), SAME/VALID
     padding given by ``top``/``left``; ``wts`` centred [k, k, C8], ``zpw`` = zp * wts, ``params``
-    with the folded bias.  Pixel by pixel, eight channels at a time (memory in order: keeping the
-    nine weight vectors in registers over a row instead, channel group outermost, measured 3x
-    slower at batch 32 -- the strided walk defeats the prefetcher).  Each row's interior columns
-    (3 x 3 window inside the image) run in a loop of their own with nine unchecked loads per
-    group; the border columns, the channel tail and other kernel sizes take checked paths.
-    (Interior and border in one loop with a branch per pixel measured 4.5-6 GMAC/s on V2's
-    layers; split, 7.3-8.8.)"""
+    with the folded bias.  A 3 x 3 row's interior columns (window inside the image's width) run
+    in blocks of four output pixels at stride 1 and 2, one at a time at other strides or when
+    the interior is narrower than a block; the last block is moved back to end at the last
+    interior column (it recomputes a few pixels rather than taking a path of its own).  In a
+    block the three weight vectors of a window row serve all four pixels, and each input column
+    of the row (6 at stride 1, 9 at stride 2) is loaded once and used by every pixel it reaches.
+    The border columns run one pixel at a time, its first or last input column maybe in the
+    padding.  Window rows above or below the image add zp * w in the blocks themselves.  Eight
+    channels at a time, block outermost (memory in order: keeping the nine weight vectors in
+    registers over a whole row instead, channel group outermost, measured 3x slower at batch 32
+    -- the strided walk defeats the prefetcher).  Padding wider than one column, the channel
+    tail and other kernel sizes take the checked path (``_group_checked``).
+
+    Measured choices: each block size has its own loop over the channel groups (one loop with a
+    branch on the size per group: 10-40% slower on the narrow maps); the blocks' window rows
+    are a loop with a run-time count, which LLVM does not unroll (three unrolled rows with a
+    branch each compiled ~0.2 s longer per input type, no faster); the blocks are written out
+    here rather than as inlined helpers (Numba's inlining pass took 0.3-0.5 s of the pipeline
+    per input type, but the warm-up's total moved by 0.2 s at most, within its noise);
+    requantization in a loop over the block's pixels (one per pixel in the code compiled
+    longer, no faster); blocks of two at stride 2 instead of four: 15-20% slower on the large
+    stride-2 layers, ~10% faster on the 6 x 6 and 12 x 12 maps.  Cost: the cold compile of
+    ``depthwise_rows`` (both input types, with its helpers) went from ~2.3 to ~4 s."""
     c8 = (c + 7) // 8 * 8
     full = c // 8 * 8                                   # channels in whole groups of eight
     row_w = w_in * c
+    block = 4 if stride <= 2 else 1
     for row in range(r0, r1):
         n = row // out_h
         oy = row - n * out_h
         iy0 = oy * stride - top
+        r_lo, r_hi = max(-iy0, 0), min(h - iy0, 3)     # the window rows inside the image
         ox_lo, ox_hi = out_w, out_w                     # the output columns whose window is inside
-        if k == 3 and iy0 >= 0 and iy0 + 3 <= h:
+        if k == 3:
             ox_lo = min((left + stride - 1) // stride, out_w)
             ox_hi = max(min((w_in - 3 + left) // stride + 1, out_w), ox_lo)
-        for ox in range(ox_lo, ox_hi):                  # the interior: no checks, all groups
+        inner = block if ox_hi - ox_lo >= block else 1
+        blocks = (ox_hi - ox_lo + inner - 1) // inner
+        for b in range(out_w - ox_hi + ox_lo + blocks if k == 3 else 0):
+            if b < ox_lo:                               # a border column on the left
+                ox, step = b, 1
+            elif b < ox_lo + blocks:                    # the interior, in blocks
+                ox, step = min(ox_lo + (b - ox_lo) * inner, ox_hi - inner), inner
+            else:                                       # a border column on the right
+                ox, step = ox_hi + b - ox_lo - blocks, 1
             ix0 = ox * stride - left
-            base = ((n * h + iy0) * w_in + ix0) * c
+            span = (step - 1) * stride + 3              # input columns under the block
             o_row = (row * out_w + ox) * c
-            for c0 in range(0, full, 8):
-                a = base + c0
-                acc = iv.mul_add(iv.zeros(), iv.load_bytes_widened(x, a), iv.load_widened(wts, c0))
-                acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + c), iv.load_widened(wts, c8 + c0))
-                acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + 2 * c), iv.load_widened(wts, 2 * c8 + c0))
-                a += row_w
-                acc = iv.mul_add(acc, iv.load_bytes_widened(x, a), iv.load_widened(wts, 3 * c8 + c0))
-                acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + c), iv.load_widened(wts, 4 * c8 + c0))
-                acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + 2 * c), iv.load_widened(wts, 5 * c8 + c0))
-                a += row_w
-                acc = iv.mul_add(acc, iv.load_bytes_widened(x, a), iv.load_widened(wts, 6 * c8 + c0))
-                acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + c), iv.load_widened(wts, 7 * c8 + c0))
-                acc = iv.mul_add(acc, iv.load_bytes_widened(x, a + 2 * c), iv.load_widened(wts, 8 * c8 + c0))
-                iv.store_bytes(out, o_row + c0, iv.requantized(acc, params, scales, rounding, c0, zero_point, lo, hi))
-            if full < c:
-                _tail(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, full, params, scales, rounding, zero_point,
-                      lo, hi, out, o_row)
-        for ox in range(out_w):                         # the border columns (or the whole row)
-            if ox >= ox_lo and ox < ox_hi:
-                continue
-            ix0 = ox * stride - left
-            o_row = (row * out_w + ox) * c
-            for c0 in range(0, full, 8):
-                if k == 3:
-                    acc = _pixel_border3(x, n, h, w_in, c, c8, wts, zpw, iy0, ix0, c0)
-                else:
-                    acc = _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, c - c0)  # >= 8: all eight
-                iv.store_bytes(out, o_row + c0, iv.requantized(acc, params, scales, rounding, c0, zero_point, lo, hi))
-            if full < c:
-                _tail(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, full, params, scales, rounding, zero_point,
-                      lo, hi, out, o_row)
+            wide = ix0 + 1 < 0 or ix0 + span - 2 >= w_in     # padding wider than a column
+            done = 0 if wide else full                  # channels done here; the rest checked
+            first_ok, last_ok = ix0 >= 0, ix0 + span <= w_in
+            a = ((n * h + iy0) * w_in + ix0) * c
+            if step == 4 and stride == 1:               # four pixels, six input columns a row
+                for c0 in range(0, done, 8):
+                    s0, s1, s2, s3 = iv.zeros(), iv.zeros(), iv.zeros(), iv.zeros()
+                    for r in range(r_lo, r_hi):
+                        t = 3 * r * c8 + c0
+                        w0, w1 = iv.load_widened(wts, t), iv.load_widened(wts, t + c8)
+                        w2 = iv.load_widened(wts, t + 2 * c8)
+                        at = a + c0 + r * row_w
+                        s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at), w0)
+                        v = iv.load_bytes_widened(x, at + c)
+                        s0, s1 = iv.mul_add(s0, v, w1), iv.mul_add(s1, v, w0)
+                        v = iv.load_bytes_widened(x, at + 2 * c)
+                        s0, s1, s2 = iv.mul_add(s0, v, w2), iv.mul_add(s1, v, w1), iv.mul_add(s2, v, w0)
+                        v = iv.load_bytes_widened(x, at + 3 * c)
+                        s1, s2, s3 = iv.mul_add(s1, v, w2), iv.mul_add(s2, v, w1), iv.mul_add(s3, v, w0)
+                        v = iv.load_bytes_widened(x, at + 4 * c)
+                        s2, s3 = iv.mul_add(s2, v, w2), iv.mul_add(s3, v, w1)
+                        s3 = iv.mul_add(s3, iv.load_bytes_widened(x, at + 5 * c), w2)
+                    for r in range(3):                  # window rows in the padding: zp * w
+                        if r < r_lo or r >= r_hi:
+                            t = 3 * r * c8 + c0
+                            z = iv.add(iv.add(iv.load(zpw, t), iv.load(zpw, t + c8)), iv.load(zpw, t + 2 * c8))
+                            s0, s1, s2, s3 = iv.add(s0, z), iv.add(s1, z), iv.add(s2, z), iv.add(s3, z)
+                    for p in range(4):
+                        s = s0 if p == 0 else (s1 if p == 1 else (s2 if p == 2 else s3))
+                        iv.store_bytes(out, o_row + p * c + c0, iv.requantized(s, params, scales, rounding, c0,
+                                                                               zero_point, lo, hi))
+            elif step == 4:                             # stride 2: nine input columns a row
+                for c0 in range(0, done, 8):
+                    s0, s1, s2, s3 = iv.zeros(), iv.zeros(), iv.zeros(), iv.zeros()
+                    for r in range(r_lo, r_hi):
+                        t = 3 * r * c8 + c0
+                        w0, w1 = iv.load_widened(wts, t), iv.load_widened(wts, t + c8)
+                        w2 = iv.load_widened(wts, t + 2 * c8)
+                        at = a + c0 + r * row_w
+                        s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at), w0)
+                        s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at + c), w1)
+                        v = iv.load_bytes_widened(x, at + 2 * c)
+                        s0, s1 = iv.mul_add(s0, v, w2), iv.mul_add(s1, v, w0)
+                        s1 = iv.mul_add(s1, iv.load_bytes_widened(x, at + 3 * c), w1)
+                        v = iv.load_bytes_widened(x, at + 4 * c)
+                        s1, s2 = iv.mul_add(s1, v, w2), iv.mul_add(s2, v, w0)
+                        s2 = iv.mul_add(s2, iv.load_bytes_widened(x, at + 5 * c), w1)
+                        v = iv.load_bytes_widened(x, at + 6 * c)
+                        s2, s3 = iv.mul_add(s2, v, w2), iv.mul_add(s3, v, w0)
+                        s3 = iv.mul_add(s3, iv.load_bytes_widened(x, at + 7 * c), w1)
+                        s3 = iv.mul_add(s3, iv.load_bytes_widened(x, at + 8 * c), w2)
+                    for r in range(3):
+                        if r < r_lo or r >= r_hi:
+                            t = 3 * r * c8 + c0
+                            z = iv.add(iv.add(iv.load(zpw, t), iv.load(zpw, t + c8)), iv.load(zpw, t + 2 * c8))
+                            s0, s1, s2, s3 = iv.add(s0, z), iv.add(s1, z), iv.add(s2, z), iv.add(s3, z)
+                    for p in range(4):
+                        s = s0 if p == 0 else (s1 if p == 1 else (s2 if p == 2 else s3))
+                        iv.store_bytes(out, o_row + p * c + c0, iv.requantized(s, params, scales, rounding, c0,
+                                                                               zero_point, lo, hi))
+            else:                                       # one pixel (the rows unrolled: faster here)
+                for c0 in range(0, done, 8):
+                    s0 = iv.zeros()
+                    for r in range(3):
+                        t = 3 * r * c8 + c0
+                        if r >= r_lo and r < r_hi:
+                            at = a + c0 + r * row_w
+                            if first_ok:
+                                s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at), iv.load_widened(wts, t))
+                            else:
+                                s0 = iv.add(s0, iv.load(zpw, t))
+                            s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at + c), iv.load_widened(wts, t + c8))
+                            if last_ok:
+                                s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at + 2 * c),
+                                                iv.load_widened(wts, t + 2 * c8))
+                            else:
+                                s0 = iv.add(s0, iv.load(zpw, t + 2 * c8))
+                        else:                           # a window row in the padding
+                            z = iv.add(iv.add(iv.load(zpw, t), iv.load(zpw, t + c8)), iv.load(zpw, t + 2 * c8))
+                            s0 = iv.add(s0, z)
+                    iv.store_bytes(out, o_row + c0, iv.requantized(s0, params, scales, rounding, c0, zero_point,
+                                                                   lo, hi))
+            for p in range(step):
+                for c0 in range(done, c, 8):
+                    _group_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0 + p * stride, c0, params, scales,
+                                   rounding, zero_point, lo, hi, out, o_row + p * c)
+        for ox in range(out_w if k != 3 else 0):
+            for c0 in range(0, c, 8):
+                _group_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ox * stride - left, c0, params, scales,
+                               rounding, zero_point, lo, hi, out, (row * out_w + ox) * c)
 
 
 @kernel()
-def _tail(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, params, scales, rounding, zero_point, lo, hi, out, o_row):
-    """The last group of fewer than eight channels of one pixel, lane by lane."""
-    count = c - c0
+def _group_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, params, scales, rounding, zero_point, lo, hi, out,
+                   o_row):
+    """Channels c0.. c0+7 (or up to the last) of one pixel, every tap checked, stored lane by lane:
+    the channel tail, other kernel sizes, pixels near padding wider than a column."""
+    count = min(c - c0, 8)
     acc = _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, count)
     r = iv.requantized(acc, params, scales, rounding, c0, zero_point, lo, hi)
     for j in range(count):
