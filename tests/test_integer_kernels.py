@@ -571,6 +571,42 @@ def test_xnnpack_add_and_global_average_kernels_equal_their_twins(rng, dtype, sh
         assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_reference_add_kernel_equals_its_twin(rng, dtype):
+    """The Numba reference ADD gives integer_reference.add's bytes: many random scale triples (inputs
+    either way round, the output scale above and below them, so the output shift is positive and
+    negative), zero points, clamps that bite, and int8 values held as uint8 + 128 with every zero
+    point and clamp + 128 (as the fast graph runs them); its one-value fixed-point multiply against
+    the NumPy one, left shifts and the saturating case included (ADD's own scales never need them)."""
+    from mobilenet_np.kernels import integer_add as iadd
+
+    lo, hi = iref.DTYPE_RANGES[np.dtype(dtype)]
+    varied = 0
+    for _ in range(60):
+        n = int(rng.integers(1, 700))
+        a = rng.integers(lo, hi, n, endpoint=True).astype(dtype)
+        b = rng.integers(lo, hi, n, endpoint=True).astype(dtype)
+        scales = tuple(float(s) for s in 10.0 ** rng.uniform(-3, 0, 3))
+        zps = tuple(int(z) for z in rng.integers(lo, hi, 3, endpoint=True))
+        clamp = (int(rng.integers(lo, lo + 100)), int(rng.integers(hi - 100, hi)))
+        want = iref.add(a, scales[0], zps[0], b, scales[1], zps[1], scales[2], zps[2], clamp, dtype)
+        got = iadd.ReferenceAdd(scales, zps[:2], clamp, zps[2])(a, b, np.empty(n, dtype))
+        assert np.array_equal(got, want)
+        if dtype == np.int8:                    # the same bytes, top bit flipped
+            up = 128
+            shifted = iadd.ReferenceAdd(scales, (zps[0] + up, zps[1] + up), (clamp[0] + up, clamp[1] + up), zps[2] + up)
+            got = shifted(a.view(np.uint8) ^ 0x80, b.view(np.uint8) ^ 0x80, np.empty(n, np.uint8))
+            assert np.array_equal(got ^ 0x80, want.view(np.uint8))
+        varied += len(np.unique(want)) > 2
+    assert varied >= 20                      # most cases are not all clamped
+    cases = [(iref.INT32_MIN, iref.INT32_MIN, 0), (iref.INT32_MIN, iref.INT32_MAX, -3), (5, 1 << 30, 0)]
+    for shift in range(-31, 5):
+        values = rng.integers(-(1 << 31) >> max(shift, 0), (1 << 31) >> max(shift, 0), 40)
+        cases += [(int(v), int(m), shift) for v, m in zip(values, rng.integers(1 << 30, 1 << 31, 40))]
+    for x, multiplier, shift in cases:
+        assert iadd._scaled(x, multiplier, shift) == iref.multiply_by_quantized_multiplier(x, multiplier, shift)
+
+
 def test_bound_calls_and_entry_points_give_the_kernels_bytes(rng):
     """``calls`` of the bound kernels (what the fast graph's plan runs) and ``integer_calls.direct`` (a
     dispatcher's compiled code for exactly these arguments) give the bytes of the bound kernels' own

@@ -15,10 +15,10 @@ most of the difference.  1x1 convolutions at stride 1 go straight to the GEMM, w
 the input bytes as they are (the input zero point folded into the bias at load); other full
 convolutions (the 3x3 stem) read their patches in place (``integer_conv.Conv``); depthwise
 convolutions read the input bytes directly (``integer_depthwise``).  The kernels split their rows
-over Numba's threads (``numba.set_num_threads``).  With ``kernels="xnnpack"`` the ADD and the
-global pools run in Numba too (``kernels/integer_add.py``); softmax is ``integer_softmax.Softmax``
-(tabled exponentials, the same bytes); reshapes and the other kernel sets' ADD and pools stay the
-NumPy reference ops.
+over Numba's threads (``numba.set_num_threads``).  The ADD of same-shape inputs runs in Numba too
+(``kernels/integer_add.py``: XNNPACK's with ``kernels="xnnpack"``, else LiteRT's reference one), and
+with ``kernels="xnnpack"`` the global pools; softmax is ``integer_softmax.Softmax`` (tabled
+exponentials, the same bytes); reshapes and the other kernel sets' pools stay the NumPy reference ops.
 
 int8 activations run as uint8: a plan holds an int8 tensor that a kernel step reads or writes as
 its bytes with the top bit flipped, uint8 = int8 + 128, and the step's zero points and clamps
@@ -26,8 +26,8 @@ its bytes with the top bit flipped, uint8 = int8 + 128, and the step's zero poin
 point, so they give the same bytes + 128 (constant operands are not flipped: an ADD of one keeps
 its zero point); the kernels then need one compiled form (uint8)
 instead of two, ~4 s less of the integer kernels' cold compile.  Steps that are not
-shift-invariant (the NumPy ops: the reference pools' rounding, softmax, FULLY_CONNECTED, and
-the ADD of the reference and optimized kernel sets) get their inputs flipped back (``_flip``,
+shift-invariant (the NumPy ops: the reference pools' rounding, softmax, FULLY_CONNECTED, a
+broadcasting ADD) get their inputs flipped back (``_flip``,
 inserted into the plan), and ``on_op`` and the outputs see int8 as always.  Not here yet: fused layers, a compiled whole-graph executor.
 """
 
@@ -349,20 +349,25 @@ def _prepare_softmax(graph: FastQuantizedGraph, op, options, inputs, scratch):
     return (lambda inputs, out: fast(inputs[0])), None, None, False
 
 
-# XNNPACK's ADD and global pools in Numba (kernels="xnnpack" only; the other sets keep the NumPy ops)
+# The ADD in Numba (XNNPACK's, or LiteRT's reference one for the other kernel sets); XNNPACK's global
+# pools in Numba (kernels="xnnpack" only: the other sets keep the NumPy pools)
 
 def _prepare_add(graph: FastQuantizedGraph, op, options, inputs, scratch):
     a, b = inputs
-    if graph.kernels != "xnnpack" or a.shape != b.shape:        # broadcasting: the NumPy op
+    if a.shape != b.shape:                                      # broadcasting: the NumPy op
         return None
     k, up = op.outputs[0], _shift(graph, op) if graph.dtype(op.inputs[1]) == graph.dtype(op.inputs[0]) else 0
     out_scale, out_zp, out_dtype = graph.scale(k), graph.zero_point(k), graph.dtype(k)
     lo, hi = iref.activation_range(options["activation"], out_scale, out_zp, out_dtype)
     # the plan flips activations only: a constant operand keeps its int8 values and zero point
     ups = [0 if graph.constant(j) is not None else up for j in op.inputs]
-    params = iadd.add_params(graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]) + ups[0],
-                             graph.scale(op.inputs[1]), graph.zero_point(op.inputs[1]) + ups[1], out_scale)
-    kernel = iadd.Add(params, (lo + up, hi + up), out_zp + up)
+    scales = (graph.scale(op.inputs[0]), graph.scale(op.inputs[1]), out_scale)
+    zero_points = (graph.zero_point(op.inputs[0]) + ups[0], graph.zero_point(op.inputs[1]) + ups[1])
+    if graph.kernels == "xnnpack":
+        params = iadd.add_params(scales[0], zero_points[0], scales[1], zero_points[1], out_scale)
+        kernel = iadd.Add(params, (lo + up, hi + up), out_zp + up)
+    else:
+        kernel = iadd.ReferenceAdd(scales, zero_points, (lo + up, hi + up), out_zp + up)
     return _Bound(kernel, 2), a.shape, np.uint8 if up else out_dtype, bool(up)
 
 

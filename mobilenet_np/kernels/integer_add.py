@@ -1,11 +1,20 @@
-"""XNNPACK's quantized ADD and global average pool in Numba (the twins: ``integer_xnnpack.add``
-and ``integer_xnnpack.global_average``, which the tests compare byte for byte).
+"""The quantized ADD (XNNPACK's and LiteRT's reference one) and XNNPACK's global average pool in
+Numba (the twins: ``integer_xnnpack.add``, ``integer_reference.add`` and
+``integer_xnnpack.global_average``, which the tests compare byte for byte).
 
 * ADD: ``add_params`` derives XNNPACK's two integer multipliers, the bias (zero points and the
   rounding half folded in) and the shift from the scales, once per op; ``add_bytes`` is then one
   pass over the elements: bias + a * m_a + b * m_b in int64, arithmetic shift, clamp, zero point.
 * Global average: per image and channel, the int64 sum over the map less count * zero point,
   times one float32 scale, clamped, rounded to nearest even -- in float32, as XNNPACK.
+
+* Reference ADD (the "reference" and "optimized" kernel sets): ``add_reference_bytes`` does
+  ``integer_reference.add`` element by element: both inputs lifted by 2^20 and rescaled with
+  TFLite's fixed-point multiply (the doubling high multiply, then a rounding right shift), summed,
+  rescaled to the output, clamped.  The NumPy twin took ~0.5 ms per ADD of V2 0.5/96 at batch 1.
+
+Both ADDs depend on the inputs less their zero points only, so they run on int8 values held as
+uint8 + 128 with every zero point and clamp + 128 (``forward/quantized_engine.py``).
 
 These replace NumPy passes that allocate several int64 temporaries per op (V2 has ten ADDs).
 """
@@ -14,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .integer_reference import ADD_LEFT_SHIFT, INT32_MAX, INT32_MIN, add_multipliers
 from .integer_xnnpack import ADD_MULTIPLIER_BITS
 from .jit import kernel
 
@@ -58,13 +68,15 @@ class Add:
     """XNNPACK's ADD of same-shape inputs with ``params = add_params(...)``, the clamp and the zero
     point bound once: ``Add(...)(a, b, out)``."""
 
+    kernel = staticmethod(add_bytes)     # (a dispatcher as a plain class attribute would bind as a method)
+
     def __init__(self, params, clamp, out_zero_point):
         m_a, m_b, bias, shift = params
         self.args = (m_a, m_b, bias, shift, clamp[0], clamp[1], out_zero_point)
 
     def __call__(self, a, b, out):
         flat_a, flat_b = np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
-        add_bytes(flat_a, flat_b, *self.args, out.reshape(-1))
+        self.kernel(flat_a, flat_b, *self.args, out.reshape(-1))
         return out
 
     def calls(self, a, b, out):
@@ -72,7 +84,47 @@ class Add:
         graph's plan); None if an input is not C-contiguous."""
         if not (a.flags.c_contiguous and b.flags.c_contiguous):
             return None
-        return [(add_bytes, (a.reshape(-1), b.reshape(-1), *self.args, out.reshape(-1)))]
+        return [(self.kernel, (a.reshape(-1), b.reshape(-1), *self.args, out.reshape(-1)))]
+
+
+@kernel()
+def _scaled(x, multiplier, shift):
+    """``integer_reference.multiply_by_quantized_multiplier`` of one int64 value (rounding ties away from
+    zero): left shift, doubling high multiply (saturating at -2^31 * -2^31), rounding right shift."""
+    x = x << max(shift, 0)
+    if x == INT32_MIN and multiplier == INT32_MIN:
+        high = np.int64(INT32_MAX)
+    else:
+        total = x * multiplier + ((1 << 30) if x * multiplier >= 0 else 1 - (1 << 30))
+        high = total >> 31 if total >= 0 else -((-total) >> 31)
+    right = max(-shift, 0)
+    mask = (np.int64(1) << right) - 1
+    threshold = (mask >> 1) + (1 if high < 0 else 0)
+    return (high >> right) + (1 if (high & mask) > threshold else 0)
+
+
+@kernel()
+def add_reference_bytes(a, b, a_zero_point, b_zero_point, a_mult, a_shift, b_mult, b_shift, out_mult, out_shift,
+                        lo, hi, zero_point, out):
+    """out = clamp(scaled(scaled((a - zp_a) << 20) + scaled((b - zp_b) << 20)) + zp), flat arrays
+    (``integer_reference.add``)."""
+    for i in range(a.size):
+        total = (_scaled((np.int64(a[i]) - a_zero_point) << ADD_LEFT_SHIFT, a_mult, a_shift)
+                 + _scaled((np.int64(b[i]) - b_zero_point) << ADD_LEFT_SHIFT, b_mult, b_shift))
+        v = _scaled(total, out_mult, out_shift) + zero_point
+        out[i] = min(max(v, lo), hi)
+
+
+class ReferenceAdd(Add):
+    """LiteRT's reference ADD of same-shape inputs (scales and zero points bound once):
+    ``ReferenceAdd(...)(a, b, out)``, as ``Add``."""
+
+    kernel = staticmethod(add_reference_bytes)
+
+    def __init__(self, scales, zero_points, clamp, out_zero_point):
+        (a_mult, a_shift), (b_mult, b_shift), (out_mult, out_shift) = add_multipliers(*scales)
+        self.args = (*zero_points, a_mult, a_shift, b_mult, b_shift, out_mult, out_shift, clamp[0], clamp[1],
+                     out_zero_point)
 
 
 def add(a, b, params, clamp, out_zero_point, out):

@@ -165,14 +165,19 @@ def fully_connected_accumulate(x, x_zero_point: int, w, w_zero_point, bias):
     return centred @ w.T + (0 if bias is None else np.asarray(bias, np.int64))
 
 
+def add_multipliers(a_scale, b_scale, out_scale) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """ADD's three (multiplier, shift): each input's to the common scale (twice the larger input
+    scale), and the sum's (lifted by 2^20) to the output scale."""
+    a_scale, b_scale, out_scale = (float(np.float32(s)) for s in (a_scale, b_scale, out_scale))
+    twice_max = 2.0 * max(a_scale, b_scale)
+    return (quantize_multiplier(a_scale / twice_max), quantize_multiplier(b_scale / twice_max),
+            quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out_scale)))
+
+
 def add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, out_scale, out_zero_point, clamp, dtype):
     """Quantized ADD (V2's residuals): both inputs are lifted by 2^20, rescaled to a common scale
     (twice the larger input scale), summed, and the sum rescaled to the output."""
-    a_scale, b_scale, out_scale = (float(np.float32(s)) for s in (a_scale, b_scale, out_scale))
-    twice_max = 2.0 * max(a_scale, b_scale)
-    a_mult, a_shift = quantize_multiplier(a_scale / twice_max)
-    b_mult, b_shift = quantize_multiplier(b_scale / twice_max)
-    out_mult, out_shift = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out_scale))
+    (a_mult, a_shift), (b_mult, b_shift), (out_mult, out_shift) = add_multipliers(a_scale, b_scale, out_scale)
     lifted_a = (np.asarray(a, np.int64) - a_zero_point) << ADD_LEFT_SHIFT
     lifted_b = (np.asarray(b, np.int64) - b_zero_point) << ADD_LEFT_SHIFT
     total = (multiply_by_quantized_multiplier(lifted_a, a_mult, a_shift)
