@@ -117,7 +117,7 @@ class QuantizedMobileNet(MobileNet):
         x = self.quantize_input(images, check_range)
         graph = self.graph(x.shape[1:3])
         order = list(names)
-        with _threads.limit(threads):
+        with _threads.limit(threads, blas=False):      # integer ops only: no BLAS call to limit
             values = graph.run(x, outputs=[names[n] for n in order])
         return {n: (v, graph.scale(names[n]), graph.zero_point(names[n])) for n, v in zip(order, values)}
 
@@ -242,7 +242,7 @@ def warm_up_integer_kernels(threads: int | None = None) -> None:
     from .kernels import integer_calls
     int8 = q.quantize_model(arch, tensors, attrs, ranges, per_channel=True, path="<warm-up>")
     for qw in (int8, _as_uint8(q.quantize_model(arch, tensors, attrs, ranges, per_channel=False, path="<warm-up>"))):
-        with _threads.limit(threads):
+        with _threads.limit(threads, blas=False):
             model = QuantizedMobileNet(qw, input_size=(32, 32))
             model.warm_up()                         # small calls: the one-thread kernels
             serial_below, integer_calls.SERIAL_BELOW = integer_calls.SERIAL_BELOW, 0

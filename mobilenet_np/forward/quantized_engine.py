@@ -349,25 +349,25 @@ def _prepare_softmax(graph: FastQuantizedGraph, op, options, inputs, scratch):
     return (lambda inputs, out: fast(inputs[0])), None, None, False
 
 
-# The ADD in Numba (XNNPACK's, or LiteRT's reference one for the other kernel sets); XNNPACK's global
-# pools in Numba (kernels="xnnpack" only: the other sets keep the NumPy pools)
+# The ADD in Numba (XNNPACK's, or else LiteRT's reference one); XNNPACK's global pools (other sets: NumPy)
 
 def _prepare_add(graph: FastQuantizedGraph, op, options, inputs, scratch):
     a, b = inputs
-    if a.shape != b.shape:                                      # broadcasting: the NumPy op
-        return None
     k, up = op.outputs[0], _shift(graph, op) if graph.dtype(op.inputs[1]) == graph.dtype(op.inputs[0]) else 0
-    out_scale, out_zp, out_dtype = graph.scale(k), graph.zero_point(k), graph.dtype(k)
-    lo, hi = iref.activation_range(options["activation"], out_scale, out_zp, out_dtype)
+    scales = (graph.scale(op.inputs[0]), graph.scale(op.inputs[1]), graph.scale(k))
+    reference = graph.kernels != "xnnpack"
+    if a.shape != b.shape or (reference and iref.add_multipliers(*scales)[2][1] > 0):
+        return None         # broadcasting, or an output multiplier >= 1 (the NumPy op checks the int32 range)
+    out_zp, out_dtype = graph.zero_point(k), graph.dtype(k)
+    lo, hi = iref.activation_range(options["activation"], scales[2], out_zp, out_dtype)
     # the plan flips activations only: a constant operand keeps its int8 values and zero point
     ups = [0 if graph.constant(j) is not None else up for j in op.inputs]
-    scales = (graph.scale(op.inputs[0]), graph.scale(op.inputs[1]), out_scale)
     zero_points = (graph.zero_point(op.inputs[0]) + ups[0], graph.zero_point(op.inputs[1]) + ups[1])
-    if graph.kernels == "xnnpack":
-        params = iadd.add_params(scales[0], zero_points[0], scales[1], zero_points[1], out_scale)
-        kernel = iadd.Add(params, (lo + up, hi + up), out_zp + up)
-    else:
+    if reference:
         kernel = iadd.ReferenceAdd(scales, zero_points, (lo + up, hi + up), out_zp + up)
+    else:
+        kernel = iadd.Add(iadd.add_params(scales[0], zero_points[0], scales[1], zero_points[1], scales[2]),
+                          (lo + up, hi + up), out_zp + up)
     return _Bound(kernel, 2), a.shape, np.uint8 if up else out_dtype, bool(up)
 
 

@@ -143,7 +143,8 @@ class Conv:
     """``conv2d`` bound to its shapes and weights (see ``integer_gemm.Gemm``): the input centred into the middle
     of ``padded`` (``centre_rows``, one call per image, or one for all when there is no padding above or below),
     then ``conv_tasks``.  ``x_dtype``: how the bytes of x are read (the fast graph hands int8 tensors over as
-    uint8 + 128, with the zero point + 128); ``folded`` is not needed (the values are centred) and ignored."""
+    uint8 + 128, with the zero point + 128); ``folded`` is not needed (the values are centred) and ignored.
+    One thread at a time (``padded`` is the object's own; the fast graph's plans are per thread)."""
 
     def __init__(self, x_shape, x_dtype, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point,
                  clamp, rounding="reference", scales=None, folded=None, scratch=(None, None)):
