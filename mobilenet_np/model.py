@@ -111,7 +111,7 @@ class MobileNet:
 
     # --- the forward pass -------------------------------------------------------------------
 
-    def _threads(self, threads: int | None):
+    def _limit_threads(self, threads: int | None):
         """``threads.limit`` for a call of this model's backend (BLAS only if the backend uses it)."""
         return _threads.limit(threads, blas=getattr(self.backend, "uses_blas", True))
 
@@ -141,7 +141,7 @@ class MobileNet:
         """Feature vectors [N, num_features]: the TF-Hub module's ``default`` output (with
         ``pooling="avg"``; see the class notes for "max" and None)."""
         if self.pooling == "avg":
-            with self._threads(threads):
+            with self._limit_threads(threads):
                 return self._run(images, set(), check_range)[0]
         last = self.forward_features(images, threads, check_range)
         return last if self.pooling is None else last.max(axis=(1, 2))
@@ -150,7 +150,7 @@ class MobileNet:
         """The last feature map before pooling, [N, H/32, W/32, num_features] (timm's
         ``forward_features``; the endpoint ``Conv2d_13_pointwise`` / ``layer_19``)."""
         x = self._network_input(images, check_range)
-        with self._threads(threads):
+        with self._limit_threads(threads):
             return self.backend.run(self._geometry(x.shape[1:3]), x).copy()
 
     def feature_maps(self, images, strides=(4, 8, 16, 32), threads: int | None = None,
@@ -169,7 +169,7 @@ class MobileNet:
         """Classifier logits [N, num_classes]; with 1001 classes index 0 is 'background'.
         Always from the average-pooled features the classifier was trained on."""
         self._require_classifier()
-        with self._threads(threads):
+        with self._limit_threads(threads):
             return self.classify(self._run(images, set(), check_range)[0])
 
     def _require_classifier(self) -> None:
@@ -199,7 +199,7 @@ class MobileNet:
         asked = list(available if names is None else [names] if isinstance(names, str) else names)
         targets = endpoint_names.resolve(self.arch, asked, available)
         names = list(dict.fromkeys(targets.values()))
-        with self._threads(threads):
+        with self._limit_threads(threads):
             pooled, found = self._run(images, set(names), check_range)
         if self.arch.pool_endpoint in names:
             found[self.arch.pool_endpoint] = pooled[:, None, None, :].copy()
@@ -246,7 +246,7 @@ class MobileNet:
         x = self._network_input(images)
         geo = self._geometry(x.shape[1:3])
         samples = np.zeros((repeats, len(geo) + 1))
-        with self._threads(threads):
+        with self._limit_threads(threads):
             for r in range(-1, repeats):
                 stamps = [time.perf_counter()]
                 last = self.backend.run(geo, x, lambda i, y: stamps.append(time.perf_counter()))
