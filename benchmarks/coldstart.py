@@ -62,13 +62,22 @@ OURS = {"python": sys.executable, "cwd": REPO, "venv": None}
 
 def use_venv(folder: Path) -> None:
     """Run our processes in the venv ``folder`` (made, with the dependencies, if absent), this checkout
-    pip-installed into it as a user installs it (not editable; reinstalled each time)."""
+    pip-installed into it as a user installs it (not editable; reinstalled each time).  Installed from a
+    copy of the files git tracks (as they are in the working tree): pip builds a local folder in place,
+    and setuptools' ``build/`` there keeps modules deleted since, which went into the venv."""
+    import shutil
     python = folder / "bin" / "python"
-    if not python.exists():
+    fresh = not python.exists()
+    if fresh:
         subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", str(REPO)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", str(REPO)],
-                   check=True)
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout
+    with tempfile.TemporaryDirectory(prefix="mnp-source-") as source:
+        for name in filter(None, tracked.decode().split("\0")):
+            if (REPO / name).is_file():          # (a tracked file deleted in the working tree is left out)
+                (Path(source) / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / name, Path(source) / name)
+        again = [] if fresh else ["--force-reinstall", "--no-deps"]      # (a fresh venv gets the dependencies)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *again, source], check=True)
     OURS.update(python=str(python), cwd=folder, venv=str(folder))
 
 

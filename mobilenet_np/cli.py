@@ -68,8 +68,8 @@ def _warmup(args) -> int:
     a child process while this one compiles the float engine (Numba's compiler is Python code
     under one lock: one process compiles on one core); the child takes the input row's float
     kernel too (``CHILD_KERNELS``), so that the two finish together.  On the 2-core development
-    machine everything took 13.9-14.2 s (2026-12-02; the two processes slow each other down, and
-    both leave without the interpreter's teardown, ``tiered.exit_now``).
+    machine everything took 10.7-13.5 s (2026-12-02, in a fresh venv; the two processes slow each
+    other down, and both leave without the interpreter's teardown, ``tiered.exit_now``).
     Should the child fail, this process compiles what it left."""
     import tempfile
 

@@ -38,7 +38,7 @@ print("compiled", sum(sum(f.stats.cache_misses.values()) - n for f, n in before.
 
 # The input row (a small kernel) for row counts typed int64 and int32: two signatures in one
 # cache index.  Quiet: it is an entry point, whose compile is announced.
-POOL = """
+INPUT_ROW = """
 import numpy as np
 from mobilenet_np.kernels import jit, plan, reference
 from mobilenet_np.kernels.rows import plan_row
@@ -108,11 +108,11 @@ def test_read_only_package_writes_nothing_beside_it(tmp_path):
     os.system(f"chmod -R a-w {site}")
     try:
         home = tmp_path / "home"
-        result = _run(POOL, home, pythonpath=site, extra_env={"PYTHONDONTWRITEBYTECODE": "1"})
+        result = _run(INPUT_ROW, home, pythonpath=site, extra_env={"PYTHONDONTWRITEBYTECODE": "1"})
         assert "hits 0" in result.stdout
         assert sorted(p.relative_to(site) for p in site.rglob("*")) == before
         assert any(f.name.startswith("plan.input_rows") for f in _cache_files(home))
-        warm = _run(POOL, home, pythonpath=site, extra_env={"PYTHONDONTWRITEBYTECODE": "1"})
+        warm = _run(INPUT_ROW, home, pythonpath=site, extra_env={"PYTHONDONTWRITEBYTECODE": "1"})
         assert "hits 2" in warm.stdout, warm.stdout
     finally:
         os.system(f"chmod -R u+w {site}")
@@ -123,7 +123,7 @@ def test_unusable_cache_folder_falls_back_to_no_cache(tmp_path):
     and the kernels still work."""
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    result = _run(POOL, blocker / "home")
+    result = _run(INPUT_ROW, blocker / "home")
     assert "is not writable" in result.stderr and "compiling without a cache" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "hits 0" in result.stdout
@@ -135,12 +135,12 @@ def test_two_cold_processes_at_once(tmp_path):
     home = tmp_path / "home"
     env = {**os.environ, "MOBILENET_NP_HOME": str(home), "PYTHONPATH": str(REPO)}
     env.pop("MOBILENET_NP_JIT_CACHE", None)
-    procs = [subprocess.Popen([sys.executable, "-c", POOL], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-c", INPUT_ROW], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for p in procs:
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err
-    assert "hits 2" in _run(POOL, home).stdout
+    assert "hits 2" in _run(INPUT_ROW, home).stdout
 
 
 def test_compile_message_once_and_quiet(caplog):
