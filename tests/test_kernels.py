@@ -83,7 +83,7 @@ def test_global_mean(rng, n, h, w, c):
 
 @pytest.mark.parametrize("n, h, w", SIZES)
 def test_global_mean_has_the_bytes_of_the_compiled_pool(rng, n, h, w):
-    """The NumPy pool gives the bytes of ``run_plan``'s compiled one (``plan._mean``), also where
+    """The NumPy pool gives the bytes of ``run_plan``'s compiled one (``plan.pool_images``), also where
     the order of the float32 sums shows (values of very different sizes) and for signed zeros."""
     x = (rng.standard_normal((n, h, w, 24)) * 10.0 ** rng.integers(-6, 7, (n, h, w, 24))).astype(np.float32)
     x[..., :4] = -0.0                        # all negative zeros: +0.0 + -0.0 = +0.0
@@ -91,7 +91,7 @@ def test_global_mean_has_the_bytes_of_the_compiled_pool(rng, n, h, w):
     x[..., 8] = np.float32(1e30)
     x[:, -1, -1, 8] = np.float32(-1e30)      # cancels last: the sums' order decides the result
     compiled = np.empty((n, 24), np.float32)
-    plan._mean(x.reshape(-1), n, h * w, 24, compiled)
+    plan.pool_images(x.reshape(-1), 0, n, h * w, 24, compiled)
     got = plan.global_mean(x)
     assert np.array_equal(got.view(np.uint32), compiled.view(np.uint32))
 
@@ -145,3 +145,50 @@ def test_compile_layer_kernels_compiles_each_for_its_declared_signature():
     assert list(plan.LAYER_KERNELS) == ["pointwise_tiles", "depthwise_rows", "stem_tasks", "input_rows"]
     with pytest.raises(KeyError):
         plan.compile_layer_kernels(["no_such_kernel"])
+
+
+@pytest.mark.parametrize("threads, parts", [(1, 2), (1, 3), (2, 2), (2, 3)])
+@pytest.mark.parametrize("batch, per_pass", [(1, 1), (5, 2)])
+def test_shared_passes_give_the_one_thread_bytes_with_any_threads_turning_up(rng, threads, parts, batch, per_pass):
+    """``run_plan`` with ``parts`` > 1 shares every layer's tasks (and the pool) out to the
+    threads of one parallel region (``plan.shared_pass``).  Whatever number of threads actually
+    runs the parts (fewer than ``parts``: one thread then takes everything, in turn), the
+    features are the bytes of the one-thread loop, over several passes too."""
+    import numba
+    from mobilenet_np.forward.engine import NumbaBackend
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip(f"Numba has {numba.config.NUMBA_NUM_THREADS} thread(s) here")
+    architecture = spec.build("mobilenet_v2", 0.35)
+    tensors = {name: rng.standard_normal(shape).astype(np.float32) * np.float32(0.2)
+               for name, shape in architecture.variables(0, folded=True).items()}
+    backend = NumbaBackend(architecture, tensors, folded=True, epsilon=spec.TF_BATCHNORM_EPSILON)
+    geo = spec.geometry(architecture, (40, 40))
+    x = rng.random((batch, 40, 40, 3), dtype=np.float32)
+    one, shared = (np.full((batch, architecture.num_features), np.nan, np.float32) for _ in range(2))
+    backend._features_into(geo, x, 0, batch, per_pass, one, False, 1)
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        for _ in range(3):          # the counters are reused: each call starts them again
+            backend._features_into(geo, x, 0, batch, per_pass, shared, True, parts)
+            assert np.array_equal(shared.view(np.uint32), one.view(np.uint32))
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_sync_add_is_atomic_and_returns_the_value_before():
+    """``sync.add`` from two threads at once loses no increment, and hands out each value once."""
+    import numba
+    from mobilenet_np.kernels import sync
+
+    @numba.njit(parallel=True)
+    def count(counters, seen, steps):
+        for part in numba.prange(2):
+            for _ in range(steps):
+                old = sync.add(counters, 0, 1)
+                seen[old] += 1
+        return sync.load(counters, 0)
+
+    counters, seen = np.zeros(8, np.int64), np.zeros(20000, np.int64)
+    assert count(counters, seen, 10000) == 20000
+    assert (seen == 1).all()

@@ -135,15 +135,25 @@ class NumbaBackend:
         xf = x.reshape(-1)
         parts = parts if parallel else 1
         run_plan = self._kernels.run_plan
+        counters = self._counters(len(plan), n, n, parts)
         if on_layer is None:
             run_plan(xf, n, n, buffers, plan, self._weights, self._biases, taps, parts, _NOT_POOLED, False,
-                     self._kernels.kernel_table())
+                     self._kernels.kernel_table(), counters)
         else:
             for i, g in enumerate(geo):     # layer i is plan row i + 1; row 0 goes with layer 0
                 run_plan(xf, n, n, buffers, plan[i + 1 if i else 0:i + 2], self._weights, self._biases, taps, parts,
-                         _NOT_POOLED, False, self._kernels.kernel_table())
+                         _NOT_POOLED, False, self._kernels.kernel_table(), counters)
                 on_layer(i, self._output(plan[i + 1], g, n, buffers))
         return self._output(plan[-1], geo[-1], n, buffers)
+
+    def _counters(self, plan_rows: int, n: int, per_pass: int, parts: int) -> np.ndarray:
+        """This thread's int64 counters for ``run_plan``'s shared passes (grown when needed;
+        ``run_plan`` zeroes what it uses)."""
+        size = self._kernels.counters_size(plan_rows, n, per_pass, parts) if parts > 1 else 1
+        counters = getattr(self._local, "counters", None)
+        if counters is None or counters.size < size:
+            counters = self._local.counters = np.zeros(size, np.int64)
+        return counters
 
     def _output(self, row, g: spec.LayerGeometry, n: int, buffers: np.ndarray) -> np.ndarray:
         size = n * g.out_elements
@@ -228,9 +238,10 @@ class NumbaBackend:
         compiled call: each layer split over the threads (``parallel``), or all on the calling
         thread."""
         plan, taps, buffers = self._plan(geo, min(chunk, stop - start))
+        parts = threads if parallel else 1
         self._kernels.run_plan(x[start:stop].reshape(-1), stop - start, chunk, buffers, plan, self._weights,
-                               self._biases, taps, threads if parallel else 1, out[start:stop], True,
-                               self._kernels.kernel_table())
+                               self._biases, taps, parts, out[start:stop], True, self._kernels.kernel_table(),
+                               self._counters(len(plan), stop - start, chunk, parts))
 
     def _thread_pool(self, threads: int):
         """Worker threads for batch chunks (kept: starting threads per call costs more than a

@@ -34,7 +34,7 @@ import functools
 import numpy as np
 from numba import prange, types
 
-from . import simd
+from . import simd, sync
 from .depthwise import depthwise_rows
 from .gemm import LANES, _gemm_tasks, _run, pointwise_tiles
 from .jit import kernel
@@ -86,11 +86,16 @@ DEPTHWISE = (_I64, _INT, _INT, _F32, _F32, _F32, _F32, _INT)
 STEM = (_I64, _INT, _INT, _F32, _I64, _F32, _F32, _F32, _INT)
 INPUT_ROWS = (_I64, _INT, _INT, _F32, _F32, _INT)
 ROW_TASKS = (_I64, _INT, _INT, _F32, types.float32[:, ::1], _F32, _F32, _I64, _INT, _I64)
+POOL_IMAGES = (_F32, _INT, _INT, _INT, _INT, types.float32[:, ::1])
+SHARED_PASS = (_F32, _INT, _INT, types.float32[:, ::1], types.int64[:, ::1], _F32, _F32, _I64, types.float32[:, ::1],
+               types.boolean, _I64, _I64, _INT, _INT)
 _call_pointwise = by_address("pointwise_tiles", POINTWISE)
 _call_depthwise = by_address("depthwise_rows", DEPTHWISE)
 _call_stem = by_address("stem_tasks", STEM)
 _call_input = by_address("input_rows", INPUT_ROWS)
 _call_rows = by_address("row_tasks", ROW_TASKS)
+_call_shared = by_address("shared_pass", SHARED_PASS)
+_call_pool = by_address("pool_images", POOL_IMAGES)
 
 
 # In the order of ``kernel_table``.
@@ -103,8 +108,9 @@ def kernel_table() -> np.ndarray:
     """The addresses of the layer kernels for ``run_plan``'s ``table`` argument, in the order
     pointwise, depthwise, stem, input (``LAYER_KERNELS``), then ``row_tasks`` (which calls the
     first four); compiled or loaded from the cache on first use."""
-    return np.array([address(*LAYER_KERNELS[name]) for name in LAYER_KERNELS] + [address(row_tasks, ROW_TASKS)],
-                    np.int64)
+    return np.array([address(*LAYER_KERNELS[name]) for name in LAYER_KERNELS]
+                    + [address(row_tasks, ROW_TASKS), address(shared_pass, SHARED_PASS),
+                       address(pool_images, POOL_IMAGES)], np.int64)
 
 
 def compile_layer_kernels(names) -> None:
@@ -133,10 +139,9 @@ def _tasks(op, n_img):
 
 
 @kernel()
-def row_tasks(op, part, parts, x, buffers, weights, biases, taps, n_img, table):
-    """Run ``part`` of ``parts`` (``gemm._run``) of the tasks of one plan row over a pass of
-    ``n_img`` images, by the row's kernel in ``table`` (``kernel_table``)."""
-    t0, t1 = _run(_tasks(op, n_img), part, parts)
+def row_tasks(op, t0, t1, x, buffers, weights, biases, taps, n_img, table):
+    """Run tasks t0..t1-1 of one plan row over a pass of ``n_img`` images (``_tasks`` counts
+    them), by the row's kernel in ``table`` (``kernel_table``)."""
     src = _operand(x, buffers, op[OP_SRC])
     dst = buffers[op[OP_DST]]
     w = weights[op[OP_W]:op[OP_W] + op[OP_W_LEN]]
@@ -152,16 +157,93 @@ def row_tasks(op, part, parts, x, buffers, weights, biases, taps, n_img, table):
         _call_stem(table[2], (op, t0, t1, src, taps[op[OP_TAPS]:op[OP_TAPS] + op[OP_TAPS_LEN]], w, b, dst, n_img))
 
 
+# Shared passes: each step (a plan row, or the pool) has one cache line of counters per part q:
+# [0] tasks of q's run taken, [1] tasks finished by thread q.  Each thread counts on its own
+# line, which stays in its core's cache unless another thread comes to take from its run.
+LINE = 8        # int64s per 64-byte cache line
+GRAINS = 4      # a part's run is taken in about this many grabs
+
+
+@kernel(inline=True)
+def counters_size_of(plan_rows, n_img, per_pass, parts):
+    """The length of the int64 ``counters`` array ``run_plan`` needs (``counters_size``)."""
+    passes = (n_img + per_pass - 1) // per_pass
+    return passes * (plan_rows + 1) * parts * LINE
+
+
+counters_size = counters_size_of.py_func
+
+
+@kernel()
+def shared_pass(x, n_img, per_pass, buffers, plan, weights, biases, taps, pooled, pool, table, counters, part,
+                parts):
+    """Thread ``part`` of ``parts`` in ``run_plan``'s one parallel region: every step (each row
+    of the plan, then the pool if asked, per pass of ``per_pass`` images) has its tasks cut into
+    ``parts`` contiguous runs, as the static split of a ``prange`` would.  The thread takes its
+    own run a few tasks at a time, then what is left of the others' (a thread that falls
+    behind, descheduled by a busy neighbour, say, loses tasks to the others rather than holding
+    them up), counts what it finished, and waits until all of the step's tasks are finished
+    before the next step reads them.  A task is taken once, by one thread, so the results are
+    those of one thread running every task in turn (any number of threads that turn up: one
+    thread alone takes all)."""
+    first = plan[0]
+    in_size = first[OP_IN_H] * first[OP_IN_W] * first[OP_IN_C]
+    rows = plan.shape[0]
+    last = plan[rows - 1]
+    pixels, chans = last[OP_OUT_H] * last[OP_OUT_W], last[OP_OUT_C]
+    steps = rows + 1 if pool else rows
+    at_step = 0
+    for at in range(0, n_img, per_pass):
+        count = min(per_pass, n_img - at)
+        xs = x if count == n_img else x[at * in_size:(at + count) * in_size]
+        for i in range(steps):
+            op = plan[min(i, rows - 1)]
+            tasks = _tasks(op, count) if i < rows else count
+            base = at_step * parts * LINE
+            at_step += 1
+            finished = 0
+            for k in range(parts):
+                q = (part + k) % parts
+                lo, hi = _run(tasks, q, parts)
+                grain = max(1, (hi - lo) // GRAINS)
+                taken = base + q * LINE
+                while k == 0 or lo + sync.load(counters, taken) < hi:   # (look before taking from others)
+                    t0 = lo + sync.add(counters, taken, grain)
+                    if t0 >= hi:
+                        break
+                    t1 = min(t0 + grain, hi)
+                    if i < rows:
+                        _call_rows(table[4], (op, t0, t1, xs, buffers, weights, biases, taps, count, table))
+                    else:
+                        _call_pool(table[6], (buffers[last[OP_DST]], t0, t1, pixels, chans, pooled[at:at + count]))
+                    finished += t1 - t0
+            sync.add(counters, base + part * LINE + 1, finished)
+            while True:
+                done = 0
+                for q in range(parts):
+                    done += sync.load(counters, base + q * LINE + 1)
+                if done >= tasks:
+                    break
+                sync.pause()
+
+
 @kernel(parallel=True)
-def run_plan(x, n_img, per_pass, buffers, plan, weights, biases, taps, parts, pooled, pool, table):
+def run_plan(x, n_img, per_pass, buffers, plan, weights, biases, taps, parts, pooled, pool, table, counters):
     """Run the layers of ``plan`` on a batch of ``n_img`` images, x flat [N, H, W, C], in
     passes of ``per_pass`` images: layer outputs go to rows of ``buffers`` (each pass
     overwrites the last), weights/biases/taps are slices of one flat array each.  One compiled
-    call for the whole batch: no interpreter work between layers.  ``parts`` > 1: each layer's
-    tasks in ``parts`` contiguous runs for Numba's threads (give the thread count: as a static
-    ``prange`` over the tasks would split them; an argument because a kernel that calls
-    ``numba.get_num_threads`` cannot be cached).  ``pool``: each pass's last output averaged
-    into its rows of ``pooled`` [N, C].  ``table``: the layer kernels (``kernel_table()``)."""
+    call for the whole batch: no interpreter work between layers.  ``parts`` > 1: one parallel
+    region of ``parts`` threads that share out every layer's tasks (``shared_pass``; give the
+    thread count: an argument because a kernel that calls ``numba.get_num_threads`` cannot be
+    cached), with ``counters`` of ``counters_size`` int64s.  ``pool``: each pass's last output
+    averaged into its rows of ``pooled`` [N, C].  ``table``: the kernels (``kernel_table()``)."""
+    if parts > 1:
+        for i in range(counters_size_of(plan.shape[0], n_img, per_pass, parts)):
+            counters[i] = 0
+        for part in prange(parts):      # the index is unsigned in the prange's body
+            _call_shared(table[5], (x, n_img, per_pass, buffers, plan, weights, biases, taps, pooled, pool, table,
+                                    counters, np.int64(part), parts))
+        return
     first = plan[0]
     in_size = first[OP_IN_H] * first[OP_IN_W] * first[OP_IN_C]
     last = plan[plan.shape[0] - 1]
@@ -171,25 +253,21 @@ def run_plan(x, n_img, per_pass, buffers, plan, weights, biases, taps, parts, po
         xs = x if count == n_img else x[at * in_size:(at + count) * in_size]
         for i in range(plan.shape[0]):
             op = plan[i]
-            if parts <= 1:
-                _call_rows(table[4], (op, zero, zero + 1, xs, buffers, weights, biases, taps, count, table))
-            else:
-                for part in prange(parts):      # the index is unsigned in the prange's body
-                    _call_rows(table[4], (op, np.int64(part), parts, xs, buffers, weights, biases, taps, count,
-                                          table))
+            _call_rows(table[4], (op, zero, _tasks(op, count), xs, buffers, weights, biases, taps, count, table))
         if pool:
-            _mean(buffers[last[OP_DST]], count, last[OP_OUT_H] * last[OP_OUT_W], last[OP_OUT_C],
-                  pooled[at:at + count])
+            _call_pool(table[6], (buffers[last[OP_DST]], zero, zero + count, last[OP_OUT_H] * last[OP_OUT_W],
+                                  last[OP_OUT_C], pooled[at:at + count]))
 
 
 # --- the pool -------------------------------------------------------------------------------
 
-@kernel(inline=True)
-def _mean(xf, n_img, pixels, chans, out):
-    """Mean over the pixels of each image: xf flat [N, pixels, C] -> out [N, C]; float32 sums
-    in row-major pixel order."""
+@kernel()
+def pool_images(xf, n0, n1, pixels, chans, out):
+    """Mean over the pixels of images n0..n1-1: xf flat [N, pixels, C] -> out [N, C]; float32
+    sums in row-major pixel order.  (Called by address, ``table.py``: compiled once for the
+    one-thread loop and the shared passes.)"""
     count = np.float32(pixels)
-    for n in range(n_img):
+    for n in range(n0, n1):
         acc = out[n]
         for c in range(chans):
             acc[c] = 0.0
@@ -202,7 +280,7 @@ def _mean(xf, n_img, pixels, chans, out):
 
 def global_mean(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Mean over H and W: x [N,H,W,C] -> out [N,C], in NumPy, with the bytes of ``run_plan``'s
-    compiled pool (``_mean``): float32 sums from +0.0 over the pixels in row-major order (one
+    compiled pool (``pool_images``): float32 sums from +0.0 over the pixels in row-major order (one
     elementwise add per pixel), then a division by float32(H * W).  (Compiled, this loop cost
     ~0.9 s of the cold compile; NumPy takes ~50 us for a 7x7 image.)"""
     n_img, height, width, chans = x.shape
