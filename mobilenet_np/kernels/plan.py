@@ -7,16 +7,18 @@ with its operands sliced out of three rotating activation buffers and one flat a
 weights, biases and stem tap offsets.  Row 0 of a plan (``KIND_INPUT``) maps the images to
 x * 2 - 1 inside the stem's zero padding.
 
-``run_plan`` is the engine's one entry point.  With ``parts`` > 1 it splits every layer's tasks
-into ``parts`` contiguous runs for Numba's threads (one ``prange`` per layer); with ``parts`` = 1
-it runs every layer on the calling thread without touching the parallel runtime.  It runs a
-batch a few images per pass and, if asked, averages each pass's last output into ``pooled``.
-What one thread does for one row (count the row's tasks, take its share, slice the operands,
-call the layer kernel) is ``row_tasks``, a kernel of its own that ``run_plan`` also calls by
-address, from its one-thread loop and from its ``prange``: Numba's parfor lowering compiles a
-``prange`` body once more as a function of its own: with that body inlined, ``run_plan`` took
-~4 s to compile (2 s of it the parfor lowering), with a body of one call ~1.8 s, and
-``row_tasks`` ~0.7 s (medians on the loaded 2-core machine, 2026-12).
+``run_plan`` is the engine's one entry point.  With ``parts`` = 1 it runs every layer on the
+calling thread without touching the parallel runtime.  With ``parts`` > 1 it opens one parallel
+region for the whole call (a ``prange`` over the parts; one per layer cost ~2.4 us each, ~130 us
+per V2 image), in which each thread runs ``shared_pass``: every layer's tasks, cut into
+``parts`` contiguous runs, are taken from atomic counters (``sync.py``), a thread's own run
+first, and each thread waits until the layer's tasks are all finished before the next one.
+It runs a batch a few images per pass and, if asked, averages each pass's last output into
+``pooled`` (``pool_images``).  What a thread does with a range of one row's tasks (slice the
+operands, call the layer kernel) is ``row_tasks``, a kernel of its own called by address from
+the one-thread loop and from ``shared_pass``: Numba's parfor lowering compiles a ``prange``
+body once more as a function of its own, and with the layer code inlined there ``run_plan``
+took ~4 s to compile (2 s of it the parfor lowering); with a body of one call ~1.8 s.
 
 Why one entry point: Numba compiles each compiled function that calls another by linking the
 callee's code into its own and optimising the whole again, so every wrapper level (a serial and
@@ -79,7 +81,8 @@ def input_rows(op, r0, r1, x, out, n_img):
 
 
 # The kernels called by address (``table.py``), each with its one signature: the layer kernels
-# (by ``row_tasks``) and ``row_tasks`` (by ``run_plan``).
+# (by ``row_tasks``), ``row_tasks`` (by ``run_plan`` and ``shared_pass``), ``shared_pass`` (by
+# ``run_plan``'s ``prange``) and the pool.
 _F32, _I64, _INT = types.float32[::1], types.int64[::1], types.int64
 POINTWISE = (_I64, _INT, _INT, _F32, _F32, _F32, _F32, _F32, _INT)
 DEPTHWISE = (_I64, _INT, _INT, _F32, _F32, _F32, _F32, _INT)
@@ -105,9 +108,10 @@ LAYER_KERNELS = {"pointwise_tiles": (pointwise_tiles, POINTWISE), "depthwise_row
 
 @functools.cache
 def kernel_table() -> np.ndarray:
-    """The addresses of the layer kernels for ``run_plan``'s ``table`` argument, in the order
+    """The addresses of the kernels for ``run_plan``'s ``table`` argument, in the order
     pointwise, depthwise, stem, input (``LAYER_KERNELS``), then ``row_tasks`` (which calls the
-    first four); compiled or loaded from the cache on first use."""
+    first four), ``shared_pass`` and ``pool_images``; compiled or loaded from the cache on first
+    use."""
     return np.array([address(*LAYER_KERNELS[name]) for name in LAYER_KERNELS]
                     + [address(row_tasks, ROW_TASKS), address(shared_pass, SHARED_PASS),
                        address(pool_images, POOL_IMAGES)], np.int64)

@@ -10,13 +10,14 @@ Here ``run_plan`` instead receives a small table of the kernels' machine-code ad
 in Python by ``address``, once per process) and calls them through ``by_address``: an
 ``@intrinsic`` that emits an indirect call with Numba's own calling convention.  Each kernel is
 compiled (and cached) once, on its own; ``run_plan`` compiles to a few loops.  (Since 2026-12
-the layer kernels are called by ``plan.row_tasks``, itself called by address from both places,
-so that the ``prange`` body Numba compiles again is one call: ``run_plan`` 4.1 -> 1.8 s, with
-``row_tasks`` 0.7 s.)  The price is one indirect call per layer and thread, against the
-microseconds a layer takes.
+the layer kernels are called by ``plan.row_tasks``, itself called by address from the
+one-thread loop and from ``plan.shared_pass``, which is the ``prange`` body Numba compiles
+again, a single call: ``run_plan`` 4.1 -> 1.8 s, with ``row_tasks`` 0.7 s.)  The price is one
+indirect call per layer and task range, against the microseconds a layer takes.
 
 The calling convention must match exactly, so each kernel has one declared signature
-(``POINTWISE``, ``DEPTHWISE``, ``STEM``, ``INPUT_ROWS``, ``ROW_TASKS`` in ``plan.py``): ``address`` compiles
+(``POINTWISE``, ``DEPTHWISE``, ``STEM``, ``INPUT_ROWS``, ``ROW_TASKS``, ``SHARED_PASS``, ``POOL_IMAGES`` in
+``plan.py``): ``address`` compiles
 the kernel for exactly that signature, and ``by_address`` refuses, when ``run_plan`` is
 compiled, a call whose argument types differ from it.  A wrong address cannot be caught; the
 addresses come only from ``address``.
