@@ -83,7 +83,7 @@ def test_global_mean(rng, n, h, w, c):
 
 @pytest.mark.parametrize("n, h, w", SIZES)
 def test_global_mean_has_the_bytes_of_the_compiled_pool(rng, n, h, w):
-    """The NumPy pool gives the bytes of ``run_plan``'s compiled one (``plan.pool_images``), also where
+    """The NumPy pool gives the bytes of ``run_plan``'s compiled one (``plan.pool_tasks``), also where
     the order of the float32 sums shows (values of very different sizes) and for signed zeros."""
     x = (rng.standard_normal((n, h, w, 24)) * 10.0 ** rng.integers(-6, 7, (n, h, w, 24))).astype(np.float32)
     x[..., :4] = -0.0                        # all negative zeros: +0.0 + -0.0 = +0.0
@@ -91,7 +91,7 @@ def test_global_mean_has_the_bytes_of_the_compiled_pool(rng, n, h, w):
     x[..., 8] = np.float32(1e30)
     x[:, -1, -1, 8] = np.float32(-1e30)      # cancels last: the sums' order decides the result
     compiled = np.empty((n, 24), np.float32)
-    plan.pool_images(x.reshape(-1), 0, n, h * w, 24, compiled)
+    plan.pool_tasks(x.reshape(-1), 0, n, h * w, 24, compiled)       # 24 channels: one task per image
     got = plan.global_mean(x)
     assert np.array_equal(got.view(np.uint32), compiled.view(np.uint32))
 

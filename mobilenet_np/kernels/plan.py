@@ -14,7 +14,7 @@ per V2 image), in which each thread runs ``shared_pass``: every layer's tasks, c
 ``parts`` contiguous runs, are taken from atomic counters (``sync.py``), a thread's own run
 first, and each thread waits until the layer's tasks are all finished before the next one.
 It runs a batch a few images per pass and, if asked, averages each pass's last output into
-``pooled`` (``pool_images``).  What a thread does with a range of one row's tasks (slice the
+``pooled`` (``pool_tasks``).  What a thread does with a range of one row's tasks (slice the
 operands, call the layer kernel) is ``row_tasks``, a kernel of its own called by address from
 the one-thread loop and from ``shared_pass``: Numba's parfor lowering compiles a ``prange``
 body once more as a function of its own, and with the layer code inlined there ``run_plan``
@@ -89,7 +89,7 @@ DEPTHWISE = (_I64, _INT, _INT, _F32, _F32, _F32, _F32, _INT)
 STEM = (_I64, _INT, _INT, _F32, _I64, _F32, _F32, _F32, _INT)
 INPUT_ROWS = (_I64, _INT, _INT, _F32, _F32, _INT)
 ROW_TASKS = (_I64, _INT, _INT, _F32, types.float32[:, ::1], _F32, _F32, _I64, _INT, _I64)
-POOL_IMAGES = (_F32, _INT, _INT, _INT, _INT, types.float32[:, ::1])
+POOL_TASKS = (_F32, _INT, _INT, _INT, _INT, types.float32[:, ::1])
 SHARED_PASS = (_F32, _INT, _INT, types.float32[:, ::1], types.int64[:, ::1], _F32, _F32, _I64, types.float32[:, ::1],
                types.boolean, _I64, _I64, _INT, _INT)
 _call_pointwise = by_address("pointwise_tiles", POINTWISE)
@@ -98,7 +98,7 @@ _call_stem = by_address("stem_tasks", STEM)
 _call_input = by_address("input_rows", INPUT_ROWS)
 _call_rows = by_address("row_tasks", ROW_TASKS)
 _call_shared = by_address("shared_pass", SHARED_PASS)
-_call_pool = by_address("pool_images", POOL_IMAGES)
+_call_pool = by_address("pool_tasks", POOL_TASKS)
 
 
 # In the order of ``kernel_table``.
@@ -110,11 +110,11 @@ LAYER_KERNELS = {"pointwise_tiles": (pointwise_tiles, POINTWISE), "depthwise_row
 def kernel_table() -> np.ndarray:
     """The addresses of the kernels for ``run_plan``'s ``table`` argument, in the order
     pointwise, depthwise, stem, input (``LAYER_KERNELS``), then ``row_tasks`` (which calls the
-    first four), ``shared_pass`` and ``pool_images``; compiled or loaded from the cache on first
+    first four), ``shared_pass`` and ``pool_tasks``; compiled or loaded from the cache on first
     use."""
     return np.array([address(*LAYER_KERNELS[name]) for name in LAYER_KERNELS]
                     + [address(row_tasks, ROW_TASKS), address(shared_pass, SHARED_PASS),
-                       address(pool_images, POOL_IMAGES)], np.int64)
+                       address(pool_tasks, POOL_TASKS)], np.int64)
 
 
 def compile_layer_kernels(names) -> None:
@@ -202,7 +202,7 @@ def shared_pass(x, n_img, per_pass, buffers, plan, weights, biases, taps, pooled
         xs = x if count == n_img else x[at * in_size:(at + count) * in_size]
         for i in range(steps):
             op = plan[min(i, rows - 1)]
-            tasks = _tasks(op, count) if i < rows else count
+            tasks = _tasks(op, count) if i < rows else _pool_tasks(count, chans)
             base = at_step * parts * LINE
             at_step += 1
             finished = 0
@@ -259,32 +259,46 @@ def run_plan(x, n_img, per_pass, buffers, plan, weights, biases, taps, parts, po
             op = plan[i]
             _call_rows(table[4], (op, zero, _tasks(op, count), xs, buffers, weights, biases, taps, count, table))
         if pool:
-            _call_pool(table[6], (buffers[last[OP_DST]], zero, zero + count, last[OP_OUT_H] * last[OP_OUT_W],
-                                  last[OP_OUT_C], pooled[at:at + count]))
+            _call_pool(table[6], (buffers[last[OP_DST]], zero, _pool_tasks(count, last[OP_OUT_C]),
+                                  last[OP_OUT_H] * last[OP_OUT_W], last[OP_OUT_C], pooled[at:at + count]))
 
 
 # --- the pool -------------------------------------------------------------------------------
 
+POOL_CHANNELS = 128    # channels per task of the pool (so that two threads share one image's)
+
+
+@kernel(inline=True)
+def _pool_tasks(n_img, chans):
+    return n_img * ((chans + POOL_CHANNELS - 1) // POOL_CHANNELS)
+
+
 @kernel()
-def pool_images(xf, n0, n1, pixels, chans, out):
-    """Mean over the pixels of images n0..n1-1: xf flat [N, pixels, C] -> out [N, C]; float32
-    sums in row-major pixel order.  (Called by address, ``table.py``: compiled once for the
-    one-thread loop and the shared passes.)"""
+def pool_tasks(xf, t0, t1, pixels, chans, out):
+    """Tasks t0..t1-1 of the mean over the pixels of each image: xf flat [N, pixels, C] ->
+    out [N, C].  Task t is one image's block of POOL_CHANNELS channels (image t // blocks,
+    ``_pool_tasks`` counts them); each channel's float32 sum runs over the pixels in row-major
+    order.  (Called by address, ``table.py``: compiled once for the one-thread loop and the
+    shared passes.)"""
+    blocks = (chans + POOL_CHANNELS - 1) // POOL_CHANNELS
     count = np.float32(pixels)
-    for n in range(n0, n1):
+    for t in range(t0, t1):
+        n = t // blocks
+        c0 = (t % blocks) * POOL_CHANNELS
+        c1 = min(chans, c0 + POOL_CHANNELS)
         acc = out[n]
-        for c in range(chans):
+        for c in range(c0, c1):
             acc[c] = 0.0
         for p in range(n * pixels, (n + 1) * pixels):
-            for c in range(chans):
+            for c in range(c0, c1):
                 acc[c] += xf[p * chans + c]
-        for c in range(chans):
+        for c in range(c0, c1):
             acc[c] /= count      # divide, as TF's mean does, rather than multiply by 1/count
 
 
 def global_mean(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Mean over H and W: x [N,H,W,C] -> out [N,C], in NumPy, with the bytes of ``run_plan``'s
-    compiled pool (``pool_images``): float32 sums from +0.0 over the pixels in row-major order (one
+    compiled pool (``pool_tasks``): float32 sums from +0.0 over the pixels in row-major order (one
     elementwise add per pixel), then a division by float32(H * W).  (Compiled, this loop cost
     ~0.9 s of the cold compile; NumPy takes ~50 us for a 7x7 image.)"""
     n_img, height, width, chans = x.shape
