@@ -136,3 +136,20 @@ def test_report_sections_compute_ratios_and_peak_shares():
     peak = "\n".join(run.profile_peak_lines({"profiles": {"2": {"v2": rows}}, "model_labels": results["model_labels"]}))
     assert f"{run.SGEMM_PEAK_GMACS:g} GMAC/s per core" in peak
     assert "| V2 0.5_96 | 2 | 0.200 | 48.0 (50%) | 50%, 96.0 (100%) |" in peak
+
+
+def test_in_process_ab_runs_two_commits_side_by_side(tmp_path):
+    """``benchmarks.ab_inprocess`` imports an older commit's engine beside this one (as
+    ``mnp_old``), checks that both give the same features, and reports a ratio per model and way.
+    Against HEAD itself, in a child process (the old package goes on its sys.path)."""
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "MOBILENET_NP_HOME": str(tmp_path / "home"), "MOBILENET_NP_QUIET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ab_inprocess", "HEAD", "--rounds", "2", "--calls", "1"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| v")]
+    assert [row.split("|")[1:3] for row in rows] == [[" v1 ", " serial "], [" v1 ", " split "],
+                                                      [" v2 ", " serial "], [" v2 ", " split "]]
+    assert all(float(row.split("|")[5].split()[0]) > 0 for row in rows)
