@@ -188,8 +188,8 @@ def shared_pass(x, n_img, per_pass, buffers, plan, weights, biases, taps, pooled
     behind, descheduled by a busy neighbour, say, loses tasks to the others rather than holding
     them up), counts what it finished, and waits until all of the step's tasks are finished
     before the next step reads them.  A task is taken once, by one thread, so the results are
-    those of one thread running every task in turn (any number of threads that turn up: one
-    thread alone takes all)."""
+    those of one thread running every task in turn, however many threads turn up (one thread
+    alone takes them all)."""
     first = plan[0]
     in_size = first[OP_IN_H] * first[OP_IN_W] * first[OP_IN_C]
     rows = plan.shape[0]

@@ -1,17 +1,17 @@
 """Atomic counters for Numba kernels whose threads share out work: three LLVM instructions.
 
-``plan.run_plan`` runs a forward pass on several threads with one parallel region for the whole
+``plan.run_plan`` runs a forward pass on several threads in one parallel region for the whole
 pass rather than one per layer (a region costs ~2.4 us to open and close with OpenMP's threads
-already spinning; V2 has 54 layers).  Inside it, the threads take each layer's tasks a few at a
-time from shared counters (``add``), count the tasks they finish on another (``add``),
-and wait for that count (``load``) before the next layer reads what this one wrote.
+already spinning; a V2 plan has 54 rows).  Inside it, the threads take each layer's tasks a few
+at a time from shared counters (``add``), count the tasks they finish on others (``add``), and
+wait for those counts (``load``) before the next layer reads what this one wrote.
 
 Why intrinsics: a plain read of an array element in a loop that waits for another thread may be
 read once and kept in a register (nothing in the loop writes it), and plain writes may be moved
-past the count that announces them.  ``load`` is an acquire load and ``add`` is a
-read-modify-write with acquire-release order, so whatever a thread wrote before counting it
-finished is visible to a thread whose ``load`` sees the new count.  ``pause`` is x86's spin-wait hint (lets
-the core's other work run and saves power while waiting); elsewhere it does nothing.
+past the count that announces them.  ``load`` is an acquire load and ``add`` a read-modify-write
+with acquire-release order, so whatever a thread wrote before counting it finished is visible to
+a thread whose ``load`` sees the new count.  ``pause`` is x86's spin-wait hint (it lets the
+core's other work run and saves power while waiting); elsewhere it does nothing.
 
 Counters are int64 elements of a 1-D C-contiguous array; indices are not bounds-checked.
 """
