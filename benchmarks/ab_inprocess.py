@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     import numba
 
     import mobilenet_np as mnp
+    from mobilenet_np.forward.engine import chunk_images
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     with tempfile.TemporaryDirectory(prefix="mnp-ab-inprocess-") as tmp:
         old = old_package(args.old, Path(tmp))
@@ -69,13 +70,13 @@ def main(argv=None) -> int:
                  "| model | way | old ms | new ms | new/old |", "|---|---|---|---|---|"]
         for key, arch, size in MODELS:
             model = mnp.build(arch, 0.5, size, num_classes=0, seed=20261122)
+            old_arch = old.spec.build(arch, 0.5)
             engines = {"new": model.backend,
-                       "old": old.forward.engine.NumbaBackend(old.spec.build(arch, 0.5), model.tensors, model.folded,
+                       "old": old.forward.engine.NumbaBackend(old_arch, model.tensors, model.folded,
                                                               old.spec.TF_BATCHNORM_EPSILON)}
-            geos = {"new": model._geometry((size, size)), "old": old.spec.geometry(old.spec.build(arch, 0.5),
-                                                                                  (size, size))}
+            geos = {"new": model._geometry((size, size)), "old": old.spec.geometry(old_arch, (size, size))}
             x = model._network_input(np.random.default_rng(0).random((args.batch, size, size, 3), dtype=np.float32))
-            chunk = engines["new"]._chunks.get((size, size)) or args.batch
+            chunk = chunk_images(geos["new"])          # images per pass, as the engine's own calls take them
             outs = {}
             ways = {}
             for side in ("old", "new"):

@@ -126,7 +126,8 @@ class NumbaBackend:
         (a view into the buffers) -- then the layers run one compiled call each instead of one
         call in all.  ``parallel``: split each layer over the ``threads`` (default: Numba's
         current count) when there is more than one; otherwise every layer runs on the calling
-        thread alone, without the parallel runtime (a few microseconds per layer)."""
+        thread alone, without the parallel runtime (a few microseconds per parallel region: one
+        per call, or one per layer with ``on_layer``)."""
         parts = self._threads() if threads is None else threads
         if parallel is None:
             parallel = parts > 1
