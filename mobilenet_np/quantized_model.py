@@ -239,17 +239,13 @@ def warm_up_integer_kernels(threads: int | None = None) -> None:
              "num_classes": 2, "labels_offset": 0, "input_range": "[-1, 1]", "batchnorm_folded": True,
              "batchnorm_epsilon": spec.TF_BATCHNORM_EPSILON, "weights_choice": "n/a", "source_format": "mobilenet-np",
              "source_files": [], "converter_version": "warm-up"}
-    from .kernels import integer_calls
     int8 = q.quantize_model(arch, tensors, attrs, ranges, per_channel=True, path="<warm-up>")
     for qw in (int8, _as_uint8(q.quantize_model(arch, tensors, attrs, ranges, per_channel=False, path="<warm-up>"))):
         with _threads.limit(threads, blas=False):
             model = QuantizedMobileNet(qw, input_size=(32, 32))
-            model.warm_up()                         # small calls: the one-thread kernels
-            serial_below, integer_calls.SERIAL_BELOW = integer_calls.SERIAL_BELOW, 0
-            try:
-                model.warm_up()                     # every call split: the parallel twins (with >1 thread)
-            finally:
-                integer_calls.SERIAL_BELOW = serial_below
+            # the kernels, and the program that runs them on one thread or several (integer_program.py); the
+            # kernels' own parallel twins, which only a pass with ``on_op`` uses, compile on first use
+            model.warm_up()
 
 
 def _as_uint8(qw: v2.QuantizedWeightsFile) -> v2.QuantizedWeightsFile:

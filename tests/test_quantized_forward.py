@@ -410,11 +410,16 @@ def check_planned_runs(fast, images, want):
 def check_compiled_calls(fast):
     """The later runs went through the plan's compiled calls: a kernel step is left as a step only when
     it reads the input or a new array (a NumPy op's result)."""
-    from mobilenet_np.forward.quantized_engine import _Bound
+    from mobilenet_np.forward.quantized_steps import _Bound
 
     plans = [plan for plan in fast._local.plans.values() if not plan.fresh]
     assert plans and all(plan.calls for plan in plans)
     for plan in plans:
+        # every kernel call is a row of the plan's program, run by one compiled call per run of rows between
+        # NumPy ops (``run_program`` on the program's array)
+        assert plan.program is not None and len(plan.runs) < len(plan.calls), (len(plan.runs), len(plan.calls))
+        compiled = [args for fn, args in plan.runs if fn is not None]
+        assert compiled and all(args[0] is plan.program.array for args in compiled), plan.runs
         new = {fast.input_index} | {write for i, op, step, reads, write, out in plan.steps if out is None}
         steps = [args for fn, args in plan.calls if fn is None]
         assert len(steps) < len(plan.calls), "no compiled call"
@@ -432,3 +437,47 @@ def test_fast_graph_equals_the_reference_loop_int8(int8_case):
 
 def test_fast_graph_equals_the_reference_loop_small(small_graph):
     check_fast_graph(small_graph)
+
+
+def check_programs_on_any_threads(case):
+    """A plan's program shared by 2 or 3 parts, with 1 or 2 Numba threads turning up (one thread then
+    runs every part), gives the bytes of the plan run call by call (``PROGRAM`` off), every op's
+    output, over two runs on other images (the input's addresses patched, the counters reused)."""
+    import numba
+
+    from mobilenet_np.forward import quantized_engine as qe
+
+    path, _, images, _ = case
+    threads = numba.get_num_threads()
+    for kernels in KERNELS:
+        fast = qe.FastQuantizedGraph(path, kernels)
+        every = tuple(op.outputs[0] for op in fast.sub.operators)
+        x = np.ascontiguousarray(images[:3])
+        try:
+            qe.PROGRAM = False
+            want = fast.run(x, outputs=every)
+        finally:
+            qe.PROGRAM = True
+        for numba_threads, parts in ((1, 2), (1, 3), (2, 2), (2, 3)):
+            numba.set_num_threads(min(numba_threads, numba.config.NUMBA_NUM_THREADS))
+            try:
+                plan = qe._Plan(fast, every, fresh=False, parts=parts)
+                plan.run(np.ascontiguousarray(images[[2, 0, 1]]), None)
+                got = plan.run(x.copy(), None)
+            finally:
+                numba.set_num_threads(threads)
+            assert plan.program is not None and plan.program.parts == parts
+            differ = [i for i, (a, b) in enumerate(zip(want, got)) if not np.array_equal(a, b)]
+            assert not differ, f"{path.name} ({kernels}, {numba_threads} threads, {parts} parts): ops {differ[:5]} differ"
+
+
+def test_programs_on_any_threads_uint8(uint8_case):
+    check_programs_on_any_threads(uint8_case)
+
+
+def test_programs_on_any_threads_int8(int8_case):
+    check_programs_on_any_threads(int8_case)
+
+
+def test_programs_on_any_threads_small(small_graph):
+    check_programs_on_any_threads(small_graph)

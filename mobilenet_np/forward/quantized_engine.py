@@ -11,11 +11,15 @@ scratch buffers), the intermediate outputs in preallocated buffers shared by ten
 do not overlap.  A later run is then one list of compiled calls with their argument tuples made
 once (``_Plan._compiled_calls``), ~0.5 us of Python per op, where calling the op functions took
 8-15 us and the bound steps 1-2: at batch 1, where a V2 0.5/96 op computes in 1-5 us, that is
-most of the difference.  1x1 convolutions at stride 1 go straight to the GEMM, which multiplies
+most of the difference.  Since 2026-12-02 those calls are rows of one program
+(``kernels/integer_program.py``, ``_Plan._program_calls``): a pass with no NumPy op between its
+kernels is one compiled call, whose threads share each kernel's tasks in one parallel region
+(V2 0.5/96 int8 at batch 1 on two threads took 0.78x the time of the calls one by one, each
+split over the threads on its own).  1x1 convolutions at stride 1 go straight to the GEMM, which multiplies
 the input bytes as they are (the input zero point folded into the bias at load); other full
 convolutions (the 3x3 stem) read their patches in place (``integer_conv.Conv``); depthwise
 convolutions read the input bytes directly (``integer_depthwise``).  The kernels split their rows
-over Numba's threads (``numba.set_num_threads``).  The ADD of same-shape inputs runs in Numba too
+over Numba's threads (``numba.set_num_threads``) when called on their own (a pass with ``on_op``).  The ADD of same-shape inputs runs in Numba too
 (``kernels/integer_add.py``: XNNPACK's with ``kernels="xnnpack"``, else LiteRT's reference one), and
 with ``kernels="xnnpack"`` the global pools; softmax is ``integer_softmax.Softmax`` (tabled
 exponentials, the same bytes); reshapes and the other kernel sets' pools stay the NumPy reference ops.
@@ -28,30 +32,29 @@ its zero point); the kernels then need one compiled form (uint8)
 instead of two, ~4 s less of the integer kernels' cold compile.  Steps that are not
 shift-invariant (the NumPy ops: the reference pools' rounding, softmax, FULLY_CONNECTED, a
 broadcasting ADD) get their inputs flipped back (``_flip``,
-inserted into the plan), and ``on_op`` and the outputs see int8 as always.  Not here yet: fused layers, a compiled whole-graph executor.
+inserted into the plan), and ``on_op`` and the outputs see int8 as always.  Not here yet: fused layers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numba
 import numpy as np
 
 from .. import threads as _threads
-from ..kernels import integer_add as iadd
 from ..kernels import integer_calls as calls
-from ..kernels import integer_conv as iconv
-from ..kernels import integer_depthwise as idw
-from ..kernels import integer_gemm as ig
-from ..kernels import integer_reference as iref
-from ..kernels import integer_softmax as isoft
-from ..kernels import integer_xnnpack as ixnn
+from ..kernels import integer_program as iprog
 from .plan_buffers import Buffers
-from .quantized import OPS, QuantizedGraph, _padding
+from .quantized import OPS, QuantizedGraph
+from .quantized_steps import _PREPARE, _Bound, _pack
 from weights_tools import tflite_ops as tfl
 
 
+# Run each plan's kernel calls as one compiled program (``integer_program``; False: one Python call
+# per kernel, the kernels splitting their own work, as before 2026-12-02; kept to compare the two).
+PROGRAM = True
 PLANS_PER_THREAD = 4        # input shapes (batch sizes) whose plans and buffers a thread keeps
 
 
@@ -101,13 +104,14 @@ class FastQuantizedGraph(QuantizedGraph):
     def _run(self, x: np.ndarray, on_op, outputs, threads: int) -> list[np.ndarray]:
         x = np.ascontiguousarray(x)
         # what the plan depends on besides the shape: the kernels' split decisions (``calls.parts``)
-        key = (x.shape, outputs, on_op is not None, 1 if calls.on_one_thread() else threads, calls.SERIAL_BELOW)
+        parts = 1 if calls.on_one_thread() else threads
+        key = (x.shape, outputs, on_op is not None, parts, calls.SERIAL_BELOW, PROGRAM)
         plans = self._local.__dict__.setdefault("plans", {})
         plan = plans.get(key)
         if plan is None:
             if len(plans) >= PLANS_PER_THREAD:
                 del plans[next(iter(plans))]                        # the oldest
-            plan = plans[key] = _Plan(self, outputs, fresh=on_op is not None)
+            plan = plans[key] = _Plan(self, outputs, fresh=on_op is not None, parts=parts if PROGRAM else 0)
         return plan.run(x, on_op)
 
 
@@ -119,9 +123,10 @@ class _Plan:
     (the NumPy ops) may return a view of its input (RESHAPE): its inputs' buffers are then kept as
     long as its output.  Used by one thread (``FastQuantizedGraph._local``)."""
 
-    def __init__(self, graph: FastQuantizedGraph, outputs: tuple, fresh: bool):
+    def __init__(self, graph: FastQuantizedGraph, outputs: tuple, fresh: bool, parts: int = 0):
         self.graph, self.outputs, self.fresh = graph, outputs, fresh
-        self.steps = self.calls = None
+        self.parts = 0 if fresh else parts        # > 0: run as a program on this many threads
+        self.steps = self.calls = self.program = None
 
     def run(self, x: np.ndarray, on_op) -> list[np.ndarray]:
         if self.steps is None:
@@ -129,7 +134,9 @@ class _Plan:
         if on_op is None and self.calls is not None:
             values = dict(self.values)
             values[self.graph.input_index] = x
-            for fn, args in self.calls:
+            if self.program is not None:
+                self.program.patch(x)
+            for fn, args in self.runs:
                 if fn is None:                    # a step whose arrays change: as below
                     step, reads, write, out = args
                     values[write] = step([values[k] for k in reads], out)
@@ -149,7 +156,12 @@ class _Plan:
                 for k, copy in zip(self.outputs, self.copies)]
 
     def _build(self, x: np.ndarray, on_op) -> list[np.ndarray]:
-        """The first run, binding each op's step as it goes (the input values give the shapes)."""
+        """The first run, binding each op's step as it goes (the input values give the shapes); for
+        a program, the kernels bound to run on one thread (the program shares out their tasks)."""
+        with calls.serial() if self.parts else contextlib.nullcontext():
+            return self._bind(x, on_op)
+
+    def _bind(self, x: np.ndarray, on_op) -> list[np.ndarray]:
         graph = self.graph
         ops = graph.sub.operators[:graph.ops_needed(self.outputs)]
         last = {k: i for i, op in enumerate(ops) for k in op.inputs}          # the last op reading each tensor
@@ -202,6 +214,7 @@ class _Plan:
         self.copies = [bool(held.get(k)) for k in self.outputs]
         self.shifted = frozenset(shifted)
         self.calls, self.values = (None, None) if self.fresh else (self._compiled_calls(steps, values), values)
+        self.runs = self.calls if self.fresh or not self.parts else self._program_calls(steps, values)
         self.steps = steps                        # only now: a run that raised leaves no half plan
         return self._results(values)
 
@@ -225,20 +238,49 @@ class _Plan:
         return made
 
 
-class _Bound:
-    """A kernel step: the bound kernel called on the step's first ``arity`` inputs and its output buffer;
-    ``calls`` gives the compiled calls that this makes for the same arrays (``_Plan._compiled_calls``)."""
-
-    __slots__ = ("kernel", "arity")
-
-    def __init__(self, kernel, arity: int = 1):
-        self.kernel, self.arity = kernel, arity
-
-    def __call__(self, inputs, out):
-        return self.kernel(*inputs[:self.arity], out)
-
-    def calls(self, inputs, out):
-        return self.kernel.calls(*inputs[:self.arity], out)
+    def _program_calls(self, steps, values) -> list:
+        """The plan as ``_compiled_calls`` makes it, with each run of consecutive kernel calls made
+        rows of one ``integer_program.Program`` and run by one compiled call (on ``parts`` threads
+        sharing each row's tasks).  Kernel calls that read the pass's input are rows too (the program
+        patches their addresses on each run, ``Program.patch``); if one cannot be, the plan runs
+        without a program (``_compiled_calls``)."""
+        x = values[self.graph.input_index]
+        program = iprog.Program(x)
+        fixed, items = set(self.constants) | {self.graph.input_index}, []
+        for i, op, step, reads, write, out in steps:
+            bound = None
+            if out is not None and all(k in fixed for k in reads):
+                if step is _flip_step:
+                    bound = [(_flip_step, (values[reads[0]], out))]
+                elif isinstance(step, _Bound):
+                    bound = step.calls([values[k] for k in reads], out)
+            if bound is None:
+                items.append((None, (step, reads, write, out)))
+            for fn, args in bound or ():
+                added = program.add_flip(*args) if fn is _flip_step else program.add(fn, args)
+                if added:
+                    items.append((iprog.Program, len(program.rows) - 1))
+                elif any(isinstance(a, np.ndarray) and np.shares_memory(a, x) for a in args):
+                    return self.calls
+                else:
+                    items.append((calls.direct(fn, args), args))
+            if out is not None and values[write] is out:
+                fixed.add(write)
+        if not program.rows:
+            return self.calls
+        program.finish(self.parts)
+        self.program, runs, start = program, [], None
+        for n, (fn, args) in enumerate(items + [(None, None)]):
+            if fn is iprog.Program:
+                start = args if start is None else start
+                continue
+            if start is not None:         # the rows since ``start`` as one compiled call
+                run_fn, run_args = program.call(start, items[n - 1][1] + 1)
+                runs.append((calls.direct(run_fn, run_args), run_args))
+                start = None
+            if args is not None or fn is not None:
+                runs.append((fn, args))
+        return runs
 
 
 def _allocating(step, shape, dtype):
@@ -280,121 +322,3 @@ def _flip(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 def _flip_step(inputs, out):
     return _flip(inputs[0], out)
-
-
-def _shift(graph: QuantizedGraph, op) -> int:
-    """128 when the op's input and output are int8 (its kernel step runs on uint8 + 128), else 0."""
-    int8 = np.dtype(np.int8)
-    return 128 if graph.dtype(op.inputs[0]) == int8 and graph.dtype(op.outputs[0]) == int8 else 0
-
-
-def _pack(graph: QuantizedGraph, op) -> dict:
-    """Weights in the kernels' layouts and the requantization parameters of one conv op (an int8
-    op's zero points and clamp + 128: its step runs on uint8 + 128, ``_shift``)."""
-    w = graph.constant(op.inputs[1])
-    w_q = graph.tensor(op.inputs[1]).quantization
-    depthwise = op.opcode == tfl.DEPTHWISE_CONV_2D
-    c_out = w.shape[3] if depthwise else w.shape[0]
-    bias = graph.constant(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else np.zeros(c_out, np.int32)
-    in_scale, out_scale = graph.scale(op.inputs[0]), graph.scale(op.outputs[0])
-    multiplier, shift = iref.conv_multipliers(in_scale, w_q.scale, out_scale,
-                                              per_tensor=graph.dtype(op.inputs[0]) == np.uint8)
-    out_zp, out_dtype = graph.zero_point(op.outputs[0]), graph.dtype(op.outputs[0])
-    clamp = iref.activation_range(tfl.ACTIVATION_NAMES[op.conv_options.activation], out_scale, out_zp, out_dtype)
-    params = ig.requantization_params(bias, multiplier, shift, c_out)
-    up = _shift(graph, op)
-    packed = {"c_out": c_out, "kernel": w.shape[1], "depthwise": depthwise, "params": params,
-              "scales": ig.xnnpack_scales(ixnn.conv_scales(in_scale, w_q.scale, out_scale), c_out),
-              "clamp": (clamp[0] + up, clamp[1] + up), "in_zp": graph.zero_point(op.inputs[0]) + up,
-              "out_zp": out_zp + up, "out_dtype": np.dtype(np.uint8) if up else out_dtype, "form": bool(up)}
-    if depthwise:      # TFLite [1, kh, kw, C] -> [kh, kw, C, 1]
-        packed["weights"] = idw.pack_depthwise(w.transpose(1, 2, 3, 0), w_q.zero_point)
-        packed["folded"] = idw.fold_zero_point(packed["weights"], params, w.shape[1], packed["in_zp"])
-    else:              # TFLite OHWI -> [kh * kw * C_in, C_out], the order of the gathered patches
-        packed["weights"] = ig.pack_pairs(w.reshape(c_out, -1).T, w_q.zero_point)
-        packed["folded"] = ig.fold_zero_point(packed["weights"], params, packed["in_zp"])
-    return packed
-
-
-# --- each op's step: (step(inputs, out) -> out, the output's shape, dtype, form), or None for the NumPy op
-# (form: True when it runs on uint8 + 128, ``_shift``; ``scratch``: the plan's two
-# ``integer_calls.Scratch``, or (None, None) for buffers of the step's own)
-
-def _prepare_conv(graph: FastQuantizedGraph, op, options, inputs, scratch):
-    p = graph.packed[id(op)]
-    x, opts = inputs[0], op.conv_options
-    k, stride = p["kernel"], opts.stride_h
-    out_hw, pad = _padding(opts.padding, x.shape[1:3], (k, k), (opts.stride_h, opts.stride_w))
-    requantize = (p["params"], p["out_zp"], p["clamp"], graph.kernels, p["scales"], p["folded"])
-    if p["depthwise"]:
-        kernel = idw.Depthwise(x.shape, p["in_zp"], p["weights"], k, stride, pad, out_hw, *requantize)
-    elif (k, stride) == (1, 1):
-        params, out_zp, clamp, rounding, scales, folded = requantize
-        kernel = ig.Pointwise(x.size // x.shape[3], x.shape[3], p["in_zp"], p["weights"], params, p["c_out"], out_zp,
-                              clamp, rounding, scales, folded, scratch)
-    else:
-        params, *others = requantize
-        x_dtype = np.dtype(np.uint8) if p["form"] else x.dtype
-        kernel = iconv.Conv(x.shape, x_dtype, p["in_zp"], p["weights"], k, stride, pad, out_hw, params, p["c_out"],
-                         *others, scratch)
-    return _Bound(kernel), (x.shape[0], *out_hw, p["c_out"]), p["out_dtype"], p["form"]
-
-
-def _prepare_softmax(graph: FastQuantizedGraph, op, options, inputs, scratch):
-    """``integer_softmax.Softmax``: the bytes of the NumPy op, its tables made once per op."""
-    fast = graph.packed.get(id(op))
-    if fast is None:
-        fast = isoft.Softmax(options["beta"], graph.scale(op.inputs[0]), graph.dtype(op.outputs[0]))
-        graph.packed[id(op)] = fast
-    return (lambda inputs, out: fast(inputs[0])), None, None, False
-
-
-# The ADD in Numba (XNNPACK's, or else LiteRT's reference one); XNNPACK's global pools (other sets: NumPy)
-
-def _prepare_add(graph: FastQuantizedGraph, op, options, inputs, scratch):
-    a, b = inputs
-    k, up = op.outputs[0], _shift(graph, op) if graph.dtype(op.inputs[1]) == graph.dtype(op.inputs[0]) else 0
-    scales = (graph.scale(op.inputs[0]), graph.scale(op.inputs[1]), graph.scale(k))
-    reference = graph.kernels != "xnnpack"
-    if a.shape != b.shape or (reference and iref.add_multipliers(*scales)[2][1] > 0):
-        return None         # broadcasting, or an output multiplier >= 1 (the NumPy op checks the int32 range)
-    out_zp, out_dtype = graph.zero_point(k), graph.dtype(k)
-    lo, hi = iref.activation_range(options["activation"], scales[2], out_zp, out_dtype)
-    # the plan flips activations only: a constant operand keeps its int8 values and zero point
-    ups = [0 if graph.constant(j) is not None else up for j in op.inputs]
-    zero_points = (graph.zero_point(op.inputs[0]) + ups[0], graph.zero_point(op.inputs[1]) + ups[1])
-    if reference:
-        kernel = iadd.ReferenceAdd(scales, zero_points, (lo + up, hi + up), out_zp + up)
-    else:
-        kernel = iadd.Add(iadd.add_params(scales[0], zero_points[0], scales[1], zero_points[1], scales[2]),
-                          (lo + up, hi + up), out_zp + up)
-    return _Bound(kernel, 2), a.shape, np.uint8 if up else out_dtype, bool(up)
-
-
-def _global(graph: FastQuantizedGraph, op, x, out_shape):
-    k, up = op.outputs[0], _shift(graph, op)
-    dtype = np.dtype(np.uint8) if up else graph.dtype(k)
-    kernel = iadd.GlobalAverage(x.shape, graph.scale(op.inputs[0]), graph.zero_point(op.inputs[0]) + up, graph.scale(k),
-                                graph.zero_point(k) + up, iref.DTYPE_RANGES[dtype])
-    return _Bound(kernel), out_shape, dtype, bool(up)
-
-
-def _prepare_average_pool(graph: FastQuantizedGraph, op, options, inputs, scratch):
-    x = inputs[0]
-    window, stride = (options["filter_h"], options["filter_w"]), (options["stride_h"], options["stride_w"])
-    out_hw, pad = _padding(options["padding"], x.shape[1:3], window, stride)
-    if graph.kernels != "xnnpack" or out_hw != (1, 1) or pad != (0, 0, 0, 0) or x.ndim != 4:
-        return None
-    return _global(graph, op, x, (x.shape[0], 1, 1, x.shape[3]))
-
-
-def _prepare_mean(graph: FastQuantizedGraph, op, options, inputs, scratch):
-    x, axes = inputs
-    if graph.kernels != "xnnpack" or x.ndim != 4 or sorted(int(a) % 4 for a in np.reshape(axes, -1)) != [1, 2]:
-        return None                                             # the NumPy op (which refuses others by name)
-    keep = bool(options["keep_dims"])
-    return _global(graph, op, x, (x.shape[0], 1, 1, x.shape[3]) if keep else (x.shape[0], x.shape[3]))
-
-
-_PREPARE = {tfl.CONV_2D: _prepare_conv, tfl.DEPTHWISE_CONV_2D: _prepare_conv, tfl.SOFTMAX: _prepare_softmax,
-            tfl.ADD: _prepare_add, tfl.AVERAGE_POOL_2D: _prepare_average_pool, tfl.MEAN: _prepare_mean}

@@ -13,6 +13,7 @@ Used by ``integer_gemm``, ``integer_conv``, ``integer_depthwise`` and the fast g
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numba
@@ -35,6 +36,18 @@ def one_thread(on: bool = True) -> None:
     """Make every kernel called from this Python thread run on it alone (a caller that splits
     the batch over its own threads sets it in each)."""
     _thread.serial = on
+
+
+@contextlib.contextmanager
+def serial():
+    """Within the block, kernels bound on this thread run on it alone (``one_thread``), as the
+    fast graph binds those of a plan whose program shares out the work itself (``integer_program``)."""
+    before = on_one_thread()
+    one_thread(True)
+    try:
+        yield
+    finally:
+        one_thread(before)
 
 
 def on_one_thread() -> bool:

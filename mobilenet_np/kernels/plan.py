@@ -222,13 +222,7 @@ def shared_pass(x, n_img, per_pass, buffers, plan, weights, biases, taps, pooled
                         _call_pool(table[6], (buffers[last[OP_DST]], t0, t1, pixels, chans, pooled[at:at + count]))
                     finished += t1 - t0
             sync.add(counters, base + part * LINE + 1, finished)
-            while True:
-                done = 0
-                for q in range(parts):
-                    done += sync.load(counters, base + q * LINE + 1)
-                if done >= tasks:
-                    break
-                sync.pause()
+            sync.wait_for(counters, base + 1, parts, LINE, tasks)
 
 
 @kernel(parallel=True)

@@ -25,6 +25,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .jit import kernel
+
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
@@ -73,3 +75,17 @@ def pause(typingctx):
             builder.call(fn, [])
         return context.get_dummy_value()
     return types.void(), codegen
+
+
+@kernel(inline=True)
+def wait_for(counters, at, parts, stride, total):
+    """Spin (``pause``) until counters[at], counters[at + stride], ... (``parts`` of them) add
+    up to at least ``total``: the tasks of one step finished by every thread (``plan.shared_pass``,
+    ``integer_program.program_pass``)."""
+    while True:
+        done = 0
+        for q in range(parts):
+            done += load(counters, at + q * stride)
+        if done >= total:
+            return
+        pause()

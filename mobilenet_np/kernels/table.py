@@ -108,3 +108,39 @@ def by_address(name: str, signature: tuple):
     """``call`` for the kernel ``name`` with the one ``signature`` its address was taken for
     (``address(kernel, signature)``): other argument types are refused at compile time."""
     return _caller(name, tuple(signature))
+
+
+def _array_at(dtype, ndim: int):
+    """The intrinsic ``at(address, shape)``: a C-contiguous array of ``dtype`` over the memory at
+    ``address`` (an int64; ``shape`` an int, or a tuple of ``ndim`` ints), owned by no one: the
+    caller keeps the memory alive for as long as the array is used (``integer_program.py``, whose
+    programs hold their arrays' addresses).  What ``numba.carray`` does, which needs reference
+    counting (our kernels run without, ``jit.py``)."""
+    array_type = types.Array(dtype, ndim, "C")
+
+    @intrinsic
+    def at(typingctx, address_type, shape_type):
+        def codegen(context, builder, sig, args):
+            from numba.np.arrayobj import make_array, populate_array
+            array = make_array(array_type)(context, builder)
+            data = builder.inttoptr(args[0], context.get_value_type(dtype).as_pointer())
+            dims = [args[1]] if ndim == 1 else cgutils.unpack_tuple(builder, args[1], ndim)
+            itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_data_type(dtype)))
+            strides, stride = [], itemsize
+            for dim in reversed(dims):
+                strides.insert(0, stride)
+                stride = builder.mul(stride, dim)
+            populate_array(array, data=data, shape=dims, strides=strides, itemsize=itemsize, meminfo=None)
+            return array._getvalue()
+        shape = types.intp if ndim == 1 else types.UniTuple(types.intp, ndim)
+        return array_type(types.int64, shape), codegen
+
+    at.__name__ = f"{dtype}_{ndim}d_at"
+    return at
+
+
+uint8_at = _array_at(types.uint8, 1)
+int16_at = _array_at(types.int16, 1)
+int32_at = _array_at(types.int32, 1)
+float32_at = _array_at(types.float32, 1)
+int32_2d_at = _array_at(types.int32, 2)
