@@ -638,10 +638,12 @@ def test_bound_calls_and_entry_points_give_the_kernels_bytes(rng):
     assert pw.calls(x[:, :, ::-1], out) is None          # not C-contiguous: left to the bound call
 
 
-def test_fast_graph_batch_split_over_threads_gives_the_same_bytes(shared):
-    """A batch split over T Python threads (each part through the whole graph on one thread)
-    gives every image's bytes of the unsplit run, for an odd batch not divisible by T."""
+def test_fast_graph_batch_split_over_threads_gives_the_same_bytes(shared, monkeypatch):
+    """A batch split over T Python threads (each part through the whole graph on one thread; the
+    way without a program, ``PROGRAM`` off) and a batch whose program's tasks the threads share
+    give every image's bytes of the unsplit run, for an odd batch not divisible by T."""
     import numba
+    from mobilenet_np.forward import quantized_engine
     from mobilenet_np.forward.quantized_engine import FastQuantizedGraph
 
     if numba.config.NUMBA_NUM_THREADS < 2:
@@ -652,9 +654,13 @@ def test_fast_graph_batch_split_over_threads_gives_the_same_bytes(shared):
     before = numba.get_num_threads()
     numba.set_num_threads(2)
     try:
+        shared_tasks = graph.run(x)[0]
+        assert not graph._pools                                    # no split: the program's shared tasks
+        monkeypatch.setattr(quantized_engine, "PROGRAM", False)
         split = graph.run(x)[0]
         whole = graph.run(x, on_op=lambda i, op, y: None)[0]      # on_op: the unsplit path
     finally:
         numba.set_num_threads(before)
     assert graph._pools                                            # the split path was taken
     assert split.shape == whole.shape == (5, 1001) and np.array_equal(split, whole)
+    assert np.array_equal(shared_tasks, whole)
