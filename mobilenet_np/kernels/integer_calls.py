@@ -2,7 +2,10 @@
 
 * **The split.**  ``parts(work)`` is how many threads a kernel call of ``work`` multiply-adds (or
   values written) uses: Numba's count, or 1 below ``SERIAL_BELOW`` and on a Python thread marked
-  by ``one_thread`` (the fast graph's batch split runs one whole pass per thread).
+  by ``one_thread`` (the fast graph's batch split runs one whole pass per thread) or inside
+  ``serial()`` (the fast graph binds a program's kernels so: ``integer_program`` shares out their
+  tasks itself).  Since the programs (2026-12-02), a kernel splits its own calls only when called
+  on its own: in a pass with ``on_op``, or through the kernel functions.
 * **Memory.**  ``Scratch`` is working memory shared by bound kernels that run one after another
   (the steps of one plan); ``remembered`` keeps a call's arrays for the next call to compare
   with ``is``; ``direct`` skips the dispatcher for a call made with the same arguments each time

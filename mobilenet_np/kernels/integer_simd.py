@@ -214,7 +214,11 @@ def load_widened(typingctx, array, index):
 
 @intrinsic
 def mul_add(typingctx, acc, a, b):
-    """acc + a * b in each int32 lane (``vpmulld``; the depthwise taps have no partner to pair)."""
+    """acc + a * b in each int32 lane.  On the depthwise kernel's operands (bytes and int16
+    weights widened to int32) LLVM emits ``vpmaddwd`` with zero high halves rather than
+    ``vpmulld`` (2026-12-02: 39 ``vpmaddwd`` and one ``vpmulld`` in ``depthwise_rows``).  Pairing
+    two rows' taps in one ``vpmaddwd`` instead (eight input bytes of each row interleaved) ran
+    1.5-2x slower: the interleaving shuffles cost more than the multiplies they saved."""
     def codegen(context, builder, sig, args):
         return builder.add(args[0], builder.mul(args[1], args[2]))
     return i32x8(i32x8, i32x8, i32x8), codegen
