@@ -31,13 +31,12 @@ import numpy as np
 from numba import prange, types
 
 from . import sync
-from .gemm import _run
 from .integer_add import add_bytes, add_reference_bytes, global_average_bytes
 from .integer_conv import conv_tasks
 from .integer_depthwise import depthwise_rows
 from .integer_gemm import centre_rows, gemm_tasks
 from .jit import kernel
-from .plan import GRAINS, LINE
+from .plan import LINE, take_tasks
 from .table import address, by_address, float32_at, int16_at, int32_2d_at, int32_at, uint8_at
 
 # Row kinds, and each kernel kind's index in ``kernel_table``.
@@ -152,18 +151,11 @@ def program_pass(rows, s0, s1, counters, part, parts, table):
         tasks = row[TASKS]
         base = (i - s0) * parts * LINE
         finished = 0
-        for k in range(parts):
-            q = (part + k) % parts
-            lo, hi = _run(tasks, q, parts)
-            grain = max(1, (hi - lo) // GRAINS)
-            taken = base + q * LINE
-            while k == 0 or lo + sync.load(counters, taken) < hi:   # (look before taking from others)
-                t0 = lo + sync.add(counters, taken, grain)
-                if t0 >= hi:
-                    break
-                t1 = min(t0 + grain, hi)
-                _call_step(table[STEP], (row, t0, t1, table))
-                finished += t1 - t0
+        k, t0, t1 = take_tasks(counters, base, part, parts, tasks, 0)
+        while k < parts:
+            _call_step(table[STEP], (row, t0, t1, table))
+            finished += t1 - t0
+            k, t0, t1 = take_tasks(counters, base, part, parts, tasks, k)
         sync.add(counters, base + part * LINE + 1, finished)
         sync.wait_for(counters, base + 1, parts, LINE, tasks)
 

@@ -178,6 +178,26 @@ def counters_size_of(plan_rows, n_img, per_pass, parts):
 counters_size = counters_size_of.py_func
 
 
+@kernel(inline=True)
+def take_tasks(counters, base, part, parts, tasks, k):
+    """The next range of a step's tasks that thread ``part`` takes, looking from run ``k`` on
+    (0 for the step's first take, then the ``k`` returned): (k, t0, t1), or k = ``parts`` when
+    none is left.  Run q's counter is at ``base`` + q * LINE.  The thread's own run (k = 0)
+    is taken a grain at a time; another's only while the counter shows tasks left (look before
+    taking: a failed take still adds to the counter)."""
+    while k < parts:
+        q = (part + k) % parts
+        lo, hi = _run(tasks, q, parts)
+        grain = max(1, (hi - lo) // GRAINS)
+        taken = base + q * LINE
+        if k == 0 or lo + sync.load(counters, taken) < hi:
+            t0 = lo + sync.add(counters, taken, grain)
+            if t0 < hi:
+                return k, t0, min(t0 + grain, hi)
+        k += 1
+    return k, tasks - tasks, tasks - tasks
+
+
 @kernel()
 def shared_pass(x, n_img, per_pass, buffers, plan, weights, biases, taps, pooled, pool, table, counters, part,
                 parts):
@@ -206,21 +226,14 @@ def shared_pass(x, n_img, per_pass, buffers, plan, weights, biases, taps, pooled
             base = at_step * parts * LINE
             at_step += 1
             finished = 0
-            for k in range(parts):
-                q = (part + k) % parts
-                lo, hi = _run(tasks, q, parts)
-                grain = max(1, (hi - lo) // GRAINS)
-                taken = base + q * LINE
-                while k == 0 or lo + sync.load(counters, taken) < hi:   # (look before taking from others)
-                    t0 = lo + sync.add(counters, taken, grain)
-                    if t0 >= hi:
-                        break
-                    t1 = min(t0 + grain, hi)
-                    if i < rows:
-                        _call_rows(table[4], (op, t0, t1, xs, buffers, weights, biases, taps, count, table))
-                    else:
-                        _call_pool(table[6], (buffers[last[OP_DST]], t0, t1, pixels, chans, pooled[at:at + count]))
-                    finished += t1 - t0
+            k, t0, t1 = take_tasks(counters, base, part, parts, tasks, 0)
+            while k < parts:
+                if i < rows:
+                    _call_rows(table[4], (op, t0, t1, xs, buffers, weights, biases, taps, count, table))
+                else:
+                    _call_pool(table[6], (buffers[last[OP_DST]], t0, t1, pixels, chans, pooled[at:at + count]))
+                finished += t1 - t0
+                k, t0, t1 = take_tasks(counters, base, part, parts, tasks, k)
             sync.add(counters, base + part * LINE + 1, finished)
             sync.wait_for(counters, base + 1, parts, LINE, tasks)
 
