@@ -15,24 +15,26 @@ most of the difference.  Since 2026-12-02 those calls are rows of one program
 (``kernels/integer_program.py``, ``_Plan._program_calls``): a pass with no NumPy op between its
 kernels is one compiled call, whose threads share each kernel's tasks in one parallel region
 (V2 0.5/96 int8 at batch 1 on two threads took 0.78x the time of the calls one by one, each
-split over the threads on its own).  1x1 convolutions at stride 1 go straight to the GEMM, which multiplies
-the input bytes as they are (the input zero point folded into the bias at load); other full
-convolutions (the 3x3 stem) read their patches in place (``integer_conv.Conv``); depthwise
-convolutions read the input bytes directly (``integer_depthwise``).  The kernels split their rows
-over Numba's threads (``numba.set_num_threads``) when called on their own (a pass with ``on_op``).  The ADD of same-shape inputs runs in Numba too
-(``kernels/integer_add.py``: XNNPACK's with ``kernels="xnnpack"``, else LiteRT's reference one), and
-with ``kernels="xnnpack"`` the global pools; softmax is ``integer_softmax.Softmax`` (tabled
-exponentials, the same bytes); reshapes and the other kernel sets' pools stay the NumPy reference ops.
+split over the threads on its own).  Each op is bound to its kernel by ``quantized_steps.py``.
+1x1 convolutions at stride 1 go straight to the GEMM, which multiplies the input bytes as they
+are (the input zero point folded into the bias at load); other full convolutions (the 3x3 stem)
+read their patches in place (``integer_conv.Conv``); depthwise convolutions read the input bytes
+directly (``integer_depthwise``).  Called on their own (a pass with ``on_op``), the kernels split
+their rows over Numba's threads (``numba.set_num_threads``).  The ADD of same-shape inputs runs
+in Numba too (``kernels/integer_add.py``: XNNPACK's with ``kernels="xnnpack"``, else LiteRT's
+reference one), and with ``kernels="xnnpack"`` the global pools; softmax is
+``integer_softmax.Softmax`` (tabled exponentials, the same bytes); reshapes and the other kernel
+sets' pools stay the NumPy reference ops.
 
 int8 activations run as uint8: a plan holds an int8 tensor that a kernel step reads or writes as
 its bytes with the top bit flipped, uint8 = int8 + 128, and the step's zero points and clamps
 + 128.  The convolutions, the ADD and the global pool depend on values only through q - zero
 point, so they give the same bytes + 128 (constant operands are not flipped: an ADD of one keeps
-its zero point); the kernels then need one compiled form (uint8)
-instead of two, ~4 s less of the integer kernels' cold compile.  Steps that are not
-shift-invariant (the NumPy ops: the reference pools' rounding, softmax, FULLY_CONNECTED, a
-broadcasting ADD) get their inputs flipped back (``_flip``,
-inserted into the plan), and ``on_op`` and the outputs see int8 as always.  Not here yet: fused layers.
+its zero point); the kernels then need one compiled form (uint8) instead of two, ~4 s less of
+the integer kernels' cold compile.  Steps that are not shift-invariant (the NumPy ops: the
+reference pools' rounding, softmax, FULLY_CONNECTED, a broadcasting ADD) get their inputs flipped
+back (``_flip``, inserted into the plan), and ``on_op`` and the outputs see int8 as always.  Not
+here yet: fused layers.
 """
 
 from __future__ import annotations
@@ -120,11 +122,13 @@ class FastQuantizedGraph(QuantizedGraph):
 
 class _Plan:
     """One input shape's forward pass, worked out on its first run: for each op the step that its
-    ``_PREPARE`` function binds (or the NumPy op, called as it is) and where its output goes.  Outputs go to preallocated buffers, a buffer passing to a later tensor once every op
-    reading the earlier one has run (``fresh``: new arrays instead, for an ``on_op`` that keeps
-    them); the outputs asked for are copied out of them.  A step that allocates its own result
-    (the NumPy ops) may return a view of its input (RESHAPE): its inputs' buffers are then kept as
-    long as its output.  Used by one thread (``FastQuantizedGraph._local``)."""
+    ``_PREPARE`` function binds (or the NumPy op, called as it is) and where its output goes.
+    Outputs go to preallocated buffers, a buffer passing to a later tensor once every op reading
+    the earlier one has run (``fresh``: new arrays instead, for an ``on_op`` that keeps them); the
+    outputs asked for are copied out of them.  A step that allocates its own result (the NumPy
+    ops) may return a view of its input (RESHAPE): its inputs' buffers are then kept as long as
+    its output.  With ``parts`` (and not ``fresh``), later runs go through a program
+    (``_program_calls``) on that many threads.  Used by one thread (``FastQuantizedGraph._local``)."""
 
     def __init__(self, graph: FastQuantizedGraph, outputs: tuple, fresh: bool, parts: int = 0):
         self.graph, self.outputs, self.fresh = graph, outputs, fresh
@@ -263,7 +267,7 @@ class _Plan:
                 added = program.add_flip(*args) if fn is _flip_step else program.add(fn, args)
                 if added:
                     items.append((iprog.Program, len(program.rows) - 1))
-                elif any(isinstance(a, np.ndarray) and np.shares_memory(a, x) for a in args):
+                elif any(isinstance(a, np.ndarray) and np.may_share_memory(a, x) for a in args):
                     return self.calls
                 else:
                     items.append((calls.direct(fn, args), args))
