@@ -664,3 +664,30 @@ def test_fast_graph_batch_split_over_threads_gives_the_same_bytes(shared, monkey
     assert graph._pools                                            # the split path was taken
     assert split.shape == whole.shape == (5, 1001) and np.array_equal(split, whole)
     assert np.array_equal(shared_tasks, whole)
+
+
+def test_fast_graph_small_batches_take_either_thread_count_with_the_same_bytes(shared):
+    """At batch 1 on two threads the graph runs its program on the calling thread or on both,
+    whichever has been faster lately (``choice.py``): both ways run within a few calls, and every
+    call gives the bytes of the program on two threads."""
+    import numba
+    from mobilenet_np.forward.quantized_engine import FastQuantizedGraph
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba has one thread here: nothing to choose")
+    path = shared("weights", "mobilenet_v1_050_160", "tflite_uint8_quant", "mobilenet_v1_0.5_160_quant.coral.tflite")
+    x = np.random.default_rng(6).integers(0, 256, (1, 160, 160, 3)).astype(np.uint8)
+    graph = FastQuantizedGraph(path, "xnnpack")
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        graph.adaptive = False
+        want = graph.run(x)[0]
+        graph.adaptive = True
+        got = [graph.run(x)[0] for _ in range(6)]
+        record = graph._choice._record((x.shape, tuple(graph.sub.outputs), 2))
+    finally:
+        numba.set_num_threads(before)
+    assert all(np.array_equal(g, want) for g in got)
+    assert min(record.counts) >= 2, record.counts            # both ways were timed
+    assert {plan.parts for plan in graph._local.plans.values()} == {1, 2}

@@ -48,6 +48,7 @@ import numpy as np
 from .. import threads as _threads
 from ..kernels import integer_calls as calls
 from ..kernels import integer_program as iprog
+from .choice import Chooser
 from .plan_buffers import Buffers
 from .quantized import OPS, QuantizedGraph
 from .quantized_steps import _PREPARE, _Bound, _pack
@@ -57,7 +58,11 @@ from weights_tools import tflite_ops as tfl
 # Run each plan's kernel calls as one compiled program (``integer_program``; False: one Python call
 # per kernel, the kernels splitting their own work, as before 2026-12-02; kept to compare the two).
 PROGRAM = True
-PLANS_PER_THREAD = 4        # input shapes (batch sizes) whose plans and buffers a thread keeps
+# Batches below this many images per thread take the faster of one thread and all of them
+# (``adaptive``); larger ones share every kernel's tasks among the threads, a thread slowed by a
+# busy neighbour taking fewer of them.
+CHOOSE_BELOW = 2
+PLANS_PER_THREAD = 6        # plans (input shape, thread count, ...) whose buffers a thread keeps
 
 
 class FastQuantizedGraph(QuantizedGraph):
@@ -70,6 +75,10 @@ class FastQuantizedGraph(QuantizedGraph):
         self._ops = {**OPS, **{code: _single for code in _PREPARE}}
         self._constants = [[self.constant(k) for k in op.inputs] for op in self.sub.operators]
         self._pools = _threads.Pools("mnp-int8")       # for batch splits, by size
+        # Small batches on several threads: the program on all of them or on the calling thread
+        # alone, whichever has been faster lately (``choice.py``).  False: always all of them.
+        self.adaptive = True
+        self._choice = Chooser()
         self._local = threading.local()         # each thread's plans: their buffers are not shared
 
     @property
@@ -91,8 +100,13 @@ class FastQuantizedGraph(QuantizedGraph):
             raise TypeError(f"{self.file}: the input is {self.dtype(self.input_index)}, got {x.dtype}")
         outputs = tuple(self.sub.outputs if outputs is None else outputs)
         threads = numba.get_num_threads()
-        if on_op is None and threads > 1 and len(x) >= 2 * threads and not PROGRAM:
+        if on_op is None and threads > 1 and not PROGRAM and len(x) >= 2 * threads:
             return self._run_split(x, threads, outputs)
+        if on_op is None and threads > 1 and PROGRAM and self.adaptive and len(x) < CHOOSE_BELOW * threads \
+                and not calls.on_one_thread():
+            # the calling thread first: a process's first call starts no thread pool (``choice.py``)
+            ways = (lambda: self._run(x, None, outputs, 1), lambda: self._run(x, None, outputs, threads))
+            return self._choice.run((x.shape, outputs, threads), ways)
         return self._run(x, on_op, outputs, threads)
 
     def _run_split(self, x: np.ndarray, threads: int, outputs) -> list[np.ndarray]:
