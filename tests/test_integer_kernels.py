@@ -2,6 +2,7 @@
 cases and on exact arithmetic; whole graphs against LiteRT are in test_quantized_forward.py."""
 
 from fractions import Fraction
+import contextlib
 import math
 
 import numpy as np
@@ -638,29 +639,44 @@ def test_bound_calls_and_entry_points_give_the_kernels_bytes(rng):
     assert pw.calls(x[:, :, ::-1], out) is None          # not C-contiguous: left to the bound call
 
 
+def _coral_graph_on_two_threads(shared, batch: int, seed: int):
+    """(the XNNPACK fast graph of the Coral V1 0.5/160 uint8 file, seeded uint8 images), for a test
+    that runs it on two Numba threads (``_two_threads``)."""
+    import numba
+    from mobilenet_np.forward.quantized_engine import FastQuantizedGraph
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba has one thread here: nothing to share out or choose between")
+    path = shared("weights", "mobilenet_v1_050_160", "tflite_uint8_quant", "mobilenet_v1_0.5_160_quant.coral.tflite")
+    x = np.random.default_rng(seed).integers(0, 256, (batch, 160, 160, 3)).astype(np.uint8)
+    return FastQuantizedGraph(path, "xnnpack"), x
+
+
+@contextlib.contextmanager
+def _two_threads():
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 def test_fast_graph_batch_split_over_threads_gives_the_same_bytes(shared, monkeypatch):
     """A batch split over T Python threads (each part through the whole graph on one thread; the
     way without a program, ``PROGRAM`` off) and a batch whose program's tasks the threads share
     give every image's bytes of the unsplit run, for an odd batch not divisible by T."""
-    import numba
     from mobilenet_np.forward import quantized_engine
-    from mobilenet_np.forward.quantized_engine import FastQuantizedGraph
 
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("Numba has one thread here: no split to test")
-    path = shared("weights", "mobilenet_v1_050_160", "tflite_uint8_quant", "mobilenet_v1_0.5_160_quant.coral.tflite")
-    x = np.random.default_rng(5).integers(0, 256, (5, 160, 160, 3)).astype(np.uint8)
-    graph = FastQuantizedGraph(path, "xnnpack")
-    before = numba.get_num_threads()
-    numba.set_num_threads(2)
-    try:
+    graph, x = _coral_graph_on_two_threads(shared, 5, 5)
+    with _two_threads():
         shared_tasks = graph.run(x)[0]
         assert not graph._pools                                    # no split: the program's shared tasks
         monkeypatch.setattr(quantized_engine, "PROGRAM", False)
         split = graph.run(x)[0]
         whole = graph.run(x, on_op=lambda i, op, y: None)[0]      # on_op: the unsplit path
-    finally:
-        numba.set_num_threads(before)
     assert graph._pools                                            # the split path was taken
     assert split.shape == whole.shape == (5, 1001) and np.array_equal(split, whole)
     assert np.array_equal(shared_tasks, whole)
@@ -670,24 +686,13 @@ def test_fast_graph_small_batches_take_either_thread_count_with_the_same_bytes(s
     """At batch 1 on two threads the graph runs its program on the calling thread or on both,
     whichever has been faster lately (``choice.py``): both ways run within a few calls, and every
     call gives the bytes of the program on two threads."""
-    import numba
-    from mobilenet_np.forward.quantized_engine import FastQuantizedGraph
-
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("Numba has one thread here: nothing to choose")
-    path = shared("weights", "mobilenet_v1_050_160", "tflite_uint8_quant", "mobilenet_v1_0.5_160_quant.coral.tflite")
-    x = np.random.default_rng(6).integers(0, 256, (1, 160, 160, 3)).astype(np.uint8)
-    graph = FastQuantizedGraph(path, "xnnpack")
-    before = numba.get_num_threads()
-    numba.set_num_threads(2)
-    try:
+    graph, x = _coral_graph_on_two_threads(shared, 1, 6)
+    with _two_threads():
         graph.adaptive = False
         want = graph.run(x)[0]
         graph.adaptive = True
         got = [graph.run(x)[0] for _ in range(6)]
-        record = graph._choice._record((x.shape, tuple(graph.sub.outputs), 2))
-    finally:
-        numba.set_num_threads(before)
+    record = graph._choice._record((x.shape, tuple(graph.sub.outputs), 2))
     assert all(np.array_equal(g, want) for g in got)
     assert min(record.counts) >= 2, record.counts            # both ways were timed
     assert {plan.parts for plan in graph._local.plans.values()} == {1, 2}
