@@ -14,13 +14,15 @@ A row is [kind, tasks, the kernel's arguments]: each array as its address and sh
 program keeps the arrays, ``Program.keep``), each integer as it is, a float32 scalar as the
 address of a one-element array.  ``step_tasks`` turns a row's task range back into the kernel's
 arguments (a range of GEMM tiles, depthwise output rows, pixels to centre, a block of elements to
-add) and calls the kernel at its address (``table.py``: each kernel is compiled once, for the one
+add, images to pool) and calls the kernel at its address (``table.py``: each kernel is compiled once, for the one
 signature ``SIGNATURES`` gives it).  Addresses inside the pass's input are patched on each run
 (``Program.patch``), so the input need not be copied.  A task is taken once, by one thread, so
 the bytes are those of one thread running the calls in turn (the tests compare).
 
-Calls of other functions stay Python calls between the compiled segments (``encode`` returns
-None for them).
+Two kinds have no kernel of their own: ``step_tasks`` copies rows of bytes (COPY, a GEMM's
+padded output into its tensor) and flips top bits (FLIP, int8 <-> uint8 + 128) itself.  Calls
+of other functions stay Python calls between the compiled segments (``Program.add`` refuses
+them).
 """
 
 from __future__ import annotations
