@@ -239,55 +239,49 @@ class _Plan:
         self.steps = steps                        # only now: a run that raised leaves no half plan
         return self._results(values)
 
-    def _compiled_calls(self, steps, values) -> list:
+    def _compiled_calls(self, steps, values, program=None) -> list | None:
         """The plan as one list of compiled calls, [(function, arguments)], for the steps that read and write
         the same arrays on every run (their buffers; ``_Bound.calls``), and (None, (step, reads, write,
         out)) for the others (those reading the input or a new array): ~0.5-1 us less per step at batch 1
-        than the step, its wrapper and the argument checks (``run``)."""
-        fixed, made, self.owners = set(self.constants), [], []    # owners: each call's op index (a profile's)
-        for i, op, step, reads, write, out in steps:
-            bound = None
-            if isinstance(step, _Bound) and out is not None and all(k in fixed for k in reads):
-                bound = step.calls([values[k] for k in reads], out)
-            if bound is None:
-                made.append((None, (step, reads, write, out)))
-            else:
-                made.extend((calls.direct(fn, args), args) for fn, args in bound)
-            self.owners += [i] * (len(made) - len(self.owners))
-            if out is not None and values[write] is out:
-                fixed.add(write)                  # its value is the buffer on every run
-        return made
-
-
-    def _program_calls(self, steps, values) -> list:
-        """The plan as ``_compiled_calls`` makes it, with each run of consecutive kernel calls made
-        rows of one ``integer_program.Program`` and run by one compiled call (on ``parts`` threads
-        sharing each row's tasks).  Kernel calls that read the pass's input are rows too (the program
-        patches their addresses on each run, ``Program.patch``); if one cannot be, the plan runs
-        without a program (``_compiled_calls``)."""
+        than the step, its wrapper and the argument checks (``run``).  With an ``integer_program.Program``,
+        the input counts as the same array too (the program patches its addresses), the flips are calls,
+        and each call the program takes becomes a row of it, listed as (Program, its row); None if a
+        call that reads the input cannot be a row."""
         x = values[self.graph.input_index]
-        program = iprog.Program(x)
-        fixed, items = set(self.constants) | {self.graph.input_index}, []
+        fixed, made, owners = set(self.constants), [], []      # owners: each call's op index (a profile's)
+        if program is not None:
+            fixed.add(self.graph.input_index)
         for i, op, step, reads, write, out in steps:
             bound = None
             if out is not None and all(k in fixed for k in reads):
-                if step is _flip_step:
-                    bound = [(_flip_step, (values[reads[0]], out))]
-                elif isinstance(step, _Bound):
+                if isinstance(step, _Bound):
                     bound = step.calls([values[k] for k in reads], out)
+                elif step is _flip_step and program is not None:
+                    bound = [(_flip_step, (values[reads[0]], out))]
             if bound is None:
-                items.append((None, (step, reads, write, out)))
+                made.append((None, (step, reads, write, out)))
             for fn, args in bound or ():
-                added = program.add_flip(*args) if fn is _flip_step else program.add(fn, args)
-                if added:
-                    items.append((iprog.Program, len(program.rows) - 1))
-                elif any(isinstance(a, np.ndarray) and np.may_share_memory(a, x) for a in args):
-                    return self.calls
+                if program is not None and (program.add_flip(*args) if fn is _flip_step else program.add(fn, args)):
+                    made.append((iprog.Program, len(program.rows) - 1))
+                elif program is not None and any(isinstance(a, np.ndarray) and np.may_share_memory(a, x)
+                                                 for a in args):
+                    return None
                 else:
-                    items.append((calls.direct(fn, args), args))
+                    made.append((calls.direct(fn, args), args))
+            owners += [i] * (len(made) - len(owners))
             if out is not None and values[write] is out:
-                fixed.add(write)
-        if not program.rows:
+                fixed.add(write)                  # its value is the buffer on every run
+        if program is None:
+            self.owners = owners
+        return made
+
+    def _program_calls(self, steps, values) -> list:
+        """The plan as ``_compiled_calls`` makes it with a program, each run of consecutive rows run
+        by one compiled call (on ``parts`` threads sharing each row's tasks); ``_compiled_calls``'
+        plain list if no call could be a row, or one that reads the input could not."""
+        program = iprog.Program(values[self.graph.input_index])
+        items = self._compiled_calls(steps, values, program)
+        if items is None or not program.rows:
             return self.calls
         program.finish(self.parts)
         self.program, runs, start = program, [], None

@@ -217,6 +217,9 @@ def _tasks(kind: int, args) -> int | None:
         return args[2] - args[1]
     if kind in (ADD, ADD_REFERENCE):
         return -(-args[0].size // ELEMENTS) if args[0].size == args[1].size == args[-1].size else None
+    if kind == COPY:
+        return -(-args[0].shape[0] // PIXELS)
+    # POOL: one task per image
     return args[1] if args[0].size == args[1] * args[2] * args[3] and args[-1].size == args[1] * args[3] else None
 
 
@@ -237,26 +240,11 @@ class Program:
         kind = _kind(function, args)
         if kind is None:
             return False
-        row = [kind, 0]
-        if kind == COPY:
-            dst, src = args
-            fields = self._copy_fields(dst, src)
-        elif kind == FLIP:
-            fields = None
-        else:
-            fields = self._fields(args, SIGNATURES[kind][1])
-        tasks = None if fields is None else _tasks(kind, args) if kind != COPY else -(-fields[2][0] // PIXELS)
+        fields = self._copy_fields(args) if kind == COPY else self._fields(args, SIGNATURES[kind][1])
+        tasks = None if fields is None else _tasks(kind, args)
         if tasks is None:
             return False
-        patches = []
-        for value, is_address in fields:
-            if is_address and self.inputs is not None and 0 <= value - self.inputs[0] < self.inputs[1]:
-                patches.append((len(self.rows), len(row), value - self.inputs[0]))
-            row.append(value)
-        row[TASKS] = tasks
-        self.rows.append(row + [0] * (ROW - len(row)))
-        self.patches += patches
-        self.keep.append(args)
+        self._append(kind, tasks, fields, args)
         return True
 
     def add_flip(self, source: np.ndarray, out: np.ndarray) -> bool:
@@ -265,14 +253,18 @@ class Program:
                 and source.itemsize == out.itemsize == 1):
             return False
         fields = [(_address(source), True), (_address(out), True), (source.size, False)]
-        row = [FLIP, -(-source.size // ELEMENTS)]
+        self._append(FLIP, -(-source.size // ELEMENTS), fields, (source, out))
+        return True
+
+    def _append(self, kind: int, tasks: int, fields, arrays) -> None:
+        """The row [kind, tasks, field values], noting the fields that are addresses inside the input."""
+        row = [kind, tasks]
         for value, is_address in fields:
             if is_address and self.inputs is not None and 0 <= value - self.inputs[0] < self.inputs[1]:
                 self.patches.append((len(self.rows), len(row), value - self.inputs[0]))
             row.append(value)
         self.rows.append(row + [0] * (ROW - len(row)))
-        self.keep.append((source, out))
-        return True
+        self.keep.append(arrays)
 
     def _fields(self, args, signature):
         """[(value, is an address)] for the arguments, or None if one is not of its type."""
@@ -298,9 +290,12 @@ class Program:
         return fields if len(fields) <= ROW - ARGS else None
 
     @staticmethod
-    def _copy_fields(dst, src):
+    def _copy_fields(args):
         """``np.copyto(dst, src)`` of 2-D arrays whose rows are contiguous runs of bytes (a GEMM's padded
         output into the tensor): dst, src, rows, bytes per row, each one's row pitch."""
+        if len(args) != 2:
+            return None
+        dst, src = args
         if not (isinstance(dst, np.ndarray) and isinstance(src, np.ndarray) and dst.ndim == src.ndim == 2
                 and dst.shape == src.shape and dst.dtype == src.dtype and dst.strides[1] == src.strides[1]
                 == dst.itemsize):
