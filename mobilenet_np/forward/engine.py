@@ -277,6 +277,7 @@ PARALLEL_SHARES_FROM = 4
 
 ALIGN_FLOATS = 16    # 64 bytes: a cache line.  An 8-float load from a 16-byte aligned address
                      # (NumPy's default) splits a line every other time; measured ~1.4x slower.
+READ_SLACK = 16      # floats: a vector of the widest kernels (simd.LANES is 8 or 16)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -284,8 +285,10 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def aligned_empty(n: int) -> np.ndarray:
-    """An uninitialised float32 array of n elements starting on a 64-byte boundary."""
-    raw = np.empty(n + ALIGN_FLOATS, np.float32)
+    """An uninitialised float32 array of n elements starting on a 64-byte boundary, with
+    READ_SLACK floats of memory after it: the depthwise kernel's last channel group may read
+    (never write, never use) up to a vector past a row's end (``kernels/depthwise.py``)."""
+    raw = np.empty(n + ALIGN_FLOATS + READ_SLACK, np.float32)
     skip = (-raw.ctypes.data % (4 * ALIGN_FLOATS)) // 4
     return raw[skip:skip + n]
 

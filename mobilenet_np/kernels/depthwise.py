@@ -1,10 +1,14 @@
-"""Depthwise 3x3 convolutions: each channel filtered by its own 3x3 kernel, 8 channels per vector.
+"""Depthwise 3x3 convolutions: each channel filtered by its own 3x3 kernel, LANES channels per vector.
 
 Each output row is cut into tiles of 8 adjacent pixels (stride 1) or 4, and for each tile the
-channels are walked 8 at a time (``depthwise_rows``).  Every input column is loaded once and feeds all
-the pixels it reaches (3 of them at stride 1), and the tile's sums are independent, so the
-multiply-adds do not wait on one another.  Tap rows in the padding are skipped; columns in the
-padding read as zeros.  Each pixel sums its bias, then its taps in (dy, dx) order.
+channels are walked LANES at a time (``depthwise_rows``; ``simd.LANES`` is 16 with AVX-512, else 8).
+Every input column is loaded once and feeds all the pixels it reaches (3 of them at stride 1),
+and the tile's sums are independent, so the multiply-adds do not wait on one another.  Tap rows
+in the padding are skipped; columns in the padding read as zeros.  Each pixel sums its bias,
+then its taps in (dy, dx) order.  When C is not a multiple of LANES, the last channel group
+runs as a whole vector too and stores only its valid lanes (``simd.store_act_n``): its loads
+read up to LANES - 1 floats past the group's last channel (the next pixel's, or the slack the
+engine leaves after its buffers and weights), which only feed lanes that are never stored.
 
 As the other layer kernels, it takes its plan row (``rows.py``); ``depthwise_rows`` runs a range
 of output rows on the calling thread (``plan.run_plan`` hands each thread a run),
@@ -111,12 +115,11 @@ def depthwise_rows(op, r0, r1, xf, w, bias, of, n_img):
     time: the tile's input (3 rows x 6 to 10 columns x C) is read front to back, which the caches
     and prefetchers follow well even at C = 512 (walking a row per channel group instead strides
     by C*4 bytes and thrashes L1 sets).  Tap rows in the padding are skipped; columns in the
-    padding read as zero.  A last single pixel takes ``_pixel``; the last C mod 8 channels a
-    scalar loop."""
+    padding read as zero.  A last single pixel takes ``_pixel``; the last C mod LANES channels a
+    whole vector whose extra lanes are not stored (the module's docstring)."""
     height, width, chans = op[OP_IN_H], op[OP_IN_W], op[OP_IN_C]
     stride, pad_top, pad_left, relu6 = op[OP_STRIDE], op[OP_PAD_TOP], op[OP_PAD_LEFT], op[OP_RELU6] != 0
     out_h, out_w = op[OP_OUT_H], op[OP_OUT_W]
-    vector_chans = chans - chans % LANES
     line = width * chans
     for row in range(r0, r1):  # (one function, not a row helper inlined here: ~1 s less compile)
         n = row // out_h
@@ -130,19 +133,20 @@ def depthwise_rows(op, r0, r1, xf, w, bias, of, n_img):
             at0 = ((n * height + iy0) * width + ix0) * chans
             o_at0 = (row * out_w + ox) * chans
             inside = ix0 >= 0 and ix0 + 9 < width
-            for c in range(0, vector_chans, LANES):
+            for c in range(0, chans, LANES):
+                lanes = min(LANES, chans - c)
                 b = simd.load(bias, c)
                 a0, a1, a2, a3, a4, a5, a6, a7 = _tile8(xf, at0 + c, ix0, width, chans, line, w, c, dy0, dy1, b,
                                                         not inside)
                 o_at = o_at0 + c
-                simd.store_act(of, o_at, a0, relu6)
-                simd.store_act(of, o_at + chans, a1, relu6)
-                simd.store_act(of, o_at + 2 * chans, a2, relu6)
-                simd.store_act(of, o_at + 3 * chans, a3, relu6)
-                simd.store_act(of, o_at + 4 * chans, a4, relu6)
-                simd.store_act(of, o_at + 5 * chans, a5, relu6)
-                simd.store_act(of, o_at + 6 * chans, a6, relu6)
-                simd.store_act(of, o_at + 7 * chans, a7, relu6)
+                simd.store_act_n(of, o_at, a0, relu6, lanes)
+                simd.store_act_n(of, o_at + chans, a1, relu6, lanes)
+                simd.store_act_n(of, o_at + 2 * chans, a2, relu6, lanes)
+                simd.store_act_n(of, o_at + 3 * chans, a3, relu6, lanes)
+                simd.store_act_n(of, o_at + 4 * chans, a4, relu6, lanes)
+                simd.store_act_n(of, o_at + 5 * chans, a5, relu6, lanes)
+                simd.store_act_n(of, o_at + 6 * chans, a6, relu6, lanes)
+                simd.store_act_n(of, o_at + 7 * chans, a7, relu6, lanes)
             ox += 8
         while ox < out_w:
             keep = min(4, out_w - ox)
@@ -151,32 +155,23 @@ def depthwise_rows(op, r0, r1, xf, w, bias, of, n_img):
             at0 = ((n * height + iy0) * width + ix0) * chans
             o_at0 = (row * out_w + ox) * chans
             if keep == 1:
-                for c in range(0, vector_chans, LANES):
-                    simd.store_act(of, o_at0 + c, _pixel(xf, at0 + c, ix0, width, chans, line, w, c, dy0, dy1,
-                                                 simd.load(bias, c)), relu6)
+                for c in range(0, chans, LANES):
+                    simd.store_act_n(of, o_at0 + c, _pixel(xf, at0 + c, ix0, width, chans, line, w, c, dy0, dy1,
+                                                   simd.load(bias, c)), relu6, min(LANES, chans - c))
                 break
             inside = keep == 4 and ix0 >= 0 and ix0 + 3 * stride + 2 < width
-            for c in range(0, vector_chans, LANES):
+            for c in range(0, chans, LANES):
+                lanes = min(LANES, chans - c)
                 b = simd.load(bias, c)
                 a0, a1, a2, a3 = _tile4(xf, at0 + c, ix0, width, chans, line, stride, w, c, dy0, dy1, b, not inside)
                 o_at = o_at0 + c
-                simd.store_act(of, o_at, a0, relu6)
-                simd.store_act(of, o_at + chans, a1, relu6)
+                simd.store_act_n(of, o_at, a0, relu6, lanes)
+                simd.store_act_n(of, o_at + chans, a1, relu6, lanes)
                 if keep > 2:
-                    simd.store_act(of, o_at + 2 * chans, a2, relu6)
+                    simd.store_act_n(of, o_at + 2 * chans, a2, relu6, lanes)
                 if keep > 3:
-                    simd.store_act(of, o_at + 3 * chans, a3, relu6)
+                    simd.store_act_n(of, o_at + 3 * chans, a3, relu6, lanes)
             ox += 4
-        for ox in range(out_w):
-            ix0 = ox * stride - pad_left
-            for c in range(vector_chans, chans):
-                s = bias[c]
-                for dy in range(dy0, dy1):
-                    for dx in range(max(0, -ix0), min(3, width - ix0)):
-                        s += xf[((n * height + iy0 + dy) * width + ix0 + dx) * chans + c] * w[(dy * 3 + dx) * chans + c]
-                if relu6:
-                    s = min(max(s, np.float32(0.0)), np.float32(6.0))
-                of[(row * out_w + ox) * chans + c] = s
 
 
 @kernel(parallel=True)
@@ -194,6 +189,11 @@ def depthwise_conv2d(x, w, bias, stride, pad_top, pad_left, relu6, out, serial=F
     if w.shape[0] != 3 or w.shape[1] != 3:
         raise ValueError(f"depthwise kernels must be 3x3, got {w.shape[:2]}")
     n_img, height, width, chans = x.shape
+    if chans % LANES:       # the last channel group reads past the arrays' ends: copies with slack
+        x, w, bias = (np.concatenate([np.ravel(a).astype(np.float32), np.zeros(LANES, np.float32)])
+                      for a in (x, np.ascontiguousarray(w), bias))
+        w = w[:-LANES].reshape(3, 3, chans)   # (a view: the slack stays behind it)
+        x = x[:-LANES].reshape(n_img, height, width, chans)
     op = plan_row("depthwise", k=3, stride=stride, in_hw=(height, width), in_c=chans, out_hw=out.shape[1:3],
                   out_c=chans, pad_top=pad_top, pad_left=pad_left, relu6=relu6)
     w = np.ascontiguousarray(w).reshape(-1)

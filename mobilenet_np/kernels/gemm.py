@@ -2,9 +2,10 @@
 
 ``pointwise`` computes ``out[p, :] = act(x[p, :] @ W + bias (+ residual[p, :]))`` for every
 pixel p, a matrix product [pixels, C_in] x [C_in, C_out] with BatchNorm folded into W and bias
-and the epilogue fused.  A tile of 6 pixels x 16 output channels is accumulated in 12 vector
-registers over the whole C_in loop (``simd.py``), reading weights packed by ``pack_pointwise``
-so that each step loads one contiguous row.  The tile code (``_tile6`` over ``simd.fma2`` and ``simd.emit16``) is
+and the epilogue fused.  A tile of 6 pixels x one panel of PANEL output channels (two vectors:
+16 channels with AVX2, 32 with AVX-512, ``simd.LANES``) is accumulated in 12 vector registers
+over the whole C_in loop (``simd.py``), reading weights packed by ``pack_pointwise`` so that
+each step loads one contiguous row.  The tile code (``_tile6`` over ``simd.fma2`` and ``simd.emit_panel``) is
 shared with the stem (``stem.py``); ``_run`` splits a layer's tasks into runs for the threads.
 
 The layer kernel ``pointwise_tiles`` takes its plan row (``rows.py``) for its sizes and flags
@@ -25,16 +26,16 @@ from .jit import kernel
 from .rows import OP_IN_C, OP_IN_H, OP_IN_W, OP_OUT_C, OP_RELU6, OP_RESIDUAL, plan_row
 
 TILE_ROWS = 6        # pixels per GEMM micro-tile
-PANEL = 16           # output channels per micro-tile: two 8-lane vectors
 LANES = simd.LANES
+PANEL = 2 * LANES    # output channels per micro-tile: two vectors (16 with AVX2, 32 with AVX-512)
 _DENSE = np.zeros(0, np.int64)     # "no tap table": the 1x1 case of _tile6
 
 
 # --- weight layouts (NumPy, once at load time) ----------------------------------------------
 
 def pack_pointwise(w: np.ndarray) -> np.ndarray:
-    """[C_in, C_out] -> panels [ceil(C_out/16), C_in, 16] (flattened), zero-padded, so that the
-    GEMM reads each step's 16 weights from one contiguous row."""
+    """[C_in, C_out] -> panels [ceil(C_out/PANEL), C_in, PANEL] (flattened), zero-padded, so
+    that the GEMM reads each step's PANEL weights from one contiguous row."""
     c_in, c_out = w.shape
     panels = -(-c_out // PANEL)
     padded = np.zeros((c_in, panels * PANEL), np.float32)
@@ -43,7 +44,7 @@ def pack_pointwise(w: np.ndarray) -> np.ndarray:
 
 
 def pad_bias(bias: np.ndarray) -> np.ndarray:
-    """Bias zero-padded to whole panels (the GEMM loads it 16 at a time)."""
+    """Bias zero-padded to whole panels (the GEMM loads it PANEL at a time)."""
     out = np.zeros(-(-bias.shape[0] // PANEL) * PANEL, np.float32)
     out[:bias.shape[0]] = bias
     return out
@@ -62,7 +63,7 @@ def _run(tasks, part, parts):
 @kernel(inline=True)
 def _tile6(x, x_at, row_step, taps, c_in, w, w_at, b0, b1, out, o_at, c_out, columns, relu6, residual,
            add_residual):
-    """Six pixels x one 16-column panel (weights at w_at), summed over c_in steps.
+    """Six pixels x one PANEL-column panel (weights at w_at), summed over c_in steps.
 
     Pixel r's k-th input is x[x_at + r*row_step + k] for a 1x1 conv (``taps`` empty: the
     pixels' channel vectors are consecutive rows), or x[x_at + r*row_step + taps[k]] for the
@@ -80,12 +81,12 @@ def _tile6(x, x_at, row_step, taps, c_in, w, w_at, b0, b1, out, o_at, c_out, col
         a30, a31 = simd.fma2(simd.splat_at(x, at + 3 * row_step), w0, w1, a30, a31)
         a40, a41 = simd.fma2(simd.splat_at(x, at + 4 * row_step), w0, w1, a40, a41)
         a50, a51 = simd.fma2(simd.splat_at(x, at + 5 * row_step), w0, w1, a50, a51)
-    simd.emit16(out, o_at, a00, a01, columns, relu6, residual, add_residual)
-    simd.emit16(out, o_at + c_out, a10, a11, columns, relu6, residual, add_residual)
-    simd.emit16(out, o_at + 2 * c_out, a20, a21, columns, relu6, residual, add_residual)
-    simd.emit16(out, o_at + 3 * c_out, a30, a31, columns, relu6, residual, add_residual)
-    simd.emit16(out, o_at + 4 * c_out, a40, a41, columns, relu6, residual, add_residual)
-    simd.emit16(out, o_at + 5 * c_out, a50, a51, columns, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at, a00, a01, columns, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at + c_out, a10, a11, columns, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at + 2 * c_out, a20, a21, columns, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at + 3 * c_out, a30, a31, columns, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at + 4 * c_out, a40, a41, columns, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at + 5 * c_out, a50, a51, columns, relu6, residual, add_residual)
 
 
 @kernel(inline=True)
@@ -96,15 +97,15 @@ def _tile1(x, x_at, c_in, w, w_at, b0, b1, out, o_at, columns, relu6, residual, 
     for k in range(c_in):
         a0, a1 = simd.fma2(simd.splat_at(x, x_at + k), simd.load(w, w_at + k * PANEL),
                        simd.load(w, w_at + k * PANEL + LANES), a0, a1)
-    simd.emit16(out, o_at, a0, a1, columns, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at, a0, a1, columns, relu6, residual, add_residual)
 
 
 @kernel(inline=True)
 def _tile3w(x, x_at, c_in, w, w_at, bias, c0, out, o_at, c_out, relu6, residual, add_residual):
-    """Three pixels x two panels (32 columns from c0, the first panel full, weights at w_at and
-    w_at + c_in*16): the same twelve accumulators and FMAs per step as ``_tile6``, for the last
+    """Three pixels x two panels (2 x PANEL columns from c0, the first panel full, weights at w_at and
+    w_at + c_in*PANEL): the same twelve accumulators and FMAs per step as ``_tile6``, for the last
     1-3 pixels of a group, where a 6-pixel tile would redo 3-5 pixels (a 3x3 layer at batch 1
-    has 9 pixels: 2 tiles of 6 rows, or 1.5 of this one, per 16 columns)."""
+    has 9 pixels: 2 tiles of 6 rows, or 1.5 of this one, per PANEL columns)."""
     a00 = a10 = a20 = simd.load(bias, c0)
     a01 = a11 = a21 = simd.load(bias, c0 + LANES)
     a02 = a12 = a22 = simd.load(bias, c0 + PANEL)
@@ -126,12 +127,12 @@ def _tile3w(x, x_at, c_in, w, w_at, bias, c0, out, o_at, c_out, relu6, residual,
         a20, a21 = simd.fma2(v, w0, w1, a20, a21)
         a22, a23 = simd.fma2(v, w2, w3, a22, a23)
     columns = min(PANEL, c_out - c0 - PANEL)
-    simd.emit16(out, o_at, a00, a01, PANEL, relu6, residual, add_residual)
-    simd.emit16(out, o_at + PANEL, a02, a03, columns, relu6, residual, add_residual)
-    simd.emit16(out, o_at + c_out, a10, a11, PANEL, relu6, residual, add_residual)
-    simd.emit16(out, o_at + c_out + PANEL, a12, a13, columns, relu6, residual, add_residual)
-    simd.emit16(out, o_at + 2 * c_out, a20, a21, PANEL, relu6, residual, add_residual)
-    simd.emit16(out, o_at + 2 * c_out + PANEL, a22, a23, columns, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at, a00, a01, PANEL, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at + PANEL, a02, a03, columns, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at + c_out, a10, a11, PANEL, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at + c_out + PANEL, a12, a13, columns, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at + 2 * c_out, a20, a21, PANEL, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at + 2 * c_out + PANEL, a22, a23, columns, relu6, residual, add_residual)
 
 
 @kernel(inline=True)
@@ -150,9 +151,9 @@ def pointwise_tiles(op, t0, t1, x, w, bias, residual, out, n_img):
 
     Visit order: consecutive tiles (one thread's run) keep the smaller operand in cache.  With
     more output channels than pixels the weights are the bigger stream, so all pixels meet one
-    weight panel (16 columns x c_in, in L1) before the next panel.  The (group, panel) pair is
+    weight panel (PANEL columns x c_in, in L1) before the next panel.  The (group, panel) pair is
     stepped, not divided out of t: two integer divisions per tile cost ~20 % at C_in = 16.
-    Tile (g, j) is pixel group g (6 pixels) x weight panel j (16 channels).
+    Tile (g, j) is pixel group g (6 pixels) x weight panel j (PANEL channels).
 
     The last group, when the pixel count is not a multiple of 6: with 1-3 pixels left, panels
     run in pairs through ``_tile3w`` over the last 3 pixels (task j even does panels j and
@@ -204,7 +205,7 @@ def pointwise_tiles(op, t0, t1, x, w, bias, residual, out, n_img):
 def pointwise_parallel(op, x, w, bias, residual, out, n_img, parts):
     """The 1x1 layer ``op`` on its own: x flat [pixels, C_in] -> out flat [pixels, C_out]
     (``residual`` likewise), with ``w``/``bias`` from ``pack_pointwise``/``pad_bias``.  The (6
-    pixels x 16 channels) tiles are cut into ``parts`` contiguous runs for Numba's threads, as
+    pixels x PANEL channels) tiles are cut into ``parts`` contiguous runs for Numba's threads, as
     ``plan.run_plan`` cuts them."""
     tasks = _gemm_tasks(_pixels(op, n_img), op[OP_OUT_C])
     for part in prange(parts):

@@ -133,7 +133,7 @@ def _operand(x, buffers, at):
 @kernel(inline=True)
 def _tasks(op, n_img):
     """How many tasks a row's kernel splits into: 6x16 tiles (1x1), output rows (depthwise and
-    the input row), output rows x 16-channel panels (stem)."""
+    the input row), output rows x PANEL-channel panels (stem)."""
     kind = op[OP_KIND]
     if kind == KIND_POINTWISE:
         return _gemm_tasks(n_img * op[OP_IN_H] * op[OP_IN_W], op[OP_OUT_C])

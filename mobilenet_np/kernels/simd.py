@@ -1,4 +1,4 @@
-"""Eight-lane float32 vectors for Numba kernels: a handful of LLVM intrinsics, nothing more.
+"""Float32 vectors for Numba kernels: a handful of LLVM intrinsics, nothing more.
 
 Why this exists: Numba cannot tell LLVM that two arrays do not overlap, so a loop that keeps
 sums in an output array reloads and re-stores them on every step, and LLVM will not keep a
@@ -6,26 +6,67 @@ matrix tile's accumulators in registers on its own.  With an explicit vector typ
 names its accumulators as local variables, and LLVM keeps them in registers: that is what lets
 the 1x1 convolution run as fast as a BLAS GEMM.
 
-``F32x8`` is LLVM's ``<8 x float>``: one AVX register on x86-64 with AVX2, two SSE or NEON
-registers elsewhere (slower, equally correct).  All loads and stores are unaligned and take a
-flat (1-D, C-contiguous) float32 array and an element index; nothing is bounds-checked, so
-callers keep ``index + 8 <= len(array)``.  ``fma`` rounds once (like the ``contract`` fastmath
-flag in ``jit.py``); there is no reassociation: every lane sums in the order the kernel writes.
+``F32Vec`` is LLVM's ``<LANES x float>``.  ``LANES`` is 16 on a CPU with AVX-512 (one zmm
+register: twice the multiply-adds per instruction of AVX2's ymm, which is what XNNPACK uses
+there too) and 8 elsewhere (one AVX register with AVX2; two SSE or NEON registers elsewhere,
+slower, equally correct); ``MOBILENET_NP_VECTOR_LANES=8`` or ``16`` chooses.  The width changes
+no result: every output element is the same chain of operations in its own lane.  All loads
+and stores are unaligned and take a flat (1-D, C-contiguous) float32 array and an element
+index; nothing is bounds-checked, so callers keep ``index + LANES <= len(array)``, except where
+a kernel says it reads past a row's end (its caller then leaves slack after the array).
+``fma`` rounds once (like the ``contract`` fastmath flag in ``jit.py``); there is no
+reassociation: every lane sums in the order the kernel writes.
 """
 
 from __future__ import annotations
 
-from llvmlite import ir
+import os
+
+import numba
+from llvmlite import binding, ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-LANES = 8
+
+def vector_lanes() -> int:
+    """16 where Numba compiles for a CPU with AVX-512F, else 8; ``MOBILENET_NP_VECTOR_LANES``
+    (8 or 16) overrides (16 on a CPU without AVX-512 runs, slower, as two or four registers)."""
+    forced = os.environ.get("MOBILENET_NP_VECTOR_LANES", "").strip()
+    if forced in ("8", "16"):
+        return int(forced)
+    features = numba.config.CPU_FEATURES       # NUMBA_CPU_FEATURES: what Numba compiles for
+    if features is None:
+        if numba.config.CPU_NAME not in (None, "host"):
+            return 8                           # a named (portable) CPU: assume no AVX-512
+        try:
+            features = binding.get_host_cpu_features().flatten()
+        except RuntimeError:                   # no feature list on this platform
+            return 8
+    return 16 if "+avx512f" in features.split(",") else 8
+
+
+LANES = vector_lanes()
 _VEC = ir.VectorType(ir.FloatType(), LANES)
 _I32 = ir.IntType(32)
 
 
+class F32VecType(types.Type):
+    def __init__(self):
+        super().__init__(name=f"f32x{LANES}")
+
+
+f32v = F32VecType()
+
+
+@register_model(F32VecType)
+class _F32VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VEC)
+
+
 class F32x8Type(types.Type):
+    """``<8 x float>`` whatever LANES is: the integer kernels' float scales (integer_simd.py)."""
     def __init__(self):
         super().__init__(name="f32x8")
 
@@ -36,7 +77,7 @@ f32x8 = F32x8Type()
 @register_model(F32x8Type)
 class _F32x8Model(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _VEC)
+        super().__init__(dmm, fe_type, ir.VectorType(ir.FloatType(), 8))
 
 
 def _vector_pointer(context, builder, array_type, array, index):
@@ -98,7 +139,7 @@ def load(typingctx, array, index):
 
     def codegen(context, builder, sig, args):
         return builder.load(_vector_pointer(context, builder, sig.args[0], args[0], args[1]), align=4)
-    return f32x8(array, types.intp), codegen
+    return f32v(array, types.intp), codegen
 
 
 @intrinsic
@@ -110,7 +151,7 @@ def store(typingctx, array, index, vector):
     def codegen(context, builder, sig, args):
         builder.store(args[2], _vector_pointer(context, builder, sig.args[0], args[0], args[1]), align=4)
         return context.get_dummy_value()
-    return types.void(array, types.intp, f32x8), codegen
+    return types.void(array, types.intp, f32v), codegen
 
 
 @intrinsic
@@ -131,7 +172,7 @@ def load_inside(typingctx, array, index, ix, width, checked):
         read = builder.or_(builder.not_(check), inside)
         return _when(builder, read, lambda: builder.load(_vector_pointer(context, builder, sig.args[0], arr, at),
                                                           align=4), ir.Constant(_VEC, [0.0] * LANES))
-    return f32x8(array, types.intp, ix, width, types.boolean), codegen
+    return f32v(array, types.intp, ix, width, types.boolean), codegen
 
 
 @intrinsic
@@ -145,67 +186,101 @@ def store_act(typingctx, array, index, vector, relu6):
         value = builder.select(args[3], _relu6(builder, args[2]), args[2])
         builder.store(value, _vector_pointer(context, builder, sig.args[0], args[0], args[1]), align=4)
         return context.get_dummy_value()
-    return types.void(array, types.intp, f32x8, types.boolean), codegen
+    return types.void(array, types.intp, f32v, types.boolean), codegen
 
 
 def _with_residual(context, builder, vector, residual_at, add):
-    """vector + the 8 floats at residual_at if ``add``, else vector (nothing read then)."""
+    """vector + the LANES floats at residual_at if ``add``, else vector (nothing read then)."""
     return _when(builder, add, lambda: builder.fadd(
         vector, builder.load(builder.bitcast(residual_at, _VEC.as_pointer()), align=4)), vector)
 
 
+def _lane_mask(builder, count, first):
+    """Lanes i with first + i < count (an i64): the valid lanes of a vector at the end of a row."""
+    i64s = ir.VectorType(ir.IntType(64), LANES)
+    count = builder.insert_element(ir.Constant(i64s, ir.Undefined), count, ir.Constant(_I32, 0))
+    count = builder.shuffle_vector(count, count, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+    return builder.icmp_signed("<", ir.Constant(i64s, [first + i for i in range(LANES)]), count)
+
+
+def _masked(builder, name, args):
+    """llvm.masked.load / llvm.masked.store: only the lanes of the mask touch memory (AVX-512's
+    masked moves, AVX's vmaskmovps)."""
+    arg_types = [a.type for a in args]
+    result = _VEC if name == "load" else ir.VoidType()
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(result, arg_types),
+                                        f"llvm.masked.{name}.v{LANES}f32.p0")
+    return builder.call(fn, args)
+
+
+def _store_lanes(builder, value, pointer, mask):
+    _masked(builder, "store", [value, pointer, ir.Constant(_I32, 4), mask])
+
+
 @intrinsic
-def emit16(typingctx, out, index, lo, hi, columns, relu6, residual, add_residual):
-    """Finish one pixel's 16 GEMM accumulators (lanes 0-7 in ``lo``, 8-15 in ``hi``): lane c
-    becomes act(v[c] + residual[index + c]) (the add only if ``add_residual``, ReLU6 only if
-    ``relu6``), stored to out[index + c] for c < ``columns``.  Whole vectors where all 8
-    lanes are valid; lane by lane for the rest (C_out not a multiple of 8), reading and writing
-    nothing past ``columns``.  An intrinsic, as ``load_inside``: the same code as an inlined
-    Numba helper made the GEMM's compile 7x slower (13 call sites, each a pass of Numba's
-    inliner over the helper's branches and loop)."""
+def emit_panel(typingctx, out, index, lo, hi, columns, relu6, residual, add_residual):
+    """Finish one pixel's 2 x LANES GEMM accumulators (a panel: lanes 0..LANES-1 in ``lo``, the
+    next LANES in ``hi``): lane c becomes act(v[c] + residual[index + c]) (the add only if
+    ``add_residual``, ReLU6 only if ``relu6``), stored to out[index + c] for c < ``columns``.
+    When fewer than 2 x LANES columns are valid (C_out not a multiple of the panel), masked
+    loads and stores read and write nothing past ``columns``.  An intrinsic, as
+    ``load_inside``: the same code as an inlined Numba helper made the GEMM's compile 7x slower
+    (13 call sites, each a pass of Numba's inliner over the helper's branches and loop)."""
     if not (_is_flat_f32(out) and _is_flat_f32(residual)):
         return None
-    sig = types.void(out, types.intp, f32x8, f32x8, types.intp, types.boolean, residual, types.boolean)
+    sig = types.void(out, types.intp, f32v, f32v, types.intp, types.boolean, residual, types.boolean)
 
     def codegen(context, builder, sig, args):
         out_, at, lo_, hi_, columns_, relu6_, residual_, add = args
         out_data = context.make_array(sig.args[0])(context, builder, out_).data
         res_data = context.make_array(sig.args[6])(context, builder, residual_).data
 
-        def const(n):
-            return ir.Constant(at.type, n)
+        def pointer(data, first):
+            return builder.bitcast(builder.gep(data, [builder.add(at, ir.Constant(at.type, first))]), _VEC.as_pointer())
 
         def whole(vector, first):
-            i = builder.add(at, const(first))
-            v = _with_residual(context, builder, vector, builder.gep(res_data, [i]), add)
+            v = _with_residual(context, builder, vector, builder.gep(res_data, [builder.add(at, ir.Constant(at.type, first))]),
+                               add)
             v = builder.select(relu6_, _relu6(builder, v), v)
-            builder.store(v, builder.bitcast(builder.gep(out_data, [i]), _VEC.as_pointer()), align=4)
+            builder.store(v, pointer(out_data, first), align=4)
 
         def lanes(vector, first):
-            for c in range(LANES):
-                with builder.if_then(builder.icmp_signed("<", const(first + c), columns_)):
-                    i = builder.add(at, const(first + c))
-                    s = builder.extract_element(vector, ir.Constant(_I32, c))
-                    v = _when(builder, add, lambda: builder.fadd(s, builder.load(builder.gep(res_data, [i]), align=4)),
-                              s)
-                    one = ir.VectorType(ir.FloatType(), 1)
-                    act = builder.extract_element(_relu6_any(builder, builder.insert_element(
-                        ir.Constant(one, ir.Undefined), v, ir.Constant(_I32, 0))), ir.Constant(_I32, 0))
-                    builder.store(builder.select(relu6_, act, v), builder.gep(out_data, [i]), align=4)
+            mask = _lane_mask(builder, columns_, first)
+            v = _when(builder, add, lambda: builder.fadd(vector, _masked(builder, "load", [
+                pointer(res_data, first), ir.Constant(_I32, 4), mask, ir.Constant(_VEC, [0.0] * LANES)])), vector)
+            _store_lanes(builder, builder.select(relu6_, _relu6(builder, v), v), pointer(out_data, first), mask)
 
-        with builder.if_else(builder.icmp_signed(">=", columns_, const(2 * LANES))) as (full, part):
+        with builder.if_else(builder.icmp_signed(">=", columns_, ir.Constant(at.type, 2 * LANES))) as (full, part):
             with full:
                 whole(lo_, 0)
                 whole(hi_, LANES)
             with part:
-                with builder.if_else(builder.icmp_signed(">=", columns_, const(LANES))) as (low_full, low_part):
-                    with low_full:
-                        whole(lo_, 0)
-                        lanes(hi_, LANES)
-                    with low_part:
-                        lanes(lo_, 0)
+                lanes(lo_, 0)
+                lanes(hi_, LANES)
         return context.get_dummy_value()
     return sig, codegen
+
+
+@intrinsic
+def store_act_n(typingctx, array, index, vector, relu6, count):
+    """array[index : index + count] = the first ``count`` lanes of relu6(vector) if ``relu6``
+    else of vector: a whole store when count >= LANES, else a masked one (the last channels of
+    a row whose channel count is not a multiple of LANES)."""
+    if not _is_flat_f32(array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arr, at, vector_, relu6_, count_ = args
+        value = builder.select(relu6_, _relu6(builder, vector_), vector_)
+        ptr = _vector_pointer(context, builder, sig.args[0], arr, at)
+        count_ = context.cast(builder, count_, sig.args[4], types.int64)
+        with builder.if_else(builder.icmp_signed(">=", count_, ir.Constant(count_.type, LANES))) as (full, part):
+            with full:
+                builder.store(value, ptr, align=4)
+            with part:
+                _store_lanes(builder, value, ptr, _lane_mask(builder, count_, 0))
+        return context.get_dummy_value()
+    return types.void(array, types.intp, f32v, types.boolean, count), codegen
 
 
 @intrinsic
@@ -218,30 +293,30 @@ def splat_at(typingctx, array, index):
     def codegen(context, builder, sig, args):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
         return _splat(builder, builder.load(builder.gep(data, [args[1]]), align=4))
-    return f32x8(array, types.intp), codegen
+    return f32v(array, types.intp), codegen
 
 
 @intrinsic
 def fma(typingctx, a, b, c):
     """a * b + c in every lane, rounded once."""
     def codegen(context, builder, sig, args):
-        return _llvm_call(builder, "llvm.fma.v8f32", list(args))
-    return f32x8(f32x8, f32x8, f32x8), codegen
+        return _llvm_call(builder, f"llvm.fma.v{LANES}f32", list(args))
+    return f32v(f32v, f32v, f32v), codegen
 
 
 def _fmas(builder, pairs):
-    return [_llvm_call(builder, "llvm.fma.v8f32", list(p)) for p in pairs]
+    return [_llvm_call(builder, f"llvm.fma.v{LANES}f32", list(p)) for p in pairs]
 
 
 @intrinsic
 def fma2(typingctx, v, w0, w1, lo, hi):
     """(v * w0 + lo, v * w1 + hi): one input value times a 16-column weight row, into one
     pixel's two accumulators (the GEMM's step).  This and ``feed3``/``load3`` are intrinsics
-    rather than inlined helpers for the compile time only (see ``emit16``)."""
+    rather than inlined helpers for the compile time only (see ``emit_panel``)."""
     def codegen(context, builder, sig, args):
         v_, w0_, w1_, lo_, hi_ = args
         return context.make_tuple(builder, sig.return_type, _fmas(builder, [(v_, w0_, lo_), (v_, w1_, hi_)]))
-    return types.UniTuple(f32x8, 2)(f32x8, f32x8, f32x8, f32x8, f32x8), codegen
+    return types.UniTuple(f32v, 2)(f32v, f32v, f32v, f32v, f32v), codegen
 
 
 @intrinsic
@@ -253,7 +328,7 @@ def feed3(typingctx, x, wa, wb, wc, left, mid, right):
         x_, wa_, wb_, wc_, left_, mid_, right_ = args
         sums = _fmas(builder, [(x_, wc_, left_), (x_, wb_, mid_), (x_, wa_, right_)])
         return context.make_tuple(builder, sig.return_type, sums)
-    return types.UniTuple(f32x8, 3)(f32x8, f32x8, f32x8, f32x8, f32x8, f32x8, f32x8), codegen
+    return types.UniTuple(f32v, 3)(f32v, f32v, f32v, f32v, f32v, f32v, f32v), codegen
 
 
 @intrinsic
@@ -272,7 +347,7 @@ def load3(typingctx, array, index, step):
             i = builder.add(at, builder.mul(step_, ir.Constant(at.type, k)))
             loads.append(builder.load(_vector_pointer(context, builder, sig.args[0], arr, i), align=4))
         return context.make_tuple(builder, sig.return_type, loads)
-    return types.UniTuple(f32x8, 3)(array, types.intp, types.intp), codegen
+    return types.UniTuple(f32v, 3)(array, types.intp, types.intp), codegen
 
 
 @intrinsic
@@ -282,4 +357,4 @@ def twice_minus_one(typingctx, a):
         two = ir.Constant(_VEC, [2.0] * LANES)
         one = ir.Constant(_VEC, [1.0] * LANES)
         return builder.fsub(builder.fmul(args[0], two), one)
-    return f32x8(f32x8), codegen
+    return f32v(f32v), codegen

@@ -46,7 +46,7 @@ def _patch1(x, n, iy0, ix0, height, width, c_in, k, w, w_at, b0, b1, out, o_at, 
                 for c in range(c_in):
                     step = w_at + ((dy * k + dx) * c_in + c) * PANEL
                     a0, a1 = simd.fma2(simd.splat_at(x, at + c), simd.load(w, step), simd.load(w, step + LANES), a0, a1)
-    simd.emit16(out, o_at, a0, a1, columns, relu6, out, False)
+    simd.emit_panel(out, o_at, a0, a1, columns, relu6, out, False)
 
 
 @kernel(inline=True)
@@ -57,7 +57,7 @@ def _stem_tasks(op, n_img):
 @kernel()
 def stem_tasks(op, t0, t1, x, taps, w, bias, out, n_img):
     """Tasks t0..t1-1 of the stem row ``op``, on the calling thread: task t is one output row x
-    one 16-channel panel.  (The task's code is written out in the loop, not a helper inlined
+    one PANEL-channel panel.  (The task's code is written out in the loop, not a helper inlined
     there: Numba's inlining copied its IR at some cost to the compile.)"""
     height, width, c_in, k, stride = op[OP_IN_H], op[OP_IN_W], op[OP_IN_C], op[OP_K], op[OP_STRIDE]
     pad_top, pad_left, relu6 = op[OP_PAD_TOP], op[OP_PAD_LEFT], op[OP_RELU6] != 0
