@@ -14,6 +14,7 @@ import numpy as np
 from ..kernels import integer_add as iadd
 from ..kernels import integer_conv as iconv
 from ..kernels import integer_depthwise as idw
+from ..kernels import integer_dot4 as idot
 from ..kernels import integer_gemm as ig
 from ..kernels import integer_reference as iref
 from ..kernels import integer_softmax as isoft
@@ -69,6 +70,9 @@ def _pack(graph: QuantizedGraph, op) -> dict:
     else:              # TFLite OHWI -> [kh * kw * C_in, C_out], the order of the gathered patches
         packed["weights"] = ig.pack_pairs(w.reshape(c_out, -1).T, w_q.zero_point)
         packed["folded"] = ig.fold_zero_point(packed["weights"], params, packed["in_zp"])
+        quads = idot.pack_quads(w.reshape(c_out, -1).T, w_q.zero_point) if w.shape[1] == 1 and idot.usable() else None
+        if quads is not None:      # a 1x1 layer on VNNI's four-byte products (integer_dot4.py)
+            packed["quads"] = (quads, idot.fold_zero_point(quads, params, packed["in_zp"]))
     return packed
 
 
@@ -86,8 +90,11 @@ def _prepare_conv(graph: QuantizedGraph, op, options, inputs, scratch):
         kernel = idw.Depthwise(x.shape, p["in_zp"], p["weights"], k, stride, pad, out_hw, *requantize)
     elif (k, stride) == (1, 1):
         params, out_zp, clamp, rounding, scales, folded = requantize
-        kernel = ig.Pointwise(x.size // x.shape[3], x.shape[3], p["in_zp"], p["weights"], params, p["c_out"], out_zp,
-                              clamp, rounding, scales, folded, scratch)
+        weights, tasks = p["weights"], None
+        if "quads" in p:
+            (weights, folded), tasks = p["quads"], idot.dot4_tasks
+        kernel = ig.Pointwise(x.size // x.shape[3], x.shape[3], p["in_zp"], weights, params, p["c_out"], out_zp,
+                              clamp, rounding, scales, folded, scratch, tasks)
     else:
         params, *others = requantize
         x_dtype = np.dtype(np.uint8) if p["form"] else x.dtype

@@ -267,19 +267,25 @@ class Pointwise:
     """``pointwise_conv2d`` bound to its shapes and weights (see ``Gemm``): an even C_in below
     ``BYTES_BELOW`` multiplies the input bytes as they are (``fold_zero_point``; ``folded``, if kept);
     others are centred into an int16 buffer first (one more column when C_in is odd), on one thread
-    (~10 G/s: V1's largest, 20 x 20 x 128 at batch 32, ~0.15 ms; a parallel twin cost 2 s of compile)."""
+    (~10 G/s: V1's largest, 20 x 20 x 128 at batch 32, ~0.15 ms; a parallel twin cost 2 s of compile).
+    ``tasks``: a kernel to run in place of ``gemm_tasks`` on the input bytes, with ``packed`` and
+    ``folded`` in its layout (``integer_dot4.dot4_tasks``)."""
 
     def __init__(self, pixels, c_in, x_zero_point, packed, params, c_out, out_zero_point, clamp,
-                 rounding="reference", scales=None, folded=None, scratch=(None, None)):
+                 rounding="reference", scales=None, folded=None, scratch=(None, None), tasks=None):
         self.pixels, self.c_in, self.x_zero_point = pixels, c_in, x_zero_point
-        if c_in % 2 == 0 and c_in < BYTES_BELOW:
+        if tasks is not None:
+            self.centred, self.kp = None, c_in
+            params = folded
+        elif c_in % 2 == 0 and c_in < BYTES_BELOW:
             self.centred, self.kp = None, c_in
             params = fold_zero_point(packed, params, x_zero_point) if folded is None else folded
         else:
             self.kp = c_in + c_in % 2
             # (an odd C_in's extra column may hold anything: it meets the zero weights pack_pairs pads with)
             self.centred = Scratch.take_from(scratch[0], pixels * self.kp, np.int16)
-        self.gemm = Gemm(pixels, self.kp, packed, params, c_out, out_zero_point, clamp, rounding, scales, scratch[1])
+        self.gemm = Gemm(pixels, self.kp, packed, params, c_out, out_zero_point, clamp, rounding, scales, scratch[1],
+                         tasks)
         self.seen = (None,)
 
     def calls(self, x, out):

@@ -29,21 +29,27 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 
+def cpu_features() -> set[str]:
+    """The CPU features Numba compiles for ("avx512f", ...): NUMBA_CPU_FEATURES when set, none
+    beyond the baseline for a named (portable) NUMBA_CPU_NAME, else the host's."""
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        if numba.config.CPU_NAME not in (None, "host"):
+            return set()
+        try:
+            features = binding.get_host_cpu_features().flatten()
+        except RuntimeError:                   # no feature list on this platform
+            return set()
+    return {f[1:] for f in features.split(",") if f.startswith("+")}
+
+
 def vector_lanes() -> int:
     """16 where Numba compiles for a CPU with AVX-512F, else 8; ``MOBILENET_NP_VECTOR_LANES``
     (8 or 16) overrides (16 on a CPU without AVX-512 runs, slower, as two or four registers)."""
     forced = os.environ.get("MOBILENET_NP_VECTOR_LANES", "").strip()
     if forced in ("8", "16"):
         return int(forced)
-    features = numba.config.CPU_FEATURES       # NUMBA_CPU_FEATURES: what Numba compiles for
-    if features is None:
-        if numba.config.CPU_NAME not in (None, "host"):
-            return 8                           # a named (portable) CPU: assume no AVX-512
-        try:
-            features = binding.get_host_cpu_features().flatten()
-        except RuntimeError:                   # no feature list on this platform
-            return 8
-    return 16 if "+avx512f" in features.split(",") else 8
+    return 16 if "avx512f" in cpu_features() else 8
 
 
 LANES = vector_lanes()
