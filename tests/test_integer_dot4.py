@@ -19,7 +19,7 @@ pytest.importorskip("numba", reason="Numba is not installed")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _case(rng, pixels, c_in, c_out, dtype, rounding):
+def _case(rng, pixels, c_in, c_out, dtype, rounding, split=False):
     """Inputs, weights and parameters of one layer, the reference's bytes, and the kernel's (run
     as the fast graph runs it: int8 tensors as uint8 + 128)."""
     from mobilenet_np.kernels import integer_dot4 as idot
@@ -30,8 +30,11 @@ def _case(rng, pixels, c_in, c_out, dtype, rounding):
     per_tensor = dtype == np.uint8
     w_zero_point = 131 if per_tensor else np.zeros(c_out, np.int64)
     x = rng.integers(lo, hi, (pixels, c_in), endpoint=True).astype(dtype)
-    # uint8 weights within 128 of their zero point: they fit int8 once centred (pack_quads' condition)
-    w = rng.integers(3 if per_tensor else -127, hi, (c_in, c_out), endpoint=True).astype(dtype)
+    # uint8 weights within 128 of their zero point fit int8 once centred (the first form); any others
+    # take the split form (pack_quads)
+    w = rng.integers(lo if split else (3 if per_tensor else -127), hi, (c_in, c_out), endpoint=True).astype(dtype)
+    if split:
+        w[0, 0] = 0                 # 0 - 131: at least one weight that does not fit
     x_zero_point = 117 if per_tensor else -5
     bias = rng.integers(-30000, 30000, c_out).astype(np.int32)
     filter_scales = rng.uniform(0.001, 0.02, 1 if per_tensor else c_out)
@@ -46,23 +49,26 @@ def _case(rng, pixels, c_in, c_out, dtype, rounding):
         want = iref.requantize(acc, multiplier, shift, clamp[0], clamp, dtype,
                                ties_up=rounding == "optimized").reshape(pixels, c_out)
     up = 0 if per_tensor else 128
-    quads = idot.pack_quads(w, w_zero_point)
-    params = idot.fold_zero_point(quads, ig.requantization_params(bias, multiplier, shift, c_out), x_zero_point + up)
+    quads, tasks = idot.pack_quads(w, w_zero_point)
+    assert tasks is (idot.dot4_split_tasks if split else idot.dot4_tasks)
+    params = idot.fold_zero_point(w, w_zero_point, ig.requantization_params(bias, multiplier, shift, c_out),
+                                  x_zero_point + up)
     kernel = ig.Pointwise(pixels, c_in, x_zero_point + up, quads, None, c_out, clamp[0] + up,
                           (clamp[0] + up, clamp[1] + up), rounding, ig.xnnpack_scales(scales, c_out), params,
-                          tasks=idot.dot4_tasks)
+                          tasks=tasks)
     got = kernel((x.astype(np.int16) + up).astype(np.uint8), np.empty((pixels, c_out), np.uint8))
     return (got.astype(np.int16) - up).astype(dtype), want
 
 
 @pytest.mark.parametrize("pixels, c_in, c_out", [(1, 4, 1), (7, 8, 13), (9, 16, 32), (37, 20, 40), (25, 160, 1001),
                                                  (33, 132, 24), (13, 16, 8), (8, 96, 16), (64, 48, 17)])
-@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("dtype, split", [(np.uint8, False), (np.uint8, True), (np.int8, False)])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
-def test_dot4_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out, dtype, rounding):
+def test_dot4_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out, dtype, split, rounding):
     """Odd pixel counts (8-pixel tiles, single pixels, chunks of 32), C_out not whole panels of 16,
-    per-tensor uint8 and per-channel int8 weights, each requantization."""
-    got, want = _case(rng, pixels, c_in, c_out, dtype, rounding)
+    per-tensor uint8 and per-channel int8 weights, each requantization; uint8 weights that do not
+    fit int8 once centred (the split form; int8 weights always do: symmetric, zero point 0)."""
+    got, want = _case(rng, pixels, c_in, c_out, dtype, rounding, split)
     assert np.array_equal(got, want)
     if want.size > 50:
         assert len(np.unique(want)) > 2        # not all clamped: the requantization was exercised
@@ -72,25 +78,26 @@ def test_pack_quads_refuses_what_int8_cannot_hold():
     from mobilenet_np.kernels import integer_dot4 as idot
 
     w = np.full((8, 4), 200, np.uint8)
-    assert idot.pack_quads(w, 73) is not None              # 200 - 73 = 127 fits
-    assert idot.pack_quads(w, 72) is None                  # 128 does not
-    w[3, 2] = 0
-    assert idot.pack_quads(w, 73) is not None              # 0 - 73 fits
-    assert idot.pack_quads(np.full((8, 4), 0, np.uint8), 129) is None     # -129 does not
+    assert idot.pack_quads(w, 73)[1] is idot.dot4_tasks            # 200 - 73 = 127 fits
+    assert idot.pack_quads(w, 72)[1] is idot.dot4_split_tasks      # 128 does not: (w - 128) + (128 - 72)
+    assert idot.pack_quads(w, 0) is None                           # 128 - 0 does not fit either
     assert idot.pack_quads(np.zeros((6, 4), np.int8), 0) is None     # C_in not a multiple of 4
-    packed = idot.pack_quads(np.arange(32, dtype=np.int8).reshape(8, 4), 0).view(np.int8)
+    packed = idot.pack_quads(np.arange(32, dtype=np.int8).reshape(8, 4), 0)[0].view(np.int8)
     assert packed.size == 2 * 16 * 4                       # 2 quads x one panel of 16 x 4 taps
     assert list(packed[:8]) == [0, 4, 8, 12, 1, 5, 9, 13]  # channel 0's taps 0-3, then channel 1's
+    split = idot.pack_quads(w, np.arange(4) + 70)[0].view(np.int8)
+    assert split.size == 3 * 16 * 4 and list(split[:4]) == [72] * 4          # 200 - 128
+    assert list(split[128:136]) == [58] * 4 + [57] * 4     # then 128 - zero point, per channel
 
 
 PORTABLE = """
 import numpy as np, sys
 sys.path.insert(0, sys.argv[1])
-from mobilenet_np.kernels import integer_simd
-assert not integer_simd.DOT4_VNNI
+from mobilenet_np.kernels import integer_wide
+assert not integer_wide.DOT4_VNNI
 from test_integer_dot4 import _case
 rng = np.random.default_rng(3)
-for case in [(37, 20, 40, np.int8, "xnnpack"), (9, 96, 24, np.uint8, "reference")]:
+for case in [(37, 20, 40, np.int8, "xnnpack", False), (9, 96, 24, np.uint8, "reference", True)]:
     got, want = _case(rng, *case)
     assert np.array_equal(got, want), case
 print("portable ok")

@@ -70,9 +70,11 @@ def _pack(graph: QuantizedGraph, op) -> dict:
     else:              # TFLite OHWI -> [kh * kw * C_in, C_out], the order of the gathered patches
         packed["weights"] = ig.pack_pairs(w.reshape(c_out, -1).T, w_q.zero_point)
         packed["folded"] = ig.fold_zero_point(packed["weights"], params, packed["in_zp"])
-        quads = idot.pack_quads(w.reshape(c_out, -1).T, w_q.zero_point) if w.shape[1] == 1 and idot.usable() else None
+        matrix = w.reshape(c_out, -1).T
+        quads = idot.pack_quads(matrix, w_q.zero_point) if w.shape[1] == 1 and idot.usable() else None
         if quads is not None:      # a 1x1 layer on VNNI's four-byte products (integer_dot4.py)
-            packed["quads"] = (quads, idot.fold_zero_point(quads, params, packed["in_zp"]))
+            packed["quads"] = (quads[0], idot.fold_zero_point(matrix, w_q.zero_point, params, packed["in_zp"]),
+                               quads[1])
     return packed
 
 
@@ -92,7 +94,7 @@ def _prepare_conv(graph: QuantizedGraph, op, options, inputs, scratch):
         params, out_zp, clamp, rounding, scales, folded = requantize
         weights, tasks = p["weights"], None
         if "quads" in p:
-            (weights, folded), tasks = p["quads"], idot.dot4_tasks
+            weights, folded, tasks = p["quads"]
         kernel = ig.Pointwise(x.size // x.shape[3], x.shape[3], p["in_zp"], weights, params, p["c_out"], out_zp,
                               clamp, rounding, scales, folded, scratch, tasks)
     else:

@@ -54,9 +54,9 @@ def root() -> Path:
 def sources_digest() -> str:
     """A digest of every kernel source file, the Numba and the Python version, and the vector
     width the float kernels are compiled for and whether ``dot4`` is VNNI's instruction
-    (``simd.LANES``, ``integer_simd.DOT4_VNNI``: globals, which Numba's cache does not check, and
+    (``simd.LANES``, ``integer_wide.DOT4_VNNI``: globals, which Numba's cache does not check, and
     which ``MOBILENET_NP_VECTOR_LANES`` / ``MOBILENET_NP_DOT4`` can change on the same CPU)."""
-    from .integer_simd import DOT4_VNNI
+    from .integer_wide import DOT4_VNNI
     from .simd import LANES
     digest = hashlib.sha256(f"{numba.__version__} {sys.version} lanes={LANES} vnni={DOT4_VNNI}".encode())
     for source in sorted(_HERE.glob("*.py")):

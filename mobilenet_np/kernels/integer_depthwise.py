@@ -26,12 +26,16 @@ import numpy as np
 from numba import prange
 
 from . import integer_simd as iv
+from . import integer_wide as iw
 from .integer_calls import parts, remembered
 from .integer_gemm import ROUNDINGS
 from .jit import kernel
 from .table import address_for, call
 
 LANES = 8
+# The blocks of four pixels take sixteen channels at a time where vectors are 512 bits wide (as the float
+# kernels, simd.LANES), the rest eight: V2 0.5/96 int8 depthwise layers ... (set below)
+WIDE = iw.WIDE_INT32
 # A depthwise multiply-add costs ~3 of the GEMM's (V2 0.5/96 at batch 1: 7-9 GMAC/s against 20-30): its work
 # counts 3x against ``integer_calls.SERIAL_BELOW`` (at 2^19, T=2, b1: V2 0.5/96 int8 1249 -> 1154 us and
 # V1 0.5/160 uint8 3376 -> 3191 us against counting it 1x, A/B in one process).
@@ -145,10 +149,40 @@ def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h,
             o_row = (row * out_w + ox) * c
             wide = ix0 + 1 < 0 or ix0 + span - 2 >= w_in     # padding wider than a column
             done = 0 if wide else full                  # channels done here; the rest checked
+            done16 = done // 16 * 16 if WIDE else 0     # of them, in groups of sixteen (blocks only)
             first_ok, last_ok = ix0 >= 0, ix0 + span <= w_in
             a = ((n * h + iy0) * w_in + ix0) * c
             if step == 4 and stride == 1:               # four pixels, six input columns a row
-                for c0 in range(0, done, 8):
+                for c0 in range(0, done16, 16):         # sixteen channels at a time, then eight
+                    s0, s1, s2, s3 = iw.zeros16(), iw.zeros16(), iw.zeros16(), iw.zeros16()
+                    for r in range(r_lo, r_hi):
+                        t = 3 * r * c8 + c0
+                        w0, w1 = iw.load_widened16(wts, t), iw.load_widened16(wts, t + c8)
+                        w2 = iw.load_widened16(wts, t + 2 * c8)
+                        at = a + c0 + r * row_w
+                        s0 = iv.mul_add(s0, iw.load_bytes_widened16(x, at), w0)
+                        v = iw.load_bytes_widened16(x, at + c)
+                        s0, s1 = iv.mul_add(s0, v, w1), iv.mul_add(s1, v, w0)
+                        v = iw.load_bytes_widened16(x, at + 2 * c)
+                        s0, s1, s2 = iv.mul_add(s0, v, w2), iv.mul_add(s1, v, w1), iv.mul_add(s2, v, w0)
+                        v = iw.load_bytes_widened16(x, at + 3 * c)
+                        s1, s2, s3 = iv.mul_add(s1, v, w2), iv.mul_add(s2, v, w1), iv.mul_add(s3, v, w0)
+                        v = iw.load_bytes_widened16(x, at + 4 * c)
+                        s2, s3 = iv.mul_add(s2, v, w2), iv.mul_add(s3, v, w1)
+                        s3 = iv.mul_add(s3, iw.load_bytes_widened16(x, at + 5 * c), w2)
+                    for r in range(3):                  # window rows in the padding: zp * w
+                        if r < r_lo or r >= r_hi:
+                            t = 3 * r * c8 + c0
+                            z = iv.add(iv.add(iw.load16(zpw, t), iw.load16(zpw, t + c8)), iw.load16(zpw, t + 2 * c8))
+                            s0, s1, s2, s3 = iv.add(s0, z), iv.add(s1, z), iv.add(s2, z), iv.add(s3, z)
+                    for p in range(4):
+                        s = s0 if p == 0 else (s1 if p == 1 else (s2 if p == 2 else s3))
+                        o = o_row + p * c + c0
+                        iv.store_bytes(out, o, iv.requantized(iw.low(s), params, scales, rounding, c0, zero_point, lo,
+                                                              hi))
+                        iv.store_bytes(out, o + 8, iv.requantized(iw.high(s), params, scales, rounding, c0 + 8,
+                                                                  zero_point, lo, hi))
+                for c0 in range(done16, done, 8):
                     s0, s1, s2, s3 = iv.zeros(), iv.zeros(), iv.zeros(), iv.zeros()
                     for r in range(r_lo, r_hi):
                         t = 3 * r * c8 + c0
@@ -175,7 +209,38 @@ def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h,
                         iv.store_bytes(out, o_row + p * c + c0, iv.requantized(s, params, scales, rounding, c0,
                                                                                zero_point, lo, hi))
             elif step == 4:                             # stride 2: nine input columns a row
-                for c0 in range(0, done, 8):
+                for c0 in range(0, done16, 16):
+                    s0, s1, s2, s3 = iw.zeros16(), iw.zeros16(), iw.zeros16(), iw.zeros16()
+                    for r in range(r_lo, r_hi):
+                        t = 3 * r * c8 + c0
+                        w0, w1 = iw.load_widened16(wts, t), iw.load_widened16(wts, t + c8)
+                        w2 = iw.load_widened16(wts, t + 2 * c8)
+                        at = a + c0 + r * row_w
+                        s0 = iv.mul_add(s0, iw.load_bytes_widened16(x, at), w0)
+                        s0 = iv.mul_add(s0, iw.load_bytes_widened16(x, at + c), w1)
+                        v = iw.load_bytes_widened16(x, at + 2 * c)
+                        s0, s1 = iv.mul_add(s0, v, w2), iv.mul_add(s1, v, w0)
+                        s1 = iv.mul_add(s1, iw.load_bytes_widened16(x, at + 3 * c), w1)
+                        v = iw.load_bytes_widened16(x, at + 4 * c)
+                        s1, s2 = iv.mul_add(s1, v, w2), iv.mul_add(s2, v, w0)
+                        s2 = iv.mul_add(s2, iw.load_bytes_widened16(x, at + 5 * c), w1)
+                        v = iw.load_bytes_widened16(x, at + 6 * c)
+                        s2, s3 = iv.mul_add(s2, v, w2), iv.mul_add(s3, v, w0)
+                        s3 = iv.mul_add(s3, iw.load_bytes_widened16(x, at + 7 * c), w1)
+                        s3 = iv.mul_add(s3, iw.load_bytes_widened16(x, at + 8 * c), w2)
+                    for r in range(3):
+                        if r < r_lo or r >= r_hi:
+                            t = 3 * r * c8 + c0
+                            z = iv.add(iv.add(iw.load16(zpw, t), iw.load16(zpw, t + c8)), iw.load16(zpw, t + 2 * c8))
+                            s0, s1, s2, s3 = iv.add(s0, z), iv.add(s1, z), iv.add(s2, z), iv.add(s3, z)
+                    for p in range(4):
+                        s = s0 if p == 0 else (s1 if p == 1 else (s2 if p == 2 else s3))
+                        o = o_row + p * c + c0
+                        iv.store_bytes(out, o, iv.requantized(iw.low(s), params, scales, rounding, c0, zero_point, lo,
+                                                              hi))
+                        iv.store_bytes(out, o + 8, iv.requantized(iw.high(s), params, scales, rounding, c0 + 8,
+                                                                  zero_point, lo, hi))
+                for c0 in range(done16, done, 8):
                     s0, s1, s2, s3 = iv.zeros(), iv.zeros(), iv.zeros(), iv.zeros()
                     for r in range(r_lo, r_hi):
                         t = 3 * r * c8 + c0

@@ -21,7 +21,7 @@ That is the instruction XNNPACK's int8 kernels use there.  The same GEMM on it:
 ``dot4_tasks`` has ``gemm_tasks``' signature (the weights as int16, viewed), so ``Gemm`` and its
 thread split, the padded outputs and the fast graph's programs take it in its place.  Without
 VNNI ``dot4`` is portable IR (same results, slower than ``integer_gemm``; used only to test it:
-``integer_simd.DOT4_VNNI``).  Needs C_in a multiple of 4 (every 1x1 layer of these networks).
+``integer_wide.DOT4_VNNI``).  Needs C_in a multiple of 4 (every 1x1 layer of these networks).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import integer_simd as iv
+from . import integer_wide as iw
 from .integer_gemm import CHUNK, PANEL
 from .jit import kernel
 
@@ -38,77 +39,99 @@ TILE = 8             # pixels per tile
 
 def usable() -> bool:
     """Whether the fast graph should use this GEMM: only where ``dot4`` is the instruction."""
-    return iv.DOT4_VNNI
+    return iw.DOT4_VNNI
 
 
-def pack_quads(w: np.ndarray, zero_point) -> np.ndarray | None:
-    """w [C_in, C_out] uint8/int8 and its zero point(s) -> centred int8 panels, flat, viewed as
-    int16: [panel, quad q, channel c, tap k = 4q..4q+3]; None if C_in is not a multiple of 4 or
-    a centred weight does not fit int8."""
-    c_in, c_out = w.shape
-    if c_in % QUAD:
-        return None
-    centred = w.astype(np.int16) - np.asarray(zero_point, np.int16).reshape(-1)
-    if centred.min(initial=0) < -128 or centred.max(initial=0) > 127:
-        return None
+def _panels(centred: np.ndarray, c_out: int) -> np.ndarray:
+    """int8 [C_in, C_out] -> [panel, quad q, channel c, tap k = 4q..4q+3], flat."""
+    c_in = centred.shape[0]
     panels = -(-c_out // PANEL)
     padded = np.zeros((c_in, panels * PANEL), np.int8)
     padded[:, :c_out] = centred
-    blocks = padded.reshape(c_in // QUAD, QUAD, panels, PANEL).transpose(2, 0, 3, 1)
-    return np.ascontiguousarray(blocks).reshape(-1).view(np.int16)
+    return np.ascontiguousarray(padded.reshape(c_in // QUAD, QUAD, panels, PANEL).transpose(2, 0, 3, 1)).reshape(-1)
 
 
-def fold_zero_point(packed: np.ndarray, params: np.ndarray, zero_point: int) -> np.ndarray:
-    """``params`` with bias - zp * (sum over C_in of the centred weights) per output channel
-    (``integer_gemm.fold_zero_point`` for this layout)."""
-    panels = params.shape[1] // PANEL
-    sums = packed.view(np.int8).astype(np.int64).reshape(panels, -1, PANEL, QUAD).sum(axis=(1, 3)).reshape(-1)
+def pack_quads(w: np.ndarray, zero_point):
+    """w [C_in, C_out] uint8/int8 and its zero point(s) -> (int8 panels, flat, viewed as int16;
+    the kernel that reads them), or None if C_in is not a multiple of 4 or neither form holds.
+
+    When every centred weight w - zp fits int8: [panel, quad q, channel c, tap k = 4q..4q+3]
+    for ``dot4_tasks``.  Otherwise (a uint8 layer whose weights lie more than 128 from their
+    zero point, zero points 1-255): w - zp = (w - 128) + (128 - zp), both terms int8; the panels
+    hold w - 128, followed by one vector per panel of 128 - zp in every tap, and
+    ``dot4_split_tasks`` adds the input quad's products with both (two ``vpdpbusd`` per step: the
+    int32 sums are exact, so the bytes are the same)."""
+    c_in, c_out = w.shape
+    if c_in % QUAD:
+        return None
+    zp = np.broadcast_to(np.asarray(zero_point, np.int16).reshape(-1), (c_out,))
+    centred = w.astype(np.int16) - zp
+    if centred.min(initial=0) >= -128 and centred.max(initial=0) <= 127:
+        return _panels(centred.astype(np.int8), c_out).view(np.int16), dot4_tasks
+    if w.dtype != np.uint8 or zp.min() < 1:
+        return None
+    shifted = (w.astype(np.int16) - 128).astype(np.int8)
+    offsets = np.broadcast_to((128 - zp).astype(np.int8)[None, :], (QUAD, c_out))
+    packed = np.concatenate([_panels(shifted, c_out), _panels(offsets, c_out)])
+    return packed.view(np.int16), dot4_split_tasks
+
+
+def fold_zero_point(w: np.ndarray, w_zero_point, params: np.ndarray, zero_point: int) -> np.ndarray:
+    """``params`` with bias - zp * (sum over C_in of w - w_zero_point) per output channel: the
+    GEMM of the raw input bytes then equals that of (x - zp) (``integer_gemm.fold_zero_point``)."""
+    c_out = w.shape[1]
+    sums = (w.astype(np.int64) - np.asarray(w_zero_point, np.int64).reshape(-1)).sum(axis=0)
     folded = params.copy()
-    folded[0] = (params[0].astype(np.int64) - zero_point * sums).astype(np.int32)
+    folded[0, :c_out] = (params[0, :c_out].astype(np.int64) - zero_point * sums).astype(np.int32)
     return folded
 
 
 @kernel(inline=True)
 def _store16(acc, params, scales, rounding, c, zero_point, lo, hi, out, o_at):
-    iv.store_bytes(out, o_at, iv.requantized(iv.low(acc), params, scales, rounding, c, zero_point, lo, hi))
-    iv.store_bytes(out, o_at + 8, iv.requantized(iv.high(acc), params, scales, rounding, c + 8, zero_point, lo, hi))
+    iv.store_bytes(out, o_at, iv.requantized(iw.low(acc), params, scales, rounding, c, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + 8, iv.requantized(iw.high(acc), params, scales, rounding, c + 8, zero_point, lo, hi))
 
 
-@kernel()
-def dot4_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
+@kernel(inline=True)
+def _tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, split):
     """out [pixels, panels * 16] (bytes, flat) = requantized (x [pixels, kp] bytes times the
     panels), for tasks t0..t1-1: task t is (up to ``CHUNK`` pixels) x (one panel), the chunk
-    outermost, as ``integer_gemm.gemm_tasks``.  ``w``: ``pack_quads``' int8 viewed as int16."""
+    outermost, as ``integer_gemm.gemm_tasks``.  ``w``: ``pack_quads``' int8 viewed as int16;
+    ``split`` (a constant): its second form, each step's products with the panel's offsets too."""
     row = panels * PANEL
     quads = kp // QUAD
+    offsets_at = panels * quads * QUAD * PANEL           # bytes: the split form's offset vectors
     for task in range(t0, t1):
         ch = task // panels
         g = task - ch * panels
         w_at = g * quads * QUAD * PANEL          # bytes
         c = g * PANEL
+        offsets = iw.load_quads(w, offsets_at + g * QUAD * PANEL) if split else iw.zeros16()
         p = ch * CHUNK
         end = min(p + CHUNK, pixels)
         while p + TILE <= end:
-            a0 = iv.zeros16()
-            a1 = iv.zeros16()
-            a2 = iv.zeros16()
-            a3 = iv.zeros16()
-            a4 = iv.zeros16()
-            a5 = iv.zeros16()
-            a6 = iv.zeros16()
-            a7 = iv.zeros16()
+            a0 = iw.zeros16()
+            a1 = iw.zeros16()
+            a2 = iw.zeros16()
+            a3 = iw.zeros16()
+            a4 = iw.zeros16()
+            a5 = iw.zeros16()
+            a6 = iw.zeros16()
+            a7 = iw.zeros16()
             x_at = p * kp
             for q in range(quads):
-                wq = iv.load_quads(w, w_at + q * QUAD * PANEL)
+                wq = iw.load_quads(w, w_at + q * QUAD * PANEL)
                 k = x_at + q * QUAD
-                a0 = iv.dot4(a0, iv.splat_quad(x, k), wq)
-                a1 = iv.dot4(a1, iv.splat_quad(x, k + kp), wq)
-                a2 = iv.dot4(a2, iv.splat_quad(x, k + 2 * kp), wq)
-                a3 = iv.dot4(a3, iv.splat_quad(x, k + 3 * kp), wq)
-                a4 = iv.dot4(a4, iv.splat_quad(x, k + 4 * kp), wq)
-                a5 = iv.dot4(a5, iv.splat_quad(x, k + 5 * kp), wq)
-                a6 = iv.dot4(a6, iv.splat_quad(x, k + 6 * kp), wq)
-                a7 = iv.dot4(a7, iv.splat_quad(x, k + 7 * kp), wq)
+                x0, x1, x2, x3 = iw.splat_quad(x, k), iw.splat_quad(x, k + kp), iw.splat_quad(x, k + 2 * kp), \
+                    iw.splat_quad(x, k + 3 * kp)
+                x4, x5, x6, x7 = iw.splat_quad(x, k + 4 * kp), iw.splat_quad(x, k + 5 * kp), \
+                    iw.splat_quad(x, k + 6 * kp), iw.splat_quad(x, k + 7 * kp)
+                a0, a1, a2, a3 = iw.dot4(a0, x0, wq), iw.dot4(a1, x1, wq), iw.dot4(a2, x2, wq), iw.dot4(a3, x3, wq)
+                a4, a5, a6, a7 = iw.dot4(a4, x4, wq), iw.dot4(a5, x5, wq), iw.dot4(a6, x6, wq), iw.dot4(a7, x7, wq)
+                if split:
+                    a0, a1, a2 = iw.dot4(a0, x0, offsets), iw.dot4(a1, x1, offsets), iw.dot4(a2, x2, offsets)
+                    a3, a4, a5 = iw.dot4(a3, x3, offsets), iw.dot4(a4, x4, offsets), iw.dot4(a5, x5, offsets)
+                    a6, a7 = iw.dot4(a6, x6, offsets), iw.dot4(a7, x7, offsets)
             o_at = p * row + c
             _store16(a0, params, scales, rounding, c, zero_point, lo, hi, out, o_at)
             _store16(a1, params, scales, rounding, c, zero_point, lo, hi, out, o_at + row)
@@ -120,9 +143,23 @@ def dot4_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_
             _store16(a7, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 7 * row)
             p += TILE
         while p < end:
-            a = iv.zeros16()
+            a = iw.zeros16()
             for q in range(quads):
-                a = iv.dot4(a, iv.splat_quad(x, p * kp + q * QUAD), iv.load_quads(w, w_at + q * QUAD * PANEL))
+                xq = iw.splat_quad(x, p * kp + q * QUAD)
+                a = iw.dot4(a, xq, iw.load_quads(w, w_at + q * QUAD * PANEL))
+                if split:
+                    a = iw.dot4(a, xq, offsets)
             _store16(a, params, scales, rounding, c, zero_point, lo, hi, out, p * row + c)
             p += 1
 
+
+@kernel()
+def dot4_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
+    """Tasks t0..t1-1 of the 1x1 layer on ``pack_quads``' first form (``_tasks``)."""
+    _tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, False)
+
+
+@kernel()
+def dot4_split_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
+    """Tasks t0..t1-1 of the 1x1 layer on ``pack_quads``' split form (``_tasks``)."""
+    _tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, True)

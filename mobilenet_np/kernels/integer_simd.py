@@ -15,14 +15,12 @@ int32 over the channel counts of these networks), so no ordering caveat applies.
 
 from __future__ import annotations
 
-import os
-
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from .simd import cpu_features, f32x8
+from .simd import f32x8
 
 _I16, _I32 = ir.IntType(16), ir.IntType(32)
 _V16 = ir.VectorType(_I16, 16)
@@ -54,6 +52,24 @@ class _I16x16Model(models.PrimitiveModel):
 class _I32x8Model(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
         super().__init__(dmm, fe_type, _V8)
+
+
+_V16I32 = ir.VectorType(_I32, 16)
+_BYTES64 = ir.VectorType(ir.IntType(8), 64)
+
+
+class I32x16Type(types.Type):
+    def __init__(self):
+        super().__init__(name="i32x16")
+
+
+i32x16 = I32x16Type()
+
+
+@register_model(I32x16Type)
+class _I32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V16I32)
 
 
 def _flat(array, dtype) -> bool:
@@ -216,22 +232,28 @@ def load_widened(typingctx, array, index):
 
 @intrinsic
 def mul_add(typingctx, acc, a, b):
-    """acc + a * b in each int32 lane.  On the depthwise kernel's operands (bytes and int16
+    """acc + a * b in each int32 lane (eight or sixteen).  On the depthwise kernel's operands (bytes and int16
     weights widened to int32) LLVM emits ``vpmaddwd`` with zero high halves rather than
     ``vpmulld`` (2026-12-02: 39 ``vpmaddwd`` and one ``vpmulld`` in ``depthwise_rows``).  Pairing
     two rows' taps in one ``vpmaddwd`` instead (eight input bytes of each row interleaved) ran
     1.5-2x slower: the interleaving shuffles cost more than the multiplies they saved."""
+    if acc not in (i32x8, i32x16) or a != acc or b != acc:
+        return None
+
     def codegen(context, builder, sig, args):
         return builder.add(args[0], builder.mul(args[1], args[2]))
-    return i32x8(i32x8, i32x8, i32x8), codegen
+    return acc(acc, acc, acc), codegen
 
 
 @intrinsic
 def add(typingctx, a, b):
-    """a + b in each int32 lane."""
+    """a + b in each int32 lane (eight or sixteen)."""
+    if a not in (i32x8, i32x16) or b != a:
+        return None
+
     def codegen(context, builder, sig, args):
         return builder.add(args[0], args[1])
-    return i32x8(i32x8, i32x8), codegen
+    return a(a, a), codegen
 
 
 @intrinsic
@@ -340,105 +362,3 @@ def centre16(typingctx, x, at, zero_point, out, to):
         builder.store(builder.sub(wide, zp), _pointer(context, builder, sig.args[3], args[3], args[4], _V16), align=2)
         return context.get_dummy_value()
     return types.void(x, types.intp, types.int64, out, types.intp), codegen
-
-
-# --- four byte products per int32 lane: AVX-512 VNNI's ``vpdpbusd`` (integer_dot4.py) ---------
-
-def dot4_instruction() -> bool:
-    """Whether ``dot4`` compiles to ``vpdpbusd`` (the CPU has AVX-512 VNNI): else to portable IR
-    (widen, multiply, add groups of four), same results.  ``MOBILENET_NP_DOT4=generic`` forces
-    the portable form, ``vnni`` the instruction (on a CPU without it, the compile fails)."""
-    forced = os.environ.get("MOBILENET_NP_DOT4", "").strip()
-    if forced in ("generic", "vnni"):
-        return forced == "vnni"
-    return {"avx512f", "avx512vnni"} <= cpu_features()
-
-
-DOT4_VNNI = dot4_instruction()
-_V16I32 = ir.VectorType(_I32, 16)
-_BYTES64 = ir.VectorType(ir.IntType(8), 64)
-
-
-class I32x16Type(types.Type):
-    def __init__(self):
-        super().__init__(name="i32x16")
-
-
-i32x16 = I32x16Type()
-
-
-@register_model(I32x16Type)
-class _I32x16Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _V16I32)
-
-
-@intrinsic
-def zeros16(typingctx):
-    def codegen(context, builder, sig, args):
-        return ir.Constant(_V16I32, [0] * 16)
-    return i32x16(), codegen
-
-
-@intrinsic
-def load_quads(typingctx, array, byte_index):
-    """64 bytes of an int16 array (int8 weights viewed as int16), from byte ``byte_index`` on:
-    sixteen channels' four int8 taps each, one int32 lane per channel."""
-    if not _flat(array, types.int16):
-        return None
-
-    def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        at = builder.gep(builder.bitcast(data, ir.IntType(8).as_pointer()), [args[1]])
-        return builder.load(builder.bitcast(at, _V16I32.as_pointer()), align=1)
-    return i32x16(array, types.intp), codegen
-
-
-@intrinsic
-def splat_quad(typingctx, array, index):
-    """The four bytes array[index : index + 4] of a uint8 array repeated in all sixteen int32 lanes."""
-    if not _flat(array, types.uint8):
-        return None
-
-    def codegen(context, builder, sig, args):
-        quad = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _I32), align=1)
-        v = builder.insert_element(ir.Constant(_V16I32, ir.Undefined), quad, ir.Constant(_I32, 0))
-        return builder.shuffle_vector(v, v, ir.Constant(_V16I32, [0] * 16))
-    return i32x16(array, types.intp), codegen
-
-
-@intrinsic
-def dot4(typingctx, acc, x, w):
-    """acc + sum over j < 4 of x.byte[4i + j] (unsigned) * w.byte[4i + j] (signed) in each int32
-    lane i: ``vpdpbusd`` (no saturation: the sums wrap as int32 adds do, and four products of
-    255 * 128 cannot), or the same in portable IR."""
-    def codegen(context, builder, sig, args):
-        acc_, x_, w_ = args
-        if DOT4_VNNI:
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16I32, [_V16I32] * 3),
-                                                "llvm.x86.avx512.vpdpbusd.512")
-            return builder.call(fn, [acc_, x_, w_])
-        wide = ir.VectorType(_I32, 64)
-        products = builder.mul(builder.zext(builder.bitcast(x_, _BYTES64), wide),
-                               builder.sext(builder.bitcast(w_, _BYTES64), wide))
-        total = acc_
-        for j in range(4):
-            part = builder.shuffle_vector(products, products, ir.Constant(_V16I32, list(range(j, 64, 4))))
-            total = builder.add(total, part)
-        return total
-    return i32x16(i32x16, i32x16, i32x16), codegen
-
-
-def _half(first: int, doc: str):
-    @intrinsic
-    def half(typingctx, vector):
-        def codegen(context, builder, sig, args):
-            return builder.shuffle_vector(args[0], args[0],
-                                          ir.Constant(ir.VectorType(_I32, 8), list(range(first, first + 8))))
-        return i32x8(i32x16), codegen
-    half.__doc__ = doc
-    return half
-
-
-low = _half(0, "Lanes 0-7 of an ``i32x16`` as an ``i32x8``.")
-high = _half(8, "Lanes 8-15 of an ``i32x16`` as an ``i32x8``.")

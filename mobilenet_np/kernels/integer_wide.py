@@ -1,0 +1,144 @@
+"""Sixteen-lane integer vectors (one 512-bit register, AVX-512) for the Numba integer kernels.
+
+``integer_simd`` works on ``<8 x i32>`` sums (AVX2's width).  Where the CPU has AVX-512 (the
+float kernels' ``simd.LANES`` is 16), the depthwise blocks widen sixteen channels at a time into
+an ``<16 x i32>`` (``load_bytes_widened16``, ``load_widened16``, ``load16``, with
+``integer_simd.mul_add`` / ``add``, which take either width), and the sums are requantized as two
+eight-lane halves (``low``, ``high``) by ``integer_simd.requantized``: the same arithmetic lane by
+lane, so the same bytes.  With AVX-512 VNNI, ``dot4`` is ``vpdpbusd``: four byte products into each
+of sixteen int32 lanes (``integer_dot4.py``); elsewhere it is portable IR with the same sums.
+"""
+
+from __future__ import annotations
+
+import os
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .integer_simd import _BYTES64, _I32, _V16, _V16I32, _flat, _pointer, i32x8, i32x16
+from .simd import LANES as _FLOAT_LANES
+from .simd import cpu_features
+
+def dot4_instruction() -> bool:
+    """Whether ``dot4`` compiles to ``vpdpbusd`` (the CPU has AVX-512 VNNI): else to portable IR
+    (widen, multiply, add groups of four), same results.  ``MOBILENET_NP_DOT4=generic`` forces
+    the portable form, ``vnni`` the instruction (on a CPU without it, the compile fails)."""
+    forced = os.environ.get("MOBILENET_NP_DOT4", "").strip()
+    if forced in ("generic", "vnni"):
+        return forced == "vnni"
+    return {"avx512f", "avx512vnni"} <= cpu_features()
+
+
+DOT4_VNNI = dot4_instruction()
+# Sixteen int32 lanes (one 512-bit register) where the float kernels use 16 lanes (AVX-512):
+# the depthwise blocks (integer_depthwise.py) then take sixteen channels at a time.
+WIDE_INT32 = _FLOAT_LANES == 16
+@intrinsic
+def zeros16(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_V16I32, [0] * 16)
+    return i32x16(), codegen
+
+
+@intrinsic
+def load_quads(typingctx, array, byte_index):
+    """64 bytes of an int16 array (int8 weights viewed as int16), from byte ``byte_index`` on:
+    sixteen channels' four int8 taps each, one int32 lane per channel."""
+    if not _flat(array, types.int16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        at = builder.gep(builder.bitcast(data, ir.IntType(8).as_pointer()), [args[1]])
+        return builder.load(builder.bitcast(at, _V16I32.as_pointer()), align=1)
+    return i32x16(array, types.intp), codegen
+
+
+@intrinsic
+def splat_quad(typingctx, array, index):
+    """The four bytes array[index : index + 4] of a uint8 array repeated in all sixteen int32 lanes."""
+    if not _flat(array, types.uint8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        quad = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _I32), align=1)
+        v = builder.insert_element(ir.Constant(_V16I32, ir.Undefined), quad, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, v, ir.Constant(_V16I32, [0] * 16))
+    return i32x16(array, types.intp), codegen
+
+
+@intrinsic
+def dot4(typingctx, acc, x, w):
+    """acc + sum over j < 4 of x.byte[4i + j] (unsigned) * w.byte[4i + j] (signed) in each int32
+    lane i: ``vpdpbusd`` (no saturation: the sums wrap as int32 adds do, and four products of
+    255 * 128 cannot), or the same in portable IR."""
+    def codegen(context, builder, sig, args):
+        acc_, x_, w_ = args
+        if DOT4_VNNI:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16I32, [_V16I32] * 3),
+                                                "llvm.x86.avx512.vpdpbusd.512")
+            return builder.call(fn, [acc_, x_, w_])
+        wide = ir.VectorType(_I32, 64)
+        products = builder.mul(builder.zext(builder.bitcast(x_, _BYTES64), wide),
+                               builder.sext(builder.bitcast(w_, _BYTES64), wide))
+        total = acc_
+        for j in range(4):
+            part = builder.shuffle_vector(products, products, ir.Constant(_V16I32, list(range(j, 64, 4))))
+            total = builder.add(total, part)
+        return total
+    return i32x16(i32x16, i32x16, i32x16), codegen
+
+
+def _half(first: int, doc: str):
+    @intrinsic
+    def half(typingctx, vector):
+        def codegen(context, builder, sig, args):
+            return builder.shuffle_vector(args[0], args[0],
+                                          ir.Constant(ir.VectorType(_I32, 8), list(range(first, first + 8))))
+        return i32x8(i32x16), codegen
+    half.__doc__ = doc
+    return half
+
+
+low = _half(0, "Lanes 0-7 of an ``i32x16`` as an ``i32x8``.")
+high = _half(8, "Lanes 8-15 of an ``i32x16`` as an ``i32x8``.")
+
+
+@intrinsic
+def load_bytes_widened16(typingctx, array, index):
+    """uint8 (zero-extended) or int8 (sign-extended) array[index : index + 16] as sixteen int32 lanes."""
+    if not (_flat(array, types.int8) or _flat(array, types.uint8)):
+        return None
+    signed = array.dtype == types.int8
+
+    def codegen(context, builder, sig, args):
+        v16 = ir.VectorType(ir.IntType(8), 16)
+        raw = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], v16), align=1)
+        return builder.sext(raw, _V16I32) if signed else builder.zext(raw, _V16I32)
+    return i32x16(array, types.intp), codegen
+
+
+@intrinsic
+def load_widened16(typingctx, array, index):
+    """int16 array[index : index + 16], sign-extended to sixteen int32 lanes."""
+    if not _flat(array, types.int16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.sext(builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _V16), align=2),
+                            _V16I32)
+    return i32x16(array, types.intp), codegen
+
+
+@intrinsic
+def load16(typingctx, array, index):
+    """int32 array[index : index + 16] as a vector."""
+    if not _flat(array, types.int32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _V16I32), align=4)
+    return i32x16(array, types.intp), codegen
