@@ -1,4 +1,4 @@
-"""The float kernels' vector width (``simd.LANES``: 16 with AVX-512, else 8) changes no result.
+"""The kernels' vector width (``simd.LANES``: 16 with AVX-512, else 8) changes no result, float or integer.
 
 Each width runs in its own process (``MOBILENET_NP_VECTOR_LANES``), with its own cache folder
 inside one ``MOBILENET_NP_HOME``: the width is part of the cache digest, since Numba's cache
@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("numba", reason="Numba is not installed")
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MOBILENET_NP_SHARED", REPO.parent / "shared"))
 
 # Models whose layers end in partial vectors at both widths: V1 0.25 has an 8-channel
 # depthwise layer and stem, V2 0.35 an 8-channel projection; odd input sizes for the edges.
@@ -29,17 +30,21 @@ for arch, alpha, size in (("mobilenet_v1", 0.25, 67), ("mobilenet_v2", 0.35, 61)
     model = mnp.build(arch, alpha, size, seed=7)
     x = np.random.default_rng(1).random((3, size, size, 3), dtype=np.float32)
     out += [model(x, threads=1), model(x[:1], threads=2), model.logits(x[1:], threads=1)]
+if sys.argv[2] != "-":      # a quantized model: its depthwise blocks take 16 or 8 channels at a time
+    from mobilenet_np.forward.quantized_engine import FastQuantizedGraph
+    images = np.random.default_rng(2).integers(0, 256, (2, 160, 160, 3)).astype(np.uint8)
+    out += [np.asarray(FastQuantizedGraph(sys.argv[2], "xnnpack").run(images)[0])]
 np.savez(sys.argv[1], *out)
 print("lanes", simd.LANES)
 """
 
 
-def _features(tmp_path, lanes):
+def _features(tmp_path, lanes, quantized):
     env = {key: value for key, value in os.environ.items() if key not in ("MOBILENET_NP_JIT_CACHE", "XDG_CACHE_HOME")}
     env.update(MOBILENET_NP_HOME=str(tmp_path / "home"), MOBILENET_NP_VECTOR_LANES=str(lanes), PYTHONPATH=str(REPO),
                NUMBA_NUM_THREADS="2", MOBILENET_NP_QUIET="1")
     path = tmp_path / f"lanes{lanes}.npz"
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(FEATURES), str(path)], env=env, cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(FEATURES), str(path), quantized], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr
     assert f"lanes {lanes}" in result.stdout, result.stdout
@@ -48,8 +53,12 @@ def _features(tmp_path, lanes):
 
 
 def test_both_vector_widths_give_the_same_bytes(tmp_path):
-    narrow, wide = _features(tmp_path, 8), _features(tmp_path, 16)
-    assert len(narrow) == len(wide) == 6
+    """Float features and logits, and (where ../shared is) the Coral uint8 file's output bytes,
+    through the integer kernels."""
+    coral = SHARED / "weights" / "mobilenet_v1_050_160" / "tflite_uint8_quant" / "mobilenet_v1_0.5_160_quant.coral.tflite"
+    quantized = str(coral) if coral.is_file() else "-"
+    narrow, wide = _features(tmp_path, 8, quantized), _features(tmp_path, 16, quantized)
+    assert len(narrow) == len(wide) == (7 if coral.is_file() else 6)
     for a, b in zip(narrow, wide):
         assert np.isfinite(a).all()
         np.testing.assert_array_equal(a, b)

@@ -34,7 +34,8 @@ from .table import address_for, call
 
 LANES = 8
 # The blocks of four pixels take sixteen channels at a time where vectors are 512 bits wide (as the float
-# kernels, simd.LANES), the rest eight: V2 0.5/96 int8 depthwise layers ... (set below)
+# kernels, simd.LANES), the rest eight: V2 0.5/96 int8's three largest depthwise layers at batch 1 went from
+# 23-25 to 28-31 GMAC/s (int8_bench profiles, 2026-12-02; the layers read their input from memory).
 WIDE = iw.WIDE_INT32
 # A depthwise multiply-add costs ~3 of the GEMM's (V2 0.5/96 at batch 1: 7-9 GMAC/s against 20-30): its work
 # counts 3x against ``integer_calls.SERIAL_BELOW`` (at 2^19, T=2, b1: V2 0.5/96 int8 1249 -> 1154 us and
