@@ -474,6 +474,16 @@ def test_integer_peak_loop_equals_its_numpy_twin(rng):
     assert np.array_equal(out, madd_loop_numpy(w, 37)) and out.any()
 
 
+def test_dot4_peak_loop_equals_its_numpy_twin(rng):
+    from mobilenet_np.kernels.integer_peak import dot4_loop, dot4_loop_numpy
+
+    w = rng.integers(-128, 128, 256).astype(np.int8).view(np.int16)
+    x = rng.integers(0, 256, 288).astype(np.uint8)
+    out = np.zeros(16, np.uint8)
+    dot4_loop(w, x, 37, out)
+    assert np.array_equal(out, dot4_loop_numpy(w, x, 37)) and out.any()
+
+
 @pytest.mark.parametrize("rounding", ["reference", "xnnpack"])
 def test_integer_kernels_split_over_threads_equal_one_thread(rng, monkeypatch, rounding):
     """The parallel entry points (rows / tasks split over Numba's threads, for the GEMM and the full

@@ -179,10 +179,7 @@ def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h,
                     for p in range(4):
                         s = s0 if p == 0 else (s1 if p == 1 else (s2 if p == 2 else s3))
                         o = o_row + p * c + c0
-                        iv.store_bytes(out, o, iv.requantized(iw.low(s), params, scales, rounding, c0, zero_point, lo,
-                                                              hi))
-                        iv.store_bytes(out, o + 8, iv.requantized(iw.high(s), params, scales, rounding, c0 + 8,
-                                                                  zero_point, lo, hi))
+                        iv.store_bytes(out, o, iv.requantized(s, params, scales, rounding, c0, zero_point, lo, hi))
                 for c0 in range(done16, done, 8):
                     s0, s1, s2, s3 = iv.zeros(), iv.zeros(), iv.zeros(), iv.zeros()
                     for r in range(r_lo, r_hi):
@@ -237,10 +234,7 @@ def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h,
                     for p in range(4):
                         s = s0 if p == 0 else (s1 if p == 1 else (s2 if p == 2 else s3))
                         o = o_row + p * c + c0
-                        iv.store_bytes(out, o, iv.requantized(iw.low(s), params, scales, rounding, c0, zero_point, lo,
-                                                              hi))
-                        iv.store_bytes(out, o + 8, iv.requantized(iw.high(s), params, scales, rounding, c0 + 8,
-                                                                  zero_point, lo, hi))
+                        iv.store_bytes(out, o, iv.requantized(s, params, scales, rounding, c0, zero_point, lo, hi))
                 for c0 in range(done16, done, 8):
                     s0, s1, s2, s3 = iv.zeros(), iv.zeros(), iv.zeros(), iv.zeros()
                     for r in range(r_lo, r_hi):

@@ -15,7 +15,7 @@ That is the instruction XNNPACK's int8 kernels use there.  The same GEMM on it:
   tap]: each step of the tile loads 64 bytes, the quad's taps of the panel's 16 channels;
 * a tile of 8 pixels x 16 channels keeps eight ``<16 x i32>`` sums in registers; each step
   broadcasts a pixel's four input bytes (``splat_quad``) and does ``dot4`` with the weights;
-* the sums are then requantized eight lanes at a time (``integer_simd.requantized``) exactly as
+* the sums are then requantized sixteen lanes at a time (``integer_simd.requantized``) exactly as
   ``integer_gemm`` does, so the bytes out are the same (the integer sums are equal).
 
 ``dot4_tasks`` has ``gemm_tasks``' signature (the weights as int16, viewed), so ``Gemm`` and its
@@ -88,8 +88,7 @@ def fold_zero_point(w: np.ndarray, w_zero_point, params: np.ndarray, zero_point:
 
 @kernel(inline=True)
 def _store16(acc, params, scales, rounding, c, zero_point, lo, hi, out, o_at):
-    iv.store_bytes(out, o_at, iv.requantized(iw.low(acc), params, scales, rounding, c, zero_point, lo, hi))
-    iv.store_bytes(out, o_at + 8, iv.requantized(iw.high(acc), params, scales, rounding, c + 8, zero_point, lo, hi))
+    iv.store_bytes(out, o_at, iv.requantized(acc, params, scales, rounding, c, zero_point, lo, hi))
 
 
 @kernel(inline=True)

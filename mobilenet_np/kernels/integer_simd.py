@@ -141,8 +141,8 @@ def madd(typingctx, acc, a, b):
     return i32x8(i32x8, i16x16, i16x16), codegen
 
 
-def _lanes(value):
-    return ir.Constant(_V8, [value] * 8)
+def _lanes(value, n=8):
+    return ir.Constant(ir.VectorType(_I32, n), [value] * n)
 
 
 @intrinsic
@@ -169,53 +169,59 @@ def requantize_fp32(typingctx, acc, bias, scale, zero_point, lo, hi):
 
 
 def _requantize_ir(builder, acc, bias, multiplier, left, right, zero_point, lo, hi, away):
-    """``requantize``'s IR; the scalars are i32."""
-    v64 = ir.VectorType(ir.IntType(64), 8)
+    """``requantize``'s IR, on vectors of 8 or 16 lanes; the scalars are i32."""
+    n, vec = acc.type.count, acc.type
+    v64 = ir.VectorType(ir.IntType(64), n)
     lifted = builder.shl(builder.add(acc, bias), left)
     product = builder.mul(builder.sext(lifted, v64), builder.sext(multiplier, v64))
     # TFLite adds 2^30 (1 - 2^30 if the product is negative) and divides by 2^31 truncating toward zero; both
     # cases equal floor((product + 2^30) / 2^31) (a negative total t = p + 1 - 2^30 gives ceil(t / 2^31) =
     # floor((t + 2^31 - 1) / 2^31)): one add and a shift (the compares and selects were ~10% of a stem call)
-    total = builder.add(product, ir.Constant(v64, [1 << 30] * 8))
-    high = builder.trunc(builder.lshr(total, ir.Constant(v64, [31] * 8)), _V8)
-    mask = builder.sub(builder.shl(_lanes(1), right), _lanes(1))
-    negative_tie_bump = builder.and_(builder.zext(builder.icmp_signed("<", high, _lanes(0)), _V8),
-                                     _broadcast(builder, away))
-    threshold = builder.add(builder.ashr(mask, _lanes(1)), negative_tie_bump)
-    round_up = builder.zext(builder.icmp_signed(">", builder.and_(high, mask), threshold), _V8)
-    value = builder.add(builder.add(builder.ashr(high, right), round_up), _broadcast(builder, zero_point))
-    value = builder.select(builder.icmp_signed("<", value, _broadcast(builder, lo)), _broadcast(builder, lo), value)
-    return builder.select(builder.icmp_signed(">", value, _broadcast(builder, hi)), _broadcast(builder, hi), value)
+    total = builder.add(product, ir.Constant(v64, [1 << 30] * n))
+    high = builder.trunc(builder.lshr(total, ir.Constant(v64, [31] * n)), vec)
+    mask = builder.sub(builder.shl(_lanes(1, n), right), _lanes(1, n))
+    negative_tie_bump = builder.and_(builder.zext(builder.icmp_signed("<", high, _lanes(0, n)), vec),
+                                     _broadcast(builder, away, n))
+    threshold = builder.add(builder.ashr(mask, _lanes(1, n)), negative_tie_bump)
+    round_up = builder.zext(builder.icmp_signed(">", builder.and_(high, mask), threshold), vec)
+    value = builder.add(builder.add(builder.ashr(high, right), round_up), _broadcast(builder, zero_point, n))
+    value = builder.select(builder.icmp_signed("<", value, _broadcast(builder, lo, n)), _broadcast(builder, lo, n), value)
+    return builder.select(builder.icmp_signed(">", value, _broadcast(builder, hi, n)), _broadcast(builder, hi, n),
+                          value)
 
 
 def _requantize_fp32_ir(builder, acc, bias, scale, zero_point, lo, hi):
-    """``requantize_fp32``'s IR; the scalars are i32."""
-    vf = ir.VectorType(ir.FloatType(), 8)
+    """``requantize_fp32``'s IR, on vectors of 8 or 16 lanes; the scalars are i32."""
+    n, vec = acc.type.count, acc.type
+    vf = ir.VectorType(ir.FloatType(), n)
     value = builder.fmul(builder.sitofp(builder.add(acc, bias), vf), scale)
-    low = builder.sitofp(_broadcast(builder, builder.sub(lo, zero_point)), vf)
-    high = builder.sitofp(_broadcast(builder, builder.sub(hi, zero_point)), vf)
+    low = builder.sitofp(_broadcast(builder, builder.sub(lo, zero_point), n), vf)
+    high = builder.sitofp(_broadcast(builder, builder.sub(hi, zero_point), n), vf)
     value = builder.select(builder.fcmp_ordered("<", value, low), low, value)
     value = builder.select(builder.fcmp_ordered(">", value, high), high, value)
-    rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf]), "llvm.rint.v8f32")
-    return builder.add(builder.fptosi(builder.call(rint, [value]), _V8), _broadcast(builder, zero_point))
+    rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf]), f"llvm.rint.v{n}f32")
+    return builder.add(builder.fptosi(builder.call(rint, [value]), vec), _broadcast(builder, zero_point, n))
 
 
-def _broadcast(builder, scalar):
-    v = builder.insert_element(ir.Constant(_V8, ir.Undefined), scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+def _broadcast(builder, scalar, n=8):
+    vec = ir.VectorType(_I32, n)
+    v = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(vec, [0] * n))
 
 
 @intrinsic
 def store_bytes(typingctx, array, index, vector):
-    """uint8 or int8 array[index : index + 8] = the vector's lanes (already in the type's range)."""
-    if not (_flat(array, types.int8) or _flat(array, types.uint8)):
+    """uint8 or int8 array[index : index + n] = the vector's n lanes (8 or 16, already in the type's range)."""
+    if not (_flat(array, types.int8) or _flat(array, types.uint8)) or vector not in (i32x8, i32x16):
         return None
+    n = 16 if vector == i32x16 else 8
 
     def codegen(context, builder, sig, args):
-        v8 = ir.VectorType(ir.IntType(8), 8)
-        builder.store(builder.trunc(args[2], v8), _pointer(context, builder, sig.args[0], args[0], args[1], v8), align=1)
+        bytes_ = ir.VectorType(ir.IntType(8), n)
+        builder.store(builder.trunc(args[2], bytes_), _pointer(context, builder, sig.args[0], args[0], args[1], bytes_),
+                      align=1)
         return context.get_dummy_value()
-    return types.void(array, types.intp, i32x8), codegen
+    return types.void(array, types.intp, vector), codegen
 
 
 @intrinsic
@@ -305,16 +311,18 @@ REFERENCE, OPTIMIZED, XNNPACK = 0, 1, 2
 
 @intrinsic
 def requantized(typingctx, acc, params, scales, rounding, c, zero_point, lo, hi):
-    """Eight sums of channels c..c+7 requantized to output values (int32 lanes, in the type's
-    range) by ``rounding`` (REFERENCE, OPTIMIZED or XNNPACK, chosen by a branch).  ``params``
+    """Eight sums of channels c..c+7 (sixteen, c..c+15, from an ``i32x16``) requantized to output
+    values (int32 lanes, in the type's range) by ``rounding`` (REFERENCE, OPTIMIZED or XNNPACK, chosen by a branch).  ``params``
     [4, C] int32 rows: bias, multiplier, left shift, right shift; ``scales`` [C] float32:
     XNNPACK's scale per channel.  An intrinsic rather than a Numba function inlined at every
     call site: Numba's IR-level inlining re-ran its front end for each of the dozen call sites
     of a kernel and made most of the integer kernels' compile time; the IR here is the same
     (LLVM hoists the branch out of the tile loops as it did before)."""
     if not (isinstance(params, types.Array) and params.dtype == types.int32 and params.ndim == 2
-            and params.layout == "C" and _flat(scales, types.float32)):
+            and params.layout == "C" and _flat(scales, types.float32)) or acc not in (i32x8, i32x16):
         return None
+    n = 16 if acc == i32x16 else 8
+    vec = ir.VectorType(_I32, n)
 
     def codegen(context, builder, sig, args):
         acc, params, scales = args[:3]
@@ -324,13 +332,13 @@ def requantized(typingctx, acc, params, scales, rounding, c, zero_point, lo, hi)
 
         def row(r):
             at = builder.add(builder.mul(width, ir.Constant(width.type, r)), c)
-            return builder.load(builder.bitcast(builder.gep(table.data, [at]), _V8.as_pointer()), align=4)
+            return builder.load(builder.bitcast(builder.gep(table.data, [at]), vec.as_pointer()), align=4)
 
         zero_point, lo, hi = (builder.trunc(a, _I32) for a in (zero_point, lo, hi))
         bias = row(0)
         with builder.if_else(builder.icmp_signed("==", rounding, ir.Constant(rounding.type, XNNPACK))) as (fp, fixed):
             with fp:
-                vf = ir.VectorType(ir.FloatType(), 8)
+                vf = ir.VectorType(ir.FloatType(), n)
                 scale = builder.load(_pointer(context, builder, sig.args[2], scales, c, vf), align=4)
                 by_scale = _requantize_fp32_ir(builder, acc, bias, scale, zero_point, lo, hi)
                 from_fp = builder.basic_block
@@ -338,11 +346,11 @@ def requantized(typingctx, acc, params, scales, rounding, c, zero_point, lo, hi)
                 away = builder.zext(builder.icmp_signed("==", rounding, ir.Constant(rounding.type, REFERENCE)), _I32)
                 by_shift = _requantize_ir(builder, acc, bias, row(1), row(2), row(3), zero_point, lo, hi, away)
                 from_fixed = builder.basic_block
-        value = builder.phi(_V8)
+        value = builder.phi(vec)
         value.add_incoming(by_scale, from_fp)
         value.add_incoming(by_shift, from_fixed)
         return value
-    return i32x8(i32x8, params, scales, types.int64, types.intp, types.int64, types.int64, types.int64), codegen
+    return acc(acc, params, scales, types.int64, types.intp, types.int64, types.int64, types.int64), codegen
 
 
 @intrinsic

@@ -3,10 +3,10 @@
 ``integer_simd`` works on ``<8 x i32>`` sums (AVX2's width).  Where the CPU has AVX-512 (the
 float kernels' ``simd.LANES`` is 16), the depthwise blocks widen sixteen channels at a time into
 an ``<16 x i32>`` (``load_bytes_widened16``, ``load_widened16``, ``load16``, with
-``integer_simd.mul_add`` / ``add``, which take either width), and the sums are requantized as two
-eight-lane halves (``low``, ``high``) by ``integer_simd.requantized``: the same arithmetic lane by
-lane, so the same bytes.  With AVX-512 VNNI, ``dot4`` is ``vpdpbusd``: four byte products into each
-of sixteen int32 lanes (``integer_dot4.py``); elsewhere it is portable IR with the same sums.
+``integer_simd.mul_add`` / ``add``, ``requantized`` and ``store_bytes``, which take either
+width: the same arithmetic lane by lane, so the same bytes.  With AVX-512 VNNI, ``dot4`` is
+``vpdpbusd``: four byte products into each of sixteen int32 lanes (``integer_dot4.py``);
+elsewhere it is portable IR with the same sums.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .integer_simd import _BYTES64, _I32, _V16, _V16I32, _flat, _pointer, i32x8, i32x16
+from .integer_simd import _BYTES64, _I32, _V16, _V16I32, _flat, _pointer, i32x16
 from .simd import LANES as _FLOAT_LANES
 from .simd import cpu_features
 
@@ -90,21 +90,6 @@ def dot4(typingctx, acc, x, w):
             total = builder.add(total, part)
         return total
     return i32x16(i32x16, i32x16, i32x16), codegen
-
-
-def _half(first: int, doc: str):
-    @intrinsic
-    def half(typingctx, vector):
-        def codegen(context, builder, sig, args):
-            return builder.shuffle_vector(args[0], args[0],
-                                          ir.Constant(ir.VectorType(_I32, 8), list(range(first, first + 8))))
-        return i32x8(i32x16), codegen
-    half.__doc__ = doc
-    return half
-
-
-low = _half(0, "Lanes 0-7 of an ``i32x16`` as an ``i32x8``.")
-high = _half(8, "Lanes 8-15 of an ``i32x16`` as an ``i32x8``.")
 
 
 @intrinsic
