@@ -95,6 +95,72 @@ def _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, count):
     return acc
 
 
+@kernel(inline=True)
+def _padding_rows(s0, s1, s2, s3, zpw, r_lo, r_hi, c8, c0):
+    """The block's sums plus zp * w for the window rows in the padding (above or below the image)."""
+    for r in range(3):
+        if r < r_lo or r >= r_hi:
+            t = 3 * r * c8 + c0
+            z = iv.add(iv.add(iw.widen(zpw, t, s0), iw.widen(zpw, t + c8, s0)), iw.widen(zpw, t + 2 * c8, s0))
+            s0, s1, s2, s3 = iv.add(s0, z), iv.add(s1, z), iv.add(s2, z), iv.add(s3, z)
+    return s0, s1, s2, s3
+
+
+@kernel(inline=True)
+def _four_s1(x, a, c, row_w, c8, wts, zpw, r_lo, r_hi, c0, z):
+    """The sums of four adjacent output pixels at stride 1, channels c0.. (as many as ``z``, a zero
+    vector of 8 or 16 lanes, has): the three weight vectors of a window row serve all four, and each
+    of the row's six input columns is loaded once and used by every pixel it reaches."""
+    s0, s1, s2, s3 = z, z, z, z
+    for r in range(r_lo, r_hi):
+        t = 3 * r * c8 + c0
+        w0, w1, w2 = iw.widen(wts, t, z), iw.widen(wts, t + c8, z), iw.widen(wts, t + 2 * c8, z)
+        at = a + c0 + r * row_w
+        s0 = iv.mul_add(s0, iw.widen(x, at, z), w0)
+        v = iw.widen(x, at + c, z)
+        s0, s1 = iv.mul_add(s0, v, w1), iv.mul_add(s1, v, w0)
+        v = iw.widen(x, at + 2 * c, z)
+        s0, s1, s2 = iv.mul_add(s0, v, w2), iv.mul_add(s1, v, w1), iv.mul_add(s2, v, w0)
+        v = iw.widen(x, at + 3 * c, z)
+        s1, s2, s3 = iv.mul_add(s1, v, w2), iv.mul_add(s2, v, w1), iv.mul_add(s3, v, w0)
+        v = iw.widen(x, at + 4 * c, z)
+        s2, s3 = iv.mul_add(s2, v, w2), iv.mul_add(s3, v, w1)
+        s3 = iv.mul_add(s3, iw.widen(x, at + 5 * c, z), w2)
+    return _padding_rows(s0, s1, s2, s3, zpw, r_lo, r_hi, c8, c0)
+
+
+@kernel(inline=True)
+def _four_s2(x, a, c, row_w, c8, wts, zpw, r_lo, r_hi, c0, z):
+    """As ``_four_s1`` at stride 2: nine input columns a row, an even one shared by two pixels."""
+    s0, s1, s2, s3 = z, z, z, z
+    for r in range(r_lo, r_hi):
+        t = 3 * r * c8 + c0
+        w0, w1, w2 = iw.widen(wts, t, z), iw.widen(wts, t + c8, z), iw.widen(wts, t + 2 * c8, z)
+        at = a + c0 + r * row_w
+        s0 = iv.mul_add(s0, iw.widen(x, at, z), w0)
+        s0 = iv.mul_add(s0, iw.widen(x, at + c, z), w1)
+        v = iw.widen(x, at + 2 * c, z)
+        s0, s1 = iv.mul_add(s0, v, w2), iv.mul_add(s1, v, w0)
+        s1 = iv.mul_add(s1, iw.widen(x, at + 3 * c, z), w1)
+        v = iw.widen(x, at + 4 * c, z)
+        s1, s2 = iv.mul_add(s1, v, w2), iv.mul_add(s2, v, w0)
+        s2 = iv.mul_add(s2, iw.widen(x, at + 5 * c, z), w1)
+        v = iw.widen(x, at + 6 * c, z)
+        s2, s3 = iv.mul_add(s2, v, w2), iv.mul_add(s3, v, w0)
+        s3 = iv.mul_add(s3, iw.widen(x, at + 7 * c, z), w1)
+        s3 = iv.mul_add(s3, iw.widen(x, at + 8 * c, z), w2)
+    return _padding_rows(s0, s1, s2, s3, zpw, r_lo, r_hi, c8, c0)
+
+
+@kernel(inline=True)
+def _store4(s0, s1, s2, s3, params, scales, rounding, c0, zero_point, lo, hi, out, o_at, c):
+    """The four pixels' sums requantized and stored at out[o_at + p * c ...]."""
+    iv.store_bytes(out, o_at, iv.requantized(s0, params, scales, rounding, c0, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + c, iv.requantized(s1, params, scales, rounding, c0, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + 2 * c, iv.requantized(s2, params, scales, rounding, c0, zero_point, lo, hi))
+    iv.store_bytes(out, o_at + 3 * c, iv.requantized(s3, params, scales, rounding, c0, zero_point, lo, hi))
+
+
 @kernel()
 def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, scales, rounding,
           zero_point, lo, hi, out):
@@ -116,11 +182,10 @@ def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h,
     Measured choices: each block size has its own loop over the channel groups (one loop with a
     branch on the size per group: 10-40% slower on the narrow maps); the blocks' window rows
     are a loop with a run-time count, which LLVM does not unroll (three unrolled rows with a
-    branch each compiled ~0.2 s longer per input type, no faster); the blocks are written out
-    here rather than as inlined helpers (Numba's inlining pass took 0.3-0.5 s of the pipeline
-    per input type, but the warm-up's total moved by 0.2 s at most, within its noise);
-    requantization in a loop over the block's pixels (one per pixel in the code compiled
-    longer, no faster); blocks of two at stride 2 instead of four: 15-20% slower on the large
+    branch each compiled ~0.2 s longer per input type, no faster); the blocks are inlined
+    helpers (``_four_s1``, ``_four_s2``), each called at two widths (sixteen channels, then
+    eight; the block bodies written out at both widths repeated 50 lines); requantization in a
+    loop over the block's pixels (one per pixel in the code compiled longer, no faster); blocks of two at stride 2 instead of four: 15-20% slower on the large
     stride-2 layers, ~10% faster on the 6 x 6 and 12 x 12 maps.  Cost: the cold compile of
     ``depthwise_rows`` (both input types, with its helpers) went from ~2.3 to ~4 s."""
     c8 = (c + 7) // 8 * 8
@@ -155,114 +220,18 @@ def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h,
             a = ((n * h + iy0) * w_in + ix0) * c
             if step == 4 and stride == 1:               # four pixels, six input columns a row
                 for c0 in range(0, done16, 16):         # sixteen channels at a time, then eight
-                    s0, s1, s2, s3 = iw.zeros16(), iw.zeros16(), iw.zeros16(), iw.zeros16()
-                    for r in range(r_lo, r_hi):
-                        t = 3 * r * c8 + c0
-                        w0, w1 = iw.load_widened16(wts, t), iw.load_widened16(wts, t + c8)
-                        w2 = iw.load_widened16(wts, t + 2 * c8)
-                        at = a + c0 + r * row_w
-                        s0 = iv.mul_add(s0, iw.load_bytes_widened16(x, at), w0)
-                        v = iw.load_bytes_widened16(x, at + c)
-                        s0, s1 = iv.mul_add(s0, v, w1), iv.mul_add(s1, v, w0)
-                        v = iw.load_bytes_widened16(x, at + 2 * c)
-                        s0, s1, s2 = iv.mul_add(s0, v, w2), iv.mul_add(s1, v, w1), iv.mul_add(s2, v, w0)
-                        v = iw.load_bytes_widened16(x, at + 3 * c)
-                        s1, s2, s3 = iv.mul_add(s1, v, w2), iv.mul_add(s2, v, w1), iv.mul_add(s3, v, w0)
-                        v = iw.load_bytes_widened16(x, at + 4 * c)
-                        s2, s3 = iv.mul_add(s2, v, w2), iv.mul_add(s3, v, w1)
-                        s3 = iv.mul_add(s3, iw.load_bytes_widened16(x, at + 5 * c), w2)
-                    for r in range(3):                  # window rows in the padding: zp * w
-                        if r < r_lo or r >= r_hi:
-                            t = 3 * r * c8 + c0
-                            z = iv.add(iv.add(iw.load16(zpw, t), iw.load16(zpw, t + c8)), iw.load16(zpw, t + 2 * c8))
-                            s0, s1, s2, s3 = iv.add(s0, z), iv.add(s1, z), iv.add(s2, z), iv.add(s3, z)
-                    for p in range(4):
-                        s = s0 if p == 0 else (s1 if p == 1 else (s2 if p == 2 else s3))
-                        o = o_row + p * c + c0
-                        iv.store_bytes(out, o, iv.requantized(s, params, scales, rounding, c0, zero_point, lo, hi))
+                    s0, s1, s2, s3 = _four_s1(x, a, c, row_w, c8, wts, zpw, r_lo, r_hi, c0, iw.zeros16())
+                    _store4(s0, s1, s2, s3, params, scales, rounding, c0, zero_point, lo, hi, out, o_row + c0, c)
                 for c0 in range(done16, done, 8):
-                    s0, s1, s2, s3 = iv.zeros(), iv.zeros(), iv.zeros(), iv.zeros()
-                    for r in range(r_lo, r_hi):
-                        t = 3 * r * c8 + c0
-                        w0, w1 = iv.load_widened(wts, t), iv.load_widened(wts, t + c8)
-                        w2 = iv.load_widened(wts, t + 2 * c8)
-                        at = a + c0 + r * row_w
-                        s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at), w0)
-                        v = iv.load_bytes_widened(x, at + c)
-                        s0, s1 = iv.mul_add(s0, v, w1), iv.mul_add(s1, v, w0)
-                        v = iv.load_bytes_widened(x, at + 2 * c)
-                        s0, s1, s2 = iv.mul_add(s0, v, w2), iv.mul_add(s1, v, w1), iv.mul_add(s2, v, w0)
-                        v = iv.load_bytes_widened(x, at + 3 * c)
-                        s1, s2, s3 = iv.mul_add(s1, v, w2), iv.mul_add(s2, v, w1), iv.mul_add(s3, v, w0)
-                        v = iv.load_bytes_widened(x, at + 4 * c)
-                        s2, s3 = iv.mul_add(s2, v, w2), iv.mul_add(s3, v, w1)
-                        s3 = iv.mul_add(s3, iv.load_bytes_widened(x, at + 5 * c), w2)
-                    for r in range(3):                  # window rows in the padding: zp * w
-                        if r < r_lo or r >= r_hi:
-                            t = 3 * r * c8 + c0
-                            z = iv.add(iv.add(iv.load(zpw, t), iv.load(zpw, t + c8)), iv.load(zpw, t + 2 * c8))
-                            s0, s1, s2, s3 = iv.add(s0, z), iv.add(s1, z), iv.add(s2, z), iv.add(s3, z)
-                    for p in range(4):
-                        s = s0 if p == 0 else (s1 if p == 1 else (s2 if p == 2 else s3))
-                        iv.store_bytes(out, o_row + p * c + c0, iv.requantized(s, params, scales, rounding, c0,
-                                                                               zero_point, lo, hi))
+                    s0, s1, s2, s3 = _four_s1(x, a, c, row_w, c8, wts, zpw, r_lo, r_hi, c0, iv.zeros())
+                    _store4(s0, s1, s2, s3, params, scales, rounding, c0, zero_point, lo, hi, out, o_row + c0, c)
             elif step == 4:                             # stride 2: nine input columns a row
                 for c0 in range(0, done16, 16):
-                    s0, s1, s2, s3 = iw.zeros16(), iw.zeros16(), iw.zeros16(), iw.zeros16()
-                    for r in range(r_lo, r_hi):
-                        t = 3 * r * c8 + c0
-                        w0, w1 = iw.load_widened16(wts, t), iw.load_widened16(wts, t + c8)
-                        w2 = iw.load_widened16(wts, t + 2 * c8)
-                        at = a + c0 + r * row_w
-                        s0 = iv.mul_add(s0, iw.load_bytes_widened16(x, at), w0)
-                        s0 = iv.mul_add(s0, iw.load_bytes_widened16(x, at + c), w1)
-                        v = iw.load_bytes_widened16(x, at + 2 * c)
-                        s0, s1 = iv.mul_add(s0, v, w2), iv.mul_add(s1, v, w0)
-                        s1 = iv.mul_add(s1, iw.load_bytes_widened16(x, at + 3 * c), w1)
-                        v = iw.load_bytes_widened16(x, at + 4 * c)
-                        s1, s2 = iv.mul_add(s1, v, w2), iv.mul_add(s2, v, w0)
-                        s2 = iv.mul_add(s2, iw.load_bytes_widened16(x, at + 5 * c), w1)
-                        v = iw.load_bytes_widened16(x, at + 6 * c)
-                        s2, s3 = iv.mul_add(s2, v, w2), iv.mul_add(s3, v, w0)
-                        s3 = iv.mul_add(s3, iw.load_bytes_widened16(x, at + 7 * c), w1)
-                        s3 = iv.mul_add(s3, iw.load_bytes_widened16(x, at + 8 * c), w2)
-                    for r in range(3):
-                        if r < r_lo or r >= r_hi:
-                            t = 3 * r * c8 + c0
-                            z = iv.add(iv.add(iw.load16(zpw, t), iw.load16(zpw, t + c8)), iw.load16(zpw, t + 2 * c8))
-                            s0, s1, s2, s3 = iv.add(s0, z), iv.add(s1, z), iv.add(s2, z), iv.add(s3, z)
-                    for p in range(4):
-                        s = s0 if p == 0 else (s1 if p == 1 else (s2 if p == 2 else s3))
-                        o = o_row + p * c + c0
-                        iv.store_bytes(out, o, iv.requantized(s, params, scales, rounding, c0, zero_point, lo, hi))
+                    s0, s1, s2, s3 = _four_s2(x, a, c, row_w, c8, wts, zpw, r_lo, r_hi, c0, iw.zeros16())
+                    _store4(s0, s1, s2, s3, params, scales, rounding, c0, zero_point, lo, hi, out, o_row + c0, c)
                 for c0 in range(done16, done, 8):
-                    s0, s1, s2, s3 = iv.zeros(), iv.zeros(), iv.zeros(), iv.zeros()
-                    for r in range(r_lo, r_hi):
-                        t = 3 * r * c8 + c0
-                        w0, w1 = iv.load_widened(wts, t), iv.load_widened(wts, t + c8)
-                        w2 = iv.load_widened(wts, t + 2 * c8)
-                        at = a + c0 + r * row_w
-                        s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at), w0)
-                        s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at + c), w1)
-                        v = iv.load_bytes_widened(x, at + 2 * c)
-                        s0, s1 = iv.mul_add(s0, v, w2), iv.mul_add(s1, v, w0)
-                        s1 = iv.mul_add(s1, iv.load_bytes_widened(x, at + 3 * c), w1)
-                        v = iv.load_bytes_widened(x, at + 4 * c)
-                        s1, s2 = iv.mul_add(s1, v, w2), iv.mul_add(s2, v, w0)
-                        s2 = iv.mul_add(s2, iv.load_bytes_widened(x, at + 5 * c), w1)
-                        v = iv.load_bytes_widened(x, at + 6 * c)
-                        s2, s3 = iv.mul_add(s2, v, w2), iv.mul_add(s3, v, w0)
-                        s3 = iv.mul_add(s3, iv.load_bytes_widened(x, at + 7 * c), w1)
-                        s3 = iv.mul_add(s3, iv.load_bytes_widened(x, at + 8 * c), w2)
-                    for r in range(3):
-                        if r < r_lo or r >= r_hi:
-                            t = 3 * r * c8 + c0
-                            z = iv.add(iv.add(iv.load(zpw, t), iv.load(zpw, t + c8)), iv.load(zpw, t + 2 * c8))
-                            s0, s1, s2, s3 = iv.add(s0, z), iv.add(s1, z), iv.add(s2, z), iv.add(s3, z)
-                    for p in range(4):
-                        s = s0 if p == 0 else (s1 if p == 1 else (s2 if p == 2 else s3))
-                        iv.store_bytes(out, o_row + p * c + c0, iv.requantized(s, params, scales, rounding, c0,
-                                                                               zero_point, lo, hi))
+                    s0, s1, s2, s3 = _four_s2(x, a, c, row_w, c8, wts, zpw, r_lo, r_hi, c0, iv.zeros())
+                    _store4(s0, s1, s2, s3, params, scales, rounding, c0, zero_point, lo, hi, out, o_row + c0, c)
             else:                                       # one pixel (the rows unrolled: faster here)
                 for c0 in range(0, done, 8):
                     s0 = iv.zeros()

@@ -2,9 +2,9 @@
 
 ``integer_simd`` works on ``<8 x i32>`` sums (AVX2's width).  Where the CPU has AVX-512 (the
 float kernels' ``simd.LANES`` is 16), the depthwise blocks widen sixteen channels at a time into
-an ``<16 x i32>`` (``load_bytes_widened16``, ``load_widened16``, ``load16``, with
+an ``<16 x i32>`` (``widen``, which loads as many lanes as a given vector has, with
 ``integer_simd.mul_add`` / ``add``, ``requantized`` and ``store_bytes``, which take either
-width: the same arithmetic lane by lane, so the same bytes.  With AVX-512 VNNI, ``dot4`` is
+width): the same arithmetic lane by lane, so the same bytes.  With AVX-512 VNNI, ``dot4`` is
 ``vpdpbusd``: four byte products into each of sixteen int32 lanes (``integer_dot4.py``);
 elsewhere it is portable IR with the same sums.
 """
@@ -18,9 +18,10 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .integer_simd import _BYTES64, _I32, _V16, _V16I32, _flat, _pointer, i32x16
+from .integer_simd import _BYTES64, _I32, _V16I32, _flat, _pointer, i32x8, i32x16
 from .simd import LANES as _FLOAT_LANES
 from .simd import cpu_features
+
 
 def dot4_instruction() -> bool:
     """Whether ``dot4`` compiles to ``vpdpbusd`` (the CPU has AVX-512 VNNI): else to portable IR
@@ -93,37 +94,22 @@ def dot4(typingctx, acc, x, w):
 
 
 @intrinsic
-def load_bytes_widened16(typingctx, array, index):
-    """uint8 (zero-extended) or int8 (sign-extended) array[index : index + 16] as sixteen int32 lanes."""
-    if not (_flat(array, types.int8) or _flat(array, types.uint8)):
+def widen(typingctx, array, index, like):
+    """array[index : index + n] as n int32 lanes, n the width of ``like`` (an ``i32x8`` or
+    ``i32x16``, whose value is not used): uint8 zero-extended, int8 and int16 sign-extended,
+    int32 as they are.  Lets one kernel body run at either width (``integer_depthwise``)."""
+    kinds = (types.uint8, types.int8, types.int16, types.int32)
+    if like not in (i32x8, i32x16) or not any(_flat(array, k) for k in kinds):
         return None
-    signed = array.dtype == types.int8
+    n = 16 if like == i32x16 else 8
+    element = array.dtype
 
     def codegen(context, builder, sig, args):
-        v16 = ir.VectorType(ir.IntType(8), 16)
-        raw = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], v16), align=1)
-        return builder.sext(raw, _V16I32) if signed else builder.zext(raw, _V16I32)
-    return i32x16(array, types.intp), codegen
-
-
-@intrinsic
-def load_widened16(typingctx, array, index):
-    """int16 array[index : index + 16], sign-extended to sixteen int32 lanes."""
-    if not _flat(array, types.int16):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.sext(builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _V16), align=2),
-                            _V16I32)
-    return i32x16(array, types.intp), codegen
-
-
-@intrinsic
-def load16(typingctx, array, index):
-    """int32 array[index : index + 16] as a vector."""
-    if not _flat(array, types.int32):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _V16I32), align=4)
-    return i32x16(array, types.intp), codegen
+        bits = {types.uint8: 8, types.int8: 8, types.int16: 16, types.int32: 32}[element]
+        raw_type = ir.VectorType(ir.IntType(bits), n)
+        raw = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], raw_type), align=bits // 8)
+        vec = ir.VectorType(_I32, n)
+        if bits == 32:
+            return raw
+        return builder.zext(raw, vec) if element == types.uint8 else builder.sext(raw, vec)
+    return like(array, types.intp, like), codegen
