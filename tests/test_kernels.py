@@ -192,3 +192,14 @@ def test_sync_add_is_atomic_and_returns_the_value_before():
     counters, seen = np.zeros(8, np.int64), np.zeros(20000, np.int64)
     assert count(counters, seen, 10000) == 20000
     assert (seen == 1).all()
+
+
+def test_fma_peak_loop_equals_its_numpy_twin(rng):
+    from mobilenet_np.kernels.float_peak import ACCUMULATORS, fma_loop, fma_loop_numpy
+    from mobilenet_np.kernels.simd import LANES
+
+    w = rng.standard_normal(3 * LANES).astype(np.float32)
+    out = np.zeros(ACCUMULATORS * LANES, np.float32)
+    fma_loop(w, 37, out)
+    np.testing.assert_array_equal(out, fma_loop_numpy(w, 37))
+    assert np.isfinite(out).all() and (out != np.tile(w[:LANES], ACCUMULATORS)).any()
