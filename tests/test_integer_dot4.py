@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobilenet_np.kernels import integer_reference as iref
 
 pytest.importorskip("numba", reason="Numba is not installed")
 REPO = Path(__file__).resolve().parents[1]
@@ -22,32 +21,18 @@ REPO = Path(__file__).resolve().parents[1]
 def _case(rng, pixels, c_in, c_out, dtype, rounding, split=False):
     """Inputs, weights and parameters of one layer, the reference's bytes, and the kernel's (run
     as the fast graph runs it: int8 tensors as uint8 + 128)."""
+    from integer_layers import pointwise_layer
+
     from mobilenet_np.kernels import integer_dot4 as idot
     from mobilenet_np.kernels import integer_gemm as ig
-    from mobilenet_np.kernels import integer_xnnpack as ixnn
 
-    lo, hi = iref.DTYPE_RANGES[np.dtype(dtype)]
     per_tensor = dtype == np.uint8
-    w_zero_point = 131 if per_tensor else np.zeros(c_out, np.int64)
-    x = rng.integers(lo, hi, (pixels, c_in), endpoint=True).astype(dtype)
-    # uint8 weights within 128 of their zero point fit int8 once centred (the first form); any others
-    # take the split form (pack_quads)
-    w = rng.integers(lo if split else (3 if per_tensor else -127), hi, (c_in, c_out), endpoint=True).astype(dtype)
-    if split:
-        w[0, 0] = 0                 # 0 - 131: at least one weight that does not fit
-    x_zero_point = 117 if per_tensor else -5
-    bias = rng.integers(-30000, 30000, c_out).astype(np.int32)
-    filter_scales = rng.uniform(0.001, 0.02, 1 if per_tensor else c_out)
-    multiplier, shift = iref.conv_multipliers(0.02, filter_scales, 0.05, per_tensor)
-    clamp = iref.activation_range("RELU6", 0.05, 3 if per_tensor else -120, dtype)
-    acc = iref.conv2d_accumulate(x[None, :, None, :], x_zero_point, w[None, None], w_zero_point, bias,
-                                 1, (0, 0, 0, 0), (pixels, 1))
-    scales = ixnn.conv_scales(0.02, filter_scales, 0.05)
-    if rounding == "xnnpack":
-        want = ixnn.requantize_fp32(acc, scales, clamp[0], clamp, dtype).reshape(pixels, c_out)
-    else:
-        want = iref.requantize(acc, multiplier, shift, clamp[0], clamp, dtype,
-                               ties_up=rounding == "optimized").reshape(pixels, c_out)
+    # uint8 weights within 128 of their zero point (131) fit int8 once centred (the first form); one
+    # that does not (0) takes the split form (pack_quads); int8 weights are symmetric, -127..127
+    w_low = None if split else (3 if per_tensor else -127)
+    layer = pointwise_layer(rng, pixels, c_in, c_out, dtype, rounding, w_low, first_weight=0 if split else None)
+    x, w, w_zero_point, x_zero_point, want = layer.x, layer.w, layer.w_zero_point, layer.x_zero_point, layer.want
+    bias, multiplier, shift, clamp, scales = layer.bias, layer.multiplier, layer.shift, layer.clamp, layer.scales
     up = 0 if per_tensor else 128
     quads, tasks = idot.pack_quads(w, w_zero_point)
     assert tasks is (idot.dot4_split_tasks if split else idot.dot4_tasks)

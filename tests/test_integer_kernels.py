@@ -287,27 +287,13 @@ def test_integer_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out,
     counts (the 4-pixel tiles and the single-pixel rest), odd C_in (135: centred 16 at a time, then
     one by one), C_out not multiples of 16 (the padded rows copied out 8, 4, 2 or 1 bytes at a time: 24 / 8, 20, 18, 13);
     each of LiteRT's three requantizations."""
-    from mobilenet_np.kernels import integer_gemm as ig
-    from mobilenet_np.kernels import integer_xnnpack as ixnn
+    from integer_layers import pointwise_layer
 
-    lo, hi = iref.DTYPE_RANGES[np.dtype(dtype)]
-    x = rng.integers(lo, hi, (pixels, c_in), endpoint=True).astype(dtype)
-    w = rng.integers(lo, hi, (c_in, c_out), endpoint=True).astype(dtype)
-    per_tensor = dtype == np.uint8
-    w_zero_point = 131 if per_tensor else np.zeros(c_out, np.int64)
-    x_zero_point = 117 if per_tensor else -5
-    bias = rng.integers(-30000, 30000, c_out).astype(np.int32)
-    filter_scales = rng.uniform(0.001, 0.02, 1 if per_tensor else c_out)
-    multiplier, shift = iref.conv_multipliers(0.02, filter_scales, 0.05, per_tensor)
-    clamp = iref.activation_range("RELU6", 0.05, 3 if per_tensor else -120, dtype)
-    acc = iref.conv2d_accumulate(x[None, :, None, :], x_zero_point, w[None, None], w_zero_point, bias,
-                                 1, (0, 0, 0, 0), (pixels, 1))
-    scales = ixnn.conv_scales(0.02, filter_scales, 0.05)
-    if rounding == "xnnpack":
-        want = ixnn.requantize_fp32(acc, scales, clamp[0], clamp, dtype).reshape(pixels, c_out)
-    else:
-        want = iref.requantize(acc, multiplier, shift, clamp[0], clamp, dtype,
-                               ties_up=rounding == "optimized").reshape(pixels, c_out)
+    from mobilenet_np.kernels import integer_gemm as ig
+
+    layer = pointwise_layer(rng, pixels, c_in, c_out, dtype, rounding)
+    x, w, w_zero_point, x_zero_point, want = layer.x, layer.w, layer.w_zero_point, layer.x_zero_point, layer.want
+    bias, multiplier, shift, clamp, scales = layer.bias, layer.multiplier, layer.shift, layer.clamp, layer.scales
     params = ig.requantization_params(bias, multiplier, shift, c_out)
     got = ig.pointwise_conv2d(x, x_zero_point, ig.pack_pairs(w, w_zero_point), params, c_out, clamp[0], clamp,
                               np.empty((pixels, c_out), dtype), rounding, ig.xnnpack_scales(scales, c_out))

@@ -185,8 +185,9 @@ def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h,
     branch each compiled ~0.2 s longer per input type, no faster); the blocks are inlined
     helpers (``_four_s1``, ``_four_s2``), each called at two widths (sixteen channels, then
     eight; the block bodies written out at both widths repeated 50 lines); requantization in a
-    loop over the block's pixels (one per pixel in the code compiled longer, no faster); blocks of two at stride 2 instead of four: 15-20% slower on the large
-    stride-2 layers, ~10% faster on the 6 x 6 and 12 x 12 maps.  Cost: the cold compile of
+    loop over the block's pixels (one per pixel in the code compiled longer, no faster); blocks
+    of two at stride 2 instead of four: 15-20% slower on the large stride-2 layers, ~10% faster
+    on the 6 x 6 and 12 x 12 maps.  Cost: the cold compile of
     ``depthwise_rows`` (both input types, with its helpers) went from ~2.3 to ~4 s."""
     c8 = (c + 7) // 8 * 8
     full = c // 8 * 8                                   # channels in whole groups of eight

@@ -185,9 +185,9 @@ def _requantize_ir(builder, acc, bias, multiplier, left, right, zero_point, lo, 
     threshold = builder.add(builder.ashr(mask, _lanes(1, n)), negative_tie_bump)
     round_up = builder.zext(builder.icmp_signed(">", builder.and_(high, mask), threshold), vec)
     value = builder.add(builder.add(builder.ashr(high, right), round_up), _broadcast(builder, zero_point, n))
-    value = builder.select(builder.icmp_signed("<", value, _broadcast(builder, lo, n)), _broadcast(builder, lo, n), value)
-    return builder.select(builder.icmp_signed(">", value, _broadcast(builder, hi, n)), _broadcast(builder, hi, n),
-                          value)
+    low, high_ = _broadcast(builder, lo, n), _broadcast(builder, hi, n)
+    value = builder.select(builder.icmp_signed("<", value, low), low, value)
+    return builder.select(builder.icmp_signed(">", value, high_), high_, value)
 
 
 def _requantize_fp32_ir(builder, acc, bias, scale, zero_point, lo, hi):
@@ -312,12 +312,13 @@ REFERENCE, OPTIMIZED, XNNPACK = 0, 1, 2
 @intrinsic
 def requantized(typingctx, acc, params, scales, rounding, c, zero_point, lo, hi):
     """Eight sums of channels c..c+7 (sixteen, c..c+15, from an ``i32x16``) requantized to output
-    values (int32 lanes, in the type's range) by ``rounding`` (REFERENCE, OPTIMIZED or XNNPACK, chosen by a branch).  ``params``
-    [4, C] int32 rows: bias, multiplier, left shift, right shift; ``scales`` [C] float32:
-    XNNPACK's scale per channel.  An intrinsic rather than a Numba function inlined at every
-    call site: Numba's IR-level inlining re-ran its front end for each of the dozen call sites
-    of a kernel and made most of the integer kernels' compile time; the IR here is the same
-    (LLVM hoists the branch out of the tile loops as it did before)."""
+    values (int32 lanes, in the type's range) by ``rounding`` (REFERENCE, OPTIMIZED or XNNPACK,
+    chosen by a branch).  ``params`` [4, C] int32 rows: bias, multiplier, left shift, right
+    shift; ``scales`` [C] float32: XNNPACK's scale per channel.  An intrinsic rather than a
+    Numba function inlined at every call site: Numba's IR-level inlining re-ran its front end
+    for each of the dozen call sites of a kernel and made most of the integer kernels' compile
+    time; the IR here is the same (LLVM hoists the branch out of the tile loops as it did
+    before)."""
     if not (isinstance(params, types.Array) and params.dtype == types.int32 and params.ndim == 2
             and params.layout == "C" and _flat(scales, types.float32)) or acc not in (i32x8, i32x16):
         return None
