@@ -90,6 +90,33 @@ def _tile6(x, x_at, row_step, taps, c_in, w, w_at, b0, b1, out, o_at, c_out, col
 
 
 @kernel(inline=True)
+def _tile6h(x, x_at, row_step, taps, c_in, w, w_at, b0, out, o_at, c_out, columns, relu6, residual, add_residual):
+    """``_tile6`` for a last panel whose channels fit one vector (C_out - c0 <= LANES: C_out 8 or
+    16 with AVX-512's 32-channel panels, or 48 and 80): six sums, not twelve of which six are never
+    stored.  The same FMAs per output, so the same values.  V2 0.5/96 (projections to 8 and 16
+    channels, expansions to 48) took 0.94-0.96x the time at batch 1 and 0.93x at batch 32, V1
+    0.5/160 (no such layer) 0.99-1.01x (in-process A/B, 2026-12-02).  Not in the stem: its 27-step
+    sums with six chains ran V1 0.5/160's 80 x 80 x 16 stem slower than twelve half-used ones."""
+    dense = taps.shape[0] == 0
+    a0 = a1 = a2 = a3 = a4 = a5 = b0
+    for k in range(c_in):
+        w0 = simd.load(w, w_at + k * PANEL)
+        at = x_at + (k if dense else taps[k])
+        a0 = simd.fma(simd.splat_at(x, at), w0, a0)
+        a1 = simd.fma(simd.splat_at(x, at + row_step), w0, a1)
+        a2 = simd.fma(simd.splat_at(x, at + 2 * row_step), w0, a2)
+        a3 = simd.fma(simd.splat_at(x, at + 3 * row_step), w0, a3)
+        a4 = simd.fma(simd.splat_at(x, at + 4 * row_step), w0, a4)
+        a5 = simd.fma(simd.splat_at(x, at + 5 * row_step), w0, a5)
+    simd.emit_panel(out, o_at, a0, a0, columns, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at + c_out, a1, a1, columns, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at + 2 * c_out, a2, a2, columns, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at + 3 * c_out, a3, a3, columns, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at + 4 * c_out, a4, a4, columns, relu6, residual, add_residual)
+    simd.emit_panel(out, o_at + 5 * c_out, a5, a5, columns, relu6, residual, add_residual)
+
+
+@kernel(inline=True)
 def _tile1(x, x_at, c_in, w, w_at, b0, b1, out, o_at, columns, relu6, residual, add_residual):
     """One pixel x one panel: the rows left over when the pixel count is not a multiple of 6."""
     a0 = b0
@@ -188,6 +215,9 @@ def pointwise_tiles(op, t0, t1, x, w, bias, residual, out, n_img):
             if j % 2 == 0:
                 _tile3w(x, p0 * c_in, c_in, w, w_at, bias, c0, out, p0 * c_out + c0, c_out, relu6, residual,
                         add_residual)
+        elif p0 + TILE_ROWS <= pixels and columns <= LANES:
+            _tile6h(x, p0 * c_in, c_in, _DENSE, c_in, w, w_at, b0, out, p0 * c_out + c0, c_out, columns,
+                    relu6, residual, add_residual)
         elif p0 + TILE_ROWS <= pixels:
             _tile6(x, p0 * c_in, c_in, _DENSE, c_in, w, w_at, b0, b1, out, p0 * c_out + c0, c_out, columns,
                    relu6, residual, add_residual)
