@@ -68,13 +68,15 @@ def _pack(graph: QuantizedGraph, op) -> dict:
         packed["weights"] = idw.pack_depthwise(w.transpose(1, 2, 3, 0), w_q.zero_point)
         packed["folded"] = idw.fold_zero_point(packed["weights"], params, w.shape[1], packed["in_zp"])
     else:              # TFLite OHWI -> [kh * kw * C_in, C_out], the order of the gathered patches
-        packed["weights"] = ig.pack_pairs(w.reshape(c_out, -1).T, w_q.zero_point)
-        packed["folded"] = ig.fold_zero_point(packed["weights"], params, packed["in_zp"])
         matrix = w.reshape(c_out, -1).T
-        quads = idot.pack_quads(matrix, w_q.zero_point) if w.shape[1] == 1 and idot.usable() else None
-        if quads is not None:      # a 1x1 layer on VNNI's four-byte products (integer_dot4.py)
-            packed["quads"] = (quads[0], idot.fold_zero_point(matrix, w_q.zero_point, params, packed["in_zp"]),
-                               quads[1])
+        pointwise = (w.shape[1], op.conv_options.stride_h) == (1, 1)       # the layers ``Pointwise`` runs
+        quads = idot.pack_quads(matrix, w_q.zero_point) if pointwise and idot.usable() else None
+        if quads is not None:      # on VNNI's four-byte products (integer_dot4.py), with its kernel
+            packed["weights"], packed["tasks"] = quads
+            packed["folded"] = idot.fold_zero_point(matrix, w_q.zero_point, params, packed["in_zp"])
+        else:
+            packed["weights"] = ig.pack_pairs(matrix, w_q.zero_point)
+            packed["folded"] = ig.fold_zero_point(packed["weights"], params, packed["in_zp"])
     return packed
 
 
@@ -92,11 +94,8 @@ def _prepare_conv(graph: QuantizedGraph, op, options, inputs, scratch):
         kernel = idw.Depthwise(x.shape, p["in_zp"], p["weights"], k, stride, pad, out_hw, *requantize)
     elif (k, stride) == (1, 1):
         params, out_zp, clamp, rounding, scales, folded = requantize
-        weights, tasks = p["weights"], None
-        if "quads" in p:
-            weights, folded, tasks = p["quads"]
-        kernel = ig.Pointwise(x.size // x.shape[3], x.shape[3], p["in_zp"], weights, params, p["c_out"], out_zp,
-                              clamp, rounding, scales, folded, scratch, tasks)
+        kernel = ig.Pointwise(x.size // x.shape[3], x.shape[3], p["in_zp"], p["weights"], params, p["c_out"], out_zp,
+                              clamp, rounding, scales, folded, scratch, p.get("tasks"))
     else:
         params, *others = requantize
         x_dtype = np.dtype(np.uint8) if p["form"] else x.dtype

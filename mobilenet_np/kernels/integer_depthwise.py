@@ -70,9 +70,9 @@ def fold_zero_point(packed: np.ndarray, params: np.ndarray, k: int, zero_point: 
 @kernel(inline=True)
 def _load_x(x, at, count):
     """Eight input channels from x[at] as int32 lanes; only ``count`` of them when fewer than 8 remain."""
-    if count >= 8:
-        return iv.load_bytes_widened(x, at)
     v = iv.zeros()
+    if count >= 8:
+        return iw.widen(x, at, v)
     for j in range(count):
         v = iv.insert(v, j, np.int64(x[at + j]))
     return v
@@ -89,9 +89,9 @@ def _pixel_checked(x, n, h, w_in, c, c8, wts, zpw, k, iy0, ix0, c0, count):
             ix = ix0 + dx
             t = (dy * k + dx) * c8 + c0
             if iy >= 0 and iy < h and ix >= 0 and ix < w_in:
-                acc = iv.mul_add(acc, _load_x(x, ((n * h + iy) * w_in + ix) * c + c0, count), iv.load_widened(wts, t))
+                acc = iv.mul_add(acc, _load_x(x, ((n * h + iy) * w_in + ix) * c + c0, count), iw.widen(wts, t, acc))
             else:
-                acc = iv.add(acc, iv.load(zpw, t))
+                acc = iv.add(acc, iw.widen(zpw, t, acc))
     return acc
 
 
@@ -241,18 +241,17 @@ def depthwise_rows(x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h,
                         if r >= r_lo and r < r_hi:
                             at = a + c0 + r * row_w
                             if first_ok:
-                                s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at), iv.load_widened(wts, t))
+                                s0 = iv.mul_add(s0, iw.widen(x, at, s0), iw.widen(wts, t, s0))
                             else:
-                                s0 = iv.add(s0, iv.load(zpw, t))
-                            s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at + c), iv.load_widened(wts, t + c8))
+                                s0 = iv.add(s0, iw.widen(zpw, t, s0))
+                            s0 = iv.mul_add(s0, iw.widen(x, at + c, s0), iw.widen(wts, t + c8, s0))
                             if last_ok:
-                                s0 = iv.mul_add(s0, iv.load_bytes_widened(x, at + 2 * c),
-                                                iv.load_widened(wts, t + 2 * c8))
+                                s0 = iv.mul_add(s0, iw.widen(x, at + 2 * c, s0), iw.widen(wts, t + 2 * c8, s0))
                             else:
-                                s0 = iv.add(s0, iv.load(zpw, t + 2 * c8))
+                                s0 = iv.add(s0, iw.widen(zpw, t + 2 * c8, s0))
                         else:                           # a window row in the padding
-                            z = iv.add(iv.add(iv.load(zpw, t), iv.load(zpw, t + c8)), iv.load(zpw, t + 2 * c8))
-                            s0 = iv.add(s0, z)
+                            s0 = iv.add(s0, iv.add(iv.add(iw.widen(zpw, t, s0), iw.widen(zpw, t + c8, s0)),
+                                                   iw.widen(zpw, t + 2 * c8, s0)))
                     iv.store_bytes(out, o_row + c0, iv.requantized(s0, params, scales, rounding, c0, zero_point,
                                                                    lo, hi))
             for p in range(step):

@@ -225,18 +225,6 @@ def store_bytes(typingctx, array, index, vector):
 
 
 @intrinsic
-def load_widened(typingctx, array, index):
-    """int16 array[index : index + 8], sign-extended to eight int32 lanes."""
-    if not _flat(array, types.int16):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v16 = ir.VectorType(_I16, 8)
-        return builder.sext(builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], v16), align=2), _V8)
-    return i32x8(array, types.intp), codegen
-
-
-@intrinsic
 def mul_add(typingctx, acc, a, b):
     """acc + a * b in each int32 lane (eight or sixteen).  On the depthwise kernel's operands (bytes and int16
     weights widened to int32) LLVM emits ``vpmaddwd`` with zero high halves rather than
@@ -272,20 +260,6 @@ def store(typingctx, array, index, vector):
         builder.store(args[2], _pointer(context, builder, sig.args[0], args[0], args[1], _V8), align=4)
         return context.get_dummy_value()
     return types.void(array, types.intp, i32x8), codegen
-
-
-@intrinsic
-def load_bytes_widened(typingctx, array, index):
-    """uint8 (zero-extended) or int8 (sign-extended) array[index : index + 8] as eight int32 lanes."""
-    if not (_flat(array, types.int8) or _flat(array, types.uint8)):
-        return None
-    signed = array.dtype == types.int8
-
-    def codegen(context, builder, sig, args):
-        v8 = ir.VectorType(ir.IntType(8), 8)
-        raw = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], v8), align=1)
-        return builder.sext(raw, _V8) if signed else builder.zext(raw, _V8)
-    return i32x8(array, types.intp), codegen
 
 
 @intrinsic

@@ -37,6 +37,8 @@ DOT4_VNNI = dot4_instruction()
 # Sixteen int32 lanes (one 512-bit register) where the float kernels use 16 lanes (AVX-512):
 # the depthwise blocks (integer_depthwise.py) then take sixteen channels at a time.
 WIDE_INT32 = _FLOAT_LANES == 16
+
+
 @intrinsic
 def zeros16(typingctx):
     def codegen(context, builder, sig, args):

@@ -101,9 +101,8 @@ def _llvm_call(builder, name, args):
     return builder.call(fn, args)
 
 
-def _relu6_any(builder, v):
-    """min(max(v, 0), 6) lane-wise for a float vector of any width (maxnum/minnum: a NaN lane
-    becomes 0)."""
+def _relu6(builder, v):
+    """min(max(v, 0), 6) lane-wise (maxnum/minnum: a NaN lane becomes 0)."""
     n = v.type.count
     name = f"v{n}f32"
     fn_type = ir.FunctionType(v.type, [v.type, v.type])
@@ -112,10 +111,6 @@ def _relu6_any(builder, v):
     maxnum = cgutils.get_or_insert_function(builder.module, fn_type, "llvm.maxnum." + name)
     minnum = cgutils.get_or_insert_function(builder.module, fn_type, "llvm.minnum." + name)
     return builder.call(minnum, [builder.call(maxnum, [v, zero]), six])
-
-
-def _relu6(builder, v):
-    return _relu6_any(builder, v)
 
 
 def _is_flat_f32(array) -> bool:
@@ -181,20 +176,6 @@ def load_inside(typingctx, array, index, ix, width, checked):
     return f32v(array, types.intp, ix, width, types.boolean), codegen
 
 
-@intrinsic
-def store_act(typingctx, array, index, vector, relu6):
-    """array[index : index + 8] = relu6(vector) if ``relu6`` else vector (an intrinsic, as
-    ``load_inside``)."""
-    if not _is_flat_f32(array):
-        return None
-
-    def codegen(context, builder, sig, args):
-        value = builder.select(args[3], _relu6(builder, args[2]), args[2])
-        builder.store(value, _vector_pointer(context, builder, sig.args[0], args[0], args[1]), align=4)
-        return context.get_dummy_value()
-    return types.void(array, types.intp, f32v, types.boolean), codegen
-
-
 def _with_residual(context, builder, vector, residual_at, add):
     """vector + the LANES floats at residual_at if ``add``, else vector (nothing read then)."""
     return _when(builder, add, lambda: builder.fadd(
@@ -241,12 +222,14 @@ def emit_panel(typingctx, out, index, lo, hi, columns, relu6, residual, add_resi
         out_data = context.make_array(sig.args[0])(context, builder, out_).data
         res_data = context.make_array(sig.args[6])(context, builder, residual_).data
 
+        def element(data, first):
+            return builder.gep(data, [builder.add(at, ir.Constant(at.type, first))])
+
         def pointer(data, first):
-            return builder.bitcast(builder.gep(data, [builder.add(at, ir.Constant(at.type, first))]), _VEC.as_pointer())
+            return builder.bitcast(element(data, first), _VEC.as_pointer())
 
         def whole(vector, first):
-            v = _with_residual(context, builder, vector, builder.gep(res_data, [builder.add(at, ir.Constant(at.type, first))]),
-                               add)
+            v = _with_residual(context, builder, vector, element(res_data, first), add)
             v = builder.select(relu6_, _relu6(builder, v), v)
             builder.store(v, pointer(out_data, first), align=4)
 
@@ -316,8 +299,8 @@ def _fmas(builder, pairs):
 
 @intrinsic
 def fma2(typingctx, v, w0, w1, lo, hi):
-    """(v * w0 + lo, v * w1 + hi): one input value times a 16-column weight row, into one
-    pixel's two accumulators (the GEMM's step).  This and ``feed3``/``load3`` are intrinsics
+    """(v * w0 + lo, v * w1 + hi): one input value times a panel's weight row (two vectors), into
+    one pixel's two accumulators (the GEMM's step).  This and ``feed3``/``load3`` are intrinsics
     rather than inlined helpers for the compile time only (see ``emit_panel``)."""
     def codegen(context, builder, sig, args):
         v_, w0_, w1_, lo_, hi_ = args
