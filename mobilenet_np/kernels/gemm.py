@@ -96,7 +96,8 @@ def _tile6h(x, x_at, row_step, taps, c_in, w, w_at, b0, out, o_at, c_out, column
     stored.  The same FMAs per output, so the same values.  V2 0.5/96 (projections to 8 and 16
     channels, expansions to 48) took 0.94-0.96x the time at batch 1 and 0.93x at batch 32, V1
     0.5/160 (no such layer) 0.99-1.01x (in-process A/B, 2026-12-02).  Not in the stem: its 27-step
-    sums with six chains ran V1 0.5/160's 80 x 80 x 16 stem slower than twelve half-used ones."""
+    sums with six chains ran V1 0.5/160's 80 x 80 x 16 stem slower than twelve half-used ones
+    (the stem has twelve whole ones, ``stem._tile12h``)."""
     dense = taps.shape[0] == 0
     a0 = a1 = a2 = a3 = a4 = a5 = b0
     for k in range(c_in):

@@ -49,6 +49,46 @@ def _patch1(x, n, iy0, ix0, height, width, c_in, k, w, w_at, b0, b1, out, o_at, 
     simd.emit_panel(out, o_at, a0, a1, columns, relu6, out, False)
 
 
+WIDE_TILE = 12      # pixels per tile when the stem's channels fit one vector (_tile12h)
+
+
+@kernel(inline=True)
+def _tile12h(x, x_at, row_step, taps, steps, w, w_at, b0, out, o_at, c_out, columns, relu6):
+    """Twelve pixels x one vector of channels, for a stem whose C_out fits one vector (16 at
+    depth multiplier 0.5 or 0.35, 8 at 0.25, with AVX-512's 16 lanes).  ``gemm._tile6`` would
+    compute a 32-channel panel of which half is never stored, and ``gemm._tile6h``'s six sums are
+    six dependent FMA chains, too few to fill the FMA units over 27 short steps; twelve are
+    enough, all of them stored.  The same FMAs in the same order per output, so the same values."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = b0
+    for k in range(steps):
+        w0 = simd.load(w, w_at + k * PANEL)
+        at = x_at + taps[k]
+        a0 = simd.fma(simd.splat_at(x, at), w0, a0)
+        a1 = simd.fma(simd.splat_at(x, at + row_step), w0, a1)
+        a2 = simd.fma(simd.splat_at(x, at + 2 * row_step), w0, a2)
+        a3 = simd.fma(simd.splat_at(x, at + 3 * row_step), w0, a3)
+        a4 = simd.fma(simd.splat_at(x, at + 4 * row_step), w0, a4)
+        a5 = simd.fma(simd.splat_at(x, at + 5 * row_step), w0, a5)
+        a6 = simd.fma(simd.splat_at(x, at + 6 * row_step), w0, a6)
+        a7 = simd.fma(simd.splat_at(x, at + 7 * row_step), w0, a7)
+        a8 = simd.fma(simd.splat_at(x, at + 8 * row_step), w0, a8)
+        a9 = simd.fma(simd.splat_at(x, at + 9 * row_step), w0, a9)
+        a10 = simd.fma(simd.splat_at(x, at + 10 * row_step), w0, a10)
+        a11 = simd.fma(simd.splat_at(x, at + 11 * row_step), w0, a11)
+    simd.emit_panel(out, o_at, a0, a0, columns, relu6, out, False)
+    simd.emit_panel(out, o_at + c_out, a1, a1, columns, relu6, out, False)
+    simd.emit_panel(out, o_at + 2 * c_out, a2, a2, columns, relu6, out, False)
+    simd.emit_panel(out, o_at + 3 * c_out, a3, a3, columns, relu6, out, False)
+    simd.emit_panel(out, o_at + 4 * c_out, a4, a4, columns, relu6, out, False)
+    simd.emit_panel(out, o_at + 5 * c_out, a5, a5, columns, relu6, out, False)
+    simd.emit_panel(out, o_at + 6 * c_out, a6, a6, columns, relu6, out, False)
+    simd.emit_panel(out, o_at + 7 * c_out, a7, a7, columns, relu6, out, False)
+    simd.emit_panel(out, o_at + 8 * c_out, a8, a8, columns, relu6, out, False)
+    simd.emit_panel(out, o_at + 9 * c_out, a9, a9, columns, relu6, out, False)
+    simd.emit_panel(out, o_at + 10 * c_out, a10, a10, columns, relu6, out, False)
+    simd.emit_panel(out, o_at + 11 * c_out, a11, a11, columns, relu6, out, False)
+
+
 @kernel(inline=True)
 def _stem_tasks(op, n_img):
     return n_img * op[OP_OUT_H] * -(-op[OP_OUT_C] // PANEL)
@@ -86,11 +126,16 @@ def stem_tasks(op, t0, t1, x, taps, w, bias, out, n_img):
         if inside_hi - inside_lo < TILE_ROWS:
             inside_lo = out_w
             inside_hi = out_w
-        for ox0 in range(inside_lo, inside_hi, TILE_ROWS):
-            ox0 = min(ox0, inside_hi - TILE_ROWS)
+        tile = WIDE_TILE if columns <= LANES and inside_hi - inside_lo >= WIDE_TILE else TILE_ROWS
+        for ox0 in range(inside_lo, inside_hi, tile):
+            ox0 = min(ox0, inside_hi - tile)
             x_at = ((n * height + iy0) * width + ox0 * stride - pad_left) * c_in
-            _tile6(x, x_at, stride * c_in, taps, steps, w, w_at, b0, b1, out, (row * out_w + ox0) * c_out + c0, c_out,
-                   columns, relu6, out, False)
+            o_at = (row * out_w + ox0) * c_out + c0
+            if tile == WIDE_TILE:
+                _tile12h(x, x_at, stride * c_in, taps, steps, w, w_at, b0, out, o_at, c_out, columns, relu6)
+            else:
+                _tile6(x, x_at, stride * c_in, taps, steps, w, w_at, b0, b1, out, o_at, c_out, columns, relu6, out,
+                       False)
         for ox in range(out_w):
             if ox < inside_lo or ox >= inside_hi:
                 _patch1(x, n, iy0, ox * stride - pad_left, height, width, c_in, k, w, w_at, b0, b1,
