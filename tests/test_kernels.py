@@ -147,13 +147,9 @@ def test_compile_layer_kernels_compiles_each_for_its_declared_signature():
         plan.compile_layer_kernels(["no_such_kernel"])
 
 
-@pytest.mark.parametrize("threads, parts", [(1, 2), (1, 3), (2, 2), (2, 3)])
-@pytest.mark.parametrize("batch, per_pass", [(1, 1), (5, 2)])
-def test_shared_passes_give_the_one_thread_bytes_with_any_threads_turning_up(rng, threads, parts, batch, per_pass):
-    """``run_plan`` with ``parts`` > 1 shares every layer's tasks (and the pool) out to the
-    threads of one parallel region (``plan.shared_pass``).  Whatever number of threads actually
-    runs the parts (fewer than ``parts``: one thread then takes everything, in turn), the
-    features are the bytes of the one-thread loop, over several passes too."""
+def _small_v2(rng, threads: int, batch: int):
+    """A seeded V2 0.35 engine on 40 x 40 images, its geometry and a batch (skips when Numba has
+    fewer than ``threads`` threads)."""
     import numba
     from mobilenet_np.forward.engine import NumbaBackend
     if threads > numba.config.NUMBA_NUM_THREADS:
@@ -162,8 +158,18 @@ def test_shared_passes_give_the_one_thread_bytes_with_any_threads_turning_up(rng
     tensors = {name: rng.standard_normal(shape).astype(np.float32) * np.float32(0.2)
                for name, shape in architecture.variables(0, folded=True).items()}
     backend = NumbaBackend(architecture, tensors, folded=True, epsilon=spec.TF_BATCHNORM_EPSILON)
-    geo = spec.geometry(architecture, (40, 40))
-    x = rng.random((batch, 40, 40, 3), dtype=np.float32)
+    return architecture, backend, spec.geometry(architecture, (40, 40)), rng.random((batch, 40, 40, 3), np.float32)
+
+
+@pytest.mark.parametrize("threads, parts", [(1, 2), (1, 3), (2, 2), (2, 3)])
+@pytest.mark.parametrize("batch, per_pass", [(1, 1), (5, 2)])
+def test_shared_passes_give_the_one_thread_bytes_with_any_threads_turning_up(rng, threads, parts, batch, per_pass):
+    """``run_plan`` with ``parts`` > 1 shares every layer's tasks (and the pool) out to the
+    threads of one parallel region (``plan.shared_pass``).  Whatever number of threads actually
+    runs the parts (fewer than ``parts``: one thread then takes everything, in turn), the
+    features are the bytes of the one-thread loop, over several passes too."""
+    import numba
+    architecture, backend, geo, x = _small_v2(rng, threads, batch)
     one, shared = (np.full((batch, architecture.num_features), np.nan, np.float32) for _ in range(2))
     backend._features_into(geo, x, 0, batch, per_pass, one, False, 1)
     before = numba.get_num_threads()
@@ -174,6 +180,45 @@ def test_shared_passes_give_the_one_thread_bytes_with_any_threads_turning_up(rng
             assert np.array_equal(shared.view(np.uint32), one.view(np.uint32))
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads, parts", [(1, 2), (2, 2), (2, 3)])
+@pytest.mark.parametrize("batch, per_pass", [(1, 1), (9, 2), (32, 4)])
+def test_whole_chunks_give_the_one_thread_bytes_with_any_threads_turning_up(rng, threads, parts, batch, per_pass):
+    """``run_plan`` with ``whole`` chunks hands the images out a chunk at a time to the threads
+    of one parallel region (``plan.chunk_pass``), each on its own buffers.  Whatever number of
+    threads actually runs the parts (one thread alone takes every chunk and must not wait for a
+    part that would run after it), the features are the bytes of the one-thread loop, and every
+    image is done once: a chunk's images get no NaN left from the output's fill."""
+    import numba
+    architecture, backend, geo, x = _small_v2(rng, threads, batch)
+    one, whole = (np.full((batch, architecture.num_features), np.nan, np.float32) for _ in range(2))
+    backend._features_into(geo, x, 0, batch, per_pass, one, False, 1)
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        for _ in range(3):          # the counters are reused: each call starts them again
+            whole[:] = np.nan
+            backend._features_shared(geo, x, per_pass, whole, parts)
+            assert np.array_equal(whole.view(np.uint32), one.view(np.uint32))
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_chunk_starts_shrink_towards_the_end_and_cover_the_batch():
+    """The chunks of ``plan._chunk_starts``: consecutive, at most ``per_pass`` images, none
+    empty, the batch covered, smaller towards its end (so that threads finish together)."""
+    from mobilenet_np.kernels import plan
+    for n, per_pass, parts in [(32, 4, 2), (1, 1, 2), (7, 8, 3), (100, 2, 2)]:
+        counters = np.full(plan.chunk_counters_size(n), -1, np.int64)
+        plan._chunk_starts.py_func(counters, n, per_pass, parts)
+        chunks = counters[1]
+        starts = counters[plan.CHUNKS_AT:plan.CHUNKS_AT + chunks + 1]
+        sizes = np.diff(starts)
+        assert starts[0] == 0 and starts[-1] == n and counters[0] == counters[2] == 0
+        assert (sizes >= 1).all() and (sizes <= per_pass).all() and (np.diff(sizes) <= 0).all()
+        if n >= 4 * per_pass * parts:
+            assert sizes[0] == per_pass and sizes[-1] == 1
 
 
 def test_sync_add_is_atomic_and_returns_the_value_before():

@@ -195,26 +195,27 @@ def test_chooser_takes_the_faster_way_and_tries_the_other_again():
 @pytest.mark.parametrize("fast", [0, 1, 2])
 def test_adaptive_small_batches_give_the_same_features_every_way(rng, monkeypatch, fast):
     """Small batches on 2 threads run on the calling thread (way 0), split each layer (way 1) or
-    share the images out to worker threads (way 2), whichever has been faster lately: make one
-    look fast and the others slow, and the model must take it and still give the 1-thread
-    features exactly."""
-    import threading
-
+    share the images out to the threads of one parallel region (way 2), whichever has been faster
+    lately: make one look fast and the others slow, and the model must take it and still give
+    the 1-thread features exactly."""
     import numba
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("Numba has one thread here: no choice to make")
     model = mnp.build("mobilenet_v1", 0.25, 64, num_classes=0, seed=3)
     backend = model.backend
     clock = backend._choice.clock = _FakeClock()
-    real = backend._features_into
+    real, real_shared = backend._features_into, backend._features_shared
 
     def timed(geo, x, start, stop, chunk, out, parallel, threads):
-        worker = threading.current_thread() is not threading.main_thread()
-        way = 1 if parallel else 2 if worker else 0
-        clock.now += 0.001 if way == fast else 1.0
+        clock.now += 0.001 if (1 if parallel else 0) == fast else 1.0
         return real(geo, x, start, stop, chunk, out, parallel, threads)
 
+    def timed_shared(geo, x, chunk, out, threads):
+        clock.now += 0.001 if fast == 2 else 1.0
+        return real_shared(geo, x, chunk, out, threads)
+
     monkeypatch.setattr(backend, "_features_into", timed)
+    monkeypatch.setattr(backend, "_features_shared", timed_shared)
     x = rng.random((3, 64, 64, 3), dtype=np.float32)
     one = model(x, threads=1)
     for _ in range(20):
@@ -222,6 +223,49 @@ def test_adaptive_small_batches_give_the_same_features_every_way(rng, monkeypatc
     assert backend._choice.chosen(((64, 64), 3, 2)) == fast
     backend.adaptive = False                     # the old behaviour: always split
     np.testing.assert_array_equal(model(x, threads=2), one)
+
+
+@pytest.mark.parametrize("fast", [0, 1])
+def test_adaptive_large_batches_give_the_same_features_either_way(rng, monkeypatch, fast):
+    """Batches of PARALLEL_SHARES_FROM images per thread or more go out a chunk at a time, to the
+    threads of one parallel region (way 0) or to the Python pool's (way 1), whichever has been
+    faster lately: make one look fast, and the model must take it and give the 1-thread bytes."""
+    import threading
+
+    import numba
+    from mobilenet_np.forward.engine import PARALLEL_SHARES_FROM
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("Numba has one thread here: no choice to make")
+    model = mnp.build("mobilenet_v1", 0.25, 64, num_classes=0, seed=3)
+    backend = model.backend
+    clock = backend._choice.clock = _FakeClock()
+    real_shared, real_pooled = backend._features_shared, backend._features_pooled
+    pool_threads = set()
+
+    def timed_shared(*args):
+        clock.now += 0.001 if fast == 0 else 1.0
+        return real_shared(*args)
+
+    def timed_pooled(*args):
+        clock.now += 0.001 if fast == 1 else 1.0
+        return real_pooled(*args)
+
+    real_into = backend._features_into
+
+    def into(*args):
+        pool_threads.add(threading.current_thread() is not threading.main_thread())
+        return real_into(*args)
+
+    monkeypatch.setattr(backend, "_features_shared", timed_shared)
+    monkeypatch.setattr(backend, "_features_pooled", timed_pooled)
+    monkeypatch.setattr(backend, "_features_into", into)
+    n = 2 * PARALLEL_SHARES_FROM + 1
+    x = rng.random((n, 64, 64, 3), dtype=np.float32)
+    one = model(x, threads=1)
+    for _ in range(20):
+        np.testing.assert_array_equal(model(x, threads=2), one)
+    assert backend._choice.chosen(((64, 64), n, 2, "whole")) == fast
+    assert True in pool_threads         # the pool's way ran its chunks on its worker threads
 
 
 def test_a_pool_handed_out_stays_usable_when_another_size_is_asked_for():

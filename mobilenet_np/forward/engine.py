@@ -67,23 +67,25 @@ class NumbaBackend:
         self.adaptive = True
         self._choice = Chooser()
 
-    def _plan(self, geo: list[spec.LayerGeometry], batch: int):
-        """For one input size: the plan rows, the stem's patch offsets, and three activation
-        buffers (a layer never writes into its own input or into the block input that a
-        residual add still needs), each with room for the largest row output of ``batch``
-        images or more.  Kept for a few input sizes; the buffers grow when a larger batch
-        comes.  Each thread has its own, so that threads calling one model at the same time
-        never share buffers."""
+    def _plan(self, geo: list[spec.LayerGeometry], batch: int, sets: int = 1):
+        """For one input size: the plan rows, the stem's patch offsets, and ``sets`` times three
+        activation buffers (a layer never writes into its own input or into the block input that
+        a residual add still needs; one three for each thread of ``_features_shared``), each with
+        room for the largest row output of ``batch`` images or more.  Kept for a few input sizes;
+        the buffers grow when a larger batch or more sets come.  Each calling thread has its
+        own, so that threads calling one model at the same time never share buffers."""
         key = geo[0].in_hw
         cached = getattr(self._local, "plans", None)
         if cached is None or (key not in cached and len(cached) >= 4):
             cached = self._local.plans = {}
         entry = cached.get(key)
-        if entry is not None and entry[3] >= batch:
+        if entry is not None and entry[3] >= batch and entry[2].shape[0] >= 3 * sets:
             return entry[:3]
         plan, taps = (entry[0], entry[1]) if entry is not None else self._plan_rows(geo)
+        if entry is not None:
+            batch, sets = max(batch, entry[3]), max(sets, entry[2].shape[0] // 3)
         size = batch * int(max(plan[:, rows.OP_OUT_H] * plan[:, rows.OP_OUT_W] * plan[:, rows.OP_OUT_C]))
-        buffers = aligned_empty(3 * _round_up(size, ALIGN_FLOATS)).reshape(3, -1)
+        buffers = aligned_empty(3 * sets * _round_up(size, ALIGN_FLOATS)).reshape(3 * sets, -1)
         cached[key] = (plan, taps, buffers, batch)
         return plan, taps, buffers
 
@@ -139,18 +141,21 @@ class NumbaBackend:
         counters = self._counters(len(plan), n, n, parts)
         if on_layer is None:
             run_plan(xf, n, n, buffers, plan, self._weights, self._biases, taps, parts, _NOT_POOLED, False,
-                     self._kernels.kernel_table(), counters)
+                     self._kernels.kernel_table(), counters, False)
         else:
             for i, g in enumerate(geo):     # layer i is plan row i + 1; row 0 goes with layer 0
                 run_plan(xf, n, n, buffers, plan[i + 1 if i else 0:i + 2], self._weights, self._biases, taps, parts,
-                         _NOT_POOLED, False, self._kernels.kernel_table(), counters)
+                         _NOT_POOLED, False, self._kernels.kernel_table(), counters, False)
                 on_layer(i, self._output(plan[i + 1], g, n, buffers))
         return self._output(plan[-1], geo[-1], n, buffers)
 
     def _counters(self, plan_rows: int, n: int, per_pass: int, parts: int) -> np.ndarray:
-        """This thread's int64 counters for ``run_plan``'s shared passes (grown when needed;
-        ``run_plan`` zeroes what it uses)."""
-        size = self._kernels.counters_size(plan_rows, n, per_pass, parts) if parts > 1 else 1
+        """This thread's int64 counters for ``run_plan``'s shared passes (``run_plan`` zeroes what
+        it uses)."""
+        return self._counters_for(self._kernels.counters_size(plan_rows, n, per_pass, parts) if parts > 1 else 1)
+
+    def _counters_for(self, size: int) -> np.ndarray:
+        """This thread's int64 counters, at least ``size`` of them (grown when needed)."""
         counters = getattr(self._local, "counters", None)
         if counters is None or counters.size < size:
             counters = self._local.counters = np.zeros(size, np.int64)
@@ -190,8 +195,9 @@ class NumbaBackend:
         depend on its chunk.
 
         With T > 1 Numba threads and at least PARALLEL_SHARES_FROM images per thread, the chunks
-        go to T worker threads that each run a whole chunk alone, layer after layer, taking the
-        next chunk when done.  No thread waits for another after every layer, and a thread
+        go to T threads that each run a whole chunk alone, layer after layer, taking the next
+        chunk when done (the threads of one parallel region or of a Python pool, whichever has
+        been faster lately).  No thread waits for another after every layer, and a thread
         slowed by a busy neighbour on its core simply takes fewer chunks (fixed equal shares
         made the slower core set the pace).  Smaller batches on T > 1 threads take the way that
         has been fastest lately (``choice.py``): every layer split over the threads, the batch on
@@ -202,7 +208,15 @@ class NumbaBackend:
         chunk = self._chunks.get(geo[0].in_hw)
         if chunk is None:
             chunk = self._chunks[geo[0].in_hw] = chunk_images(geo)
-        if threads > 1 and n >= PARALLEL_SHARES_FROM * threads:
+        if threads > 1 and n >= PARALLEL_SHARES_FROM * threads and self.adaptive:
+            # The chunks to the threads of one parallel region, or to the Python pool's threads:
+            # whichever has been faster lately (``choice.py``).  The region's are faster on a
+            # quiet machine; with another process busy on a core, OpenMP's threads, which spin
+            # between regions, took time from the calling thread (1.4-1.7x slower than the pool).
+            ways = (lambda: self._features_shared(geo, x, chunk, out, threads),
+                    lambda: self._features_pooled(geo, x, chunk, out, threads))
+            self._choice.run((geo[0].in_hw, n, threads, "whole"), ways)
+        elif threads > 1 and n >= PARALLEL_SHARES_FROM * threads:
             self._features_shared(geo, x, chunk, out, threads)
         elif threads > 1 and self.adaptive:
             # The whole batch on this thread, each layer split over the threads, or (from one
@@ -220,10 +234,24 @@ class NumbaBackend:
         return out
 
     def _features_shared(self, geo, x, chunk: int, out: np.ndarray, threads: int) -> None:
-        """Features of the batch by worker threads that each take a chunk of images, run it
-        alone, and take the next.  Chunks shrink towards the end of the batch, so that the
-        threads finish together even when one of them runs slower (a busy neighbour on its
-        core)."""
+        """Features of the batch by ``threads`` threads of one parallel region, each taking a
+        chunk of images, running it alone and taking the next (``plan.chunk_pass``).  Chunks
+        shrink towards the end of the batch, so that the threads finish together even when one
+        of them runs slower (a busy neighbour on its core).  The calling thread starts at once;
+        a worker that wakes late takes fewer chunks.  (With the Python pool, ``_features_pooled``,
+        the calling thread only waits, and each worker is woken and takes the GIL for every
+        chunk: 0.4-1.2 ms passed before the first chunk began; V2 0.35/96 at batch 32 on 2
+        threads took 0.58-0.75x the time this way, V1 0.5/160 0.93-0.95x, 2026-12-02.)"""
+        n = x.shape[0]
+        plan, taps, buffers = self._plan(geo, chunk, sets=threads)
+        counters = self._counters_for(self._kernels.chunk_counters_size(n))
+        self._kernels.run_plan(x.reshape(-1), n, chunk, buffers, plan, self._weights, self._biases, taps, threads,
+                               out, True, self._kernels.kernel_table(), counters, True)
+
+    def _features_pooled(self, geo, x, chunk: int, out: np.ndarray, threads: int) -> None:
+        """As ``_features_shared``, but each chunk runs on one of the Python pool's worker threads
+        (``_thread_pool``), in a one-thread compiled call: no thread of Numba's parallel runtime
+        is involved, so none spins while waiting for the next call."""
         n = x.shape[0]
         chunks, at = [], 0
         while at < n:
@@ -242,7 +270,7 @@ class NumbaBackend:
         parts = threads if parallel else 1
         self._kernels.run_plan(x[start:stop].reshape(-1), stop - start, chunk, buffers, plan, self._weights,
                                self._biases, taps, parts, out[start:stop], True, self._kernels.kernel_table(),
-                               self._counters(len(plan), stop - start, chunk, parts))
+                               self._counters(len(plan), stop - start, chunk, parts), False)
 
     def _thread_pool(self, threads: int):
         """Worker threads for batch chunks (kept: starting threads per call costs more than a

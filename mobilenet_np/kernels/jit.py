@@ -45,7 +45,7 @@ if os.environ.get("MOBILENET_NP_QUIET", "") not in ("", "0"):
 # part of one of these), and the estimate the message gives: everything, cold, on the 2-core
 # development machine (13-18 s there in 2026-12, by its load; 11-15 s since run_plan's prange
 # body became one call and the pool on its own NumPy, 2026-12-02).
-ENTRY_POINTS = ("run_plan", "row_tasks", "shared_pass", "pointwise_tiles", "depthwise_rows", "stem_tasks",
+ENTRY_POINTS = ("run_plan", "row_tasks", "shared_pass", "chunk_pass", "pointwise_tiles", "depthwise_rows", "stem_tasks",
                 "input_rows")
 COMPILE_SECONDS = 13
 # The integer kernels (quantized models) are many small entry points, compiled as the graph

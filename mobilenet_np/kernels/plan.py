@@ -92,6 +92,8 @@ ROW_TASKS = (_I64, _INT, _INT, _F32, types.float32[:, ::1], _F32, _F32, _I64, _I
 POOL_TASKS = (_F32, _INT, _INT, _INT, _INT, types.float32[:, ::1])
 SHARED_PASS = (_F32, _INT, _INT, types.float32[:, ::1], types.int64[:, ::1], _F32, _F32, _I64, types.float32[:, ::1],
                types.boolean, _I64, _I64, _INT, _INT)
+CHUNK_PASS = (_F32, _INT, types.float32[:, ::1], types.int64[:, ::1], _F32, _F32, _I64, types.float32[:, ::1],
+              types.boolean, _I64, _I64, _INT)
 _call_pointwise = by_address("pointwise_tiles", POINTWISE)
 _call_depthwise = by_address("depthwise_rows", DEPTHWISE)
 _call_stem = by_address("stem_tasks", STEM)
@@ -99,6 +101,7 @@ _call_input = by_address("input_rows", INPUT_ROWS)
 _call_rows = by_address("row_tasks", ROW_TASKS)
 _call_shared = by_address("shared_pass", SHARED_PASS)
 _call_pool = by_address("pool_tasks", POOL_TASKS)
+_call_chunks = by_address("chunk_pass", CHUNK_PASS)
 
 
 # In the order of ``kernel_table``.
@@ -110,11 +113,12 @@ LAYER_KERNELS = {"pointwise_tiles": (pointwise_tiles, POINTWISE), "depthwise_row
 def kernel_table() -> np.ndarray:
     """The addresses of the kernels for ``run_plan``'s ``table`` argument, in the order
     pointwise, depthwise, stem, input (``LAYER_KERNELS``), then ``row_tasks`` (which calls the
-    first four), ``shared_pass`` and ``pool_tasks``; compiled or loaded from the cache on first
-    use."""
+    first four), ``shared_pass``, ``pool_tasks`` and ``chunk_pass``, compiled or loaded from the
+    cache on first use; then the C library's ``usleep`` (``sync.settle``)."""
     return np.array([address(*LAYER_KERNELS[name]) for name in LAYER_KERNELS]
                     + [address(row_tasks, ROW_TASKS), address(shared_pass, SHARED_PASS),
-                       address(pool_tasks, POOL_TASKS)], np.int64)
+                       address(pool_tasks, POOL_TASKS), address(chunk_pass, CHUNK_PASS),
+                       sync.sleeper_address()], np.int64)
 
 
 def compile_layer_kernels(names) -> None:
@@ -238,36 +242,102 @@ def shared_pass(x, n_img, per_pass, buffers, plan, weights, biases, taps, pooled
             sync.wait_for(counters, base + 1, parts, LINE, tasks)
 
 
-@kernel(parallel=True)
-def run_plan(x, n_img, per_pass, buffers, plan, weights, biases, taps, parts, pooled, pool, table, counters):
-    """Run the layers of ``plan`` on a batch of ``n_img`` images, x flat [N, H, W, C], in
-    passes of ``per_pass`` images: layer outputs go to rows of ``buffers`` (each pass
-    overwrites the last), weights/biases/taps are slices of one flat array each.  One compiled
-    call for the whole batch: no interpreter work between layers.  ``parts`` > 1: one parallel
-    region of ``parts`` threads that share out every layer's tasks (``shared_pass``; give the
-    thread count: an argument because a kernel that calls ``numba.get_num_threads`` cannot be
-    cached), with ``counters`` of ``counters_size`` int64s.  ``pool``: each pass's last output
-    averaged into its rows of ``pooled`` [N, C].  ``table``: the kernels (``kernel_table()``)."""
-    if parts > 1:
-        for i in range(counters_size_of(plan.shape[0], n_img, per_pass, parts)):
-            counters[i] = 0
-        for part in prange(parts):      # the index is unsigned in the prange's body
-            _call_shared(table[5], (x, n_img, per_pass, buffers, plan, weights, biases, taps, pooled, pool, table,
-                                    counters, np.int64(part), parts))
-        return
+# Whole chunks: counters[0] counts the chunks taken, counters[1] holds how many there are,
+# counters[2] counts the chunks finished, and counters[LINE + c] is the first image of chunk c
+# (counters[LINE + chunks] = n_img).
+CHUNKS_AT = LINE
+
+
+def chunk_counters_size(n_img: int) -> int:
+    """The length of the int64 ``counters`` array ``run_plan`` needs with ``whole`` chunks."""
+    return CHUNKS_AT + n_img + 1
+
+
+@kernel(inline=True)
+def _chunk_starts(counters, n_img, per_pass, parts):
+    """Cut the batch into chunks of at most ``per_pass`` images, shrinking towards the end of
+    the batch (to 1/(2 x parts) of what is left), so that the threads finish together even when
+    one runs slower than the others; write them to ``counters`` (``CHUNKS_AT``)."""
+    at = n_img - n_img
+    chunks = at
+    while at < n_img:
+        counters[CHUNKS_AT + chunks] = at
+        at += max(1, min(per_pass, (n_img - at) // (2 * parts)))
+        chunks += 1
+    counters[CHUNKS_AT + chunks] = n_img
+    counters[0] = 0
+    counters[1] = chunks
+    counters[2] = 0
+
+
+@kernel(inline=True)
+def _passes(x, start, stop, per_pass, buffers, plan, weights, biases, taps, pooled, pool, table):
+    """Images start..stop-1 on the calling thread, ``per_pass`` at a time, every layer in turn
+    (then, if ``pool``, the pass's last output averaged into its rows of ``pooled``)."""
     first = plan[0]
     in_size = first[OP_IN_H] * first[OP_IN_W] * first[OP_IN_C]
     last = plan[plan.shape[0] - 1]
-    zero = parts - parts                # int64, as ``row_tasks`` takes it (a literal 0 is typed apart)
-    for at in range(0, n_img, per_pass):
-        count = min(per_pass, n_img - at)
-        xs = x if count == n_img else x[at * in_size:(at + count) * in_size]
+    zero = per_pass - per_pass          # int64, as ``row_tasks`` takes it (a literal 0 is typed apart)
+    for at in range(start, stop, per_pass):
+        count = min(per_pass, stop - at)
+        xs = x[at * in_size:(at + count) * in_size]
         for i in range(plan.shape[0]):
             op = plan[i]
             _call_rows(table[4], (op, zero, _tasks(op, count), xs, buffers, weights, biases, taps, count, table))
         if pool:
             _call_pool(table[6], (buffers[last[OP_DST]], zero, _pool_tasks(count, last[OP_OUT_C]),
                                   last[OP_OUT_H] * last[OP_OUT_W], last[OP_OUT_C], pooled[at:at + count]))
+
+
+@kernel()
+def chunk_pass(x, per_pass, buffers, plan, weights, biases, taps, pooled, pool, table, counters, part):
+    """Thread ``part`` in ``run_plan``'s parallel region when the images are shared out whole:
+    it takes the next chunk (``counters``, ``_chunk_starts``) and runs it alone, layer after
+    layer, on its own three rows of ``buffers`` (3 x part on), until no chunk is left, then
+    waits until the chunks others took are finished (``sync.settle``: spinning, then asleep, so
+    that a thread descheduled by a busy neighbour can be moved onto this core), and the region
+    ends without OpenMP's spinning wait.  No thread waits for another before that; a thread that
+    starts late, or runs slowly beside a busy neighbour, takes fewer chunks; one thread alone
+    takes them all.  Each image's result does not depend on its chunk."""
+    mine = buffers[3 * part:3 * part + 3]
+    chunks = counters[1]
+    while True:
+        c = sync.add(counters, 0, 1)
+        if c >= chunks:
+            break
+        _passes(x, counters[CHUNKS_AT + c], counters[CHUNKS_AT + c + 1], per_pass, mine, plan, weights, biases, taps,
+                pooled, pool, table)
+        sync.add(counters, 2, 1)
+    sync.settle(counters, 2, chunks, table[8])
+
+
+@kernel(parallel=True)
+def run_plan(x, n_img, per_pass, buffers, plan, weights, biases, taps, parts, pooled, pool, table, counters, whole):
+    """Run the layers of ``plan`` on a batch of ``n_img`` images, x flat [N, H, W, C], in
+    passes of ``per_pass`` images: layer outputs go to rows of ``buffers`` (each pass
+    overwrites the last), weights/biases/taps are slices of one flat array each.  One compiled
+    call for the whole batch: no interpreter work between layers.  ``parts`` > 1: one parallel
+    region of ``parts`` threads (give the thread count: an argument because a kernel that calls
+    ``numba.get_num_threads`` cannot be cached), which either share out every layer's tasks
+    (``shared_pass``, with ``counters`` of ``counters_size`` int64s) or, if ``whole``, take the
+    images a chunk at a time (``chunk_pass``, with 3 x ``parts`` rows of ``buffers`` and
+    ``chunk_counters_size`` counters).  ``pool``: each pass's last output averaged into its
+    rows of ``pooled`` [N, C].  ``table``: the kernels (``kernel_table()``)."""
+    if parts > 1:
+        if whole:
+            _chunk_starts(counters, n_img, per_pass, parts)
+        else:
+            for i in range(counters_size_of(plan.shape[0], n_img, per_pass, parts)):
+                counters[i] = 0
+        for part in prange(parts):      # the index is unsigned in the prange's body
+            if whole:
+                _call_chunks(table[7], (x, per_pass, buffers, plan, weights, biases, taps, pooled, pool, table,
+                                        counters, np.int64(part)))
+            else:
+                _call_shared(table[5], (x, n_img, per_pass, buffers, plan, weights, biases, taps, pooled, pool,
+                                        table, counters, np.int64(part), parts))
+        return
+    _passes(x, parts - parts, n_img, per_pass, buffers, plan, weights, biases, taps, pooled, pool, table)
 
 
 # --- the pool -------------------------------------------------------------------------------
