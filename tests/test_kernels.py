@@ -72,6 +72,32 @@ def test_pointwise(rng, pixels, c_in, c_out, relu6, residual, serial):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4 * np.sqrt(c_in / 8))
 
 
+@pytest.mark.parametrize("pixels", [6, 13, 20])
+@pytest.mark.parametrize("extra", [0, 5])
+@pytest.mark.parametrize("relu6, residual", [(True, False), (False, True)])
+@pytest.mark.parametrize("serial", [False, True])
+def test_pointwise_in_k_blocks_counts_every_input_channel_once(rng, pixels, extra, relu6, residual, serial):
+    """A panel-major layer (more output channels than pixels) with more than ``gemm.K_BLOCK``
+    input channels runs its whole tiles K_BLOCK channels at a time (``_tile6k``), carrying the
+    partial sums in the output, and the rest (a partial last panel, the last pixels) in one
+    pass.  Small integers make every float32 sum exact whatever its order, so the result must
+    equal the NumPy one exactly: no input channel skipped or counted twice, the activation and
+    the residual applied once, at the end.  ``extra`` input channels past whole blocks."""
+    c_in, c_out = 2 * gemm.K_BLOCK + extra, 2 * gemm.PANEL + 8
+    x = rng.integers(-3, 4, (pixels, c_in)).astype(np.float32)
+    wt = rng.integers(-3, 4, (1, 1, c_in, c_out)).astype(np.float32)
+    bias = rng.integers(-50, 50, c_out).astype(np.float32)
+    res = rng.integers(-50, 50, (pixels, c_out)).astype(np.float32)
+    expected = x.astype(np.float64) @ wt[0, 0].astype(np.float64) + bias + (res if residual else 0)
+    expected = np.clip(expected, 0, 6) if relu6 else expected
+    got = np.empty((pixels, c_out), np.float32)
+    gemm.pointwise_conv2d(x, gemm.pack_pointwise(wt[0, 0]), gemm.pad_bias(bias), relu6, res, residual, got,
+                          serial=serial)
+    assert np.array_equal(got, expected.astype(np.float32))
+    if not relu6:
+        assert len(np.unique(got)) > pixels     # the sums are not all clamped or equal
+
+
 @pytest.mark.parametrize("n, h, w", SIZES)
 @pytest.mark.parametrize("c", CHANNELS)
 def test_global_mean(rng, n, h, w, c):
