@@ -11,15 +11,13 @@ read once and kept in a register (nothing in the loop writes it), and plain writ
 past the count that announces them.  ``load`` is an acquire load and ``add`` a read-modify-write
 with acquire-release order, so whatever a thread wrote before counting it finished is visible to
 a thread whose ``load`` sees the new count.  ``pause`` is x86's spin-wait hint (it lets the
-core's other work run and saves power while waiting); elsewhere it does nothing.  ``settle``
-waits for the others by spinning a while, then sleeping (``sleeper_address``).
+core's other work run and saves power while waiting); elsewhere it does nothing.
 
 Counters are int64 elements of a 1-D C-contiguous array; indices are not bounds-checked.
 """
 
 from __future__ import annotations
 
-import ctypes
 import platform
 
 from llvmlite import ir
@@ -91,43 +89,3 @@ def wait_for(counters, at, parts, stride, total):
         if done >= total:
             return
         pause()
-
-
-def sleeper_address() -> int:
-    """The address of the C library's ``usleep`` (for ``settle``), or 0 where there is none
-    (``settle`` then only spins)."""
-    try:
-        return ctypes.cast(ctypes.CDLL(None).usleep, ctypes.c_void_p).value or 0
-    except (OSError, AttributeError, TypeError):
-        return 0
-
-
-@intrinsic
-def _sleep(typingctx, address, microseconds):
-    """Call the C function ``int usleep(unsigned)`` at ``address`` (an int64, ``sleeper_address``)."""
-    def codegen(context, builder, sig, args):
-        fnty = ir.FunctionType(ir.IntType(32), [ir.IntType(32)])
-        us = context.cast(builder, args[1], sig.args[1], types.int64)
-        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [builder.trunc(us, ir.IntType(32))])
-        return context.get_dummy_value()
-    return types.void(types.int64, microseconds), codegen
-
-
-SPINS = 2000        # pauses before sleeping: ~20-100 us, by the CPU's pause
-
-
-@kernel(inline=True)
-def settle(counters, at, total, sleeper):
-    """Wait until counters[at] reaches ``total`` (work that other threads took and are still
-    doing): spin a while (``pause``), then sleep 20 us at a time (``usleep`` at ``sleeper``; if 0,
-    keep spinning).  A thread asleep here frees its core, so that the operating system can move
-    onto it a thread descheduled by a busy neighbour; a spinning one held the core while the
-    other waited for a time slice (V2 0.35/96 at batch 32 on 2 threads with a busy loop on one
-    core: 1.5x slower than with OpenMP's wait made passive, 2026-12-02)."""
-    spins = 0
-    while load(counters, at) < total:
-        if spins < SPINS or sleeper == 0:
-            pause()
-            spins += 1
-        else:
-            _sleep(sleeper, 20)
