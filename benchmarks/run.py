@@ -584,8 +584,8 @@ def _timed(fn) -> float:
 
 def sgemm_peak(results: dict) -> tuple[float, str]:
     """(GMAC/s per core, what it is): the higher of NumPy's SGEMM (``sgemm_gmacs``) and our
-    tightest FMA loop (``kernels/float_peak.py``: OpenBLAS ran its AVX2 kernels on the AVX-512
-    machine, at 53 against 122 GMAC/s), both measured by the one-thread worker; else the issue's
+    tightest FMA loop (``kernels/float_peak.py``: OpenBLAS ran its AVX2 kernels on the AMD
+    AVX-512 machine, at 53 against 122 GMAC/s), both measured by the one-thread worker; else the issue's
     figure for the AVX2 machine."""
     one = next((w for w in results.get("workers", []) if w.get("threads") == 1), {})
     found = {"NumPy's SGEMM, float32 1024 x 1024": one.get("sgemm_gmacs") or 0,

@@ -422,12 +422,14 @@ def test_vector_requantization_equals_tflites_at_the_extremes(rng, ties_up):
     from 2^30 to 2^31 - 1 and shifts from -31 to +4 (the left shift kept in int32 range), no clamp."""
     import numba
     from mobilenet_np.kernels import integer_simd as iv
+    from mobilenet_np.kernels.integer_wide import widen
 
     @numba.njit
     def requantize_all(acc, params, away, out):
+        z = iv.zeros()
         for i in range(0, acc.size, 8):
-            v = iv.requantize(iv.load(acc, i), iv.load(params[0], i), iv.load(params[1], i), iv.load(params[2], i),
-                              iv.load(params[3], i), 0, -(1 << 31), (1 << 31) - 1, away)
+            v = iv.requantize(widen(acc, i, z), widen(params[0], i, z), widen(params[1], i, z),
+                              widen(params[2], i, z), widen(params[3], i, z), 0, -(1 << 31), (1 << 31) - 1, away)
             iv.store(out, i, v)
 
     count = 8 * 4096

@@ -3,8 +3,8 @@
 Used by ``benchmarks/run.py`` to state the float kernels' GMAC/s as a fraction of what one core
 can do: twelve independent accumulators (enough to keep two FMA units busy through their
 latency), each step one FMA into each from registers, LANES multiply-adds apiece.  NumPy's BLAS
-is measured beside it: OpenBLAS ran its AVX2 kernels on the AVX-512 machine (53 GMAC/s against
-this loop's 122 in 2026-12), so its SGEMM is no peak there.  ``fma_loop_numpy`` is the plain twin.
+is measured beside it: OpenBLAS ran its AVX2 kernels on the AMD AVX-512 machine (53 GMAC/s
+against this loop's 122 in 2026-12), so its SGEMM is no peak there.  ``fma_loop_numpy`` is the plain twin.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 pixel p, a matrix product [pixels, C_in] x [C_in, C_out] with BatchNorm folded into W and bias
 and the epilogue fused.  A tile of 6 pixels x one panel of PANEL output channels (two vectors:
 16 channels with AVX2, 32 with AVX-512, ``simd.LANES``) is accumulated in 12 vector registers
-over the whole C_in loop (``simd.py``), reading weights packed by ``pack_pointwise`` so that
+over the whole C_in loop (``simd.py``; over K_BLOCK channels at a time when a panel's weights
+would not stay in L1, ``_tile6k``), reading weights packed by ``pack_pointwise`` so that
 each step loads one contiguous row.  The tile code (``_tile6`` over ``simd.fma2`` and ``simd.emit_panel``) is
 shared with the stem (``stem.py``); ``_run`` splits a layer's tasks into runs for the threads.
 

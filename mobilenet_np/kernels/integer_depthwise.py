@@ -6,7 +6,8 @@ is folded out of the inner loop: sum_t (x_t - zp) w_t = sum_t x_t w_t - zp * sum
 bias becomes bias - zp * sum_t w_t (``fold_zero_point``, once per graph), and a tap that
 falls in the SAME padding (whose value is zp, which centres to nothing) adds zp * w_t instead of
 a product (``zpw``, a table of k * k * C8 values).  The weights are centred at load
-(``pack_depthwise``).  Each output pixel takes eight channels at a time: k * k widened
+(``pack_depthwise``).  Each output pixel takes eight channels at a time (sixteen in the blocks
+below where vectors are 512 bits wide, ``WIDE``): k * k widened
 multiply-adds into one ``<8 x i32>`` sum (bytes times int16 weights: LLVM emits ``vpmaddwd``
 with zero odd halves), requantized in registers (``integer_simd.requantized``) and stored as
 bytes straight into the caller's array; a last group of fewer than eight channels is loaded

@@ -97,7 +97,6 @@ def _loader(element, vector, vector_type, align: int, doc: str):
 
 load_pairs = _loader(types.int16, _V16, i16x16, 2,
                      "int16 array[index : index + 16] as a vector (eight channels, two taps each).")
-load = _loader(types.int32, _V8, i32x8, 4, "int32 array[index : index + 8] as a vector (per-channel parameters).")
 
 
 @intrinsic

@@ -12,8 +12,9 @@ calling thread without touching the parallel runtime.  With ``parts`` > 1 it ope
 region for the whole call (a ``prange`` over the parts; one per layer cost ~2.4 us each, ~130 us
 per V2 image), in which each thread runs ``shared_pass``: every layer's tasks, cut into
 ``parts`` contiguous runs, are taken from atomic counters (``sync.py``), a thread's own run
-first, and each thread waits until the layer's tasks are all finished before the next one.
-It runs a batch a few images per pass and, if asked, averages each pass's last output into
+first, and each thread waits until the layer's tasks are all finished before the next one;
+or, with ``whole`` set, ``chunk_pass``: each thread takes whole chunks of images and runs them
+alone, layer after layer, on its own buffers.  It runs a batch a few images per pass and, if asked, averages each pass's last output into
 ``pooled`` (``pool_tasks``).  What a thread does with a range of one row's tasks (slice the
 operands, call the layer kernel) is ``row_tasks``, a kernel of its own called by address from
 the one-thread loop and from ``shared_pass``: Numba's parfor lowering compiles a ``prange``

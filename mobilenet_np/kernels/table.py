@@ -16,8 +16,8 @@ again, a single call: ``run_plan`` 4.1 -> 1.8 s, with ``row_tasks`` 0.7 s.)  The
 indirect call per layer and task range, against the microseconds a layer takes.
 
 The calling convention must match exactly, so each kernel has one declared signature
-(``POINTWISE``, ``DEPTHWISE``, ``STEM``, ``INPUT_ROWS``, ``ROW_TASKS``, ``SHARED_PASS``, ``POOL_TASKS`` in
-``plan.py``): ``address`` compiles
+(``POINTWISE``, ``DEPTHWISE``, ``STEM``, ``INPUT_ROWS``, ``ROW_TASKS``, ``SHARED_PASS``, ``POOL_TASKS``,
+``CHUNK_PASS`` in ``plan.py``): ``address`` compiles
 the kernel for exactly that signature, and ``by_address`` refuses, when ``run_plan`` is
 compiled, a call whose argument types differ from it.  A wrong address cannot be caught; the
 addresses come only from ``address``.
