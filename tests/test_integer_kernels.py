@@ -345,6 +345,75 @@ def test_integer_depthwise_kernel_equals_the_reference(rng, size, stride, channe
     assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("size, stride, pad", [((7, 9), 1, None), ((9, 6), 2, None), ((8, 11), 2, None),
+                                               ((1, 3), 1, None), ((3, 1), 2, None), ((2, 2), 1, None),
+                                               ((9, 11), 1, (0, 0, 0, 0)), ((9, 11), 2, (2, 1, 2, 0)),
+                                               ((9, 11), 1, (1, 2, 0, 2))])
+@pytest.mark.parametrize("channels", [16, 48])
+@pytest.mark.parametrize("weights", ["int8", "split", "wide"])
+@pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
+def test_integer_depthwise4_equals_the_reference(rng, monkeypatch, size, stride, pad, channels, weights, rounding):
+    """The 3 x 3 depthwise on four-byte dot products (``integer_depthwise4``; forced where the
+    CPU lacks VNNI, whose ``dot4`` is then portable IR): odd sizes, both strides, SAME, VALID and
+    wider padding, maps with no interior pixel; weights that fit int8 once centred, weights that
+    need the split form (uint8 bytes on zero point 131), and weights 255 above a zero point of 0,
+    which no split fits (the widening kernel runs them)."""
+    from mobilenet_np import spec
+    from mobilenet_np.kernels import integer_depthwise as idw
+    from mobilenet_np.kernels import integer_depthwise4 as idw4
+    from mobilenet_np.kernels import integer_gemm as ig
+    from mobilenet_np.kernels import integer_xnnpack as ixnn
+
+    monkeypatch.setattr(idw4, "usable", lambda k, c: k == 3 and c % 16 == 0)
+    x = rng.integers(0, 256, (2, *size, channels), endpoint=True).astype(np.uint8)
+    w_zp, (w_lo, w_hi) = {"int8": (131, (31, 231)), "split": (131, (0, 255)), "wide": (0, (0, 255))}[weights]
+    w = rng.integers(w_lo, w_hi, (3, 3, channels, 1), endpoint=True).astype(np.uint8)
+    w[1, 1, 0, 0], w[0, 2, 1, 0] = w_hi, w_lo             # the extremes that decide the form
+    if pad is None:
+        (oh, top, bottom), (ow, left, right) = (spec.same_padding(s, 3, stride) for s in size)
+        pad = (top, bottom, left, right)
+    else:
+        oh, ow = ((n + a + b - 3) // stride + 1 for n, a, b in ((size[0], *pad[:2]), (size[1], *pad[2:])))
+    bias = rng.integers(-3000, 3000, channels).astype(np.int32)
+    multiplier, shift = iref.conv_multipliers(0.02, np.array([0.004]), 0.05, True)
+    clamp = (3, 250)
+    acc = iref.depthwise_conv2d_accumulate(x, 117, w, w_zp, bias, stride, pad, (oh, ow))
+    scales = ixnn.conv_scales(0.02, np.array([0.004]), 0.05)
+    if rounding == "xnnpack":
+        want = ixnn.requantize_fp32(acc, scales, 3, clamp, np.uint8)
+    else:
+        want = iref.requantize(acc, multiplier, shift, 3, clamp, np.uint8, ties_up=rounding == "optimized")
+    kernel = idw.Depthwise(x.shape, 117, idw.pack_depthwise(w, w_zp), 3, stride, pad, (oh, ow),
+                           ig.requantization_params(bias, multiplier, shift, channels), 3, clamp, rounding,
+                           ig.xnnpack_scales(scales, channels))
+    expected = {"int8": idw4.depthwise4_rows, "split": idw4.depthwise4_split_rows, "wide": idw.depthwise_rows}
+    assert kernel.rows_kernel is expected[weights]
+    got = kernel(x, np.empty(want.shape, np.uint8))
+    assert np.array_equal(got, want), np.argwhere(got != want)[:5]
+    if want.size > 200:
+        assert len(np.unique(want)) > 20       # the requantization was exercised, not clamped away
+
+
+def test_integer_depthwise4_packing():
+    """``pack_taps``: the groups of four taps and the ninth, channel-major within a block of 16;
+    the split form's s per channel, with every centred weight minus s inside int8."""
+    from mobilenet_np.kernels import integer_depthwise as idw
+    from mobilenet_np.kernels import integer_depthwise4 as idw4
+
+    w = (np.arange(9 * 32).reshape(3, 3, 32, 1) % 200 + 20).astype(np.uint8)
+    for zp, split in ((100, False), (0, True)):
+        groups, got_split = idw4.pack_taps(idw.pack_depthwise(w, zp), 32)
+        assert got_split is split
+        g = groups.view(np.int8).reshape(2, 5 if split else 3, 16, 4).astype(np.int32)
+        centred = w[:, :, :, 0].reshape(9, 32).astype(np.int32) - zp
+        s = g[:, 3, :, 0].reshape(32) if split else np.zeros(32, np.int32)
+        taps = np.concatenate([g[:, 0], g[:, 1], g[:, 2, :, :1]], axis=2).transpose(2, 0, 1).reshape(9, 32)
+        assert np.array_equal(taps + s, centred)
+        if split:
+            assert np.all(g[:, 3] == g[:, 3, :, :1]) and np.array_equal(g[:, 4, :, 0].reshape(32), s)
+            assert not g[:, 4, :, 1:].any() and not g[:, 2, :, 1:].any()
+
+
 @pytest.mark.parametrize("pad", [(0, 0, 0, 0), (2, 1, 2, 0), (1, 2, 0, 2)])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("k", [3, 2])

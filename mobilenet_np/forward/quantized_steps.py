@@ -90,15 +90,15 @@ def _prepare_conv(graph: QuantizedGraph, op, options, inputs, scratch):
     k, stride = p["kernel"], opts.stride_h
     out_hw, pad = _padding(opts.padding, x.shape[1:3], (k, k), (opts.stride_h, opts.stride_w))
     requantize = (p["params"], p["out_zp"], p["clamp"], graph.kernels, p["scales"], p["folded"])
+    x_dtype = np.dtype(np.uint8) if p["form"] else x.dtype
     if p["depthwise"]:
-        kernel = idw.Depthwise(x.shape, p["in_zp"], p["weights"], k, stride, pad, out_hw, *requantize)
+        kernel = idw.Depthwise(x.shape, p["in_zp"], p["weights"], k, stride, pad, out_hw, *requantize, x_dtype)
     elif (k, stride) == (1, 1):
         params, out_zp, clamp, rounding, scales, folded = requantize
         kernel = ig.Pointwise(x.size // x.shape[3], x.shape[3], p["in_zp"], p["weights"], params, p["c_out"], out_zp,
                               clamp, rounding, scales, folded, scratch, p.get("tasks"))
     else:
         params, *others = requantize
-        x_dtype = np.dtype(np.uint8) if p["form"] else x.dtype
         kernel = iconv.Conv(x.shape, x_dtype, p["in_zp"], p["weights"], k, stride, pad, out_hw, params, p["c_out"],
                          *others, scratch)
     return _Bound(kernel), (x.shape[0], *out_hw, p["c_out"]), p["out_dtype"], p["form"]

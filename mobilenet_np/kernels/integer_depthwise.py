@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from . import integer_depthwise4 as idw4
 from . import integer_simd as iv
 from . import integer_wide as iw
 from .integer_calls import parts, remembered
@@ -287,20 +288,28 @@ def depthwise_parallel(x, rows, h, w_in, c, wts, zpw, k, stride, top, left, out_
 
 class Depthwise:
     """``depthwise_conv2d`` bound to its shapes and weights (the fast graph keeps one per op and
-    input shape): the folded zero point, the thread count (``integer_calls.parts``, decided now),
-    the scalar arguments; the call's argument tuple (flat views, a split call's row code address)
-    is kept while the same arrays come back (as ``integer_gemm.Gemm``).  One thread at a time."""
+    input shape): the folded zero point, the kernel (``integer_depthwise4``'s four-byte dot
+    products for a uint8 input where ``idw4.usable``, else ``depthwise_rows``), the thread count
+    (``integer_calls.parts``, decided now), the scalar arguments; the call's argument tuple (flat
+    views, a split call's row code address) is kept while the same arrays come back (as
+    ``integer_gemm.Gemm``).  One thread at a time."""
 
     def __init__(self, x_shape, x_zero_point, packed, k, stride, pad, out_hw, params, out_zero_point, clamp,
-                 rounding="reference", scales=None, folded=None):
+                 rounding="reference", scales=None, folded=None, dtype=np.uint8):
         n, h, w, c = x_shape
         params, zpw = folded if folded is not None else fold_zero_point(packed, params, k, x_zero_point)
         scales = np.zeros(params.shape[1], np.float32) if scales is None else scales
         self.rows = n * out_hw[0]
+        weights, self.rows_kernel, self.parallel = packed, depthwise_rows, depthwise_parallel
+        quads = idw4.pack_taps(packed, c) if np.dtype(dtype) == np.uint8 and idw4.usable(k, c) else None
+        if quads is not None:
+            weights, zpw = quads[0], idw4.zero_bytes(x_zero_point)
+            self.rows_kernel = idw4.depthwise4_split_rows if quads[1] else idw4.depthwise4_rows
+            self.parallel = idw4.depthwise4_parallel
         self.parts = parts(self.rows * out_hw[1] * c * k * k * SPLIT_WEIGHT)
-        self.args = (h, w, c, packed, zpw, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], params, scales,
+        self.args = (h, w, c, weights, zpw, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], params, scales,
                      ROUNDINGS[rounding], out_zero_point, clamp[0], clamp[1])
-        self.kernel = depthwise_rows if self.parts == 1 else depthwise_parallel
+        self.kernel = self.rows_kernel if self.parts == 1 else self.parallel
         self.seen = (None, None)
 
     def __call__(self, x, out):
@@ -319,7 +328,7 @@ class Depthwise:
         flat, into = np.ascontiguousarray(x).reshape(-1), out.reshape(-1)
         call = (flat, 0, self.rows, *self.args, into)
         if self.parts > 1:      # depthwise_rows called at its address: not compiled again inside (table.py)
-            call = (flat, self.rows, *self.args, into, self.parts, address_for(depthwise_rows, call))
+            call = (flat, self.rows, *self.args, into, self.parts, address_for(self.rows_kernel, call))
         return call
 
 
@@ -330,4 +339,4 @@ def depthwise_conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, ou
     ``integer_gemm.pointwise_conv2d`` (padded to at least a multiple of 8 channels); ``folded``:
     ``fold_zero_point(packed, params, k, x_zero_point)`` if the caller keeps it (``Depthwise``)."""
     return Depthwise(x.shape, x_zero_point, packed, k, stride, pad, out_hw, params, out_zero_point, clamp, rounding,
-                     scales, folded)(x, out)
+                     scales, folded, x.dtype)(x, out)

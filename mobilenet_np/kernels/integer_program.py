@@ -36,6 +36,7 @@ from . import sync
 from .integer_add import add_bytes, add_reference_bytes, global_average_bytes
 from .integer_conv import conv_tasks
 from .integer_depthwise import depthwise_rows
+from .integer_depthwise4 import depthwise4_rows, depthwise4_split_rows
 from .integer_dot4 import dot4_split_tasks, dot4_tasks
 from .integer_gemm import centre_rows, gemm_tasks
 from .jit import kernel
@@ -43,17 +44,18 @@ from .plan import LINE, take_tasks
 from .table import address, by_address, float32_at, int16_at, int32_2d_at, int32_at, uint8_at
 
 # Row kinds, and each kernel kind's index in ``kernel_table``.
-(GEMM_BYTES, GEMM_DOT4, GEMM_DOT4_SPLIT, GEMM_CENTRED, CONV, CENTRE, DEPTHWISE, ADD, ADD_REFERENCE, POOL, COPY,
- FLIP) = range(12)
+(GEMM_BYTES, GEMM_DOT4, GEMM_DOT4_SPLIT, GEMM_CENTRED, CONV, CENTRE, DEPTHWISE, ADD, ADD_REFERENCE, POOL, DEPTHWISE4,
+ DEPTHWISE4_SPLIT, COPY, FLIP) = range(14)
 KIND, TASKS, ARGS = 0, 1, 2          # a row: its kind, its task count, then the arguments
 ROW = 32                             # int64s per row
-STEP, PASS = 10, 11                  # ``kernel_table``: step_tasks and program_pass after the ten kernels
+STEP, PASS = 12, 13                  # ``kernel_table``: step_tasks and program_pass after the twelve kernels
 ELEMENTS = 2048                      # elements per task of ADD and FLIP
 PIXELS = 64                          # pixels per task of COPY
 
 _U8, _I16, _I32, _F32 = types.uint8[::1], types.int16[::1], types.int32[::1], types.float32[::1]
 _P, _I = types.int32[:, ::1], types.int64
 _GEMM = (_I, _I, _I, _I, _I16, _I, _P, _F32, _I, _I, _I, _I, _U8)      # after x
+_DEPTHWISE = (_U8, _I, _I, _I, _I, _I, _I16, _I32, _I, _I, _I, _I, _I, _I, _P, _F32, _I, _I, _I, _I, _U8)
 SIGNATURES = {
     GEMM_BYTES: (gemm_tasks, (_U8, *_GEMM)),
     GEMM_DOT4: (dot4_tasks, (_U8, *_GEMM)),
@@ -61,8 +63,9 @@ SIGNATURES = {
     GEMM_CENTRED: (gemm_tasks, (_I16, *_GEMM)),
     CONV: (conv_tasks, (_I16, *_GEMM)),
     CENTRE: (centre_rows, (_U8, _I, _I, _I, _I, _I, _I16)),
-    DEPTHWISE: (depthwise_rows, (_U8, _I, _I, _I, _I, _I, _I16, _I32, _I, _I, _I, _I, _I, _I, _P, _F32, _I, _I, _I,
-                                 _I, _U8)),
+    DEPTHWISE: (depthwise_rows, _DEPTHWISE),
+    DEPTHWISE4: (depthwise4_rows, _DEPTHWISE),
+    DEPTHWISE4_SPLIT: (depthwise4_split_rows, _DEPTHWISE),
     ADD: (add_bytes, (_U8, _U8, _I, _I, _I, _I, _I, _I, _I, _U8)),
     ADD_REFERENCE: (add_reference_bytes, (_U8, _U8, *(_I,) * 11, _U8)),
     POOL: (global_average_bytes, (_U8, _I, _I, _I, _I, types.float32, _I, _I, _I, _U8)),
@@ -102,7 +105,7 @@ def step_tasks(row, t0, t1, table):
         p0 = row[a + 2]
         _call_centre(table[kind], (uint8_at(row[a], row[a + 1]), p0 + t0, p0 + t1, row[a + 4], row[a + 5], row[a + 6],
                                    int16_at(row[a + 7], row[a + 8])))
-    elif kind == DEPTHWISE:     # x, r0, r1, h, w_in, c, wts, zpw, k, stride, top, left, out_h, out_w, params, ...
+    elif DEPTHWISE == kind or DEPTHWISE4 <= kind <= DEPTHWISE4_SPLIT:    # (one signature) x, r0, r1, h, w_in, c, ...
         r0 = row[a + 2]
         _call_depthwise(table[kind], (uint8_at(row[a], row[a + 1]), r0 + t0, r0 + t1, row[a + 4], row[a + 5],
                                       row[a + 6], int16_at(row[a + 7], row[a + 8]), int32_at(row[a + 9], row[a + 10]),
@@ -196,7 +199,8 @@ def kernel_table() -> np.ndarray:
 
 # --- building a program in Python -----------------------------------------------------------
 
-_KINDS = {centre_rows: CENTRE, depthwise_rows: DEPTHWISE, add_bytes: ADD, add_reference_bytes: ADD_REFERENCE,
+_KINDS = {centre_rows: CENTRE, depthwise_rows: DEPTHWISE, depthwise4_rows: DEPTHWISE4,
+          depthwise4_split_rows: DEPTHWISE4_SPLIT, add_bytes: ADD, add_reference_bytes: ADD_REFERENCE,
           global_average_bytes: POOL, conv_tasks: CONV, dot4_tasks: GEMM_DOT4,
           dot4_split_tasks: GEMM_DOT4_SPLIT}
 
@@ -218,7 +222,7 @@ def _tasks(kind: int, args) -> int | None:
     not start at 0, operands of different sizes)."""
     if kind <= CONV:
         return args[2] if args[1] == 0 else None
-    if kind in (CENTRE, DEPTHWISE):
+    if kind in (CENTRE, DEPTHWISE, DEPTHWISE4, DEPTHWISE4_SPLIT):
         return args[2] - args[1]
     if kind in (ADD, ADD_REFERENCE):
         return -(-args[0].size // ELEMENTS) if args[0].size == args[1].size == args[-1].size else None

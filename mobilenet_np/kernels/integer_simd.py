@@ -168,10 +168,10 @@ def requantize_fp32(typingctx, acc, bias, scale, zero_point, lo, hi):
 
 
 def _requantize_ir(builder, acc, bias, multiplier, left, right, zero_point, lo, hi, away):
-    """``requantize``'s IR, on vectors of 8 or 16 lanes; the scalars are i32."""
+    """``requantize``'s IR, on vectors of 8 or 16 lanes; the scalars are i32; ``bias`` None: already in acc."""
     n, vec = acc.type.count, acc.type
     v64 = ir.VectorType(ir.IntType(64), n)
-    lifted = builder.shl(builder.add(acc, bias), left)
+    lifted = builder.shl(acc if bias is None else builder.add(acc, bias), left)
     product = builder.mul(builder.sext(lifted, v64), builder.sext(multiplier, v64))
     # TFLite adds 2^30 (1 - 2^30 if the product is negative) and divides by 2^31 truncating toward zero; both
     # cases equal floor((product + 2^30) / 2^31) (a negative total t = p + 1 - 2^30 gives ceil(t / 2^31) =
@@ -190,10 +190,10 @@ def _requantize_ir(builder, acc, bias, multiplier, left, right, zero_point, lo, 
 
 
 def _requantize_fp32_ir(builder, acc, bias, scale, zero_point, lo, hi):
-    """``requantize_fp32``'s IR, on vectors of 8 or 16 lanes; the scalars are i32."""
+    """``requantize_fp32``'s IR, on vectors of 8 or 16 lanes; the scalars are i32; ``bias`` None: already in acc."""
     n, vec = acc.type.count, acc.type
     vf = ir.VectorType(ir.FloatType(), n)
-    value = builder.fmul(builder.sitofp(builder.add(acc, bias), vf), scale)
+    value = builder.fmul(builder.sitofp(acc if bias is None else builder.add(acc, bias), vf), scale)
     low = builder.sitofp(_broadcast(builder, builder.sub(lo, zero_point), n), vf)
     high = builder.sitofp(_broadcast(builder, builder.sub(hi, zero_point), n), vf)
     value = builder.select(builder.fcmp_ordered("<", value, low), low, value)

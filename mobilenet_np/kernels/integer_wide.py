@@ -18,7 +18,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .integer_simd import _BYTES64, _I32, _V16I32, _flat, _pointer, i32x8, i32x16
+from .integer_simd import (_BYTES64, _I32, _V16I32, REFERENCE, XNNPACK, _flat, _pointer, _requantize_fp32_ir,
+                           _requantize_ir, i32x8, i32x16)
 from .simd import LANES as _FLOAT_LANES
 from .simd import cpu_features
 
@@ -115,3 +116,119 @@ def widen(typingctx, array, index, like):
             return raw
         return builder.zext(raw, vec) if element == types.uint8 else builder.sext(raw, vec)
     return like(array, types.intp, like), codegen
+
+
+def _tap_pointer(builder, data, zero_bytes, index, checked):
+    """The address of 16 bytes: data + index, or (``checked``, index negative) ``zero_bytes``."""
+    at = builder.gep(data, [index])
+    if not checked:
+        return at
+    return builder.select(builder.icmp_signed("<", index, ir.Constant(index.type, 0)), zero_bytes, at)
+
+
+def _gather(checked):
+    @intrinsic
+    def gather(typingctx, array, zero_bytes, i0, i1, i2, i3):
+        if not (_flat(array, types.uint8) and _flat(zero_bytes, types.int32)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            data = context.make_array(sig.args[0])(context, builder, args[0]).data
+            zeros = builder.bitcast(context.make_array(sig.args[1])(context, builder, args[1]).data, data.type)
+            v16 = ir.VectorType(ir.IntType(8), 16)
+            parts = [builder.load(builder.bitcast(_tap_pointer(builder, data, zeros, i, checked), v16.as_pointer()),
+                                  align=1) for i in args[2:]]
+            pairs = ir.Constant(ir.VectorType(_I32, 32), list(range(32)))
+            low = builder.shuffle_vector(parts[0], parts[1], pairs)
+            high = builder.shuffle_vector(parts[2], parts[3], pairs)
+            mask = [j * 16 + i for i in range(16) for j in range(4)]      # byte 4i + j <- tap j, channel i
+            quads = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(_I32, 64), mask))
+            return builder.bitcast(quads, _V16I32)
+        return i32x16(array, zero_bytes, types.intp, types.intp, types.intp, types.intp), codegen
+    return gather
+
+
+gather_taps = _gather(False)
+gather_taps.__doc__ = """Sixteen channels of four taps: the 16 bytes at each of x[i0..], x[i1..], x[i2..],
+x[i3..] (a uint8 array) transposed so that int32 lane c holds channel c's four bytes, tap j in
+byte j (``dot4``'s operand); ``zero_bytes`` (an int32 array, the input zero point in every
+byte) is not read."""
+gather_taps_checked = _gather(True)
+gather_taps_checked.__doc__ = """``gather_taps`` where a negative index stands for a tap in the padding:
+its 16 bytes are read from ``zero_bytes`` (the input zero point in every byte) instead."""
+
+
+def _single(checked):
+    @intrinsic
+    def tap(typingctx, array, zero_bytes, index):
+        if not (_flat(array, types.uint8) and _flat(zero_bytes, types.int32)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            data = context.make_array(sig.args[0])(context, builder, args[0]).data
+            zeros = builder.bitcast(context.make_array(sig.args[1])(context, builder, args[1]).data, data.type)
+            v16 = ir.VectorType(ir.IntType(8), 16)
+            raw = builder.load(builder.bitcast(_tap_pointer(builder, data, zeros, args[2], checked), v16.as_pointer()),
+                               align=1)
+            return builder.zext(raw, _V16I32)
+        return i32x16(array, zero_bytes, types.intp), codegen
+    return tap
+
+
+one_tap = _single(False)
+one_tap.__doc__ = """Sixteen channels of one tap: x[index : index + 16] zero-extended, channel c in int32 lane c
+(byte 0; ``dot4`` with weights whose other three bytes are 0)."""
+one_tap_checked = _single(True)
+one_tap_checked.__doc__ = "``one_tap``, a negative index reading ``zero_bytes`` (``gather_taps_checked``)."
+
+
+_BLOCK = types.UniTuple(i32x16, 5)
+
+
+@intrinsic
+def block_params(typingctx, params, scales, c):
+    """The requantization of channels c..c+15 as five ``i32x16``, loaded once for a loop over pixels:
+    bias, multiplier, left shift, right shift (``params`` [4, C] int32 rows) and XNNPACK's float32
+    scale (``scales``, its bits).  Start the sums at the bias and requantize with
+    ``requantized_block``: the bytes of ``integer_simd.requantized``."""
+    if not (isinstance(params, types.Array) and params.dtype == types.int32 and params.ndim == 2
+            and params.layout == "C" and _flat(scales, types.float32)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        table = context.make_array(sig.args[0])(context, builder, args[0])
+        width = cgutils.unpack_tuple(builder, table.shape, 2)[1]
+        rows = []
+        for r in range(4):
+            at = builder.add(builder.mul(width, ir.Constant(width.type, r)), args[2])
+            rows.append(builder.load(builder.bitcast(builder.gep(table.data, [at]), _V16I32.as_pointer()), align=4))
+        rows.append(builder.load(_pointer(context, builder, sig.args[1], args[1], args[2], _V16I32), align=4))
+        return context.make_tuple(builder, sig.return_type, rows)
+    return _BLOCK(params, scales, types.intp), codegen
+
+
+@intrinsic
+def requantized_block(typingctx, acc, block, rounding, zero_point, lo, hi):
+    """Sixteen sums that already hold their bias requantized by ``block_params``' block, as
+    ``integer_simd.requantized`` does with the same rounding (REFERENCE, OPTIMIZED or XNNPACK)."""
+    if acc != i32x16 or block != _BLOCK:
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, block = args[:2]
+        rounding, zero_point, lo, hi = args[2], *(builder.trunc(a, _I32) for a in args[3:])
+        _, multiplier, left, right, bits = (builder.extract_value(block, i) for i in range(5))
+        with builder.if_else(builder.icmp_signed("==", rounding, ir.Constant(rounding.type, XNNPACK))) as (fp, fixed):
+            with fp:
+                scale = builder.bitcast(bits, ir.VectorType(ir.FloatType(), 16))
+                by_scale = _requantize_fp32_ir(builder, acc, None, scale, zero_point, lo, hi)
+                from_fp = builder.basic_block
+            with fixed:
+                away = builder.zext(builder.icmp_signed("==", rounding, ir.Constant(rounding.type, REFERENCE)), _I32)
+                by_shift = _requantize_ir(builder, acc, None, multiplier, left, right, zero_point, lo, hi, away)
+                from_fixed = builder.basic_block
+        value = builder.phi(_V16I32)
+        value.add_incoming(by_scale, from_fp)
+        value.add_incoming(by_shift, from_fixed)
+        return value
+    return i32x16(i32x16, _BLOCK, types.int64, types.int64, types.int64, types.int64), codegen
