@@ -46,13 +46,16 @@ def _case(rng, pixels, c_in, c_out, dtype, rounding, split=False):
 
 
 @pytest.mark.parametrize("pixels, c_in, c_out", [(1, 4, 1), (7, 8, 13), (9, 16, 32), (37, 20, 40), (25, 160, 1001),
-                                                 (33, 132, 24), (13, 16, 8), (8, 96, 16), (64, 48, 17)])
+                                                 (33, 132, 24), (13, 16, 8), (8, 96, 16), (64, 48, 17),
+                                                 (11, 260, 40)])
 @pytest.mark.parametrize("dtype, split", [(np.uint8, False), (np.uint8, True), (np.int8, False)])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
 def test_dot4_pointwise_kernel_equals_the_reference(rng, pixels, c_in, c_out, dtype, split, rounding):
     """Odd pixel counts (8-pixel tiles, single pixels, chunks of 32), C_out not whole panels of 16,
     per-tensor uint8 and per-channel int8 weights, each requantization; uint8 weights that do not
-    fit int8 once centred (the split form; int8 weights always do: symmetric, zero point 0)."""
+    fit int8 once centred (the split form; int8 weights always do: symmetric, zero point 0), with
+    C_in below ``SUM_FROM`` (each step's products with 128 - zp) and above it, whole blocks of 64
+    bytes and not (128 - zp times the pixel's byte sum)."""
     got, want = _case(rng, pixels, c_in, c_out, dtype, rounding, split)
     assert np.array_equal(got, want)
     if want.size > 50:
@@ -97,3 +100,19 @@ def test_portable_dot4_gives_the_same_bytes(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr
     assert "portable ok" in result.stdout
+
+
+def test_byte_sum_reads_only_its_range():
+    """``integer_wide.byte_sum``: whole 64-byte blocks, a last partial one, nothing, up to the array's
+    end (its masked loads read nothing past the count: the bytes after it are 255 and would show)."""
+    from mobilenet_np.kernels import integer_wide as iw
+    from mobilenet_np.kernels.jit import kernel
+
+    @kernel()
+    def total(x, at, n):
+        return iw.byte_sum(x, at, n)
+
+    x = np.random.default_rng(5).integers(0, 256, 700).astype(np.uint8)
+    x[600:] = 255
+    for at, n in [(0, 4), (3, 64), (5, 200), (0, 600), (17, 128), (599, 1), (0, 0), (536, 64), (100, 500)]:
+        assert total(x, at, n) == int(x[at:at + n].astype(np.int64).sum()), (at, n)

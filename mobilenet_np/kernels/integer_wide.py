@@ -232,3 +232,54 @@ def requantized_block(typingctx, acc, block, rounding, zero_point, lo, hi):
         value.add_incoming(by_shift, from_fixed)
         return value
     return i32x16(i32x16, _BLOCK, types.int64, types.int64, types.int64, types.int64), codegen
+
+
+@intrinsic
+def byte_sum(typingctx, array, index, count):
+    """The sum of the uint8 bytes array[index : index + count] as an int64: 64 at a time (masked
+    loads past the end: nothing outside the range is read), each block's sum by LLVM's add
+    reduction of the widened bytes (``vpsadbw`` on x86)."""
+    if not _flat(array, types.uint8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        start, count = args[1], args[2]
+        i64 = ir.IntType(64)
+        v64 = ir.VectorType(ir.IntType(8), 64)
+        wide = ir.VectorType(_I32, 64)
+        masked = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(v64, [v64.as_pointer(), _I32, ir.VectorType(ir.IntType(1), 64), v64]),
+            "llvm.masked.load.v64i8.p0v64i8")
+        reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [wide]),
+                                                "llvm.vector.reduce.add.v64i32")
+        total = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
+        blocks = builder.udiv(builder.add(count, ir.Constant(count.type, 63)), ir.Constant(count.type, 64))
+        with cgutils.for_range(builder, blocks) as loop:
+            at = builder.mul(loop.index, ir.Constant(count.type, 64))
+            left = builder.sub(count, at)           # bytes left: a 64-bit mask of min(left, 64) ones
+            ones = builder.sub(builder.shl(ir.Constant(i64, 1), left), ir.Constant(i64, 1))
+            full = builder.icmp_signed(">=", left, ir.Constant(count.type, 64))
+            mask = builder.bitcast(builder.select(full, ir.Constant(i64, -1), ones), ir.VectorType(ir.IntType(1), 64))
+            pointer = builder.bitcast(builder.gep(data, [builder.add(start, at)]), v64.as_pointer())
+            raw = builder.call(masked, [pointer, ir.Constant(_I32, 1), mask, ir.Constant(v64, [0] * 64)])
+            block = builder.zext(builder.call(reduce, [builder.zext(raw, wide)]), i64)
+            builder.store(builder.add(builder.load(total), block), total)
+        return builder.load(total)
+    return types.int64(array, types.intp, types.intp), codegen
+
+
+@intrinsic
+def scaled_add(typingctx, acc, scalar, vector):
+    """acc + scalar * vector, lane by lane in int32 (``vpmulld``; the scalar truncated to int32)."""
+    if acc != i32x16 or vector != i32x16 or not isinstance(scalar, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        s = builder.trunc(args[1], _I32) if args[1].type.width > 32 else builder.sext(args[1], _I32) \
+            if args[1].type.width < 32 else args[1]
+        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(_V16I32, ir.Undefined), s,
+                                                              ir.Constant(_I32, 0)),
+                                       ir.Constant(_V16I32, ir.Undefined), ir.Constant(_V16I32, [0] * 16))
+        return builder.add(args[0], builder.mul(splat, args[2]))
+    return i32x16(i32x16, scalar, i32x16), codegen
