@@ -484,6 +484,51 @@ def test_integer_full_conv_kernel_equals_the_reference(rng, size, k, stride, cha
     assert len(np.unique(want)) > 2         # not all clamped: the sums were exercised
 
 
+@pytest.mark.parametrize("size, k, stride, channels, c_out", [((7, 7), 3, 2, 3, 16), ((9, 6), 3, 1, 3, 13),
+                                                              ((8, 11), 3, 2, 5, 40), ((5, 5), 3, 1, 1, 1),
+                                                              ((97, 96), 3, 2, 3, 16), ((6, 7), 3, 2, 16, 8),
+                                                              ((9, 8), 5, 2, 2, 17), ((7, 6), 1, 2, 3, 16)])
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
+def test_integer_conv4_equals_the_reference(rng, monkeypatch, size, k, stride, channels, c_out, padding, rounding):
+    """The full convolution on four-byte dot products (``integer_conv4``; forced, with the portable
+    dot4, where the CPU lacks VNNI): the sizes of the test above (patch rows of 9, 15, 10, 48, 5 and 3
+    bytes: a last quad that reads past the row, or not), an odd height whose SAME pads a row above,
+    8-pixel tiles across output rows and past a task's end, weights that fit int8 once centred.
+    Weights that do not fit take ``Conv``."""
+    from mobilenet_np import spec
+    from mobilenet_np.kernels import integer_conv as iconv
+    from mobilenet_np.kernels import integer_conv4 as ic4
+    from mobilenet_np.kernels import integer_gemm as ig
+    from mobilenet_np.kernels import integer_xnnpack as ixnn
+
+    monkeypatch.setattr(ic4, "usable", lambda: True)
+    x = rng.integers(0, 255, (2, *size, channels), endpoint=True).astype(np.uint8)
+    w = rng.integers(31, 231, (c_out, k, k, channels), endpoint=True).astype(np.uint8)       # TFLite OHWI
+    bias = rng.integers(-3000, 3000, c_out).astype(np.int32)
+    multiplier, shift = iref.conv_multipliers(0.02, np.array([0.01]), 0.05, True)
+    if padding == "SAME":
+        (oh, top, bottom), (ow, left, right) = (spec.same_padding(s, k, stride) for s in size)
+    else:
+        (oh, ow), top, bottom, left, right = ((s - k) // stride + 1 for s in size), 0, 0, 0, 0
+    pad = (top, bottom, left, right)
+    acc = iref.conv2d_accumulate(x, 117, w.transpose(1, 2, 3, 0), 131, bias, stride, pad, (oh, ow))
+    scales = ixnn.conv_scales(0.02, np.array([0.01]), 0.05)
+    if rounding == "xnnpack":
+        want = ixnn.requantize_fp32(acc, scales, 3, (3, 250), np.uint8)
+    else:
+        want = iref.requantize(acc, multiplier, shift, 3, (3, 250), np.uint8, ties_up=rounding == "optimized")
+    args = (117, ig.pack_pairs(w.reshape(c_out, -1).T, 131), k, stride, pad, (oh, ow),
+            ig.requantization_params(bias, multiplier, shift, c_out), c_out, 3, (3, 250))
+    assert isinstance(iconv.bound(x.shape, x.dtype, *args, rounding, ig.xnnpack_scales(scales, c_out)), ic4.Conv4)
+    got = iconv.conv2d(x, *args, np.empty(want.shape, np.uint8), rounding, ig.xnnpack_scales(scales, c_out))
+    assert np.array_equal(got, want), np.argwhere(got != want)[:5]
+    assert len(np.unique(want)) > 2
+    wide = np.full_like(w, 131)
+    wide[0, 0, 0, 0] = 0                                   # 131 below its zero point: does not fit int8
+    assert ic4.pack_quads(ig.pack_pairs(wide.reshape(c_out, -1).T, 131), k, k * channels, c_out) is None
+
+
 @pytest.mark.parametrize("ties_up", [False, True])
 def test_vector_requantization_equals_tflites_at_the_extremes(rng, ties_up):
     """``integer_simd.requantize`` (one add and a shift for TFLite's nudge and truncation toward zero) against

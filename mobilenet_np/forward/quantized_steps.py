@@ -99,8 +99,8 @@ def _prepare_conv(graph: QuantizedGraph, op, options, inputs, scratch):
                               clamp, rounding, scales, folded, scratch, p.get("tasks"))
     else:
         params, *others = requantize
-        kernel = iconv.Conv(x.shape, x_dtype, p["in_zp"], p["weights"], k, stride, pad, out_hw, params, p["c_out"],
-                         *others, scratch)
+        kernel = iconv.bound(x.shape, x_dtype, p["in_zp"], p["weights"], k, stride, pad, out_hw, params, p["c_out"],
+                             *others, scratch)
     return _Bound(kernel), (x.shape[0], *out_hw, p["c_out"]), p["out_dtype"], p["form"]
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import integer_conv4 as ic4
 from . import integer_simd as iv
 from .integer_calls import contiguous
 from .integer_gemm import CHUNK, PANEL, Gemm, centre_rows, pack_pairs
@@ -179,10 +180,25 @@ class Conv:
         return self.gemm(self.padded, out)
 
 
+def bound(x_shape, x_dtype, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point, clamp,
+          rounding="reference", scales=None, folded=None, scratch=(None, None)):
+    """The convolution bound to its shapes and weights: ``integer_conv4.Conv4`` (the input bytes on VNNI's
+    four-byte dot products) where ``ic4.usable`` and the read type is uint8 (the fast graph's int8 runs as
+    uint8 + 128) and the centred weights fit int8, else ``Conv``."""
+    quads = None
+    if np.dtype(x_dtype) == np.uint8 and ic4.usable():
+        quads = ic4.pack_quads(packed, k, k * x_shape[3], c_out)
+    if quads is None:
+        return Conv(x_shape, x_dtype, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point,
+                    clamp, rounding, scales, folded, scratch)
+    return ic4.Conv4(x_shape, x_zero_point, packed, quads, k, stride, pad, out_hw, params, c_out, out_zero_point,
+                     clamp, rounding, scales, scratch)
+
+
 def conv2d(x, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point, clamp, out,
            rounding: str = "reference", scales=None, folded=None):
-    """A full k x k convolution (the stem): x [N, H, W, C] -> out [N, OH, OW, C_out] (``Conv``);
+    """A full k x k convolution (the stem): x [N, H, W, C] -> out [N, OH, OW, C_out] (``bound``);
     ``packed = integer_gemm.pack_pairs(w [k * k * C, C_out] in OHWI order, w_zero_point)``."""
-    conv = Conv(x.shape, x.dtype, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point, clamp,
-                rounding, scales, folded)
+    conv = bound(x.shape, x.dtype, x_zero_point, packed, k, stride, pad, out_hw, params, c_out, out_zero_point, clamp,
+                 rounding, scales, folded)
     return contiguous(out, lambda buffer: conv(x, buffer))
