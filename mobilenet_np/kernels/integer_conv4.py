@@ -69,9 +69,9 @@ def _next(at, r, ox, p, end, out_w, out_h, step, hp, stride, pitch):
 
 
 @kernel(inline=True)
-def _store(acc, params, scales, rounding, c, zero_point, lo, hi, out, o_at, p, end):
+def _store(acc, block, rounding, zero_point, lo, hi, out, o_at, p, end):
     if p < end:
-        iv.store_bytes(out, o_at, iv.requantized(acc, params, scales, rounding, c, zero_point, lo, hi))
+        iv.store_bytes(out, o_at, iw.requantized_block(acc, block, rounding, zero_point, lo, hi))
 
 
 @kernel()
@@ -90,6 +90,7 @@ def conv4_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero
         g = task - ch * panels
         w_at = g * k * kq * QUAD * PANEL            # bytes
         co = g * PANEL
+        block = iw.block_params(params, scales, co)     # the panel's requantization, in registers
         p = ch * CHUNK
         end = min(p + CHUNK, pixels)
         r = p // out_w
@@ -112,14 +113,14 @@ def conv4_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero
             x6 = at
             at, r, ox = _next(at, r, ox, p + 6, end, out_w, out_h, step, hp, stride, pitch)
             x7 = at
-            a0 = iw.zeros16()
-            a1 = iw.zeros16()
-            a2 = iw.zeros16()
-            a3 = iw.zeros16()
-            a4 = iw.zeros16()
-            a5 = iw.zeros16()
-            a6 = iw.zeros16()
-            a7 = iw.zeros16()
+            a0 = block[0]
+            a1 = block[0]
+            a2 = block[0]
+            a3 = block[0]
+            a4 = block[0]
+            a5 = block[0]
+            a6 = block[0]
+            a7 = block[0]
             for dy in range(k):
                 for q in range(kq):
                     wq = iw.load_quads(w, w_at + (dy * kq + q) * QUAD * PANEL)
@@ -129,14 +130,14 @@ def conv4_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero
                     a4, a5 = iw.dot4(a4, iw.splat_quad(x, x4 + t), wq), iw.dot4(a5, iw.splat_quad(x, x5 + t), wq)
                     a6, a7 = iw.dot4(a6, iw.splat_quad(x, x6 + t), wq), iw.dot4(a7, iw.splat_quad(x, x7 + t), wq)
             o = p * row + co
-            _store(a0, params, scales, rounding, co, zero_point, lo, hi, out, o, p, end)
-            _store(a1, params, scales, rounding, co, zero_point, lo, hi, out, o + row, p + 1, end)
-            _store(a2, params, scales, rounding, co, zero_point, lo, hi, out, o + 2 * row, p + 2, end)
-            _store(a3, params, scales, rounding, co, zero_point, lo, hi, out, o + 3 * row, p + 3, end)
-            _store(a4, params, scales, rounding, co, zero_point, lo, hi, out, o + 4 * row, p + 4, end)
-            _store(a5, params, scales, rounding, co, zero_point, lo, hi, out, o + 5 * row, p + 5, end)
-            _store(a6, params, scales, rounding, co, zero_point, lo, hi, out, o + 6 * row, p + 6, end)
-            _store(a7, params, scales, rounding, co, zero_point, lo, hi, out, o + 7 * row, p + 7, end)
+            _store(a0, block, rounding, zero_point, lo, hi, out, o, p, end)
+            _store(a1, block, rounding, zero_point, lo, hi, out, o + row, p + 1, end)
+            _store(a2, block, rounding, zero_point, lo, hi, out, o + 2 * row, p + 2, end)
+            _store(a3, block, rounding, zero_point, lo, hi, out, o + 3 * row, p + 3, end)
+            _store(a4, block, rounding, zero_point, lo, hi, out, o + 4 * row, p + 4, end)
+            _store(a5, block, rounding, zero_point, lo, hi, out, o + 5 * row, p + 5, end)
+            _store(a6, block, rounding, zero_point, lo, hi, out, o + 6 * row, p + 6, end)
+            _store(a7, block, rounding, zero_point, lo, hi, out, o + 7 * row, p + 7, end)
             at, r, ox = _next(at, r, ox, p + 7, end, out_w, out_h, step, hp, stride, pitch)
             p += 8
 

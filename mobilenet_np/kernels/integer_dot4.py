@@ -93,8 +93,9 @@ def fold_zero_point(w: np.ndarray, w_zero_point, params: np.ndarray, zero_point:
 
 
 @kernel(inline=True)
-def _store16(acc, params, scales, rounding, c, zero_point, lo, hi, out, o_at):
-    iv.store_bytes(out, o_at, iv.requantized(acc, params, scales, rounding, c, zero_point, lo, hi))
+def _store16(acc, block, rounding, zero_point, lo, hi, out, o_at):
+    """Sums that started at the bias, requantized by the panel's ``block_params`` and stored as bytes."""
+    iv.store_bytes(out, o_at, iw.requantized_block(acc, block, rounding, zero_point, lo, hi))
 
 
 @kernel(inline=True)
@@ -118,17 +119,18 @@ def _tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_poin
         offsets = iw.load_quads(w, offsets_at + g * QUAD * PANEL) if split else iw.zeros16()
         if summed:                               # the panel's 128 - zp per channel as int32 lanes
             offsets = iw.dot4(iw.zeros16(), iw.splat_quad(ONE, 0), offsets)
+        block = iw.block_params(params, scales, c)       # the panel's requantization, in registers
         p = ch * CHUNK
         end = min(p + CHUNK, pixels)
         while p + TILE <= end:
-            a0 = iw.zeros16()
-            a1 = iw.zeros16()
-            a2 = iw.zeros16()
-            a3 = iw.zeros16()
-            a4 = iw.zeros16()
-            a5 = iw.zeros16()
-            a6 = iw.zeros16()
-            a7 = iw.zeros16()
+            a0 = block[0]
+            a1 = block[0]
+            a2 = block[0]
+            a3 = block[0]
+            a4 = block[0]
+            a5 = block[0]
+            a6 = block[0]
+            a7 = block[0]
             x_at = p * kp
             for q in range(quads):
                 wq = iw.load_quads(w, w_at + q * QUAD * PANEL)
@@ -153,17 +155,17 @@ def _tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_poin
                 a6 = iw.scaled_add(a6, iw.byte_sum(x, x_at + 6 * kp, kp), offsets)
                 a7 = iw.scaled_add(a7, iw.byte_sum(x, x_at + 7 * kp, kp), offsets)
             o_at = p * row + c
-            _store16(a0, params, scales, rounding, c, zero_point, lo, hi, out, o_at)
-            _store16(a1, params, scales, rounding, c, zero_point, lo, hi, out, o_at + row)
-            _store16(a2, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 2 * row)
-            _store16(a3, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 3 * row)
-            _store16(a4, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 4 * row)
-            _store16(a5, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 5 * row)
-            _store16(a6, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 6 * row)
-            _store16(a7, params, scales, rounding, c, zero_point, lo, hi, out, o_at + 7 * row)
+            _store16(a0, block, rounding, zero_point, lo, hi, out, o_at)
+            _store16(a1, block, rounding, zero_point, lo, hi, out, o_at + row)
+            _store16(a2, block, rounding, zero_point, lo, hi, out, o_at + 2 * row)
+            _store16(a3, block, rounding, zero_point, lo, hi, out, o_at + 3 * row)
+            _store16(a4, block, rounding, zero_point, lo, hi, out, o_at + 4 * row)
+            _store16(a5, block, rounding, zero_point, lo, hi, out, o_at + 5 * row)
+            _store16(a6, block, rounding, zero_point, lo, hi, out, o_at + 6 * row)
+            _store16(a7, block, rounding, zero_point, lo, hi, out, o_at + 7 * row)
             p += TILE
         while p < end:
-            a = iw.zeros16()
+            a = block[0]
             for q in range(quads):
                 xq = iw.splat_quad(x, p * kp + q * QUAD)
                 a = iw.dot4(a, xq, iw.load_quads(w, w_at + q * QUAD * PANEL))
@@ -171,7 +173,7 @@ def _tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_poin
                     a = iw.dot4(a, xq, offsets)
             if summed:
                 a = iw.scaled_add(a, iw.byte_sum(x, p * kp, kp), offsets)
-            _store16(a, params, scales, rounding, c, zero_point, lo, hi, out, p * row + c)
+            _store16(a, block, rounding, zero_point, lo, hi, out, p * row + c)
             p += 1
 
 
