@@ -395,8 +395,9 @@ def test_integer_depthwise4_equals_the_reference(rng, monkeypatch, size, stride,
 
 
 def test_integer_depthwise4_packing():
-    """``pack_taps``: the groups of four taps and the ninth, channel-major within a block of 16;
-    the split form's s per channel, with every centred weight minus s inside int8."""
+    """``pack_taps``: per block of 16 channels one vector per window column, its rows in bytes 0-2 of
+    each channel's lane (byte 3 zero); the split form's s per channel after them, with every centred
+    weight minus s inside int8."""
     from mobilenet_np.kernels import integer_depthwise as idw
     from mobilenet_np.kernels import integer_depthwise4 as idw4
 
@@ -404,14 +405,14 @@ def test_integer_depthwise4_packing():
     for zp, split in ((100, False), (0, True)):
         groups, got_split = idw4.pack_taps(idw.pack_depthwise(w, zp), 32)
         assert got_split is split
-        g = groups.view(np.int8).reshape(2, 5 if split else 3, 16, 4).astype(np.int32)
-        centred = w[:, :, :, 0].reshape(9, 32).astype(np.int32) - zp
+        g = groups.view(np.int8).reshape(2, 4 if split else 3, 16, 4).astype(np.int32)
+        centred = w[:, :, :, 0].astype(np.int32) - zp                     # [dy, dx, c]
         s = g[:, 3, :, 0].reshape(32) if split else np.zeros(32, np.int32)
-        taps = np.concatenate([g[:, 0], g[:, 1], g[:, 2, :, :1]], axis=2).transpose(2, 0, 1).reshape(9, 32)
-        assert np.array_equal(taps + s, centred)
+        columns = g[:, :3, :, :3].transpose(3, 1, 0, 2).reshape(3, 3, 32)   # [dy, dx, c]
+        assert np.array_equal(columns + s, centred)
+        assert not g[:, :, :, 3].any()
         if split:
-            assert np.all(g[:, 3] == g[:, 3, :, :1]) and np.array_equal(g[:, 4, :, 0].reshape(32), s)
-            assert not g[:, 4, :, 1:].any() and not g[:, 2, :, 1:].any()
+            assert np.all(g[:, 3, :, :3] == g[:, 3, :, :1]) and s.any()
 
 
 @pytest.mark.parametrize("pad", [(0, 0, 0, 0), (2, 1, 2, 0), (1, 2, 0, 2)])
