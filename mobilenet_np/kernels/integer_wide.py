@@ -35,6 +35,8 @@ def dot4_instruction() -> bool:
 
 
 DOT4_VNNI = dot4_instruction()
+# byte_sum's vpsadbw (MOBILENET_NP_DOT4=generic forces the portable IR here too, to test it)
+_SAD = "avx512bw" in cpu_features() and os.environ.get("MOBILENET_NP_DOT4", "").strip() != "generic"
 # Sixteen int32 lanes (one 512-bit register) where the float kernels use 16 lanes (AVX-512):
 # the depthwise blocks (integer_depthwise.py) then take sixteen channels at a time.
 WIDE_INT32 = _FLOAT_LANES == 16
@@ -236,9 +238,10 @@ def requantized_block(typingctx, acc, block, rounding, zero_point, lo, hi):
 
 @intrinsic
 def byte_sum(typingctx, array, index, count):
-    """The sum of the uint8 bytes array[index : index + count] as an int64: 64 at a time (masked
-    loads past the end: nothing outside the range is read), each block's sum by LLVM's add
-    reduction of the widened bytes (``vpsadbw`` on x86)."""
+    """The sum of the uint8 bytes array[index : index + count] as an int64: 64 at a time into eight
+    int64 partial sums (``vpsadbw`` where the CPU has AVX-512 BW: its sums of eight bytes; elsewhere
+    the widened bytes' sums of eight), added up once at the end; a last part of fewer than 64 bytes
+    by a masked load (nothing outside the range is read)."""
     if not _flat(array, types.uint8):
         return None
 
@@ -246,26 +249,41 @@ def byte_sum(typingctx, array, index, count):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
         start, count = args[1], args[2]
         i64 = ir.IntType(64)
-        v64 = ir.VectorType(ir.IntType(8), 64)
-        wide = ir.VectorType(_I32, 64)
-        masked = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(v64, [v64.as_pointer(), _I32, ir.VectorType(ir.IntType(1), 64), v64]),
-            "llvm.masked.load.v64i8.p0v64i8")
-        reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I32, [wide]),
-                                                "llvm.vector.reduce.add.v64i32")
-        total = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
-        blocks = builder.udiv(builder.add(count, ir.Constant(count.type, 63)), ir.Constant(count.type, 64))
-        with cgutils.for_range(builder, blocks) as loop:
-            at = builder.mul(loop.index, ir.Constant(count.type, 64))
-            left = builder.sub(count, at)           # bytes left: a 64-bit mask of min(left, 64) ones
-            ones = builder.sub(builder.shl(ir.Constant(i64, 1), left), ir.Constant(i64, 1))
-            full = builder.icmp_signed(">=", left, ir.Constant(count.type, 64))
-            mask = builder.bitcast(builder.select(full, ir.Constant(i64, -1), ones), ir.VectorType(ir.IntType(1), 64))
-            pointer = builder.bitcast(builder.gep(data, [builder.add(start, at)]), v64.as_pointer())
-            raw = builder.call(masked, [pointer, ir.Constant(_I32, 1), mask, ir.Constant(v64, [0] * 64)])
-            block = builder.zext(builder.call(reduce, [builder.zext(raw, wide)]), i64)
-            builder.store(builder.add(builder.load(total), block), total)
-        return builder.load(total)
+        v64, v8 = ir.VectorType(ir.IntType(8), 64), ir.VectorType(i64, 8)
+
+        def partial(raw):           # 64 bytes -> eight int64 sums of eight bytes each
+            if _SAD:
+                sad = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v8, [v64, v64]),
+                                                     "llvm.x86.avx512.psad.bw.512")
+                return builder.call(sad, [raw, ir.Constant(v64, [0] * 64)])
+            wide = builder.zext(raw, ir.VectorType(i64, 64))
+            total = builder.shuffle_vector(wide, wide, ir.Constant(ir.VectorType(_I32, 8), list(range(0, 64, 8))))
+            for j in range(1, 8):
+                total = builder.add(total, builder.shuffle_vector(
+                    wide, wide, ir.Constant(ir.VectorType(_I32, 8), list(range(j, 64, 8)))))
+            return total
+
+        sums = cgutils.alloca_once_value(builder, ir.Constant(v8, [0] * 8))
+        whole = builder.udiv(count, ir.Constant(count.type, 64))
+        with cgutils.for_range(builder, whole) as loop:
+            at = builder.add(start, builder.mul(loop.index, ir.Constant(count.type, 64)))
+            raw = builder.load(builder.bitcast(builder.gep(data, [at]), v64.as_pointer()), align=1)
+            builder.store(builder.add(builder.load(sums), partial(raw)), sums)
+        left = builder.sub(count, builder.mul(whole, ir.Constant(count.type, 64)))
+        with builder.if_then(builder.icmp_signed(">", left, ir.Constant(count.type, 0))):
+            masked = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(v64, [v64.as_pointer(), _I32, ir.VectorType(ir.IntType(1), 64), v64]),
+                "llvm.masked.load.v64i8.p0v64i8")
+            ones = builder.sub(builder.shl(ir.Constant(i64, 1), left), ir.Constant(i64, 1))    # left < 64
+            pointer = builder.bitcast(builder.gep(data, [builder.add(start, builder.mul(whole, ir.Constant(
+                count.type, 64)))]), v64.as_pointer())
+            raw = builder.call(masked, [pointer, ir.Constant(_I32, 1),
+                                        builder.bitcast(ones, ir.VectorType(ir.IntType(1), 64)),
+                                        ir.Constant(v64, [0] * 64)])
+            builder.store(builder.add(builder.load(sums), partial(raw)), sums)
+        reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [v8]),
+                                                "llvm.vector.reduce.add.v8i64")
+        return builder.call(reduce, [builder.load(sums)])
     return types.int64(array, types.intp, types.intp), codegen
 
 
