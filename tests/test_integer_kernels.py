@@ -491,12 +491,15 @@ def test_integer_full_conv_kernel_equals_the_reference(rng, size, k, stride, cha
                                                               ((9, 8), 5, 2, 2, 17), ((7, 6), 1, 2, 3, 16)])
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
 @pytest.mark.parametrize("rounding", ["reference", "optimized", "xnnpack"])
-def test_integer_conv4_equals_the_reference(rng, monkeypatch, size, k, stride, channels, c_out, padding, rounding):
+@pytest.mark.parametrize("split", [False, True])
+def test_integer_conv4_equals_the_reference(rng, monkeypatch, size, k, stride, channels, c_out, padding, rounding,
+                                            split):
     """The full convolution on four-byte dot products (``integer_conv4``; forced, with the portable
     dot4, where the CPU lacks VNNI): the sizes of the test above (patch rows of 9, 15, 10, 48, 5 and 3
     bytes: a last quad that reads past the row, or not), an odd height whose SAME pads a row above,
-    8-pixel tiles across output rows and past a task's end, weights that fit int8 once centred.
-    Weights that do not fit take ``Conv``."""
+    8-pixel tiles across output rows and past a task's end, weights that fit int8 once centred and
+    (``split``) uint8 weights that do not (each quad's products with s too).  Weights no split fits
+    (255 above a zero point of 0) take ``Conv``."""
     from mobilenet_np import spec
     from mobilenet_np.kernels import integer_conv as iconv
     from mobilenet_np.kernels import integer_conv4 as ic4
@@ -505,7 +508,8 @@ def test_integer_conv4_equals_the_reference(rng, monkeypatch, size, k, stride, c
 
     monkeypatch.setattr(ic4, "usable", lambda: True)
     x = rng.integers(0, 255, (2, *size, channels), endpoint=True).astype(np.uint8)
-    w = rng.integers(31, 231, (c_out, k, k, channels), endpoint=True).astype(np.uint8)       # TFLite OHWI
+    w = rng.integers(0 if split else 31, 255 if split else 231, (c_out, k, k, channels), endpoint=True).astype(np.uint8)
+    w[0, 0, 0, 0] = 0 if split else 131                    # TFLite OHWI; a weight 131 below the zero point
     bias = rng.integers(-3000, 3000, c_out).astype(np.int32)
     multiplier, shift = iref.conv_multipliers(0.02, np.array([0.01]), 0.05, True)
     if padding == "SAME":
@@ -521,13 +525,15 @@ def test_integer_conv4_equals_the_reference(rng, monkeypatch, size, k, stride, c
         want = iref.requantize(acc, multiplier, shift, 3, (3, 250), np.uint8, ties_up=rounding == "optimized")
     args = (117, ig.pack_pairs(w.reshape(c_out, -1).T, 131), k, stride, pad, (oh, ow),
             ig.requantization_params(bias, multiplier, shift, c_out), c_out, 3, (3, 250))
-    assert isinstance(iconv.bound(x.shape, x.dtype, *args, rounding, ig.xnnpack_scales(scales, c_out)), ic4.Conv4)
+    conv = iconv.bound(x.shape, x.dtype, *args, rounding, ig.xnnpack_scales(scales, c_out))
+    assert isinstance(conv, ic4.Conv4)
+    assert conv.gemm.tasks_kernel is (ic4.conv4_split_tasks if split else ic4.conv4_tasks)
     got = iconv.conv2d(x, *args, np.empty(want.shape, np.uint8), rounding, ig.xnnpack_scales(scales, c_out))
     assert np.array_equal(got, want), np.argwhere(got != want)[:5]
     assert len(np.unique(want)) > 2
-    wide = np.full_like(w, 131)
-    wide[0, 0, 0, 0] = 0                                   # 131 below its zero point: does not fit int8
-    assert ic4.pack_quads(ig.pack_pairs(wide.reshape(c_out, -1).T, 131), k, k * channels, c_out) is None
+    wide = np.zeros_like(w)
+    wide[0, 0, 0, 0] = 255                                 # 255 above a zero point of 0: no split fits
+    assert ic4.pack_quads(ig.pack_pairs(wide.reshape(c_out, -1).T, 0), k, k * channels, c_out) is None
 
 
 @pytest.mark.parametrize("ties_up", [False, True])

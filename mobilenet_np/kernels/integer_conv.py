@@ -184,7 +184,7 @@ def bound(x_shape, x_dtype, x_zero_point, packed, k, stride, pad, out_hw, params
           rounding="reference", scales=None, folded=None, scratch=(None, None)):
     """The convolution bound to its shapes and weights: ``integer_conv4.Conv4`` (the input bytes on VNNI's
     four-byte dot products) where ``ic4.usable`` and the read type is uint8 (the fast graph's int8 runs as
-    uint8 + 128) and the centred weights fit int8, else ``Conv``."""
+    uint8 + 128) and ``ic4.pack_quads`` takes the weights, else ``Conv``."""
     quads = None
     if np.dtype(x_dtype) == np.uint8 and ic4.usable():
         quads = ic4.pack_quads(packed, k, k * x_shape[3], c_out)

@@ -10,8 +10,9 @@ output pixels x 16 channels broadcasts each pixel's quad (``splat_quad``, a load
 * The input is copied, bytes as they are, into a buffer with the padding around it filled with
   the input zero point (``Conv4``; one 2-D copy per image, rows into their place): a padded tap
   then adds zp * w, which the folded bias (``integer_gemm.fold_zero_point``) takes away.
-* The weights, centred, must fit int8 (``pack_quads``; otherwise ``integer_conv.Conv`` runs the
-  layer): always for int8 models (symmetric), for a uint8 model when every w - zp does.
+* The weights, centred, are int8 (int8 models: symmetric); a uint8 model's that leave int8 are
+  split per channel into (w - zp - s) + s, and each quad's products with s are added too (18
+  ``vpdpbusd`` a pixel: ``pack_quads``' split form, ``conv4_split_tasks``).
 * ``conv4_tasks`` has ``gemm_tasks``' arguments (its geometry in a fifth row of ``params``, as
   ``conv_tasks``), so ``integer_gemm.Gemm`` splits it, pads C_out to whole panels, and the
   fast graph's programs run it (kind ``CONV_BYTES``).
@@ -39,20 +40,30 @@ def usable() -> bool:
 
 
 def pack_quads(packed: np.ndarray, k: int, kc: int, c_out: int):
-    """``integer_gemm.pack_pairs``' centred weights of k patch rows of kc taps -> int8
-    [panel, row dy, quad q, channel, tap 4q..4q+3] (taps past kc zero), flat, viewed as int16;
-    None if a centred weight does not fit int8."""
+    """``integer_gemm.pack_pairs``' centred weights of k patch rows of kc taps -> (int8 [panel, row dy,
+    quad q, channel, tap 4q..4q+3] (taps past kc zero), flat, viewed as int16; True if split), or None.
+    Where a channel's centred weights leave int8 (a uint8 model), each is split into (w - zp - s) + s
+    (as ``integer_depthwise4.pack_taps``) and [panel, quad q, channel, tap] vectors of s (zero past kc)
+    follow: the kernel adds each quad's products with them too.  None if no such s exists."""
     panels = -(-c_out // PANEL)
     pairs = packed.size // (panels * PANEL * 2)
     centred = packed.reshape(panels, pairs, 2, PANEL // 2, 2).transpose(1, 4, 0, 2, 3).reshape(2 * pairs, -1)
-    if centred.min(initial=0) < -128 or centred.max(initial=0) > 127:
+    taps = centred[:k * kc].astype(np.int32)                           # [k * kc, panels * PANEL]
+    lo, hi = taps.min(axis=0), taps.max(axis=0)
+    s = np.maximum(hi - 127, 0) + np.minimum(lo + 128, 0)
+    if np.any(hi - lo > 255) or np.any(s > 127):
         return None
+    split = bool(np.any(s != 0))
     kq = -(-kc // QUAD)
     rows = np.zeros((k, kq * QUAD, panels * PANEL), np.int8)
-    rows[:, :kc] = centred[:k * kc].reshape(k, kc, -1)
+    rows[:, :kc] = (taps - s).reshape(k, kc, -1)
     # [dy, q, tap, panel, c] -> [panel, dy, q, c, tap]
-    blocks = rows.reshape(k, kq, QUAD, panels, PANEL).transpose(3, 0, 1, 4, 2)
-    return np.ascontiguousarray(blocks).reshape(-1).view(np.int16)
+    blocks = [np.ascontiguousarray(rows.reshape(k, kq, QUAD, panels, PANEL).transpose(3, 0, 1, 4, 2)).reshape(-1)]
+    if split:
+        offsets = np.zeros((kq * QUAD, panels * PANEL), np.int8)
+        offsets[:kc] = s
+        blocks.append(np.ascontiguousarray(offsets.reshape(kq, QUAD, panels, PANEL).transpose(2, 0, 3, 1)).reshape(-1))
+    return np.concatenate(blocks).view(np.int16), split
 
 
 @kernel(inline=True)
@@ -74,21 +85,24 @@ def _store(acc, block, rounding, zero_point, lo, hi, out, o_at, p, end):
         iv.store_bytes(out, o_at, iw.requantized_block(acc, block, rounding, zero_point, lo, hi))
 
 
-@kernel()
-def conv4_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
+@kernel(inline=True)
+def _tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, split):
     """``integer_gemm.gemm_tasks`` (same arguments) for a k x k convolution read in place from x
     [N, Hp, Wp, C] (flat bytes, the padding filled with the zero point), w packed by ``pack_quads``,
     params[GEOMETRY] = C, k, stride, Wp, Hp, out_h, out_w, quads per patch row.  Task t: (up to
-    ``CHUNK`` output pixels) x (one panel of 16 channels), in tiles of 8 pixels that may span rows."""
+    ``CHUNK`` output pixels) x (one panel of 16 channels), in tiles of 8 pixels that may span rows.
+    ``split`` (a constant): ``pack_quads``' split form, each quad's products with s added too."""
     c, k, stride = np.int64(params[GEOMETRY, 0]), np.int64(params[GEOMETRY, 1]), np.int64(params[GEOMETRY, 2])
     wp, hp = np.int64(params[GEOMETRY, 3]), np.int64(params[GEOMETRY, 4])
     out_h, out_w, kq = np.int64(params[GEOMETRY, 5]), np.int64(params[GEOMETRY, 6]), np.int64(params[GEOMETRY, 7])
     row = panels * PANEL
     pitch, step = wp * c, stride * c
+    offsets_at = panels * k * kq * QUAD * PANEL         # bytes: the split form's s vectors
     for task in range(t0, t1):
         ch = task // panels
         g = task - ch * panels
         w_at = g * k * kq * QUAD * PANEL            # bytes
+        s_at = offsets_at + g * kq * QUAD * PANEL
         co = g * PANEL
         block = iw.block_params(params, scales, co)     # the panel's requantization, in registers
         p = ch * CHUNK
@@ -125,10 +139,18 @@ def conv4_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero
                 for q in range(kq):
                     wq = iw.load_quads(w, w_at + (dy * kq + q) * QUAD * PANEL)
                     t = dy * pitch + q * QUAD
-                    a0, a1 = iw.dot4(a0, iw.splat_quad(x, x0 + t), wq), iw.dot4(a1, iw.splat_quad(x, x1 + t), wq)
-                    a2, a3 = iw.dot4(a2, iw.splat_quad(x, x2 + t), wq), iw.dot4(a3, iw.splat_quad(x, x3 + t), wq)
-                    a4, a5 = iw.dot4(a4, iw.splat_quad(x, x4 + t), wq), iw.dot4(a5, iw.splat_quad(x, x5 + t), wq)
-                    a6, a7 = iw.dot4(a6, iw.splat_quad(x, x6 + t), wq), iw.dot4(a7, iw.splat_quad(x, x7 + t), wq)
+                    v0, v1, v2, v3 = iw.splat_quad(x, x0 + t), iw.splat_quad(x, x1 + t), iw.splat_quad(x, x2 + t), \
+                        iw.splat_quad(x, x3 + t)
+                    v4, v5, v6, v7 = iw.splat_quad(x, x4 + t), iw.splat_quad(x, x5 + t), iw.splat_quad(x, x6 + t), \
+                        iw.splat_quad(x, x7 + t)
+                    a0, a1, a2, a3 = iw.dot4(a0, v0, wq), iw.dot4(a1, v1, wq), iw.dot4(a2, v2, wq), iw.dot4(a3, v3, wq)
+                    a4, a5, a6, a7 = iw.dot4(a4, v4, wq), iw.dot4(a5, v5, wq), iw.dot4(a6, v6, wq), iw.dot4(a7, v7, wq)
+                    if split:
+                        sq = iw.load_quads(w, s_at + q * QUAD * PANEL)
+                        a0, a1, a2, a3 = iw.dot4(a0, v0, sq), iw.dot4(a1, v1, sq), iw.dot4(a2, v2, sq), \
+                            iw.dot4(a3, v3, sq)
+                        a4, a5, a6, a7 = iw.dot4(a4, v4, sq), iw.dot4(a5, v5, sq), iw.dot4(a6, v6, sq), \
+                            iw.dot4(a7, v7, sq)
             o = p * row + co
             _store(a0, block, rounding, zero_point, lo, hi, out, o, p, end)
             _store(a1, block, rounding, zero_point, lo, hi, out, o + row, p + 1, end)
@@ -142,10 +164,22 @@ def conv4_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero
             p += 8
 
 
+@kernel()
+def conv4_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
+    """Tasks t0..t1-1 on ``pack_quads``' first form (``_tasks``)."""
+    _tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, False)
+
+
+@kernel()
+def conv4_split_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
+    """Tasks t0..t1-1 on ``pack_quads``' split form (``_tasks``)."""
+    _tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, True)
+
+
 class Conv4:
     """``integer_conv.Conv`` on ``conv4_tasks``: the input bytes copied into ``padded`` (the zero point
     around them, written once), then the tasks through ``integer_gemm.Gemm``.  ``quads``: ``pack_quads``'
-    weights; ``packed``: the same as ``pack_pairs`` gave them (for the folded bias).  One thread at a time."""
+    (weights, split); ``packed``: the same as ``pack_pairs`` gave them (for the folded bias).  One thread at a time."""
 
     def __init__(self, x_shape, x_zero_point, packed, quads, k, stride, pad, out_hw, params, c_out, out_zero_point,
                  clamp, rounding="reference", scales=None, scratch=(None, None)):
@@ -160,8 +194,8 @@ class Conv4:
         geometry = np.zeros((GEOMETRY + 1, params.shape[1]), np.int32)
         geometry[:GEOMETRY] = fold_zero_point(packed, params, x_zero_point)
         geometry[GEOMETRY, :8] = c, k, stride, wp, hp, out_hw[0], out_hw[1], kq
-        self.gemm = Gemm(n * out_hw[0] * out_hw[1], k * kq * QUAD, quads, geometry, c_out, out_zero_point, clamp,
-                         rounding, scales, scratch[1], conv4_tasks)
+        self.gemm = Gemm(n * out_hw[0] * out_hw[1], k * kq * QUAD, quads[0], geometry, c_out, out_zero_point, clamp,
+                         rounding, scales, scratch[1], conv4_split_tasks if quads[1] else conv4_tasks)
 
     def _sources(self, x):
         rows = x.reshape(-1).view(np.uint8).reshape(self.shape)

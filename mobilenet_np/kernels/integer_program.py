@@ -35,7 +35,7 @@ from numba import prange, types
 from . import sync
 from .integer_add import add_bytes, add_reference_bytes, global_average_bytes
 from .integer_conv import conv_tasks
-from .integer_conv4 import conv4_tasks
+from .integer_conv4 import conv4_split_tasks, conv4_tasks
 from .integer_depthwise import depthwise_rows
 from .integer_depthwise4 import depthwise4_rows, depthwise4_split_rows
 from .integer_dot4 import dot4_split_tasks, dot4_tasks
@@ -45,11 +45,11 @@ from .plan import LINE, take_tasks
 from .table import address, by_address, float32_at, int16_at, int32_2d_at, int32_at, uint8_at
 
 # Row kinds, and each kernel kind's index in ``kernel_table``.
-(GEMM_BYTES, GEMM_DOT4, GEMM_DOT4_SPLIT, CONV_BYTES, GEMM_CENTRED, CONV, CENTRE, DEPTHWISE, ADD, ADD_REFERENCE, POOL,
- DEPTHWISE4, DEPTHWISE4_SPLIT, COPY, FLIP) = range(15)
+(GEMM_BYTES, GEMM_DOT4, GEMM_DOT4_SPLIT, CONV_BYTES, CONV_BYTES_SPLIT, GEMM_CENTRED, CONV, CENTRE, DEPTHWISE, ADD,
+ ADD_REFERENCE, POOL, DEPTHWISE4, DEPTHWISE4_SPLIT, COPY, FLIP) = range(16)
 KIND, TASKS, ARGS = 0, 1, 2          # a row: its kind, its task count, then the arguments
 ROW = 32                             # int64s per row
-STEP, PASS = 13, 14                  # ``kernel_table``: step_tasks and program_pass after the thirteen kernels
+STEP, PASS = 14, 15                  # ``kernel_table``: step_tasks and program_pass after the fourteen kernels
 ELEMENTS = 2048                      # elements per task of ADD and FLIP
 PIXELS = 64                          # pixels per task of COPY
 
@@ -62,6 +62,7 @@ SIGNATURES = {
     GEMM_DOT4: (dot4_tasks, (_U8, *_GEMM)),
     GEMM_DOT4_SPLIT: (dot4_split_tasks, (_U8, *_GEMM)),
     CONV_BYTES: (conv4_tasks, (_U8, *_GEMM)),
+    CONV_BYTES_SPLIT: (conv4_split_tasks, (_U8, *_GEMM)),
     GEMM_CENTRED: (gemm_tasks, (_I16, *_GEMM)),
     CONV: (conv_tasks, (_I16, *_GEMM)),
     CENTRE: (centre_rows, (_U8, _I, _I, _I, _I, _I, _I16)),
@@ -96,7 +97,7 @@ def step_tasks(row, t0, t1, table):
         params = int32_2d_at(row[a + 9], (row[a + 10], row[a + 11]))
         scales = float32_at(row[a + 12], row[a + 13])
         out = uint8_at(row[a + 18], row[a + 19])
-        if kind <= CONV_BYTES:                            # (one signature: the same call)
+        if kind <= CONV_BYTES_SPLIT:                      # (one signature: the same call)
             _call_gemm_bytes(table[kind], (uint8_at(row[a], row[a + 1]), t0, t1, row[a + 4], row[a + 5], w, row[a + 8],
                                            params, scales, row[a + 14], row[a + 15], row[a + 16], row[a + 17], out))
         else:
@@ -203,7 +204,8 @@ def kernel_table() -> np.ndarray:
 
 _KINDS = {centre_rows: CENTRE, depthwise_rows: DEPTHWISE, depthwise4_rows: DEPTHWISE4,
           depthwise4_split_rows: DEPTHWISE4_SPLIT, add_bytes: ADD, add_reference_bytes: ADD_REFERENCE,
-          global_average_bytes: POOL, conv_tasks: CONV, conv4_tasks: CONV_BYTES, dot4_tasks: GEMM_DOT4,
+          global_average_bytes: POOL, conv_tasks: CONV, conv4_tasks: CONV_BYTES,
+          conv4_split_tasks: CONV_BYTES_SPLIT, dot4_tasks: GEMM_DOT4,
           dot4_split_tasks: GEMM_DOT4_SPLIT}
 
 
