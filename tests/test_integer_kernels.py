@@ -386,8 +386,8 @@ def test_integer_depthwise4_equals_the_reference(rng, monkeypatch, size, stride,
     kernel = idw.Depthwise(x.shape, 117, idw.pack_depthwise(w, w_zp), 3, stride, pad, (oh, ow),
                            ig.requantization_params(bias, multiplier, shift, channels), 3, clamp, rounding,
                            ig.xnnpack_scales(scales, channels))
-    expected = {"int8": idw4.depthwise4_rows, "split": idw4.depthwise4_split_rows, "wide": idw.depthwise_rows}
-    assert kernel.rows_kernel is expected[weights]
+    assert kernel.rows_kernel is (idw.depthwise_rows if weights == "wide" else idw4.depthwise4_rows)
+    assert (kernel.args[3].size * 2 == channels // 16 * 4 * idw4.GROUP) is (weights == "split")      # the form
     got = kernel(x, np.empty(want.shape, np.uint8))
     assert np.array_equal(got, want), np.argwhere(got != want)[:5]
     if want.size > 200:
@@ -527,7 +527,8 @@ def test_integer_conv4_equals_the_reference(rng, monkeypatch, size, k, stride, c
             ig.requantization_params(bias, multiplier, shift, c_out), c_out, 3, (3, 250))
     conv = iconv.bound(x.shape, x.dtype, *args, rounding, ig.xnnpack_scales(scales, c_out))
     assert isinstance(conv, ic4.Conv4)
-    assert conv.gemm.tasks_kernel is (ic4.conv4_split_tasks if split else ic4.conv4_tasks)
+    assert conv.gemm.tasks_kernel is ic4.conv4_tasks
+    assert (conv.gemm.args[2].size * 2 > -(-c_out // 16) * conv.gemm.args[1] * 16) is split      # the form
     got = iconv.conv2d(x, *args, np.empty(want.shape, np.uint8), rounding, ig.xnnpack_scales(scales, c_out))
     assert np.array_equal(got, want), np.argwhere(got != want)[:5]
     assert len(np.unique(want)) > 2

@@ -430,7 +430,7 @@ def check_compiled_calls(fast):
 
 def check_kernel_kinds(fast, plan):
     """Where VNNI's dot4 is the instruction, each 3 x 3 depthwise op of 16k channels is a program row
-    of the four-byte dot product kernel (``integer_depthwise4``), in the form its weights need; the
+    of the four-byte dot product kernel (``integer_depthwise4``); the
     others run the widening kernel (``integer_depthwise.depthwise_rows``)."""
     from mobilenet_np.kernels import integer_conv4 as ic4
     from mobilenet_np.kernels import integer_depthwise4 as idw4
@@ -438,21 +438,21 @@ def check_kernel_kinds(fast, plan):
     from weights_tools import tflite_ops as tfl
 
     kinds = [int(k) for k in plan.program.array[:, iprog.KIND]]
-    ours = [k for k in kinds if k in (iprog.DEPTHWISE, iprog.DEPTHWISE4, iprog.DEPTHWISE4_SPLIT)]
+    ours = [k for k in kinds if k in (iprog.DEPTHWISE, iprog.DEPTHWISE4)]
     ops = [op for op in fast.sub.operators if op.opcode == tfl.DEPTHWISE_CONV_2D]
     assert len(ours) == len(ops), (len(ours), len(ops))
     for kind, op in zip(ours, ops):
         c, k = fast.tensor(op.outputs[0]).shape[3], fast.tensor(op.inputs[1]).shape[1]
         quads = idw4.pack_taps(fast.packed[id(op)]["weights"], c) if idw4.usable(k, c) else None
-        assert kind == (iprog.DEPTHWISE if quads is None else iprog.DEPTHWISE4_SPLIT if quads[1] else iprog.DEPTHWISE4)
+        assert kind == (iprog.DEPTHWISE if quads is None else iprog.DEPTHWISE4)
     # the full convolutions (the stem): on the input bytes' four-byte dot products, split where their weights need it
     convs = [op for op in fast.sub.operators if op.opcode == tfl.CONV_2D and fast.tensor(op.inputs[1]).shape[1] > 1]
-    ours = [k for k in kinds if k in (iprog.CONV, iprog.CONV_BYTES, iprog.CONV_BYTES_SPLIT)]
+    ours = [k for k in kinds if k in (iprog.CONV, iprog.CONV_BYTES)]
     assert len(ours) == len(convs), (len(ours), len(convs))
     for kind, op in zip(ours, convs):
         w = fast.tensor(op.inputs[1]).shape
         quads = ic4.pack_quads(fast.packed[id(op)]["weights"], w[1], w[2] * w[3], w[0]) if ic4.usable() else None
-        assert kind == (iprog.CONV if quads is None else iprog.CONV_BYTES_SPLIT if quads[1] else iprog.CONV_BYTES)
+        assert kind == (iprog.CONV if quads is None else iprog.CONV_BYTES)
 
 
 def test_fast_graph_equals_the_reference_loop_uint8(uint8_case):

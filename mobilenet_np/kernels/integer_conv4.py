@@ -12,7 +12,7 @@ output pixels x 16 channels broadcasts each pixel's quad (``splat_quad``, a load
   then adds zp * w, which the folded bias (``integer_gemm.fold_zero_point``) takes away.
 * The weights, centred, are int8 (int8 models: symmetric); a uint8 model's that leave int8 are
   split per channel into (w - zp - s) + s, and each quad's products with s are added too (18
-  ``vpdpbusd`` a pixel: ``pack_quads``' split form, ``conv4_split_tasks``).
+  ``vpdpbusd`` a pixel: ``pack_quads``' split form).
 * ``conv4_tasks`` has ``gemm_tasks``' arguments (its geometry in a fifth row of ``params``, as
   ``conv_tasks``), so ``integer_gemm.Gemm`` splits it, pads C_out to whole panels, and the
   fast graph's programs run it (kind ``CONV_BYTES``).
@@ -91,7 +91,7 @@ def _tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_poin
     [N, Hp, Wp, C] (flat bytes, the padding filled with the zero point), w packed by ``pack_quads``,
     params[GEOMETRY] = C, k, stride, Wp, Hp, out_h, out_w, quads per patch row.  Task t: (up to
     ``CHUNK`` output pixels) x (one panel of 16 channels), in tiles of 8 pixels that may span rows.
-    ``split`` (a constant): ``pack_quads``' split form, each quad's products with s added too."""
+    ``split``: ``pack_quads``' split form, each quad's products with s added too."""
     c, k, stride = np.int64(params[GEOMETRY, 0]), np.int64(params[GEOMETRY, 1]), np.int64(params[GEOMETRY, 2])
     wp, hp = np.int64(params[GEOMETRY, 3]), np.int64(params[GEOMETRY, 4])
     out_h, out_w, kq = np.int64(params[GEOMETRY, 5]), np.int64(params[GEOMETRY, 6]), np.int64(params[GEOMETRY, 7])
@@ -166,14 +166,10 @@ def _tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_poin
 
 @kernel()
 def conv4_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
-    """Tasks t0..t1-1 on ``pack_quads``' first form (``_tasks``)."""
-    _tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, False)
-
-
-@kernel()
-def conv4_split_tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out):
-    """Tasks t0..t1-1 on ``pack_quads``' split form (``_tasks``)."""
-    _tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out, True)
+    """``_tasks`` on ``pack_quads``' split form if ``w`` holds its s vectors too (a run-time flag: a
+    kernel per form compiled 1.5 s more)."""
+    _tasks(x, t0, t1, pixels, kp, w, panels, params, scales, rounding, zero_point, lo, hi, out,
+           w.size * 2 > panels * kp * PANEL)
 
 
 class Conv4:
@@ -195,7 +191,7 @@ class Conv4:
         geometry[:GEOMETRY] = fold_zero_point(packed, params, x_zero_point)
         geometry[GEOMETRY, :8] = c, k, stride, wp, hp, out_hw[0], out_hw[1], kq
         self.gemm = Gemm(n * out_hw[0] * out_hw[1], k * kq * QUAD, quads[0], geometry, c_out, out_zero_point, clamp,
-                         rounding, scales, scratch[1], conv4_split_tasks if quads[1] else conv4_tasks)
+                         rounding, scales, scratch[1], conv4_tasks)
 
     def _sources(self, x):
         rows = x.reshape(-1).view(np.uint8).reshape(self.shape)

@@ -304,7 +304,7 @@ class Depthwise:
         quads = idw4.pack_taps(packed, c) if np.dtype(dtype) == np.uint8 and idw4.usable(k, c) else None
         if quads is not None:
             weights, zpw = quads[0], idw4.zero_bytes(x_zero_point)
-            self.rows_kernel = idw4.depthwise4_split_rows if quads[1] else idw4.depthwise4_rows
+            self.rows_kernel = idw4.depthwise4_rows
             self.parallel = idw4.depthwise4_parallel
         self.parts = parts(self.rows * out_hw[1] * c * k * k * SPLIT_WEIGHT)
         self.args = (h, w, c, weights, zpw, k, stride, pad[0], pad[2], out_hw[0], out_hw[1], params, scales,

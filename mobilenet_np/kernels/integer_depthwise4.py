@@ -146,18 +146,11 @@ def _rows(x, r0, r1, h, w_in, c, wts, zb, stride, top, left, out_h, out_w, param
 @kernel()
 def depthwise4_rows(x, r0, r1, h, w_in, c, wts, zb, k, stride, top, left, out_h, out_w, params, scales, rounding,
                     zero_point, lo, hi, out):
-    """``integer_depthwise.depthwise_rows``' signature (``k`` is 3, ``zb`` = ``zero_bytes``):
-    rows r0..r1-1 on ``pack_taps``' first form."""
+    """``integer_depthwise.depthwise_rows``' signature (``k`` is 3, ``zb`` = ``zero_bytes``): rows
+    r0..r1-1, on ``pack_taps``' split form if ``wts`` holds its four vectors a block (a run-time
+    flag: LLVM takes the branch out of the loops; a kernel per form compiled 1.4 s more, no faster)."""
     _rows(x, r0, r1, h, w_in, c, wts, zb, stride, top, left, out_h, out_w, params, scales, rounding, zero_point, lo,
-          hi, out, False)
-
-
-@kernel()
-def depthwise4_split_rows(x, r0, r1, h, w_in, c, wts, zb, k, stride, top, left, out_h, out_w, params, scales,
-                          rounding, zero_point, lo, hi, out):
-    """As ``depthwise4_rows``, on ``pack_taps``' split form."""
-    _rows(x, r0, r1, h, w_in, c, wts, zb, stride, top, left, out_h, out_w, params, scales, rounding, zero_point, lo,
-          hi, out, True)
+          hi, out, wts.size * 2 == c // 16 * 4 * GROUP)
 
 
 @kernel(parallel=True)

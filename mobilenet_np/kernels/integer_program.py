@@ -35,9 +35,9 @@ from numba import prange, types
 from . import sync
 from .integer_add import add_bytes, add_reference_bytes, global_average_bytes
 from .integer_conv import conv_tasks
-from .integer_conv4 import conv4_split_tasks, conv4_tasks
+from .integer_conv4 import conv4_tasks
 from .integer_depthwise import depthwise_rows
-from .integer_depthwise4 import depthwise4_rows, depthwise4_split_rows
+from .integer_depthwise4 import depthwise4_rows
 from .integer_dot4 import dot4_split_tasks, dot4_tasks
 from .integer_gemm import centre_rows, gemm_tasks
 from .jit import kernel
@@ -45,11 +45,11 @@ from .plan import LINE, take_tasks
 from .table import address, by_address, float32_at, int16_at, int32_2d_at, int32_at, uint8_at
 
 # Row kinds, and each kernel kind's index in ``kernel_table``.
-(GEMM_BYTES, GEMM_DOT4, GEMM_DOT4_SPLIT, CONV_BYTES, CONV_BYTES_SPLIT, GEMM_CENTRED, CONV, CENTRE, DEPTHWISE, ADD,
- ADD_REFERENCE, POOL, DEPTHWISE4, DEPTHWISE4_SPLIT, COPY, FLIP) = range(16)
+(GEMM_BYTES, GEMM_DOT4, GEMM_DOT4_SPLIT, CONV_BYTES, GEMM_CENTRED, CONV, CENTRE, DEPTHWISE, ADD, ADD_REFERENCE, POOL,
+ DEPTHWISE4, COPY, FLIP) = range(14)
 KIND, TASKS, ARGS = 0, 1, 2          # a row: its kind, its task count, then the arguments
 ROW = 32                             # int64s per row
-STEP, PASS = 14, 15                  # ``kernel_table``: step_tasks and program_pass after the fourteen kernels
+STEP, PASS = 12, 13                  # ``kernel_table``: step_tasks and program_pass after the twelve kernels
 ELEMENTS = 2048                      # elements per task of ADD and FLIP
 PIXELS = 64                          # pixels per task of COPY
 
@@ -62,13 +62,11 @@ SIGNATURES = {
     GEMM_DOT4: (dot4_tasks, (_U8, *_GEMM)),
     GEMM_DOT4_SPLIT: (dot4_split_tasks, (_U8, *_GEMM)),
     CONV_BYTES: (conv4_tasks, (_U8, *_GEMM)),
-    CONV_BYTES_SPLIT: (conv4_split_tasks, (_U8, *_GEMM)),
     GEMM_CENTRED: (gemm_tasks, (_I16, *_GEMM)),
     CONV: (conv_tasks, (_I16, *_GEMM)),
     CENTRE: (centre_rows, (_U8, _I, _I, _I, _I, _I, _I16)),
     DEPTHWISE: (depthwise_rows, _DEPTHWISE),
     DEPTHWISE4: (depthwise4_rows, _DEPTHWISE),
-    DEPTHWISE4_SPLIT: (depthwise4_split_rows, _DEPTHWISE),
     ADD: (add_bytes, (_U8, _U8, _I, _I, _I, _I, _I, _I, _I, _U8)),
     ADD_REFERENCE: (add_reference_bytes, (_U8, _U8, *(_I,) * 11, _U8)),
     POOL: (global_average_bytes, (_U8, _I, _I, _I, _I, types.float32, _I, _I, _I, _U8)),
@@ -97,7 +95,7 @@ def step_tasks(row, t0, t1, table):
         params = int32_2d_at(row[a + 9], (row[a + 10], row[a + 11]))
         scales = float32_at(row[a + 12], row[a + 13])
         out = uint8_at(row[a + 18], row[a + 19])
-        if kind <= CONV_BYTES_SPLIT:                      # (one signature: the same call)
+        if kind <= CONV_BYTES:                            # (one signature: the same call)
             _call_gemm_bytes(table[kind], (uint8_at(row[a], row[a + 1]), t0, t1, row[a + 4], row[a + 5], w, row[a + 8],
                                            params, scales, row[a + 14], row[a + 15], row[a + 16], row[a + 17], out))
         else:
@@ -108,7 +106,7 @@ def step_tasks(row, t0, t1, table):
         p0 = row[a + 2]
         _call_centre(table[kind], (uint8_at(row[a], row[a + 1]), p0 + t0, p0 + t1, row[a + 4], row[a + 5], row[a + 6],
                                    int16_at(row[a + 7], row[a + 8])))
-    elif DEPTHWISE == kind or DEPTHWISE4 <= kind <= DEPTHWISE4_SPLIT:    # (one signature) x, r0, r1, h, w_in, c, ...
+    elif kind == DEPTHWISE or kind == DEPTHWISE4:     # (one signature) x, r0, r1, h, w_in, c, wts, zpw, k, ...
         r0 = row[a + 2]
         _call_depthwise(table[kind], (uint8_at(row[a], row[a + 1]), r0 + t0, r0 + t1, row[a + 4], row[a + 5],
                                       row[a + 6], int16_at(row[a + 7], row[a + 8]), int32_at(row[a + 9], row[a + 10]),
@@ -202,10 +200,8 @@ def kernel_table() -> np.ndarray:
 
 # --- building a program in Python -----------------------------------------------------------
 
-_KINDS = {centre_rows: CENTRE, depthwise_rows: DEPTHWISE, depthwise4_rows: DEPTHWISE4,
-          depthwise4_split_rows: DEPTHWISE4_SPLIT, add_bytes: ADD, add_reference_bytes: ADD_REFERENCE,
-          global_average_bytes: POOL, conv_tasks: CONV, conv4_tasks: CONV_BYTES,
-          conv4_split_tasks: CONV_BYTES_SPLIT, dot4_tasks: GEMM_DOT4,
+_KINDS = {centre_rows: CENTRE, depthwise_rows: DEPTHWISE, depthwise4_rows: DEPTHWISE4, add_bytes: ADD, add_reference_bytes: ADD_REFERENCE,
+          global_average_bytes: POOL, conv_tasks: CONV, conv4_tasks: CONV_BYTES, dot4_tasks: GEMM_DOT4,
           dot4_split_tasks: GEMM_DOT4_SPLIT}
 
 
@@ -226,7 +222,7 @@ def _tasks(kind: int, args) -> int | None:
     not start at 0, operands of different sizes)."""
     if kind <= CONV:
         return args[2] if args[1] == 0 else None
-    if kind in (CENTRE, DEPTHWISE, DEPTHWISE4, DEPTHWISE4_SPLIT):
+    if kind in (CENTRE, DEPTHWISE, DEPTHWISE4):
         return args[2] - args[1]
     if kind in (ADD, ADD_REFERENCE):
         return -(-args[0].size // ELEMENTS) if args[0].size == args[1].size == args[-1].size else None
