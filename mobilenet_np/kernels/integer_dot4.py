@@ -8,14 +8,17 @@ That is the instruction XNNPACK's int8 kernels use there.  The same GEMM on it:
 * the input bytes are used as they are (uint8; the fast graph holds int8 activations as
   uint8 + 128), with the input zero point folded into the bias (``fold_zero_point``:
   sum (x - zp) w = sum x w - zp sum w);
-* the weights, centred on their zero point, must fit int8: always for the int8 models (symmetric,
-  zero point 0), and for a uint8 model's layer when every w - zero point lies in [-128, 127]
-  (``pack_quads`` returns None otherwise, and the layer keeps ``integer_gemm``);
+* the weights, centred on their zero point, fit int8 for the int8 models (symmetric, zero point
+  0) and for a uint8 model's layer when every w - zero point lies in [-128, 127]; other uint8
+  layers take ``pack_quads``' split form (w - 128 and 128 - zp, ``dot4_split_tasks``: the
+  products with 128 - zp one more ``dot4`` a step below ``SUM_FROM`` input channels, above it
+  128 - zp times the pixel's byte sum, ``integer_wide.byte_sum``);
 * ``pack_quads`` lays them out as [panel of 16 channels, quad of 4 input channels, channel,
   tap]: each step of the tile loads 64 bytes, the quad's taps of the panel's 16 channels;
 * a tile of 8 pixels x 16 channels keeps eight ``<16 x i32>`` sums in registers; each step
   broadcasts a pixel's four input bytes (``splat_quad``) and does ``dot4`` with the weights;
-* the sums are then requantized sixteen lanes at a time (``integer_simd.requantized``) exactly as
+* the sums start at the bias and are requantized sixteen lanes at a time with the panel's
+  parameters held in registers (``integer_wide.block_params`` / ``requantized_block``) exactly as
   ``integer_gemm`` does, so the bytes out are the same (the integer sums are equal).
 
 ``dot4_tasks`` has ``gemm_tasks``' signature (the weights as int16, viewed), so ``Gemm`` and its

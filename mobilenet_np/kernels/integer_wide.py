@@ -6,7 +6,11 @@ an ``<16 x i32>`` (``widen``, which loads as many lanes as a given vector has, w
 ``integer_simd.mul_add`` / ``add``, ``requantized`` and ``store_bytes``, which take either
 width): the same arithmetic lane by lane, so the same bytes.  With AVX-512 VNNI, ``dot4`` is
 ``vpdpbusd``: four byte products into each of sixteen int32 lanes (``integer_dot4.py``);
-elsewhere it is portable IR with the same sums.
+elsewhere it is portable IR with the same sums.  Around it: ``gather_taps`` (four 16-byte loads
+transposed so that a lane holds one channel's four bytes: ``integer_depthwise4.py``),
+``byte_sum`` (``vpsadbw``) and ``scaled_add`` (the split GEMM's 128 - zp times a pixel's byte
+sum), ``block_params`` / ``requantized_block`` (a panel's requantization loaded once, its sums
+started at the bias).
 """
 
 from __future__ import annotations
