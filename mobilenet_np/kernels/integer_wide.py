@@ -164,30 +164,6 @@ gather_taps_checked.__doc__ = """``gather_taps`` where a negative index stands f
 its 16 bytes are read from ``zero_bytes`` (the input zero point in every byte) instead."""
 
 
-def _single(checked):
-    @intrinsic
-    def tap(typingctx, array, zero_bytes, index):
-        if not (_flat(array, types.uint8) and _flat(zero_bytes, types.int32)):
-            return None
-
-        def codegen(context, builder, sig, args):
-            data = context.make_array(sig.args[0])(context, builder, args[0]).data
-            zeros = builder.bitcast(context.make_array(sig.args[1])(context, builder, args[1]).data, data.type)
-            v16 = ir.VectorType(ir.IntType(8), 16)
-            raw = builder.load(builder.bitcast(_tap_pointer(builder, data, zeros, args[2], checked), v16.as_pointer()),
-                               align=1)
-            return builder.zext(raw, _V16I32)
-        return i32x16(array, zero_bytes, types.intp), codegen
-    return tap
-
-
-one_tap = _single(False)
-one_tap.__doc__ = """Sixteen channels of one tap: x[index : index + 16] zero-extended, channel c in int32 lane c
-(byte 0; ``dot4`` with weights whose other three bytes are 0)."""
-one_tap_checked = _single(True)
-one_tap_checked.__doc__ = "``one_tap``, a negative index reading ``zero_bytes`` (``gather_taps_checked``)."
-
-
 _BLOCK = types.UniTuple(i32x16, 5)
 
 
