@@ -26,6 +26,7 @@ from . import endpoint_names, spec, threads as _threads, weights_file
 from . import weights_file_v2 as v2
 from .forward import integer_graph as ig
 from .forward.quantized import QuantizedGraph
+from .kernels import integer_program as iprog
 from .kernels import integer_reference as iref
 from .model import MobileNet, _check_values, _refuse_undecoded
 
@@ -246,6 +247,9 @@ def warm_up_integer_kernels(threads: int | None = None) -> None:
             # the kernels, and the program that runs them on one thread or several (integer_program.py); the
             # kernels' own parallel twins, which only a pass with ``on_op`` uses, compile on first use
             model.warm_up()
+    # every kernel a program may call, also those these two models do not use (a program compiles its
+    # kinds on its first run: another model may need others)
+    iprog.kernel_table()
 
 
 def _as_uint8(qw: v2.QuantizedWeightsFile) -> v2.QuantizedWeightsFile:

@@ -816,3 +816,24 @@ def test_fast_graph_small_batches_take_either_thread_count_with_the_same_bytes(s
     assert all(np.array_equal(g, want) for g in got)
     assert min(record.counts) >= 2, record.counts            # both ways were timed
     assert {plan.parts for plan in graph._local.plans.values()} == {1, 2}
+
+
+def test_program_compiles_the_kinds_it_uses():
+    """A program's table holds the addresses of its rows' kernels once it is finished (compiled on
+    a program's first use of a kind); ``kernel_table()`` without kinds holds every kernel's."""
+    from mobilenet_np.kernels import integer_add as iadd
+    from mobilenet_np.kernels import integer_program as iprog
+
+    a, b = np.arange(100, dtype=np.uint8), np.arange(100, dtype=np.uint8)[::-1].copy()
+    out = np.empty(100, np.uint8)
+    program = iprog.Program()
+    assert program.add(iadd.add_bytes, (a, b, 3, 5, 7, 2, 0, 255, 0, out))
+    program.finish(1)
+    assert program.table[iprog.ADD] and program.table[iprog.STEP] and program.table[iprog.PASS]
+    fn, args = program.call(0, 1)
+    fn(*args)
+    want = out.copy()
+    iadd.add_bytes(a, b, 3, 5, 7, 2, 0, 255, 0, want)
+    assert np.array_equal(out, want) and len(np.unique(out)) > 2
+    table = iprog.kernel_table()
+    assert all(table[kind] for kind in iprog.SIGNATURES)
