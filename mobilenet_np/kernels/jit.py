@@ -49,11 +49,12 @@ ENTRY_POINTS = ("run_plan", "row_tasks", "shared_pass", "chunk_pass", "pointwise
                 "input_rows")
 COMPILE_SECONDS = 13
 # The integer kernels (quantized models) are many small entry points, compiled as the graph
-# first meets each op: any of them starts the one message, with its own estimate (all of them,
-# cold, for int8 and uint8 models: 11-12 s CPU on the quiet 2-core machine in 2026-12, 125 s
-# before 2026-12-01; int8 models run the uint8 forms, forward/quantized_engine.py).
+# first meets each op: any of them starts the one message, with its own estimate (a model's
+# first run compiles the kinds of kernel it uses: 5-6 s for Google's uint8 V1 0.5/160 or an int8
+# V2 0.5/96 on the 2-core AVX-512 VNNI machine, 2026-12-02; all of them, as ``warmup`` does,
+# 9-11 s; int8 models run the uint8 forms, forward/quantized_engine.py).
 INTEGER_MODULES = __package__ + ".integer_"
-INTEGER_COMPILE_SECONDS = 12
+INTEGER_COMPILE_SECONDS = 6
 
 
 def quiet(on: bool = True) -> None:
