@@ -18,7 +18,7 @@ import mobilenet_np as mnp
 from conftest import shared_path
 from mobilenet_np import weights_file
 from mobilenet_np import weights_file_v2 as v2
-from mobilenet_np.errors import ArchitectureError, CorruptFileError, UnsupportedFormatError, WeightsError
+from mobilenet_np.errors import ArchitectureError, CorruptFileError, UnsupportedFormatError
 from mobilenet_np.forward import integer_graph as ig
 from mobilenet_np.forward.quantized import KERNELS, QuantizedGraph
 from mobilenet_np.kernels import integer_reference as iref
