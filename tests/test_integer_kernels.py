@@ -385,7 +385,7 @@ def test_integer_depthwise4_equals_the_reference(rng, monkeypatch, size, stride,
         want = iref.requantize(acc, multiplier, shift, 3, clamp, np.uint8, ties_up=rounding == "optimized")
     kernel = idw.Depthwise(x.shape, 117, idw.pack_depthwise(w, w_zp), 3, stride, pad, (oh, ow),
                            ig.requantization_params(bias, multiplier, shift, channels), 3, clamp, rounding,
-                           ig.xnnpack_scales(scales, channels))
+                           ig.xnnpack_scales(scales, channels), dtype=x.dtype)
     assert kernel.rows_kernel is (idw.depthwise_rows if weights == "wide" else idw4.depthwise4_rows)
     assert (kernel.args[3].size * 2 == channels // 16 * 4 * idw4.GROUP) is (weights == "split")      # the form
     got = kernel(x, np.empty(want.shape, np.uint8))

@@ -35,7 +35,7 @@ SLACK = 64          # bytes after the padded input: a last quad reads up to thre
 
 
 def usable() -> bool:
-    """Whether ``integer_conv.Conv`` should use this kernel: where ``dot4`` is the VNNI instruction."""
+    """Whether ``integer_conv.bound`` should use this kernel: where ``dot4`` is the VNNI instruction."""
     return iw.DOT4_VNNI
 
 

@@ -289,19 +289,19 @@ def depthwise_parallel(x, rows, h, w_in, c, wts, zpw, k, stride, top, left, out_
 class Depthwise:
     """``depthwise_conv2d`` bound to its shapes and weights (the fast graph keeps one per op and
     input shape): the folded zero point, the kernel (``integer_depthwise4``'s four-byte dot
-    products for a uint8 input where ``idw4.usable``, else ``depthwise_rows``), the thread count
-    (``integer_calls.parts``, decided now), the scalar arguments; the call's argument tuple (flat
-    views, a split call's row code address) is kept while the same arrays come back (as
-    ``integer_gemm.Gemm``).  One thread at a time."""
+    products where the input's ``dtype`` is uint8 and ``idw4.usable``, else ``depthwise_rows``),
+    the thread count (``integer_calls.parts``, decided now), the scalar arguments; the call's
+    argument tuple (flat views, a split call's row code address) is kept while the same arrays
+    come back (as ``integer_gemm.Gemm``).  One thread at a time."""
 
     def __init__(self, x_shape, x_zero_point, packed, k, stride, pad, out_hw, params, out_zero_point, clamp,
-                 rounding="reference", scales=None, folded=None, dtype=np.uint8):
+                 rounding="reference", scales=None, folded=None, dtype=None):
         n, h, w, c = x_shape
         params, zpw = folded if folded is not None else fold_zero_point(packed, params, k, x_zero_point)
         scales = np.zeros(params.shape[1], np.float32) if scales is None else scales
         self.rows = n * out_hw[0]
         weights, self.rows_kernel, self.parallel = packed, depthwise_rows, depthwise_parallel
-        quads = idw4.pack_taps(packed, c) if np.dtype(dtype) == np.uint8 and idw4.usable(k, c) else None
+        quads = idw4.pack_taps(packed, c) if dtype == np.uint8 and idw4.usable(k, c) else None
         if quads is not None:
             weights, zpw = quads[0], idw4.zero_bytes(x_zero_point)
             self.rows_kernel = idw4.depthwise4_rows

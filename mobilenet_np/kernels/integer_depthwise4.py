@@ -26,7 +26,7 @@ blocks one after another.
   ``integer_program``, call either).
 
 Measured alone (2026-12-02, AVX-512 VNNI, GMAC/s, the widening kernel in brackets): stride 1
-35-45 (17-20), stride 2 27 (17); the uint8 split form 31-41 (18-20).  Tested against
+35-48 (17-20), stride 2 26-29 (17-19); the uint8 split form 31-43 (18-22).  Tested against
 ``integer_reference`` through ``integer_depthwise.Depthwise``.
 """
 
@@ -40,7 +40,7 @@ from . import integer_wide as iw
 from .jit import kernel
 from .table import call
 
-GROUP = 64          # bytes of one tap group: 16 channels x 4 taps
+GROUP = 64          # bytes of one weight vector: 16 channels x 4 bytes
 NEG = -(1 << 60)    # a tap offset in the padding (stays negative when a channel offset is added)
 
 
