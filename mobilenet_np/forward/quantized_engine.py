@@ -1,5 +1,7 @@
 """The integer forward pass on the Numba integer kernels: ``QuantizedGraph`` with its
-convolutions replaced by ``kernels/integer_gemm.py`` and ``kernels/integer_depthwise.py``.
+convolutions replaced by ``kernels/integer_gemm.py`` / ``integer_dot4.py``, ``integer_conv.py`` /
+``integer_conv4.py`` and ``integer_depthwise.py`` / ``integer_depthwise4.py`` (the second of
+each pair on AVX-512 VNNI's four-byte dot products).
 
 ``FastQuantizedGraph(path, kernels=...)`` gives the same bytes as ``QuantizedGraph(path,
 kernels=...)`` for each of LiteRT's three kernel sets (the tests compare every op).  Everything
@@ -18,8 +20,8 @@ kernels is one compiled call, whose threads share each kernel's tasks in one par
 split over the threads on its own).  Each op is bound to its kernel by ``quantized_steps.py``.
 1x1 convolutions at stride 1 go straight to the GEMM, which multiplies the input bytes as they
 are (the input zero point folded into the bias at load); other full convolutions (the 3x3 stem)
-read their patches in place (``integer_conv.Conv``); depthwise convolutions read the input bytes
-directly (``integer_depthwise``).  Called on their own (a pass with ``on_op``), the kernels split
+read their patches in place (``integer_conv.bound``: ``Conv``, or ``Conv4`` on VNNI); depthwise
+convolutions read the input bytes directly (``integer_depthwise.Depthwise``).  Called on their own (a pass with ``on_op``), the kernels split
 their rows over Numba's threads (``numba.set_num_threads``).  The ADD of same-shape inputs runs
 in Numba too (``kernels/integer_add.py``: XNNPACK's with ``kernels="xnnpack"``, else LiteRT's
 reference one), and with ``kernels="xnnpack"`` the global pools; softmax is

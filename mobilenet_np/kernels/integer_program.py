@@ -196,7 +196,7 @@ def kernel_table(kinds=None) -> np.ndarray:
     program first has a row of its kind (``kinds``; None: all of them, as ``mobilenet-np warmup``
     does): a model's first run compiles the kinds it uses (into an empty cache, 2026-12-02, VNNI:
     V2 0.5/96 int8 and V1 0.5/160 uint8 5 of the 12 each, first runs 5.4 and 6.0 s, where all of
-    them took 9.3 s).  One array for all programs; an entry, once set, does not change."""
+    them took 9.3-10.9 s).  One array for all programs; an entry, once set, does not change."""
     with _TABLE_LOCK:
         if not _TABLE[STEP]:
             _TABLE[STEP] = address(step_tasks, STEP_TASKS)
@@ -210,9 +210,9 @@ def kernel_table(kinds=None) -> np.ndarray:
 
 # --- building a program in Python -----------------------------------------------------------
 
-_KINDS = {centre_rows: CENTRE, depthwise_rows: DEPTHWISE, depthwise4_rows: DEPTHWISE4, add_bytes: ADD, add_reference_bytes: ADD_REFERENCE,
-          global_average_bytes: POOL, conv_tasks: CONV, conv4_tasks: CONV_BYTES, dot4_tasks: GEMM_DOT4,
-          dot4_split_tasks: GEMM_DOT4_SPLIT}
+_KINDS = {centre_rows: CENTRE, depthwise_rows: DEPTHWISE, depthwise4_rows: DEPTHWISE4, add_bytes: ADD,
+          add_reference_bytes: ADD_REFERENCE, global_average_bytes: POOL, conv_tasks: CONV, conv4_tasks: CONV_BYTES,
+          dot4_tasks: GEMM_DOT4, dot4_split_tasks: GEMM_DOT4_SPLIT}
 
 
 def _kind(function, args) -> int | None:

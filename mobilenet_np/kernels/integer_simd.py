@@ -308,23 +308,30 @@ def requantized(typingctx, acc, params, scales, rounding, c, zero_point, lo, hi)
             at = builder.add(builder.mul(width, ir.Constant(width.type, r)), c)
             return builder.load(builder.bitcast(builder.gep(table.data, [at]), vec.as_pointer()), align=4)
 
-        zero_point, lo, hi = (builder.trunc(a, _I32) for a in (zero_point, lo, hi))
-        bias = row(0)
-        with builder.if_else(builder.icmp_signed("==", rounding, ir.Constant(rounding.type, XNNPACK))) as (fp, fixed):
-            with fp:
-                vf = ir.VectorType(ir.FloatType(), n)
-                scale = builder.load(_pointer(context, builder, sig.args[2], scales, c, vf), align=4)
-                by_scale = _requantize_fp32_ir(builder, acc, bias, scale, zero_point, lo, hi)
-                from_fp = builder.basic_block
-            with fixed:
-                away = builder.zext(builder.icmp_signed("==", rounding, ir.Constant(rounding.type, REFERENCE)), _I32)
-                by_shift = _requantize_ir(builder, acc, bias, row(1), row(2), row(3), zero_point, lo, hi, away)
-                from_fixed = builder.basic_block
-        value = builder.phi(vec)
-        value.add_incoming(by_scale, from_fp)
-        value.add_incoming(by_shift, from_fixed)
-        return value
+        vf = ir.VectorType(ir.FloatType(), n)
+        return requantize_by(builder, acc, row(0), rounding, *(builder.trunc(a, _I32) for a in (zero_point, lo, hi)),
+                             lambda: builder.load(_pointer(context, builder, sig.args[2], scales, c, vf), align=4),
+                             lambda: (row(1), row(2), row(3)))
     return acc(acc, params, scales, types.int64, types.intp, types.int64, types.int64, types.int64), codegen
+
+
+def requantize_by(builder, acc, bias, rounding, zero_point, lo, hi, scale, fixed):
+    """The IR of ``requantized``: the sums requantized by ``rounding`` (a run-time value; a branch
+    that LLVM hoists out of the loops), XNNPACK's float32 scale (``scale()``, its vector, made in
+    that branch) or TFLite's fixed point (``fixed()``: multiplier, left and right shift vectors);
+    ``bias`` None: already in the sums (``integer_wide.requantized_block``)."""
+    with builder.if_else(builder.icmp_signed("==", rounding, ir.Constant(rounding.type, XNNPACK))) as (fp, exact):
+        with fp:
+            by_scale = _requantize_fp32_ir(builder, acc, bias, scale(), zero_point, lo, hi)
+            from_fp = builder.basic_block
+        with exact:
+            away = builder.zext(builder.icmp_signed("==", rounding, ir.Constant(rounding.type, REFERENCE)), _I32)
+            by_shift = _requantize_ir(builder, acc, bias, *fixed(), zero_point, lo, hi, away)
+            from_fixed = builder.basic_block
+    value = builder.phi(acc.type)
+    value.add_incoming(by_scale, from_fp)
+    value.add_incoming(by_shift, from_fixed)
+    return value
 
 
 @intrinsic

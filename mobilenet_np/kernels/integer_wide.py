@@ -22,8 +22,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .integer_simd import (_BYTES64, _I32, _V16I32, REFERENCE, XNNPACK, _flat, _pointer, _requantize_fp32_ir,
-                           _requantize_ir, i32x8, i32x16)
+from .integer_simd import _BYTES64, _I32, _V16I32, _flat, _pointer, i32x8, i32x16, requantize_by
 from .simd import LANES as _FLOAT_LANES
 from .simd import cpu_features
 
@@ -197,22 +196,11 @@ def requantized_block(typingctx, acc, block, rounding, zero_point, lo, hi):
         return None
 
     def codegen(context, builder, sig, args):
-        acc, block = args[:2]
-        rounding, zero_point, lo, hi = args[2], *(builder.trunc(a, _I32) for a in args[3:])
+        acc, block, rounding = args[:3]
         _, multiplier, left, right, bits = (builder.extract_value(block, i) for i in range(5))
-        with builder.if_else(builder.icmp_signed("==", rounding, ir.Constant(rounding.type, XNNPACK))) as (fp, fixed):
-            with fp:
-                scale = builder.bitcast(bits, ir.VectorType(ir.FloatType(), 16))
-                by_scale = _requantize_fp32_ir(builder, acc, None, scale, zero_point, lo, hi)
-                from_fp = builder.basic_block
-            with fixed:
-                away = builder.zext(builder.icmp_signed("==", rounding, ir.Constant(rounding.type, REFERENCE)), _I32)
-                by_shift = _requantize_ir(builder, acc, None, multiplier, left, right, zero_point, lo, hi, away)
-                from_fixed = builder.basic_block
-        value = builder.phi(_V16I32)
-        value.add_incoming(by_scale, from_fp)
-        value.add_incoming(by_shift, from_fixed)
-        return value
+        return requantize_by(builder, acc, None, rounding, *(builder.trunc(a, _I32) for a in args[3:]),
+                             lambda: builder.bitcast(bits, ir.VectorType(ir.FloatType(), 16)),
+                             lambda: (multiplier, left, right))
     return i32x16(i32x16, _BLOCK, types.int64, types.int64, types.int64, types.int64), codegen
 
 

@@ -14,8 +14,8 @@ per V2 image), in which each thread runs ``shared_pass``: every layer's tasks, c
 ``parts`` contiguous runs, are taken from atomic counters (``sync.py``), a thread's own run
 first, and each thread waits until the layer's tasks are all finished before the next one;
 or, with ``whole`` set, ``chunk_pass``: each thread takes whole chunks of images and runs them
-alone, layer after layer, on its own buffers.  It runs a batch a few images per pass and, if asked, averages each pass's last output into
-``pooled`` (``pool_tasks``).  What a thread does with a range of one row's tasks (slice the
+alone, layer after layer, on its own buffers.  It runs a batch a few images per pass and, if
+asked, averages each pass's last output into ``pooled`` (``pool_tasks``).  What a thread does with a range of one row's tasks (slice the
 operands, call the layer kernel) is ``row_tasks``, a kernel of its own called by address from
 the one-thread loop and from ``shared_pass``: Numba's parfor lowering compiles a ``prange``
 body once more as a function of its own, and with the layer code inlined there ``run_plan``

@@ -1,10 +1,11 @@
 """The stem: the network's one full 3x3 convolution (3 input channels), on the GEMM micro-kernel.
 
 Each output row is cut into 6-pixel tiles that run ``gemm._tile6`` (12-pixel ones, ``_tile12h``,
-where the output channels fit one vector) on the input patches in place, through a table of the 27 offsets of a 3x3x3 patch (``stem_taps``): no im2col copy.  In
-the plan the images arrive already inside the stem's zero padding (the input row of
-``plan.py``), so no patch reaches outside; pixels whose patch does touch the padding (the stem
-called on its own, as the tests do) take ``_patch1``, which skips the taps outside the image.
+where the output channels fit one vector) on the input patches in place, through a table of the
+27 offsets of a 3x3x3 patch (``stem_taps``): no im2col copy.  In the plan the images arrive
+already inside the stem's zero padding (the input row of ``plan.py``), so no patch reaches
+outside; pixels whose patch does touch the padding (the stem called on its own, as the tests
+do) take ``_patch1``, which skips the taps outside the image.
 
 As the other layer kernels, it takes its plan row (``rows.py``); ``stem_tasks`` runs a range of
 its tasks on the calling thread (``plan.run_plan`` hands each thread a run), ``stem_parallel``
