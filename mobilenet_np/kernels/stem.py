@@ -1,7 +1,7 @@
 """The stem: the network's one full 3x3 convolution (3 input channels), on the GEMM micro-kernel.
 
 Each output row is cut into 6-pixel tiles that run ``gemm._tile6`` (12-pixel ones, ``_tile12h``,
-where the output channels fit one vector) on the input patches in place, through a table of the
+where the output channels fit one vector and the stride is 2 over 3 channels) on the input patches in place, through a table of the
 27 offsets of a 3x3x3 patch (``stem_taps``): no im2col copy.  In the plan the images arrive
 already inside the stem's zero padding (the input row of ``plan.py``), so no patch reaches
 outside; pixels whose patch does touch the padding (the stem called on its own, as the tests
@@ -59,7 +59,10 @@ def _tile12h(x, x_at, row_step, taps, steps, w, w_at, b0, out, o_at, c_out, colu
     depth multiplier 0.5 or 0.35, 8 at 0.25, with AVX-512's 16 lanes).  ``gemm._tile6`` would
     compute a 32-channel panel of which half is never stored, and ``gemm._tile6h``'s six sums are
     six dependent FMA chains, too few to fill the FMA units over 27 short steps; twelve are
-    enough, all of them stored.  The same FMAs in the same order per output, so the same values."""
+    enough, all of them stored.  The same FMAs in the same order per output, so the same values.
+    Called with ``row_step`` the constant 6 (stride 2 over 3 channels: every MobileNet stem), so
+    that each FMA reads its input at one register plus a fixed offset; with a run-time step the
+    twelve addresses took twelve registers and spilled (the kernel alone: 38 -> 55 GMAC/s)."""
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = b0
     for k in range(steps):
         w0 = simd.load(w, w_at + k * PANEL)
@@ -127,13 +130,13 @@ def stem_tasks(op, t0, t1, x, taps, w, bias, out, n_img):
         if inside_hi - inside_lo < TILE_ROWS:
             inside_lo = out_w
             inside_hi = out_w
-        tile = WIDE_TILE if columns <= LANES and inside_hi - inside_lo >= WIDE_TILE else TILE_ROWS
+        tile = WIDE_TILE if columns <= LANES and stride * c_in == 6 and inside_hi - inside_lo >= WIDE_TILE else TILE_ROWS
         for ox0 in range(inside_lo, inside_hi, tile):
             ox0 = min(ox0, inside_hi - tile)
             x_at = ((n * height + iy0) * width + ox0 * stride - pad_left) * c_in
             o_at = (row * out_w + ox0) * c_out + c0
             if tile == WIDE_TILE:
-                _tile12h(x, x_at, stride * c_in, taps, steps, w, w_at, b0, out, o_at, c_out, columns, relu6)
+                _tile12h(x, x_at, 6, taps, steps, w, w_at, b0, out, o_at, c_out, columns, relu6)
             else:
                 _tile6(x, x_at, stride * c_in, taps, steps, w, w_at, b0, b1, out, o_at, c_out, columns, relu6, out,
                        False)
