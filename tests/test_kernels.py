@@ -55,7 +55,10 @@ def test_full_conv(rng, n, h, w, stride, c_in, c_out, serial):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("pixels", [1, 5, 6, 7, 9, 11, 20, 37, 256])
+# pixel counts for every way a layer ends: inside the first 12-pixel group (1-11), whole groups
+# (12, 24, 256 = 21 x 12 + 4), 1-3 pixels past 6-pixel tiles (13, 25, 37: paired _tile3w) and 4-5
+# past them (20, 29: a last 6-pixel tile ending at the last pixel)
+@pytest.mark.parametrize("pixels", [1, 5, 6, 7, 9, 11, 12, 13, 20, 24, 25, 29, 37, 256])
 @pytest.mark.parametrize("c_in, c_out", [(8, 48), (13, 7), (48, 16), (96, 40), (160, 1280), (27, 8), (5, 23)])
 @pytest.mark.parametrize("relu6, residual", [(True, False), (False, True), (False, False), (True, True)])
 @pytest.mark.parametrize("serial", [False, True])
@@ -78,11 +81,12 @@ def test_pointwise(rng, pixels, c_in, c_out, relu6, residual, serial):
 @pytest.mark.parametrize("serial", [False, True])
 def test_pointwise_in_k_blocks_counts_every_input_channel_once(rng, pixels, extra, relu6, residual, serial):
     """A panel-major layer (more output channels than pixels) with more than ``gemm.K_BLOCK``
-    input channels runs its whole tiles K_BLOCK channels at a time (``_tile6k``), carrying the
-    partial sums in the output, and the rest (a partial last panel, the last pixels) in one
-    pass.  Small integers make every float32 sum exact whatever its order, so the result must
-    equal the NumPy one exactly: no input channel skipped or counted twice, the activation and
-    the residual applied once, at the end.  ``extra`` input channels past whole blocks."""
+    input channels: with AVX2 its whole 6-pixel tiles run K_BLOCK channels at a time
+    (``_tile6k``), carrying the partial sums in the output, and the rest (a partial last panel,
+    the last pixels) in one pass; with AVX-512 every tile runs in one pass.  Small integers make
+    every float32 sum exact whatever its order, so the result must equal the NumPy one exactly:
+    no input channel skipped or counted twice, the activation and the residual applied once, at
+    the end.  ``extra`` input channels past whole blocks."""
     c_in, c_out = 2 * gemm.K_BLOCK + extra, 2 * gemm.PANEL + 8
     x = rng.integers(-3, 4, (pixels, c_in)).astype(np.float32)
     wt = rng.integers(-3, 4, (1, 1, c_in, c_out)).astype(np.float32)
