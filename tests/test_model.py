@@ -192,6 +192,52 @@ def test_chooser_takes_the_faster_way_and_tries_the_other_again():
     assert chooser.chosen("other key") == 0      # a record per key, starting with way 0
 
 
+def test_chooser_times_only_back_to_back_calls():
+    """A call that comes more than IDLE after the thread's previous one takes the chosen way and
+    is not timed (waking the threads of a parallel way is a cost of the pause): however slow it
+    is, and however many such calls come, the choice made on back-to-back calls stands."""
+    from mobilenet_np.forward.choice import IDLE, Chooser
+    clock = _FakeClock()
+    chooser = Chooser(clock)
+    cost = [1.0, 0.01]
+    taken = []
+
+    def way(i):
+        def run():
+            taken.append(i)
+            clock.now += cost[i]
+            return i
+        return run
+
+    ways = (way(0), way(1))
+    for _ in range(6):
+        chooser.run("k", ways)
+    assert chooser.chosen("k") == 1
+    record = chooser._local.records["k"]
+    counts, calls = list(record.counts), record.calls
+    cost[1] = 50.0                  # the chosen way is very slow after every pause
+    taken.clear()
+    for _ in range(40):
+        clock.now += 2 * IDLE       # a pause before each call
+        assert chooser.run("k", ways) == 1
+    assert taken == [1] * 40 and chooser.chosen("k") == 1
+    assert record.counts == counts and record.calls == calls        # none of them timed
+    for _ in range(4):              # back-to-back calls are timed again, and the choice turns
+        chooser.run("k", ways)
+    assert chooser.chosen("k") == 0
+    # A try of a threaded way right after a call of way 0 (its threads asleep) is not timed and
+    # is made again on the next call: the tries of way 1 come in pairs, and only the second one
+    # counts.
+    cost[1] = 2.0
+    taken.clear()
+    counts = list(record.counts)
+    for _ in range(200):
+        chooser.run("k", ways)
+    runs = "".join(map(str, taken)).replace("0", " ").split()
+    assert runs and all(len(r) == 2 for r in runs)
+    assert record.counts[1] - counts[1] == len(runs) and chooser.chosen("k") == 0
+
+
 @pytest.mark.parametrize("fast", [0, 1, 2])
 def test_adaptive_small_batches_give_the_same_features_every_way(rng, monkeypatch, fast):
     """Small batches on 2 threads run on the calling thread (way 0), split each layer (way 1) or

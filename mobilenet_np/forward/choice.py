@@ -7,7 +7,9 @@ and a 1 ms image took 50-800 ms (up to 1.3 s) when measured.  Running the whole 
 calling thread waits on no one; sharing the images out to worker threads (one chunk at a time each) waits
 only at the end.  The ways give identical results (the same per-tile arithmetic), so the
 engine may take any: it times the calls and takes the one that has been fastest lately, and
-now and then tries the others again, because the load changes.
+now and then tries the others again, because the load changes.  Only calls whose threads are
+awake are timed (``Chooser.run``): waking sleeping threads is a cost of the pause before a
+call, not of the way.
 
 ``Chooser`` keeps that record per key (input size, batch, threads) and per calling thread, so
 that threads calling one model at once need no lock.  Its clock is an argument, so that a test
@@ -24,6 +26,8 @@ WINDOW = 4          # recent calls per way that make its estimate (their mean: a
 PROBE_FIRST = 16    # calls between tries of the ways not chosen, at first and after a switch
 PROBE_MOST = 4096   # ... doubling each time a try loses (x16 when it took over 4 times the
                     # chosen way's mean), up to this many calls
+IDLE = 0.002        # seconds since the calling thread's previous call after which a call takes
+                    # the chosen way untimed: its threads have gone to sleep (``Chooser.run``)
 
 
 class _Record:
@@ -63,22 +67,46 @@ class Chooser:
 
     def run(self, key, ways):
         """Run one of ``ways`` (callables taking no argument, doing the same work), time it, and
-        return its result."""
+        return its result.  Way 0 runs on the calling thread; the others use worker threads.
+
+        Only calls whose threads are awake are timed.  After a pause (more than IDLE since the
+        thread's previous call) the workers have gone to sleep (OpenMP's spin lasts well under
+        IDLE), and so they have after calls of way 0; the next call of a threaded way wakes
+        them: on this machine's virtual CPUs that took ~0.5 ms, and 4-10 ms once another
+        library (TensorFlow) had run in the process, against a steady 0.7 ms for V1 0.5/160
+        split over 2 threads.  Timed, such calls kept the split way out for hundreds of calls
+        (a try that loses waits longer): the benchmark's blocks of back-to-back calls, each
+        after a pause, ran on one thread.  So a call after a pause takes the chosen way,
+        untimed; a try of a threaded way right after a way-0 call runs untimed too, and the
+        try is made again on the next call, with the threads awake.  Calls that always come
+        after a pause keep way 0 unless back-to-back calls chose another."""
         record = self._record(key, len(ways))
+        local = self._local
+        clock = self.clock
+        start = clock()
+        last = getattr(local, "last_end", None)
+        paused = last is not None and start - last > IDLE
         way = record.choice
-        probing = record.calls >= record.next_probe
+        probing = not paused and record.calls >= record.next_probe
+        turn = record.turn
         if probing:     # the ways not chosen take turns, any timed fewer than twice first
             others = [i for i in range(len(ways)) if i != way]
             untried = [i for i in others if record.counts[i] < 2]
             if untried:
                 way = untried[0]
             else:
-                way = others[record.turn % len(others)]
-                record.turn += 1
-        clock = self.clock
+                way = others[turn % len(others)]
+                turn += 1
+        awake = not paused and (way == 0 or getattr(local, "threaded", False))
         start = clock()
-        result = ways[way]()
-        self._update(record, way, clock() - start, probing)
+        try:
+            result = ways[way]()
+        finally:
+            local.last_end = end = clock()
+            local.threaded = way != 0
+        if awake:
+            record.turn = turn
+            self._update(record, way, end - start, probing)
         return result
 
     def chosen(self, key) -> int:
