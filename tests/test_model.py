@@ -165,21 +165,25 @@ class _FakeClock:
         return self.now
 
 
-def test_chooser_takes_the_faster_way_and_tries_the_other_again():
-    from mobilenet_np.forward.choice import PROBE_MOST, Chooser
-    clock = _FakeClock()
-    chooser = Chooser(clock)
-    cost = [1.0, 0.01]          # way 0 slow, way 1 fast
-    taken = []
-
+def _timed_ways(clock, cost, taken):
+    """Ways i = 0, 1, ... that each append i to ``taken``, move ``clock`` on by ``cost[i]`` (read
+    at the call, so a test can change it) and return i."""
     def way(i):
         def run():
             taken.append(i)
             clock.now += cost[i]
             return i
         return run
+    return tuple(way(i) for i in range(len(cost)))
 
-    ways = (way(0), way(1))
+
+def test_chooser_takes_the_faster_way_and_tries_the_other_again():
+    from mobilenet_np.forward.choice import PROBE_MOST, Chooser
+    clock = _FakeClock()
+    chooser = Chooser(clock)
+    cost = [1.0, 0.01]          # way 0 slow, way 1 fast
+    taken = []
+    ways = _timed_ways(clock, cost, taken)
     results = [chooser.run("k", ways) for _ in range(40)]
     assert results == taken                      # each call returns the result of the way it ran
     assert taken[:2] == [0, 1] and chooser.chosen("k") == 1
@@ -201,15 +205,7 @@ def test_chooser_times_only_back_to_back_calls():
     chooser = Chooser(clock)
     cost = [1.0, 0.01]
     taken = []
-
-    def way(i):
-        def run():
-            taken.append(i)
-            clock.now += cost[i]
-            return i
-        return run
-
-    ways = (way(0), way(1))
+    ways = _timed_ways(clock, cost, taken)
     for _ in range(6):
         chooser.run("k", ways)
     assert chooser.chosen("k") == 1
