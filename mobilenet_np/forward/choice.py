@@ -98,7 +98,6 @@ class Chooser:
                 way = others[turn % len(others)]
                 turn += 1
         awake = not paused and (way == 0 or getattr(local, "threaded", False))
-        start = clock()
         try:
             result = ways[way]()
         finally:

@@ -337,7 +337,7 @@ def pointwise_tiles(op, t0, t1, x, w, bias, residual, out, n_img):
         w_at = j * c_in * PANEL
         b0 = simd.load(bias, c0)
         b1 = simd.load(bias, c0 + LANES)
-        if group == 12 and p1 - p0 == 12 and columns > LANES:
+        if group > TILE_ROWS and p1 - p0 == group and columns > LANES:
             _tile12(x, p0 * c_in, c_in, w, w_at, b0, b1, out, p0 * c_out + c0, c_out, columns, relu6, residual,
                     add_residual)
             continue
@@ -367,9 +367,9 @@ def pointwise_tiles(op, t0, t1, x, w, bias, residual, out, n_img):
 @kernel(parallel=True)
 def pointwise_parallel(op, x, w, bias, residual, out, n_img, parts):
     """The 1x1 layer ``op`` on its own: x flat [pixels, C_in] -> out flat [pixels, C_out]
-    (``residual`` likewise), with ``w``/``bias`` from ``pack_pointwise``/``pad_bias``.  The (6
-    pixels x PANEL channels) tiles are cut into ``parts`` contiguous runs for Numba's threads, as
-    ``plan.run_plan`` cuts them."""
+    (``residual`` likewise), with ``w``/``bias`` from ``pack_pointwise``/``pad_bias``.  The tasks
+    (``_group`` pixels x PANEL channels) are cut into ``parts`` contiguous runs for Numba's
+    threads, as ``plan.run_plan`` cuts them."""
     tasks = _gemm_tasks(_pixels(op, n_img), op[OP_OUT_C])
     for part in prange(parts):
         t0, t1 = _run(tasks, part, parts)

@@ -1,8 +1,9 @@
 """The stem: the network's one full 3x3 convolution (3 input channels), on the GEMM micro-kernel.
 
 Each output row is cut into 6-pixel tiles that run ``gemm._tile6`` (12-pixel ones, ``_tile12h``,
-where the output channels fit one vector and the stride is 2 over 3 channels) on the input patches in place, through a table of the
-27 offsets of a 3x3x3 patch (``stem_taps``): no im2col copy.  In the plan the images arrive
+where the output channels fit one vector and the stride is 2 over 3 channels) on the input
+patches in place, through a table of the 27 offsets of a 3x3x3 patch (``stem_taps``): no im2col
+copy.  In the plan the images arrive
 already inside the stem's zero padding (the input row of ``plan.py``), so no patch reaches
 outside; pixels whose patch does touch the padding (the stem called on its own, as the tests
 do) take ``_patch1``, which skips the taps outside the image.
@@ -51,6 +52,7 @@ def _patch1(x, n, iy0, ix0, height, width, c_in, k, w, w_at, b0, b1, out, o_at, 
 
 
 WIDE_TILE = 12      # pixels per tile when the stem's channels fit one vector (_tile12h)
+WIDE_STEP = 6       # ... and the stride is 2 over 3 channels: the inputs of its pixels lie 6 floats apart
 
 
 @kernel(inline=True)
@@ -60,9 +62,10 @@ def _tile12h(x, x_at, row_step, taps, steps, w, w_at, b0, out, o_at, c_out, colu
     compute a 32-channel panel of which half is never stored, and ``gemm._tile6h``'s six sums are
     six dependent FMA chains, too few to fill the FMA units over 27 short steps; twelve are
     enough, all of them stored.  The same FMAs in the same order per output, so the same values.
-    Called with ``row_step`` the constant 6 (stride 2 over 3 channels: every MobileNet stem), so
-    that each FMA reads its input at one register plus a fixed offset; with a run-time step the
-    twelve addresses took twelve registers and spilled (the kernel alone: 38 -> 55 GMAC/s)."""
+    Called with ``row_step`` the constant WIDE_STEP (stride 2 over 3 channels: every MobileNet
+    stem), so that each FMA reads its input at one register plus a fixed offset; with a run-time
+    step the twelve addresses took twelve registers and spilled (the kernel alone: 38 -> 55
+    GMAC/s)."""
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = b0
     for k in range(steps):
         w0 = simd.load(w, w_at + k * PANEL)
@@ -130,13 +133,14 @@ def stem_tasks(op, t0, t1, x, taps, w, bias, out, n_img):
         if inside_hi - inside_lo < TILE_ROWS:
             inside_lo = out_w
             inside_hi = out_w
-        tile = WIDE_TILE if columns <= LANES and stride * c_in == 6 and inside_hi - inside_lo >= WIDE_TILE else TILE_ROWS
+        wide = columns <= LANES and stride * c_in == WIDE_STEP and inside_hi - inside_lo >= WIDE_TILE
+        tile = WIDE_TILE if wide else TILE_ROWS
         for ox0 in range(inside_lo, inside_hi, tile):
             ox0 = min(ox0, inside_hi - tile)
             x_at = ((n * height + iy0) * width + ox0 * stride - pad_left) * c_in
             o_at = (row * out_w + ox0) * c_out + c0
             if tile == WIDE_TILE:
-                _tile12h(x, x_at, 6, taps, steps, w, w_at, b0, out, o_at, c_out, columns, relu6)
+                _tile12h(x, x_at, WIDE_STEP, taps, steps, w, w_at, b0, out, o_at, c_out, columns, relu6)
             else:
                 _tile6(x, x_at, stride * c_in, taps, steps, w, w_at, b0, b1, out, o_at, c_out, columns, relu6, out,
                        False)
